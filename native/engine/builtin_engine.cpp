@@ -1,0 +1,324 @@
+// The built-in engine: memory registry + segment table + batches over the TCP transport.
+#include <mutex>
+#include <unordered_map>
+
+#include "engine.h"
+#include "event_loop.h"
+#include "memory_registry.h"
+#include "tcp/tcp_conn.h"
+
+namespace mc {
+
+namespace {
+
+struct Segment {
+  SegmentInfo info;
+  std::shared_ptr<tcp::Peer> peer;
+  bool v2 = false;
+};
+
+struct Prepared {
+  RegionRef local;
+  std::shared_ptr<Segment> seg;
+};
+
+class BuiltinEngine final : public Engine, public CompletionSink {
+ public:
+  BuiltinEngine(const EngineConfig& cfg, CompletionSink* sink) : cfg_(cfg), sink_(sink), tcp_(registry_, cfg.tcp) {}
+  ~BuiltinEngine() override { stop(); }
+
+  Status start() override {
+    if (cfg_.localServerName.empty()) return Status(Code::INVALID_ARGUMENT, "localServerName is required");
+    Status st = tcp_.start();
+    if (!st.ok()) return st;
+    started_ = true;
+    return Status();
+  }
+
+  void stop() override {
+    if (closed_.exchange(true)) return;
+    tcp_.stop();  // fails every op with CLOSED; sinks fire from the loops before they exit
+    std::lock_guard<std::mutex> g(mu_);
+    segments_.clear();
+    byName_.clear();
+  }
+
+  bool closed() const override { return closed_.load(); }
+  std::string backendName() const override { return "builtin"; }
+
+  Status registerMemory(uint64_t addr, uint64_t length, const std::string& location, std::shared_ptr<void> owner,
+                        bool remoteAccessible) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    Code c = registry_.add(addr, length, location, std::move(owner), "", 0, remoteAccessible);
+    if (c == Code::ADDRESS_OVERLAPPED) return Status(c, "range overlaps a registered region");
+    if (c != Code::OK) return Status(c, "invalid range");
+    return Status();
+  }
+
+  Status unregisterMemory(uint64_t addr) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    Code c = registry_.remove(addr);
+    if (c == Code::ADDRESS_NOT_REGISTERED) return Status(c, "no region starts at this address");
+    if (c == Code::REGION_BUSY) return Status(c, "region is in use by a transfer in flight");
+    return Status(c);
+  }
+
+  Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string& ip,
+                     int32_t* id) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    SegmentDesc desc;
+    Status st = decodeSegmentDesc(descriptorJson, &desc);
+    if (!st.ok()) return st;
+    if (desc.protocol != "tcp") {
+      return Status(Code::NOT_SUPPORTED_TRANSPORT, "segment " + name + " uses protocol '" + desc.protocol +
+                                                        "', the built-in backend speaks tcp");
+    }
+    if (desc.tcpDataPort == 0) return Status(Code::MALFORMED_JSON, "segment " + name + " has no tcp_data_port");
+    Status pst;
+    auto peer = tcp_.peer(ip, static_cast<uint16_t>(desc.tcpDataPort), &pst);
+    if (!peer) return pst;
+    auto seg = std::make_shared<Segment>();
+    seg->peer = std::move(peer);
+    seg->v2 = desc.tcpProtoVersion >= 2 && cfg_.tcp.protoVersion >= 2;
+    seg->info.name = name;
+    seg->info.protocol = desc.protocol;
+    seg->info.ip = ip;
+    seg->info.dataPort = desc.tcpDataPort;
+    seg->info.protoVersion = desc.tcpProtoVersion;
+    seg->info.buffers = std::move(desc.buffers);
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = byName_.find(name);
+    int32_t sid = it != byName_.end() ? it->second : nextSegment_++;
+    seg->info.id = sid;
+    segments_[sid] = std::move(seg);
+    byName_[name] = sid;
+    *id = sid;
+    return Status();
+  }
+
+  Status closeSegment(int32_t id) override {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = segments_.find(id);
+    if (it == segments_.end()) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
+    byName_.erase(it->second->info.name);
+    segments_.erase(it);
+    return Status();
+  }
+
+  Status segmentInfo(int32_t id, SegmentInfo* out) override {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = segments_.find(id);
+    if (it == segments_.end()) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
+    *out = it->second->info;
+    return Status();
+  }
+
+  Status submitAsync(uint64_t token, const TransferRequest* reqs, size_t n, int64_t timeoutMs,
+                     size_t* badIndex) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    if (n == 0) return Status(Code::INVALID_ARGUMENT, "empty batch");
+    std::vector<Prepared> prep;
+    Status st = prepare(reqs, n, &prep, badIndex);
+    if (!st.ok()) return st;
+    auto batch = std::make_shared<Batch>(0, n, token, this);
+    if (timeoutMs > 0) batch->setDeadlineNs(monotonicNs() + timeoutMs * 1000000LL);
+    size_t first = 0;
+    batch->reserve(n, &first);
+    {
+      std::lock_guard<std::mutex> g(activeMu_);
+      active_[token] = batch;
+    }
+    dispatch(batch, 0, reqs, n, prep);
+    batch->seal();
+    return Status();
+  }
+
+  void cancel(uint64_t token, Code why) override {
+    std::shared_ptr<Batch> b;
+    {
+      std::lock_guard<std::mutex> g(activeMu_);
+      auto it = active_.find(token);
+      if (it != active_.end()) b = it->second.lock();
+    }
+    if (b && b->requestCancel(why)) tcp_.kick();
+  }
+
+  Status allocateBatch(size_t capacity, uint64_t* id) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    if (capacity == 0 || capacity > (1u << 24)) return Status(Code::INVALID_ARGUMENT, "batch capacity out of range");
+    std::lock_guard<std::mutex> g(mu_);
+    uint64_t bid = nextBatch_++;
+    batches_[bid] = std::make_shared<Batch>(bid, capacity, 0, nullptr);
+    *id = bid;
+    return Status();
+  }
+
+  Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) override {
+    if (closed_) return Status(Code::CLOSED, "engine closed");
+    std::shared_ptr<Batch> batch = findBatch(batchId);
+    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+    if (n == 0) return Status();
+    std::vector<Prepared> prep;
+    Status st = prepare(reqs, n, &prep, badIndex);
+    if (!st.ok()) return st;
+    size_t first = 0;
+    if (!batch->reserve(n, &first)) return Status(Code::TOO_MANY_REQUESTS, "batch capacity exceeded");
+    dispatch(batch, first, reqs, n, prep);
+    return Status();
+  }
+
+  Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) override {
+    std::shared_ptr<Batch> batch = findBatch(batchId);
+    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+    if (task >= batch->size()) return Status(Code::INVALID_ARGUMENT, "task id out of range");
+    Task& t = batch->task(task);
+    *state = static_cast<TaskState>(t.state.load(std::memory_order_acquire));
+    *bytes = t.transferred.load(std::memory_order_relaxed);
+    *error = static_cast<Code>(t.error.load(std::memory_order_acquire));
+    return Status();
+  }
+
+  Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) override {
+    std::shared_ptr<Batch> batch = findBatch(batchId);
+    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+    *state = batch->aggregate(bytes);
+    return Status();
+  }
+
+  Status freeBatch(uint64_t batchId) override {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = batches_.find(batchId);
+    if (it == batches_.end()) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+    if (!it->second->allTerminal()) return Status(Code::BATCH_BUSY, "batch has tasks in flight");
+    batches_.erase(it);
+    return Status();
+  }
+
+  std::string localDescriptor() override {
+    SegmentDesc d;
+    d.name = cfg_.localServerName;
+    d.protocol = "tcp";
+    d.tcpDataPort = tcp_.port();
+    d.tcpProtoVersion = 2;
+    for (const auto& r : registry_.list()) {
+      BufferDesc b;
+      b.name = cfg_.localServerName;
+      b.addr = r.addr;
+      b.length = r.length;
+      d.buffers.push_back(std::move(b));
+    }
+    return encodeSegmentDesc(d);
+  }
+
+  uint16_t dataPort() const override { return tcp_.port(); }
+
+  StatList stats() override {
+    tcp::Stats s = tcp_.stats();
+    return {
+        {"bytesSent", static_cast<double>(s.bytesSent)},
+        {"bytesReceived", static_cast<double>(s.bytesReceived)},
+        {"requestsServed", static_cast<double>(s.requestsServed)},
+        {"requestsRejected", static_cast<double>(s.requestsRejected)},
+        {"serverConnections", static_cast<double>(s.serverConnections)},
+        {"serverConnectionsTotal", static_cast<double>(s.serverConnectionsTotal)},
+        {"serverConnectionsRefused", static_cast<double>(s.serverConnectionsRefused)},
+        {"clientConnections", static_cast<double>(s.clientConnections)},
+        {"clientConnects", static_cast<double>(s.clientConnects)},
+        {"retries", static_cast<double>(s.retries)},
+        {"registeredRegions", static_cast<double>(registry_.size())},
+        {"activeBatches", static_cast<double>(activeCount())},
+    };
+  }
+
+  // CompletionSink (token batches): forget the batch, then tell the owner.
+  void onBatchDone(uint64_t token, Code code, uint64_t bytes, std::vector<int32_t> taskCodes) override {
+    {
+      std::lock_guard<std::mutex> g(activeMu_);
+      active_.erase(token);
+    }
+    if (sink_) sink_->onBatchDone(token, code, bytes, std::move(taskCodes));
+  }
+
+ private:
+  size_t activeCount() {
+    std::lock_guard<std::mutex> g(activeMu_);
+    return active_.size();
+  }
+
+  std::shared_ptr<Batch> findBatch(uint64_t id) {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = batches_.find(id);
+    return it == batches_.end() ? nullptr : it->second;
+  }
+
+  std::shared_ptr<Segment> findSegment(int32_t id) {
+    auto it = segments_.find(id);
+    return it == segments_.end() ? nullptr : it->second;
+  }
+
+  Status prepare(const TransferRequest* reqs, size_t n, std::vector<Prepared>* out, size_t* badIndex) {
+    out->resize(n);
+    std::lock_guard<std::mutex> g(mu_);
+    for (size_t i = 0; i < n; ++i) {
+      const TransferRequest& r = reqs[i];
+      *badIndex = i;
+      if (r.opcode > 1) return Status(Code::INVALID_ARGUMENT, "opcode must be 0 (read) or 1 (write)");
+      if (r.length == 0) return Status(Code::INVALID_ARGUMENT, "length must be positive");
+      if (r.remote + r.length < r.remote) return Status(Code::INVALID_ARGUMENT, "remote range wraps");
+      auto seg = findSegment(r.segment);
+      if (!seg) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle " + std::to_string(r.segment));
+      bool inside = false;
+      for (const auto& b : seg->info.buffers) {
+        if (r.remote >= b.addr && r.remote + r.length <= b.addr + b.length) { inside = true; break; }
+      }
+      if (!inside) {
+        return Status(Code::INVALID_REMOTE_ADDRESS,
+                      "remote range is outside every buffer segment " + seg->info.name + " published");
+      }
+      RegionRef local = registry_.acquire(r.local, r.length);
+      if (!local) return Status(Code::ADDRESS_NOT_REGISTERED, "local range is not inside one registered region");
+      (*out)[i].local = std::move(local);
+      (*out)[i].seg = std::move(seg);
+    }
+    *badIndex = 0;
+    return Status();
+  }
+
+  void dispatch(const std::shared_ptr<Batch>& batch, size_t first, const TransferRequest* reqs, size_t n,
+                std::vector<Prepared>& prep) {
+    for (size_t i = 0; i < n; ++i) {
+      const TransferRequest& r = reqs[i];
+      uint32_t slices = tcp_.sliceCount(r.length);
+      batch->beginTask(first + i, r.length, slices, std::move(prep[i].local));
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const TransferRequest& r = reqs[i];
+      Segment& seg = *prep[i].seg;
+      tcp_.dispatch(*seg.peer, batch, static_cast<uint32_t>(first + i), r.opcode == 1,
+                    reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(r.local)), r.remote, r.length, seg.v2);
+    }
+  }
+
+  EngineConfig cfg_;
+  CompletionSink* sink_;
+  MemoryRegistry registry_;
+  tcp::TcpTransport tcp_;
+  std::atomic<bool> closed_{false};
+  bool started_ = false;
+  std::mutex mu_;
+  std::unordered_map<int32_t, std::shared_ptr<Segment>> segments_;
+  std::unordered_map<std::string, int32_t> byName_;
+  int32_t nextSegment_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
+  uint64_t nextBatch_ = 1;
+  std::mutex activeMu_;
+  std::unordered_map<uint64_t, std::weak_ptr<Batch>> active_;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> createBuiltinEngine(const EngineConfig& cfg, CompletionSink* sink) {
+  return std::make_unique<BuiltinEngine>(cfg, sink);
+}
+
+}  // namespace mc

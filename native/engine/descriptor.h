@@ -1,0 +1,58 @@
+// Upstream Mooncake's metadata values: the segment descriptor stored under mooncake/ram/<name> and the
+// rpc_meta entry stored under mooncake/rpc_meta/<name> (see ../shared/reference/mooncake-protocol.md §2,
+// §1.4). Decoding follows upstream's validation rules; encoding writes what upstream peers parse.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "status.h"
+
+namespace mc {
+
+struct BufferDesc {
+  std::string name;  // upstream TCP sets it to the segment name
+  uint64_t addr = 0;
+  uint64_t length = 0;
+  // mooncake-node extension, ignored by upstream: the buffer lives in shared memory that a peer on the
+  // same host may map (see SameHostInfo).
+  std::string shmPath;
+  uint64_t shmOffset = 0;
+};
+
+// Extension that lets a peer on the same host copy with memcpy instead of TCP. Published under the
+// top-level key "mcnode_shm" that upstream's decoder ignores.
+struct SameHostInfo {
+  std::string hostId;  // boot id + user namespace; equal ids mean "same kernel, same /dev/shm"
+  uint32_t pid = 0;
+};
+
+struct SegmentDesc {
+  std::string name;
+  std::string protocol = "tcp";
+  uint32_t tcpDataPort = 0;
+  uint32_t tcpProtoVersion = 1;  // absent means 1
+  std::vector<BufferDesc> buffers;
+  std::string timestamp;
+  SameHostInfo sameHost;  // empty hostId when not advertised
+};
+
+struct RpcMeta {
+  std::string ipOrHostName;
+  uint32_t rpcPort = 0;
+};
+
+// Returns MALFORMED_JSON with a message for anything upstream would reject ("Corrupted segment descriptor").
+Status decodeSegmentDesc(std::string_view text, SegmentDesc* out);
+// Compact, sorted-key JSON with bare integers and a fresh local-time timestamp when desc.timestamp is empty.
+std::string encodeSegmentDesc(const SegmentDesc& desc);
+
+Status decodeRpcMeta(std::string_view text, RpcMeta* out);
+std::string encodeRpcMeta(const RpcMeta& meta);
+
+// "YYYY-MM-DD HH:MM:SS.ffffff" in local time, as upstream's getCurrentDateTime.
+std::string currentDateTime();
+
+}  // namespace mc

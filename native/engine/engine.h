@@ -1,0 +1,82 @@
+// The engine interface every backend implements (the built-in TCP engine here; the run-time loaded
+// upstream Mooncake engine in upstream/). The addon and the tests talk only to this interface.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "batch.h"
+#include "descriptor.h"
+#include "status.h"
+#include "tcp/tcp_transport.h"
+
+namespace mc {
+
+struct TransferRequest {
+  uint8_t opcode = 0;  // 0 READ (remote -> local), 1 WRITE (local -> remote)
+  int32_t segment = -1;
+  uint64_t local = 0;   // address inside a registered local region
+  uint64_t remote = 0;  // absolute address in the peer, as upstream
+  uint64_t length = 0;
+};
+
+struct SegmentInfo {
+  int32_t id = -1;
+  std::string name;
+  std::string protocol;
+  std::string ip;
+  uint32_t dataPort = 0;
+  uint32_t protoVersion = 1;
+  std::vector<BufferDesc> buffers;
+};
+
+struct EngineConfig {
+  std::string localServerName;
+  tcp::Options tcp;
+};
+
+using StatList = std::vector<std::pair<std::string, double>>;
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual Status start() = 0;
+  // Fails everything pending with CLOSED (reported through the sink), stops and joins all threads.
+  virtual void stop() = 0;
+  virtual bool closed() const = 0;
+  virtual std::string backendName() const = 0;
+
+  virtual Status registerMemory(uint64_t addr, uint64_t length, const std::string& location,
+                                std::shared_ptr<void> owner, bool remoteAccessible) = 0;
+  virtual Status unregisterMemory(uint64_t addr) = 0;
+
+  // Installs (or refreshes) a peer segment from its descriptor JSON and the peer's numeric ip.
+  virtual Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string& ip,
+                             int32_t* id) = 0;
+  virtual Status closeSegment(int32_t id) = 0;
+  virtual Status segmentInfo(int32_t id, SegmentInfo* out) = 0;
+
+  // Promise path: all requests are validated first; on a bad one nothing is started and *badIndex says
+  // which. Otherwise completion is reported once through the sink with `token`.
+  virtual Status submitAsync(uint64_t token, const TransferRequest* reqs, size_t n, int64_t timeoutMs,
+                             size_t* badIndex) = 0;
+  virtual void cancel(uint64_t token, Code why) = 0;
+
+  // Upstream's batch model.
+  virtual Status allocateBatch(size_t capacity, uint64_t* id) = 0;
+  virtual Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) = 0;
+  virtual Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) = 0;
+  virtual Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) = 0;
+  virtual Status freeBatch(uint64_t batchId) = 0;
+
+  virtual std::string localDescriptor() = 0;
+  virtual uint16_t dataPort() const = 0;
+  virtual StatList stats() = 0;
+};
+
+std::unique_ptr<Engine> createBuiltinEngine(const EngineConfig& cfg, CompletionSink* sink);
+
+}  // namespace mc

@@ -1,0 +1,74 @@
+// One epoll event loop on its own thread. Sockets are non-blocking; handlers run on the loop thread.
+// Other threads hand work over with post(), which coalesces wake-ups through an eventfd.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "status.h"
+
+namespace mc {
+
+class EventHandler {
+ public:
+  virtual ~EventHandler() = default;
+  virtual void onEvents(uint32_t events) = 0;
+};
+
+// Called on the loop thread about every tickMs.
+class Ticker {
+ public:
+  virtual ~Ticker() = default;
+  virtual void onTick(int64_t nowNs) = 0;
+};
+
+int64_t monotonicNs();
+
+class EventLoop {
+ public:
+  explicit EventLoop(std::string name, int tickMs = 10);
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  Status start();
+  // Runs queued tasks, then stops and joins the thread. Idempotent. Must not be called from the loop.
+  void stop();
+  bool inLoopThread() const { return std::this_thread::get_id() == tid_.load(); }
+
+  // Queue fn to run on the loop thread; safe from any thread. Returns false once stopping.
+  bool post(std::function<void()> fn);
+  // Runs fn on the loop thread and waits for it (or runs it inline when called on the loop thread).
+  void runSync(const std::function<void()>& fn);
+
+  // Loop thread only.
+  bool add(int fd, uint32_t events, EventHandler* h);
+  bool modify(int fd, uint32_t events, EventHandler* h);
+  void remove(int fd);
+  void addTicker(Ticker* t);
+  void removeTicker(Ticker* t);
+
+ private:
+  void run();
+  void drainPosted();
+
+  std::string name_;
+  int tickMs_;
+  int epfd_ = -1;
+  int wakefd_ = -1;
+  std::thread thread_;
+  std::atomic<std::thread::id> tid_{};
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::vector<std::function<void()>> posted_;
+  bool wakePending_ = false;
+  bool stopped_ = false;  // set by the loop thread on exit; post() refuses afterwards
+  std::vector<Ticker*> tickers_;
+};
+
+}  // namespace mc

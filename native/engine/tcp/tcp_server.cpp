@@ -1,0 +1,222 @@
+// Server side of the TCP transport: serves READ/WRITE requests strictly inside one registered region.
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "tcp_conn.h"
+
+namespace mc::tcp {
+
+namespace {
+constexpr size_t kMaxIov = 64;
+constexpr uint64_t kDirectRecv = 32 * 1024;
+constexpr uint64_t kMaxQueuedOut = 16ull << 20;  // stop reading requests while this much READ data waits
+constexpr int kMaxReadsPerEvent = 64;
+}  // namespace
+
+ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
+
+ServerConn::~ServerConn() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+bool ServerConn::start() {
+  net::setNoDelay(fd_);
+  return ctx_.loop->add(fd_, EPOLLIN | EPOLLRDHUP, this);
+}
+
+void ServerConn::close() {
+  if (fd_ < 0) return;
+  ctx_.loop->remove(fd_);
+  ::close(fd_);
+  fd_ = -1;
+  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  out_.clear();
+  bodyRef_.release();
+  LoopCtx* ctx = &ctx_;
+  ServerConn* self = this;
+  // Deleted after the current round of events, which may still name this handler.
+  ctx_.loop->post([ctx, self] { ctx->servers.erase(self); });
+}
+
+void ServerConn::onEvents(uint32_t events) {
+  if (fd_ < 0) return;
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+    onReadable();
+    if (fd_ < 0) return;
+  }
+  if (events & EPOLLOUT) {
+    if (!flush()) close();
+  }
+}
+
+void ServerConn::onReadable() {
+  for (int iter = 0; iter < kMaxReadsPerEvent && fd_ >= 0 && !readPaused_; ++iter) {
+    ssize_t r;
+    if (inBody_ && remaining_ >= kDirectRecv) {
+      r = ::recv(fd_, dest_, remaining_, 0);
+      if (r > 0) {
+        t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
+        dest_ += r;
+        remaining_ -= static_cast<uint64_t>(r);
+        if (remaining_ == 0) consume(nullptr, 0);  // ends the body
+        continue;
+      }
+    } else {
+      r = ::recv(fd_, ctx_.scratch.data(), ctx_.scratch.size(), 0);
+      if (r > 0) {
+        t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
+        if (!consume(ctx_.scratch.data(), static_cast<size_t>(r))) { close(); return; }
+        continue;
+      }
+    }
+    if (r == 0) { close(); return; }  // EOF: quiet at a header boundary, abandoned mid-request otherwise
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    close();
+    return;
+  }
+  if (fd_ >= 0 && !flush()) close();
+}
+
+bool ServerConn::consume(const uint8_t* p, size_t n) {
+  for (;;) {
+    if (inBody_) {
+      uint64_t k = std::min<uint64_t>(n, remaining_);
+      if (k > 0) {
+        std::memcpy(dest_, p, k);
+        dest_ += k;
+        remaining_ -= k;
+        p += k;
+        n -= k;
+      }
+      if (remaining_ > 0) return true;
+      inBody_ = false;
+      bodyRef_.release();
+      t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
+      if (bodyV2_) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef()});  // applied: acknowledge
+    }
+    if (n == 0) return true;
+    if (closeAfterFlush_) return true;  // after a rejection the rest of the stream is discarded
+    size_t k = std::min<size_t>(n, kHeaderSize - hdrHave_);
+    std::memcpy(hdr_ + hdrHave_, p, k);
+    hdrHave_ += k;
+    p += k;
+    n -= k;
+    if (hdrHave_ < kHeaderSize) return true;
+    hdrHave_ = 0;
+    if (!handleHeader()) return false;
+  }
+}
+
+bool ServerConn::handleHeader() {
+  Header h = decodeHeader(hdr_);
+  RegionRef ref = t_.registry().acquire(h.addr, h.size, /*remote=*/true);
+  if (!ref) {
+    t_.requestsRejected.fetch_add(1, std::memory_order_relaxed);
+    if (!h.v2()) return false;  // v1 has no status frame: closing is the only signal
+    out_.push_back({kRejectedFrame, kStatusSize, 0, RegionRef()});
+    closeAfterFlush_ = true;
+    return true;
+  }
+  if (h.isWrite()) {
+    inBody_ = true;
+    bodyV2_ = h.v2();
+    dest_ = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(h.addr));
+    remaining_ = h.size;
+    bodyRef_ = std::move(ref);
+    return true;
+  }
+  if (h.v2()) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef()});
+  out_.push_back({reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(h.addr)), h.size, 0, std::move(ref)});
+  outBytes_ += h.size;
+  t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
+  if (outBytes_ > kMaxQueuedOut) readPaused_ = true;
+  return true;
+}
+
+bool ServerConn::flush() {
+  bool blocked = false;
+  while (!out_.empty()) {
+    struct iovec iov[kMaxIov];
+    size_t n = 0;
+    uint64_t total = 0;
+    for (auto it = out_.begin(); it != out_.end() && n < kMaxIov; ++it, ++n) {
+      iov[n].iov_base = const_cast<uint8_t*>(it->p + it->off);
+      iov[n].iov_len = it->len - it->off;
+      total += iov[n].iov_len;
+    }
+    struct msghdr msg {};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = n;
+    ssize_t w = ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) { blocked = true; break; }
+      return false;
+    }
+    t_.bytesSent.fetch_add(static_cast<uint64_t>(w), std::memory_order_relaxed);
+    uint64_t left = static_cast<uint64_t>(w);
+    while (left > 0) {
+      Out& o = out_.front();
+      uint64_t k = std::min(left, o.len - o.off);
+      o.off += k;
+      left -= k;
+      if (o.off == o.len) {
+        if (o.ref) outBytes_ -= o.len;
+        out_.pop_front();
+      }
+    }
+    if (static_cast<uint64_t>(w) < total) { blocked = true; break; }
+  }
+  if (out_.empty() && closeAfterFlush_) {
+    // Rejected: the status frame is out. Half-close so the client reads it rather than a reset, and
+    // keep discarding its input until it closes (consume() drops everything now).
+    ::shutdown(fd_, SHUT_WR);
+  }
+  if (readPaused_ && outBytes_ <= kMaxQueuedOut / 2) readPaused_ = false;
+  wantWrite_ = blocked;
+  updateInterest();
+  return true;
+}
+
+void ServerConn::updateInterest() {
+  if (fd_ < 0) return;
+  uint32_t ev = (readPaused_ ? 0 : (EPOLLIN | EPOLLRDHUP)) | (wantWrite_ ? EPOLLOUT : 0);
+  ctx_.loop->modify(fd_, ev, this);
+}
+
+Listener::~Listener() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool Listener::start() { return ctx_.loop->add(fd_, EPOLLIN, this); }
+
+void Listener::close() {
+  if (fd_ < 0) return;
+  ctx_.loop->remove(fd_);
+  ::close(fd_);
+  fd_ = -1;
+}
+
+void Listener::onEvents(uint32_t) {
+  for (int i = 0; i < 256 && fd_ >= 0; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    int fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      break;  // EAGAIN, or EMFILE: try again on the next readiness event
+    }
+    t_.onServerAccepted(fd, reinterpret_cast<sockaddr*>(&ss));
+  }
+}
+
+}  // namespace mc::tcp

@@ -1,0 +1,180 @@
+#include "tcp_transport.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "tcp_conn.h"
+
+namespace mc::tcp {
+
+namespace {
+constexpr size_t kScratchSize = 256 * 1024;
+}
+
+TcpTransport::TcpTransport(MemoryRegistry& registry, Options opts) : registry_(registry), opts_(std::move(opts)) {}
+
+TcpTransport::~TcpTransport() { stop(); }
+
+Status TcpTransport::start() {
+  unsigned n = std::max(1u, opts_.ioThreads);
+  for (unsigned i = 0; i < n; ++i) {
+    auto ctx = std::make_unique<LoopCtx>();
+    ctx->loop = std::make_unique<EventLoop>("mc-tcp-" + std::to_string(i));
+    ctx->scratch.resize(kScratchSize);
+    Status st = ctx->loop->start();
+    if (!st.ok()) return st;
+    loops_.push_back(std::move(ctx));
+  }
+  int fd = -1;
+  Status st = net::listenTcp(opts_.bindAddress, opts_.port, opts_.minPort, opts_.maxPort, 1024, &fd, &port_);
+  if (!st.ok()) {
+    for (auto& ctx : loops_) ctx->loop->stop();
+    return st;
+  }
+  listener_ = std::make_unique<Listener>(*this, *loops_[0], fd);
+  bool ok = false;
+  loops_[0]->loop->runSync([&] { ok = listener_->start(); });
+  if (!ok) {
+    for (auto& ctx : loops_) ctx->loop->stop();
+    return Status(Code::SOCKET, "cannot watch the data listener");
+  }
+  running_.store(true);
+  return Status();
+}
+
+void TcpTransport::stop() {
+  if (!running_.exchange(false)) return;
+  loops_[0]->loop->runSync([&] { listener_->close(); });
+  for (auto& ctx : loops_) {
+    LoopCtx* c = ctx.get();
+    c->loop->runSync([c] {
+      for (ClientConn* conn : c->clients) conn->shutdown();
+      std::vector<ServerConn*> servers;
+      for (auto& kv : c->servers) servers.push_back(kv.first);
+      for (ServerConn* s : servers) s->close();
+    });
+  }
+  for (auto& ctx : loops_) ctx->loop->stop();
+  for (auto& ctx : loops_) {
+    ctx->servers.clear();
+    ctx->clients.clear();
+  }
+  std::lock_guard<std::mutex> g(peersMu_);
+  peers_.clear();
+}
+
+std::shared_ptr<Peer> TcpTransport::peer(const std::string& ip, uint16_t port, Status* st) {
+  if (!running_.load()) { *st = Status(Code::CLOSED, "transport stopped"); return nullptr; }
+  net::Endpoint ep;
+  if (port == 0 || !net::parseEndpoint(ip, port, &ep)) {
+    *st = Status(Code::INVALID_ARGUMENT, "bad peer address " + ip + ":" + std::to_string(port));
+    return nullptr;
+  }
+  std::string key = net::endpointToString(reinterpret_cast<const sockaddr*>(&ep.addr));
+  std::lock_guard<std::mutex> g(peersMu_);
+  auto it = peers_.find(key);
+  if (it != peers_.end()) return it->second;
+  auto p = std::make_shared<Peer>(*this, key, ep);
+  peers_.emplace(key, p);
+  return p;
+}
+
+uint32_t TcpTransport::sliceCount(uint64_t length) const {
+  uint64_t s = std::max<uint64_t>(opts_.sliceSize, 4096);
+  uint64_t n = (length + s - 1) / s;
+  return static_cast<uint32_t>(std::max<uint64_t>(1, n));
+}
+
+void TcpTransport::dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write,
+                            uint8_t* local, uint64_t remote, uint64_t length, bool v2) {
+  uint32_t slices = sliceCount(length);
+  uint64_t sliceLen = slices == 1 ? length : std::max<uint64_t>(opts_.sliceSize, 4096);
+  auto& conns = peer.conns();
+  size_t first = 0;
+  ClientConn* start = &peer.pick();
+  for (size_t i = 0; i < conns.size(); ++i) if (conns[i].get() == start) first = i;
+  std::vector<Op*> one;
+  for (uint32_t s = 0; s < slices; ++s) {
+    uint64_t off = static_cast<uint64_t>(s) * sliceLen;
+    uint64_t len = std::min(sliceLen, length - off);
+    Op* op = new Op();
+    op->batch = batch;
+    op->task = task;
+    op->write = write;
+    op->v2 = v2;
+    op->local = local + off;
+    op->remote = remote + off;
+    op->length = len;
+    Header h;
+    h.size = len;
+    h.addr = remote + off;
+    h.opcode = static_cast<uint8_t>((write ? kOpWrite : kOpRead) | (v2 ? kV2Flag : 0));
+    encodeHeader(op->hdr, h);
+    one.push_back(op);
+    conns[(first + s) % conns.size()]->enqueue(one, len);
+  }
+}
+
+void TcpTransport::kick() {
+  std::vector<std::shared_ptr<Peer>> peers;
+  {
+    std::lock_guard<std::mutex> g(peersMu_);
+    for (auto& kv : peers_) peers.push_back(kv.second);
+  }
+  for (auto& p : peers)
+    for (auto& c : p->conns()) c->scheduleScan();
+}
+
+Stats TcpTransport::stats() const {
+  Stats s;
+  s.bytesSent = bytesSent.load();
+  s.bytesReceived = bytesReceived.load();
+  s.requestsServed = requestsServed.load();
+  s.requestsRejected = requestsRejected.load();
+  s.serverConnections = serverConns.load();
+  s.serverConnectionsTotal = serverConnsTotal.load();
+  s.serverConnectionsRefused = serverConnsRefused.load();
+  s.clientConnections = clientConns.load();
+  s.clientConnects = clientConnects.load();
+  s.retries = retriesDone.load();
+  return s;
+}
+
+bool TcpTransport::peerAllowed(const sockaddr* sa) const {
+  if (opts_.allowedPeers.empty()) return true;
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (sa->sa_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+  } else if (sa->sa_family == AF_INET6) {
+    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], buf, sizeof buf);
+    else inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+  }
+  std::string ip(buf);
+  return std::find(opts_.allowedPeers.begin(), opts_.allowedPeers.end(), ip) != opts_.allowedPeers.end();
+}
+
+void TcpTransport::onServerAccepted(int fd, const sockaddr* peerAddr) {
+  if (!peerAllowed(peerAddr) || serverConns.load() >= opts_.maxServerConnections) {
+    serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
+    ::close(fd);
+    return;
+  }
+  serverConns.fetch_add(1, std::memory_order_relaxed);
+  serverConnsTotal.fetch_add(1, std::memory_order_relaxed);
+  LoopCtx* ctx = &loopFor(nextLoopIndex());
+  bool posted = ctx->loop->post([this, ctx, fd] {
+    auto conn = std::make_unique<ServerConn>(*this, *ctx, fd);
+    ServerConn* raw = conn.get();
+    ctx->servers.emplace(raw, std::move(conn));
+    if (!raw->start()) raw->close();
+  });
+  if (!posted) {
+    serverConns.fetch_sub(1, std::memory_order_relaxed);
+    ::close(fd);
+  }
+}
+
+}  // namespace mc::tcp

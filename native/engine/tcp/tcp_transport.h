@@ -1,0 +1,135 @@
+// The built-in TCP transport, wire-compatible with upstream Mooncake's classic TCP transport.
+//
+// Server side: a listener (published as tcp_data_port) accepts connections; each connection reads
+// 24-byte headers and serves READ/WRITE strictly inside one registered region, answering v2 requests
+// with status frames and rejecting anything else without touching memory.
+//
+// Client side: per peer (ip, data port) a fixed set of persistent connections. Requests larger than
+// sliceSize are split across them; each connection pipelines several requests (responses come back in
+// order), which upstream servers handle because they serve one request after another.
+//
+// All socket I/O runs on a few epoll loop threads; submitters only queue work and wake a loop.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../batch.h"
+#include "../event_loop.h"
+#include "../memory_registry.h"
+#include "../net.h"
+#include "wire.h"
+
+namespace mc::tcp {
+
+struct Options {
+  unsigned ioThreads = 1;
+  unsigned connectionsPerPeer = 2;
+  uint64_t sliceSize = 1 << 20;          // requests above this are split across connections
+  unsigned maxInflightPerConnection = 64;  // requests sent but not yet answered, per connection
+  int idleTimeoutMs = 30000;             // no progress while work is outstanding (upstream: 30 s status wait)
+  int connectTimeoutMs = 5000;
+  unsigned retries = 1;                  // resends of requests caught by another request's connection failure
+  std::string bindAddress;               // empty: dual-stack any
+  uint16_t port = 0;                     // 0: pick in [minPort, maxPort], then any
+  uint16_t minPort = 15000;
+  uint16_t maxPort = 17000;
+  unsigned maxServerConnections = 4096;
+  int protoVersion = 2;                  // highest framing used as a client (MC_TCP_PROTO=1 forces v1)
+  std::vector<std::string> allowedPeers; // numeric IPs allowed to connect to the data port; empty = any
+};
+
+struct Stats {
+  uint64_t bytesSent = 0, bytesReceived = 0;
+  uint64_t requestsServed = 0, requestsRejected = 0;
+  uint64_t serverConnections = 0, serverConnectionsTotal = 0, serverConnectionsRefused = 0;
+  uint64_t clientConnections = 0, clientConnects = 0, retries = 0;
+};
+
+// One request slice on a client connection.
+struct Op {
+  std::shared_ptr<Batch> batch;
+  uint32_t task = 0;
+  bool write = false;
+  bool v2 = false;
+  bool inRecvQ = false;
+  uint8_t retries = 0;
+  uint8_t statusHave = 0;
+  uint8_t* local = nullptr;
+  uint64_t remote = 0;
+  uint64_t length = 0;
+  uint64_t sent = 0;   // bytes of header + payload handed to the kernel
+  uint64_t recvd = 0;  // payload bytes received (READ)
+  uint8_t hdr[kHeaderSize];
+  uint8_t status[kStatusSize];
+};
+
+class Peer;
+class ClientConn;
+class ServerConn;
+class Listener;
+
+// Per-loop state: the loop plus the connections it owns and a scratch receive buffer.
+struct LoopCtx {
+  std::unique_ptr<EventLoop> loop;
+  std::vector<uint8_t> scratch;
+  std::unordered_map<ServerConn*, std::unique_ptr<ServerConn>> servers;
+  std::vector<ClientConn*> clients;  // owned by their Peer
+};
+
+class TcpTransport {
+ public:
+  TcpTransport(MemoryRegistry& registry, Options opts);
+  ~TcpTransport();
+  TcpTransport(const TcpTransport&) = delete;
+  TcpTransport& operator=(const TcpTransport&) = delete;
+
+  Status start();
+  // Fails every queued or in-flight request with CLOSED, closes all sockets and joins the threads.
+  void stop();
+  bool running() const { return running_.load(); }
+  uint16_t port() const { return port_; }
+  const Options& options() const { return opts_; }
+
+  // The peer for a numeric ip and data port (created on first use, shared afterwards).
+  std::shared_ptr<Peer> peer(const std::string& ip, uint16_t port, Status* st);
+
+  // Splits one task into slices and queues them on the peer's connections. Thread-safe. The batch task
+  // must have been begun with sliceCount(length) slices.
+  uint32_t sliceCount(uint64_t length) const;
+  void dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write, uint8_t* local,
+                uint64_t remote, uint64_t length, bool v2);
+  // Wakes every loop to look for cancelled or expired batches now rather than at the next tick.
+  void kick();
+
+  Stats stats() const;
+  MemoryRegistry& registry() { return registry_; }
+
+  // Internal, used by the connection classes.
+  LoopCtx& loopFor(size_t i) { return *loops_[i % loops_.size()]; }
+  size_t nextLoopIndex() { return rr_.fetch_add(1) % loops_.size(); }
+  void onServerAccepted(int fd, const sockaddr* peerAddr);
+  bool peerAllowed(const sockaddr* sa) const;
+
+  std::atomic<uint64_t> bytesSent{0}, bytesReceived{0}, requestsServed{0}, requestsRejected{0};
+  std::atomic<uint64_t> serverConns{0}, serverConnsTotal{0}, serverConnsRefused{0};
+  std::atomic<uint64_t> clientConns{0}, clientConnects{0}, retriesDone{0};
+
+ private:
+  MemoryRegistry& registry_;
+  Options opts_;
+  std::vector<std::unique_ptr<LoopCtx>> loops_;
+  std::unique_ptr<Listener> listener_;
+  uint16_t port_ = 0;
+  std::atomic<bool> running_{false};
+  std::atomic<size_t> rr_{0};
+  std::mutex peersMu_;
+  std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;
+};
+
+}  // namespace mc::tcp
