@@ -1,0 +1,544 @@
+/**
+ * The handshake daemon every Mooncake engine runs on its `rpc_port` (upstream
+ * `SocketHandShakePlugin::startDaemon`), answering with the same bytes upstream does:
+ *
+ * | request            | reply (same type; untyped if the request was untyped)                                   |
+ * |--------------------|------------------------------------------------------------------------------------------|
+ * | Probe (3)          | `{"status":"success"}`                                                                   |
+ * | Notify (2)         | `{"name":"","notify_msg":"success"}` (`notify_msg` "" when the owner rejects it)         |
+ * | Metadata (1)       | the owner's segment descriptor, or `null` when it has none (or no handler, as in HTTP mode) |
+ * | Connection (0)/old | `{"local_gid":"","local_lid":0,"local_nic_path":"","payload":"","peer_nic_path":"","qp_num":[],"reply_msg":""}` |
+ *
+ * One request per connection: read one frame, reply, half-close (`shutdown(SHUT_WR)`), then wait
+ * (bounded) for the client to close. Unlike upstream, connections are served concurrently and the
+ * receive timeout is a deadline for the whole request frame rather than a per-read idle timeout
+ * (so a byte-at-a-time client cannot hold a connection open). Anything hostile (garbage, a length
+ * over the limit, a truncated or slow frame, a JSON error) is counted in `stats()`, reported as a
+ * 'drop' event, and the connection is closed without a reply, as upstream does.
+ */
+
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { MooncakeError, isMooncakeError } from '../errors';
+import {
+  FrameDecoder,
+  HANDSHAKE_TYPE_NAMES,
+  HandshakeType,
+  encodeFrame,
+  handshakeMaxLengthFromEnv,
+  type Frame,
+} from './framing';
+import { RawJson, isJsonObject, messageText, parseJson, stringifyFast, type JsonValue } from './json';
+import type { Notify } from './notifications';
+
+/** What upstream TCP replies to a Connection handshake (an all-empty HandShakeDesc). */
+export const EMPTY_HANDSHAKE_DESC = {
+  local_gid: '',
+  local_lid: 0,
+  local_nic_path: '',
+  payload: '',
+  peer_nic_path: '',
+  qp_num: [] as JsonValue[],
+  reply_msg: '',
+} as const;
+export const PROBE_REPLY = { status: 'success' } as const;
+export const NOTIFY_ACCEPTED = { name: '', notify_msg: 'success' } as const;
+export const NOTIFY_REJECTED = { name: '', notify_msg: '' } as const;
+
+export interface RequestInfo {
+  type: HandshakeType;
+  /** The request was an untyped (OldProtocol) frame; it is handled as Connection. */
+  oldProtocol: boolean;
+  /** The JSON text received (FastWriter output ends with a newline). */
+  text: string;
+  remoteAddress: string;
+  remotePort: number;
+}
+
+export type MetadataReply = JsonValue | RawJson | null | undefined;
+
+export interface HandshakeHandlers {
+  /**
+   * P2P Metadata exchange: receives the peer's descriptor (upstream ignores it), returns the local
+   * segment descriptor (an object, or RawJson text), or null when there is none. Without this
+   * handler the reply is `null`, as from an upstream engine in HTTP-metadata mode. A throw also
+   * replies `null` (upstream ignores the callback's error code) and counts a handler error.
+   */
+  onMetadata?(peerDescriptor: JsonValue, info: RequestInfo): MetadataReply | Promise<MetadataReply>;
+  /**
+   * A received notify. Return `false` (or throw) to reject it: the reply then has an empty
+   * `notify_msg`, which the sender reports as a failure. Upstream always accepts. Without a
+   * handler, notifies are acknowledged and discarded.
+   */
+  onNotify?(notify: Notify, info: RequestInfo): void | boolean | Promise<void | boolean>;
+}
+
+export interface HandshakeServerOptions extends HandshakeHandlers {
+  /** Largest request frame accepted (default: `MC_HANDSHAKE_MAX_LENGTH`, else 1 MiB). */
+  maxLength?: number;
+  /** Deadline for a complete request frame after accept, ms (default 5000, upstream's SO_RCVTIMEO). */
+  receiveTimeoutMs?: number;
+  /** Deadline for a handler's answer, ms (default 5000); on expiry the connection is dropped. */
+  handlerTimeoutMs?: number;
+  /** How long to wait for the client to close after the reply, ms (default 5000). */
+  closeWaitMs?: number;
+  /** Connections served at once; further ones are refused by closing them (default 1024). */
+  maxConnections?: number;
+  /** listen() backlog (default: `MC_HANDSHAKE_LISTEN_BACKLOG`, else 128). */
+  backlog?: number;
+}
+
+export interface PortRange {
+  min: number;
+  max: number;
+}
+
+export interface HandshakeListenOptions {
+  /** Bind address (default '0.0.0.0', like upstream's INADDR_ANY). */
+  host?: string;
+  /** Exact port; 0 = any free port. When omitted a random free port of `portRange` is used. */
+  port?: number;
+  /** Range for the random port (default: `MC_MIN_RPC_PORT`..`MC_MAX_RPC_PORT`, else 15000..17000). */
+  portRange?: PortRange | [number, number];
+}
+
+export type DropReason = 'timeout' | 'malformed' | 'protocol' | 'truncated' | 'handler' | 'socket' | 'overload' | 'closed';
+
+export interface DropInfo {
+  reason: DropReason;
+  error?: MooncakeError;
+  remoteAddress?: string;
+  remotePort?: number;
+}
+
+export interface HandshakeServerStats {
+  accepted: number;
+  active: number;
+  served: { connection: number; metadata: number; notify: number; probe: number };
+  oldProtocol: number;
+  rejectedNotifies: number;
+  handlerErrors: number;
+  dropped: Record<DropReason, number>;
+  /** Bytes a client sent after its request frame (ignored). */
+  extraBytes: number;
+  /** Connections that did not close within closeWaitMs after the reply (then destroyed). */
+  closeWaitTimeouts: number;
+}
+
+export interface HandshakeServerEvents {
+  request: [RequestInfo];
+  drop: [DropInfo];
+}
+
+/** The RPC port range upstream derives from MC_MIN_RPC_PORT / MC_MAX_RPC_PORT (`ValidatePortRange`). */
+export function rpcPortRangeFromEnv(env: NodeJS.ProcessEnv = process.env): PortRange {
+  const minRaw = env.MC_MIN_RPC_PORT ?? env.MC_MIN_PRC_PORT;
+  const maxRaw = env.MC_MAX_RPC_PORT ?? env.MC_MAX_PRC_PORT;
+  const min = minRaw === undefined ? 15000 : atoi(minRaw);
+  const max = maxRaw === undefined ? 17000 : atoi(maxRaw);
+  const ok = (p: number): boolean => p >= 1024 && p <= 65535 && !(p >= 32768 && p <= 60999);
+  if (!ok(min) || !ok(max) || min > max) return { min: 15000, max: 17000 };
+  return { min, max };
+}
+
+function atoi(s: string): number {
+  const m = /^\s*([+-]?\d+)/.exec(s);
+  return m ? Number(m[1]) : 0;
+}
+
+function envInt(name: string, fallback: number, env: NodeJS.ProcessEnv = process.env): number {
+  const v = env[name];
+  if (v === undefined) return fallback;
+  const n = atoi(v);
+  return n > 0 ? n : fallback;
+}
+
+/** jsoncpp `asString()` of a scalar; undefined for arrays/objects (which upstream cannot convert). */
+function jsonAsString(v: JsonValue | undefined): string | undefined {
+  if (v === undefined || v === null) return '';
+  switch (typeof v) {
+    case 'string':
+      return v;
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'bigint':
+      return v.toString();
+    case 'number':
+      return stringifyFast(v).slice(0, -1);
+    default:
+      return undefined;
+  }
+}
+
+/** Notify body → Notify, as upstream's TransferNotifyUtil::decode (undefined if unconvertible). */
+export function decodeNotify(body: JsonValue): Notify | undefined {
+  if (body !== null && !isJsonObject(body)) return undefined;
+  const name = jsonAsString(body === null ? undefined : body.name);
+  const msg = jsonAsString(body === null ? undefined : body.notify_msg);
+  if (name === undefined || msg === undefined) return undefined;
+  return { name, msg };
+}
+
+class Timeout extends Error {}
+
+export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
+  private readonly opts: Required<Omit<HandshakeServerOptions, keyof HandshakeHandlers>>;
+  private readonly handlers: HandshakeHandlers;
+  private server: net.Server | undefined;
+  private readonly sockets = new Set<net.Socket>();
+  private readonly timers = new Set<NodeJS.Timeout>();
+  private refed = true;
+  private closing: Promise<void> | undefined;
+  private boundPort = 0;
+  private boundHost = '';
+  private readonly counters: HandshakeServerStats = {
+    accepted: 0,
+    active: 0,
+    served: { connection: 0, metadata: 0, notify: 0, probe: 0 },
+    oldProtocol: 0,
+    rejectedNotifies: 0,
+    handlerErrors: 0,
+    dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0 },
+    extraBytes: 0,
+    closeWaitTimeouts: 0,
+  };
+
+  constructor(options: HandshakeServerOptions = {}) {
+    super();
+    const { onMetadata, onNotify, ...rest } = options;
+    this.handlers = {};
+    if (onMetadata) this.handlers.onMetadata = onMetadata;
+    if (onNotify) this.handlers.onNotify = onNotify;
+    this.opts = {
+      maxLength: rest.maxLength ?? handshakeMaxLengthFromEnv(),
+      receiveTimeoutMs: rest.receiveTimeoutMs ?? 5000,
+      handlerTimeoutMs: rest.handlerTimeoutMs ?? 5000,
+      closeWaitMs: rest.closeWaitMs ?? 5000,
+      maxConnections: rest.maxConnections ?? 1024,
+      backlog: rest.backlog ?? envInt('MC_HANDSHAKE_LISTEN_BACKLOG', 128),
+    };
+    new FrameDecoder({ maxLength: this.opts.maxLength }); // validates maxLength early
+    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'maxConnections', 'backlog'] as const) {
+      const v = this.opts[k];
+      if (!Number.isFinite(v) || v <= 0) throw new MooncakeError('INVALID_ARGUMENT', `${k} must be a positive number, got ${v}`);
+    }
+  }
+
+  /** The bound port (0 before listen()). */
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get listening(): boolean {
+    return this.server?.listening === true;
+  }
+
+  address(): { host: string; port: number } | undefined {
+    return this.server?.listening ? { host: this.boundHost, port: this.boundPort } : undefined;
+  }
+
+  stats(): HandshakeServerStats {
+    const c = this.counters;
+    return { ...c, active: this.sockets.size, served: { ...c.served }, dropped: { ...c.dropped } };
+  }
+
+  /** Starts listening; resolves with the bound port. */
+  async listen(options: HandshakeListenOptions = {}): Promise<number> {
+    if (this.closing) throw new MooncakeError('CLOSED', 'the handshake server is closed');
+    if (this.server) throw new MooncakeError('INVALID_ARGUMENT', 'the handshake server is already listening');
+    const host = options.host ?? '0.0.0.0';
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.onConnection(s));
+    server.maxConnections = this.opts.maxConnections;
+    server.on('drop', () => this.drop('overload', undefined));
+    this.server = server;
+    if (!this.refed) server.unref();
+
+    const candidates: number[] = [];
+    if (options.port !== undefined) {
+      if (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535) {
+        this.server = undefined;
+        throw new MooncakeError('INVALID_ARGUMENT', `invalid port ${options.port}`);
+      }
+      candidates.push(options.port);
+    } else {
+      const r = options.portRange === undefined ? rpcPortRangeFromEnv() : Array.isArray(options.portRange) ? { min: options.portRange[0], max: options.portRange[1] } : options.portRange;
+      if (!Number.isInteger(r.min) || !Number.isInteger(r.max) || r.min < 1 || r.max > 65535 || r.min > r.max) {
+        this.server = undefined;
+        throw new MooncakeError('INVALID_ARGUMENT', `invalid port range ${r.min}..${r.max}`);
+      }
+      // Like upstream's findAvailableTcpPort: up to 500 random picks from the range.
+      for (let i = 0; i < 500; i++) candidates.push(r.min + Math.floor(Math.random() * (r.max - r.min + 1)));
+    }
+
+    let lastError: unknown;
+    for (const port of candidates) {
+      if (this.closing) break;
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const onError = (e: Error): void => {
+            server.off('listening', onListening);
+            reject(e);
+          };
+          const onListening = (): void => {
+            server.off('error', onError);
+            resolve();
+          };
+          server.once('error', onError);
+          server.once('listening', onListening);
+          server.listen({ host, port, backlog: this.opts.backlog, exclusive: true });
+        });
+        const addr = server.address() as net.AddressInfo;
+        this.boundPort = addr.port;
+        this.boundHost = addr.address;
+        // After listening, accept-time errors (EMFILE...) must not crash the process.
+        server.on('error', (e) => this.drop('socket', new MooncakeError('SOCKET', `handshake listener error: ${e.message}`, { cause: e })));
+        if (this.closing) {
+          server.close();
+          throw new MooncakeError('CLOSED', 'the handshake server was closed while starting');
+        }
+        return addr.port;
+      } catch (e) {
+        if (isMooncakeError(e)) throw e;
+        lastError = e;
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EADDRINUSE' && code !== 'EACCES') break;
+      }
+    }
+    this.server = undefined;
+    throw new MooncakeError('SOCKET', `handshake server could not listen on ${host}: ${(lastError as Error | undefined)?.message ?? 'closed'}`, {
+      cause: lastError,
+      details: { host, ...(options.port !== undefined ? { port: options.port } : {}) },
+    });
+  }
+
+  /** Stops listening and destroys open connections. Idempotent; resolves once the listener is closed. */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    const server = this.server;
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.closing = new Promise<void>((resolve) => {
+      if (!server || !server.listening) return resolve();
+      server.close(() => resolve());
+    });
+    return this.closing;
+  }
+
+  /** Lets the process exit while the daemon (and its open connections) are all that is left. */
+  unref(): this {
+    this.refed = false;
+    this.server?.unref();
+    for (const s of this.sockets) s.unref();
+    for (const t of this.timers) t.unref();
+    return this;
+  }
+
+  ref(): this {
+    this.refed = true;
+    this.server?.ref();
+    for (const s of this.sockets) s.ref();
+    for (const t of this.timers) t.ref();
+    return this;
+  }
+
+  private timer(ms: number, fn: () => void): NodeJS.Timeout {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      fn();
+    }, ms);
+    if (!this.refed) t.unref();
+    this.timers.add(t);
+    return t;
+  }
+
+  private clearTimer(t: NodeJS.Timeout | undefined): void {
+    if (t === undefined) return;
+    clearTimeout(t);
+    this.timers.delete(t);
+  }
+
+  private drop(reason: DropReason, error: MooncakeError | undefined, socket?: net.Socket): void {
+    this.counters.dropped[reason]++;
+    const info: DropInfo = { reason };
+    if (error) info.error = error;
+    if (socket?.remoteAddress !== undefined) info.remoteAddress = socket.remoteAddress;
+    if (socket?.remotePort !== undefined) info.remotePort = socket.remotePort;
+    this.emit('drop', info);
+  }
+
+  private onConnection(socket: net.Socket): void {
+    if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    this.counters.accepted++;
+    this.sockets.add(socket);
+    if (!this.refed) socket.unref();
+    socket.setNoDelay(true);
+
+    const decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
+    let phase: 'receive' | 'handle' | 'closewait' | 'done' = 'receive';
+    let timer: NodeJS.Timeout | undefined;
+
+    const finish = (): void => {
+      if (phase === 'done') return;
+      phase = 'done';
+      this.clearTimer(timer);
+      this.sockets.delete(socket);
+      socket.destroy();
+    };
+    const fail = (reason: DropReason, error: MooncakeError): void => {
+      if (phase === 'done') return;
+      this.drop(reason, error, socket);
+      finish();
+    };
+
+    socket.on('error', (e) => {
+      if (phase === 'closewait') return finish(); // the reply went out; a reset now is the client's business
+      fail('socket', new MooncakeError('SOCKET', `handshake connection error: ${e.message}`, { cause: e }));
+    });
+    socket.on('close', () => {
+      if (phase === 'receive' || phase === 'handle') this.drop('closed', undefined, socket);
+      phase = 'done';
+      this.clearTimer(timer);
+      this.sockets.delete(socket);
+    });
+
+    timer = this.timer(this.opts.receiveTimeoutMs, () => {
+      fail('timeout', new MooncakeError('TIMEOUT', `no complete handshake request within ${this.opts.receiveTimeoutMs} ms`, { details: { buffered: decoder.buffered } }));
+    });
+
+    socket.on('data', (chunk: Buffer) => {
+      if (phase !== 'receive') {
+        if (phase !== 'done') this.counters.extraBytes += chunk.length;
+        return;
+      }
+      let frames: Frame[];
+      try {
+        frames = decoder.push(chunk);
+      } catch (e) {
+        return fail('protocol', e as MooncakeError);
+      }
+      if (frames.length === 0) return;
+      this.counters.extraBytes += decoder.buffered;
+      for (let i = 1; i < frames.length; i++) this.counters.extraBytes += 8 + frames[i]!.payload.length + (frames[i]!.oldProtocol ? 0 : 1);
+      phase = 'handle';
+      this.clearTimer(timer);
+      timer = undefined;
+      void this.serve(socket, frames[0]!).then(
+        (reply) => {
+          if (phase !== 'handle') return;
+          this.clearTimer(timer);
+          phase = 'closewait';
+          socket.end(reply);
+          timer = this.timer(this.opts.closeWaitMs, () => {
+            this.counters.closeWaitTimeouts++;
+            finish();
+          });
+        },
+        (e: unknown) => {
+          if (e instanceof Timeout) {
+            this.counters.handlerErrors++;
+            return fail('handler', new MooncakeError('TIMEOUT', `handshake handler did not answer within ${this.opts.handlerTimeoutMs} ms`));
+          }
+          fail('malformed', isMooncakeError(e) ? e : new MooncakeError('PROTOCOL_ERROR', String(e), { cause: e }));
+        },
+      );
+    });
+
+    socket.on('end', () => {
+      if (phase === 'receive') {
+        try {
+          decoder.end();
+          fail('truncated', new MooncakeError('PROTOCOL_ERROR', 'client closed before sending a request', { details: { reason: 'truncated', buffered: 0 } }));
+        } catch (e) {
+          fail('truncated', e as MooncakeError);
+        }
+      } else if (phase === 'closewait') {
+        finish();
+      }
+      // phase 'handle': the client half-closed after its request; still reply.
+    });
+  }
+
+  /** Builds the reply frame for one request; rejects to drop the connection without a reply. */
+  private async serve(socket: net.Socket, frame: Frame): Promise<Buffer> {
+    const text = frame.payload.toString('utf8');
+    const body = parseJson(frame.payload); // MALFORMED_JSON → dropped, like upstream
+    const info: RequestInfo = {
+      type: frame.type,
+      oldProtocol: frame.oldProtocol,
+      text,
+      remoteAddress: socket.remoteAddress ?? '',
+      remotePort: socket.remotePort ?? 0,
+    };
+    this.emit('request', info);
+    if (frame.oldProtocol) this.counters.oldProtocol++;
+    this.counters.served[HANDSHAKE_TYPE_NAMES[frame.type]]++;
+
+    let reply: string;
+    switch (frame.type) {
+      case HandshakeType.Probe:
+        reply = stringifyFast(PROBE_REPLY);
+        break;
+      case HandshakeType.Connection:
+        reply = stringifyFast(EMPTY_HANDSHAKE_DESC);
+        break;
+      case HandshakeType.Notify: {
+        const n = decodeNotify(body);
+        let ok = n !== undefined;
+        if (n && this.handlers.onNotify) {
+          try {
+            ok = (await this.bounded(this.handlers.onNotify(n, info))) !== false;
+          } catch (e) {
+            if (e instanceof Timeout) throw e;
+            this.counters.handlerErrors++;
+            ok = false;
+          }
+        }
+        if (!ok) this.counters.rejectedNotifies++;
+        reply = stringifyFast(ok ? NOTIFY_ACCEPTED : NOTIFY_REJECTED);
+        break;
+      }
+      case HandshakeType.Metadata: {
+        let local: MetadataReply = null;
+        if (this.handlers.onMetadata) {
+          try {
+            local = await this.bounded(this.handlers.onMetadata(body, info));
+          } catch (e) {
+            if (e instanceof Timeout) throw e;
+            this.counters.handlerErrors++;
+            local = null;
+          }
+        }
+        try {
+          reply = messageText(local ?? null);
+        } catch {
+          this.counters.handlerErrors++;
+          reply = stringifyFast(null);
+        }
+        break;
+      }
+    }
+    return encodeFrame(frame.type, reply, { oldProtocol: frame.oldProtocol });
+  }
+
+  private bounded<T>(v: T | PromiseLike<T>): Promise<T> {
+    if (typeof (v as { then?: unknown } | null | undefined)?.then !== 'function') return Promise.resolve(v as T);
+    return new Promise<T>((resolve, reject) => {
+      const t = this.timer(this.opts.handlerTimeoutMs, () => reject(new Timeout()));
+      (v as PromiseLike<T>).then(
+        (r) => {
+          this.clearTimer(t);
+          resolve(r);
+        },
+        (e: unknown) => {
+          this.clearTimer(t);
+          reject(e);
+        },
+      );
+    });
+  }
+}
