@@ -1,0 +1,237 @@
+/**
+ * Upstream requests: one attempt with connect/idle timeouts and abort, bounded retries on connection failures
+ * (only before any response byte, on another instance when there is one), and bounded body reading.
+ */
+import * as http from 'node:http';
+import type { Readable } from 'node:stream';
+import { MooncakeError } from '../errors';
+import type { Instance, InstancePool } from './instances';
+
+/** Node error codes that mean "the request did not get an answer because of the connection". */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EHOSTDOWN',
+  'ENETDOWN',
+  'ETIMEDOUT',
+  'EADDRNOTAVAIL',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'ECONNABORTED',
+]);
+
+export interface UpstreamAttempt {
+  agent: http.Agent;
+  origin: string;
+  method: string;
+  path: string;
+  headers: http.OutgoingHttpHeaders;
+  body?: Buffer;
+  signal: AbortSignal;
+  connectTimeoutMs: number;
+  /** Longest silence before the response headers or between two body chunks; 0 disables. */
+  idleTimeoutMs: number;
+  /** Called with an error that happens after the response headers arrived (idle timeout, reset). */
+  onLateError?: (error: MooncakeError) => void;
+}
+
+/** True for an error the proxy may retry on another instance: no response byte was received. */
+export function isRetryable(e: unknown): boolean {
+  return e instanceof MooncakeError && e.details?.retryable === true;
+}
+
+function errCode(e: unknown): string | undefined {
+  const c = (e as { code?: unknown } | null)?.code;
+  return typeof c === 'string' ? c : undefined;
+}
+
+function classify(e: unknown, origin: string, signal: AbortSignal): MooncakeError {
+  if (e instanceof MooncakeError) return e;
+  if (signal.aborted) {
+    const reason: unknown = signal.reason;
+    if (reason instanceof MooncakeError) return reason;
+    return new MooncakeError('ABORT_ERR', `request to ${origin} was aborted`, { cause: e, details: { origin } });
+  }
+  const code = errCode(e);
+  const message = e instanceof Error ? e.message : String(e);
+  if (code !== undefined && CONNECTION_CODES.has(code)) {
+    const kind = code === 'ECONNRESET' || code === 'EPIPE' ? 'CONNECTION_LOST' : 'CONNECT_FAILED';
+    return new MooncakeError(kind, `${origin}: ${message}`, { cause: e, details: { origin, retryable: true, errno: code } });
+  }
+  return new MooncakeError('CONNECTION_LOST', `${origin}: ${message}`, { cause: e, details: { origin, errno: code } });
+}
+
+/**
+ * Sends one request and resolves with the response once its headers arrive. Rejects with a MooncakeError:
+ * CONNECT_FAILED / CONNECTION_LOST with `details.retryable` when nothing was received, TIMEOUT, or the abort
+ * signal's reason (ABORT_ERR by default). After the headers, the idle timeout and the signal destroy the
+ * response stream instead.
+ */
+export function sendUpstream(a: UpstreamAttempt): Promise<http.IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    if (a.signal.aborted) {
+      reject(classify(a.signal.reason, a.origin, a.signal));
+      return;
+    }
+    const url = new URL(a.path, a.origin);
+    const headers: http.OutgoingHttpHeaders = { ...a.headers };
+    if (a.body !== undefined) headers['content-length'] = a.body.length;
+    let settled = false;
+    let connectTimer: NodeJS.Timeout | undefined;
+    const req = http.request({
+      protocol: url.protocol,
+      hostname: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
+      port: url.port,
+      method: a.method,
+      path: url.pathname + url.search,
+      headers,
+      agent: a.agent,
+      signal: a.signal,
+    });
+    req.on('socket', (socket) => {
+      if (!socket.connecting) return;
+      connectTimer = setTimeout(() => {
+        req.destroy(
+          new MooncakeError('CONNECT_FAILED', `${a.origin}: connect timed out after ${a.connectTimeoutMs} ms`, {
+            details: { origin: a.origin, retryable: true },
+          }),
+        );
+      }, a.connectTimeoutMs);
+      socket.once('connect', () => clearTimeout(connectTimer));
+    });
+    if (a.idleTimeoutMs > 0) {
+      req.setTimeout(a.idleTimeoutMs, () => {
+        req.destroy(new MooncakeError('TIMEOUT', `${a.origin}: no data for ${a.idleTimeoutMs} ms`, { details: { origin: a.origin } }));
+      });
+    }
+    req.on('response', (res) => {
+      clearTimeout(connectTimer);
+      settled = true;
+      resolve(res);
+    });
+    req.on('error', (e) => {
+      clearTimeout(connectTimer);
+      if (settled) {
+        a.onLateError?.(classify(e, a.origin, a.signal)); // the response stream reports it too
+        return;
+      }
+      settled = true;
+      const err = classify(e, a.origin, a.signal);
+      // A kept-alive socket the server closed while idle: not the instance's fault, and safe to send again.
+      if (req.reusedSocket && errCode(e) === 'ECONNRESET' && err.details !== undefined) err.details.staleSocket = true;
+      reject(err);
+    });
+    req.end(a.body);
+  });
+}
+
+/** Reads a whole stream, failing with PROTOCOL_ERROR past `limit` bytes. */
+export function readBody(stream: Readable, limit: number, what: string): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    const fail = (e: unknown): void => {
+      if (done) return;
+      done = true;
+      // Never retryable: part of the response may have been received.
+      reject(e instanceof MooncakeError ? e : new MooncakeError('CONNECTION_LOST', `${what} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e }));
+    };
+    stream.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        fail(new MooncakeError('PROTOCOL_ERROR', `${what} is larger than ${limit} bytes`, { details: { limit, tooLarge: true } }));
+        stream.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    stream.on('end', () => {
+      if (done) return;
+      done = true;
+      resolve(Buffer.concat(chunks, size));
+    });
+    stream.on('error', fail);
+    stream.on('close', () => fail(new MooncakeError('CONNECTION_LOST', `${what} ended early`)));
+  });
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(signal.reason);
+    };
+    const t = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export interface RetryPolicy {
+  maxRetries: number;
+  baseDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface Routed<T> {
+  instance: Instance;
+  result: T;
+  /** Attempts made, 1 when the first one worked. */
+  attempts: number;
+}
+
+/**
+ * Runs `attempt` on an instance chosen from `pool`, retrying on another instance after a retryable connection
+ * failure (at most `maxRetries` times). The instance's in-flight load is acquired before the attempt; on
+ * success the caller must call `instance.release(tokens)` when the request is over.
+ */
+export async function withRetries<T>(
+  pool: InstancePool,
+  tokens: number,
+  retry: RetryPolicy,
+  signal: AbortSignal,
+  attempt: (inst: Instance) => Promise<T>,
+  onRetry?: (inst: Instance, error: MooncakeError) => void,
+): Promise<Routed<T>> {
+  const tried = new Set<Instance>();
+  let last: MooncakeError | undefined;
+  for (let n = 0; n <= retry.maxRetries; n++) {
+    if (n > 0 && retry.baseDelayMs > 0) {
+      await sleep(Math.min(retry.maxDelayMs, retry.baseDelayMs * 2 ** (n - 1)), signal);
+    }
+    const inst = pool.pick(tried);
+    if (inst === undefined) {
+      throw new MooncakeError('CONNECT_FAILED', `no ${pool.role} instance is configured`, { details: { role: pool.role, noInstance: true } });
+    }
+    inst.acquire(tokens);
+    try {
+      const result = await attempt(inst);
+      pool.recordResponse(inst);
+      return { instance: inst, result, attempts: n + 1 };
+    } catch (e) {
+      inst.release(tokens);
+      const err = e instanceof MooncakeError ? e : classify(e, inst.url, signal);
+      if (!isRetryable(err) || signal.aborted) throw err;
+      if (err.details?.staleSocket !== true) {
+        pool.recordConnectFailure(inst, err);
+        tried.add(inst);
+      }
+      last = err;
+      if (n < retry.maxRetries) onRetry?.(inst, err);
+    }
+  }
+  throw new MooncakeError('CONNECT_FAILED', `every attempt to reach a ${pool.role} instance failed (${retry.maxRetries + 1} attempts): ${last?.message ?? 'unknown error'}`, {
+    cause: last,
+    details: { role: pool.role, attempts: retry.maxRetries + 1 },
+  });
+}

@@ -1,0 +1,272 @@
+/**
+ * The prefill and decode instance pools: load accounting, ejection after consecutive failures, re-admission
+ * after consecutive good health probes, and the periodic health checker.
+ */
+import * as http from 'node:http';
+import { MooncakeError } from '../errors';
+import type { ProxyLogger, ResolvedHealthCheck, Role } from './options';
+import { normalizeInstanceUrl } from './options';
+import type { LoadView, Policy } from './policies';
+
+/** A read-only view of one instance, as `stats()`, `/admin/instances` and `/metrics` show it. */
+export interface InstanceSnapshot {
+  role: Role;
+  /** Origin, 'http://host:port'. */
+  url: string;
+  /** False while ejected. */
+  healthy: boolean;
+  inFlight: number;
+  inFlightTokens: number;
+  /** Requests sent to the instance (each attempt counts). */
+  requests: number;
+  /** Attempts that failed to connect or lost the connection before any response byte. */
+  connectFailures: number;
+  consecutiveFailures: number;
+  consecutiveSuccesses: number;
+  /** Times the instance was ejected. */
+  ejections: number;
+  lastError?: string;
+}
+
+export class Instance implements LoadView {
+  inFlight = 0;
+  inFlightTokens = 0;
+  requests = 0;
+  connectFailures = 0;
+  consecutiveFailures = 0;
+  consecutiveSuccesses = 0;
+  ejections = 0;
+  healthy = true;
+  removed = false;
+  lastError: string | undefined;
+
+  constructor(readonly role: Role, readonly url: string) {}
+
+  acquire(tokens: number): void {
+    this.inFlight++;
+    this.inFlightTokens += tokens;
+    this.requests++;
+  }
+
+  release(tokens: number): void {
+    this.inFlight = Math.max(0, this.inFlight - 1);
+    this.inFlightTokens = Math.max(0, this.inFlightTokens - tokens);
+  }
+
+  snapshot(): InstanceSnapshot {
+    const s: InstanceSnapshot = {
+      role: this.role,
+      url: this.url,
+      healthy: this.healthy,
+      inFlight: this.inFlight,
+      inFlightTokens: this.inFlightTokens,
+      requests: this.requests,
+      connectFailures: this.connectFailures,
+      consecutiveFailures: this.consecutiveFailures,
+      consecutiveSuccesses: this.consecutiveSuccesses,
+      ejections: this.ejections,
+    };
+    if (this.lastError !== undefined) s.lastError = this.lastError;
+    return s;
+  }
+}
+
+export class InstancePool {
+  private readonly byUrl = new Map<string, Instance>();
+
+  constructor(
+    readonly role: Role,
+    readonly policy: Policy,
+    private readonly health: ResolvedHealthCheck,
+    private readonly log: ProxyLogger,
+  ) {}
+
+  get size(): number {
+    return this.byUrl.size;
+  }
+
+  all(): Instance[] {
+    return [...this.byUrl.values()];
+  }
+
+  get(url: string): Instance | undefined {
+    return this.byUrl.get(normalizeInstanceUrl(url, `${this.role} instance`));
+  }
+
+  has(url: string): boolean {
+    return this.get(url) !== undefined;
+  }
+
+  healthyCount(): number {
+    let n = 0;
+    for (const i of this.byUrl.values()) if (i.healthy) n++;
+    return n;
+  }
+
+  /** Adds an instance (it starts healthy). Throws INVALID_CONFIG for a bad address or a duplicate. */
+  add(url: string): Instance {
+    const origin = normalizeInstanceUrl(url, `${this.role} instance`);
+    if (this.byUrl.has(origin)) {
+      throw new MooncakeError('INVALID_CONFIG', `${this.role} instance ${origin} is already in the pool`, { details: { role: this.role, url: origin } });
+    }
+    const inst = new Instance(this.role, origin);
+    this.byUrl.set(origin, inst);
+    this.log('info', `added ${this.role} instance ${origin}`, { role: this.role, url: origin });
+    return inst;
+  }
+
+  /** Removes an instance from routing; requests already on it finish. Returns it, or undefined if absent. */
+  remove(url: string): Instance | undefined {
+    const origin = normalizeInstanceUrl(url, `${this.role} instance`);
+    const inst = this.byUrl.get(origin);
+    if (inst === undefined) return undefined;
+    this.byUrl.delete(origin);
+    inst.removed = true;
+    this.log('info', `removed ${this.role} instance ${origin}`, { role: this.role, url: origin, inFlight: inst.inFlight });
+    return inst;
+  }
+
+  /**
+   * Chooses an instance for one attempt. Healthy instances not yet tried come first; then ejected ones not yet
+   * tried (only when no healthy instance is left untried); then healthy ones already tried; then any.
+   * A request therefore never goes to an ejected instance while a healthy one exists that it has not failed on.
+   */
+  pick(tried: ReadonlySet<Instance> = new Set()): Instance | undefined {
+    const all = this.all();
+    const tiers: Instance[][] = [
+      all.filter((i) => i.healthy && !tried.has(i)),
+      all.filter((i) => !i.healthy && !tried.has(i)),
+      all.filter((i) => i.healthy),
+      all,
+    ];
+    for (const tier of tiers) {
+      if (tier.length > 0) return this.policy.pick(tier);
+    }
+    return undefined;
+  }
+
+  /** A connection failure before any response byte (passive health). */
+  recordConnectFailure(inst: Instance, error: unknown): void {
+    inst.connectFailures++;
+    inst.lastError = error instanceof Error ? error.message : String(error);
+    if (this.health.enabled) this.fail(inst, 'connection failure');
+  }
+
+  /** The instance answered (any status): the connection works, so passive failures start again from zero. */
+  recordResponse(inst: Instance): void {
+    if (inst.healthy) inst.consecutiveFailures = 0;
+  }
+
+  /** Result of one active health probe. */
+  recordProbe(inst: Instance, ok: boolean, error?: string): void {
+    if (inst.removed) return;
+    if (ok) {
+      inst.consecutiveFailures = 0;
+      inst.consecutiveSuccesses++;
+      if (!inst.healthy && inst.consecutiveSuccesses >= this.health.healthyThreshold) {
+        inst.healthy = true;
+        this.log('info', `re-admitted ${this.role} instance ${inst.url}`, { role: this.role, url: inst.url });
+      }
+    } else {
+      if (error !== undefined) inst.lastError = error;
+      this.fail(inst, error ?? 'health check failed');
+    }
+  }
+
+  private fail(inst: Instance, why: string): void {
+    inst.consecutiveSuccesses = 0;
+    inst.consecutiveFailures++;
+    if (inst.healthy && inst.consecutiveFailures >= this.health.unhealthyThreshold) {
+      inst.healthy = false;
+      inst.ejections++;
+      this.log('warn', `ejected ${this.role} instance ${inst.url} after ${inst.consecutiveFailures} consecutive failures (${why})`, {
+        role: this.role,
+        url: inst.url,
+      });
+    }
+  }
+}
+
+/** Probes every instance of the pools with GET <path> every interval; a 2xx answer within the timeout is good. */
+export class HealthChecker {
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  private stopped = false;
+  private readonly probes = new Set<http.ClientRequest>();
+  private round: Promise<void> | undefined;
+
+  constructor(
+    private readonly pools: readonly InstancePool[],
+    private readonly opts: ResolvedHealthCheck,
+    private readonly agent: http.Agent,
+  ) {}
+
+  start(): void {
+    if (!this.opts.enabled || this.running || this.stopped) return;
+    this.running = true;
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.round = this.checkAll().finally(() => {
+        this.round = undefined;
+        this.schedule();
+      });
+    }, this.opts.intervalMs);
+    this.timer.unref();
+  }
+
+  /** One probe round over every instance (also used to probe right away after an instance is added). */
+  async checkAll(): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    for (const pool of this.pools) for (const inst of pool.all()) jobs.push(this.check(pool, inst));
+    await Promise.all(jobs);
+  }
+
+  async check(pool: InstancePool, inst: Instance): Promise<void> {
+    if (this.stopped || !this.opts.enabled) return;
+    const result = await this.probe(inst.url);
+    if (this.stopped) return;
+    pool.recordProbe(inst, result.ok, result.error);
+  }
+
+  private probe(origin: string): Promise<{ ok: boolean; error?: string }> {
+    return new Promise((resolve) => {
+      let done = false;
+      const finish = (ok: boolean, error?: string): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this.probes.delete(req);
+        resolve(error === undefined ? { ok } : { ok, error });
+      };
+      const url = new URL(this.opts.path, origin);
+      const req = http.request(url, { method: 'GET', agent: this.agent, headers: { accept: '*/*' } }, (res) => {
+        const status = res.statusCode ?? 0;
+        res.resume();
+        res.on('error', () => {});
+        const ok = status >= 200 && status < 300;
+        finish(ok, ok ? undefined : `health check answered ${status}`);
+      });
+      const timer = setTimeout(() => {
+        req.destroy();
+        finish(false, `health check timed out after ${this.opts.timeoutMs} ms`);
+      }, this.opts.timeoutMs);
+      req.on('error', (err) => finish(false, `health check failed: ${err.message}`));
+      this.probes.add(req);
+      req.end();
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const req of this.probes) req.destroy();
+    this.probes.clear();
+    await this.round;
+  }
+}
