@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""A real upstream Mooncake engine (mooncake.engine.TransferEngine), driven over stdin/stdout.
+
+Used by test/interop/handshake-upstream.test.ts. One JSON command per stdin line; one answer per
+command on stdout, as a line starting with "@@" (the engine's own logs go to stderr). Answers are
+{"ok": true, ...} or {"ok": false, "error": "..."}. Commands:
+
+  {"cmd": "init", "mode": "p2p"}                      initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+  {"cmd": "init", "mode": "http", "name": "seg", "metadata_url": url}
+                                                      initialize(name, url, "tcp", "")
+      -> rpc_port (get_rpc_port()), segment (the segment name peers use)
+  {"cmd": "put_metadata", "url": u, "key": k, "value": text}   PUT a key on an HTTP metadata server
+  {"cmd": "get_metadata", "url": u, "key": k}                  -> value (text) or null (404)
+  {"cmd": "alloc", "size": n}                         allocate_managed_buffer -> addr
+  {"cmd": "write", "addr": a, "hex": h}               write_bytes_to_buffer
+  {"cmd": "read", "addr": a, "length": n}             read_bytes_from_buffer -> hex
+  {"cmd": "probe", "peer": segment}                   send_probe -> ret
+  {"cmd": "notifies"}                                 get_notifies -> [{name, msg}]
+  {"cmd": "transfer", "target": seg, "addr": a, "peer_addr": p, "length": n,
+   "op": "write"|"read", "notify": {"name", "msg"} | null}
+                                                      transfer_sync(..., notify=TransferNotify(...)) -> ret
+  {"cmd": "exit"}
+
+`handshake_peer.py metadata-server` instead runs upstream's HTTP metadata server
+(mooncake.http_metadata_server.KVBootstrapServer) on 127.0.0.1 and a free port, answers
+{"ok": true, "port": n} and serves until stdin closes. It must be its own process: the engine's
+initialize() holds the GIL, so an in-process server could not answer the engine's own PUTs.
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+
+
+def reply(obj):
+    sys.stdout.write("@@" + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def http(method, url, key, data=None):
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url + "?key=" + urllib.parse.quote(key, safe=""), data=data, method=method)
+    try:
+        with opener.open(req, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def metadata_server_main():
+    from mooncake.http_metadata_server import KVBootstrapServer
+
+    # Port 0: the OS picks a free port; read it back from the aiohttp runner.
+    server = KVBootstrapServer(port=0, host="127.0.0.1")
+    server.run()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        runner = server._runner
+        if runner is not None and runner.addresses:
+            port = runner.addresses[0][1]
+            # Wait until it accepts connections.
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                reply({"ok": True, "port": port})
+                sys.stdin.read()  # serve until the test closes stdin (or kills us)
+                os._exit(0)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    reply({"ok": False, "error": "upstream HTTP metadata server did not start"})
+    os._exit(1)
+
+
+def main():
+    from mooncake.engine import TransferEngine, TransferOpcode, TransferNotify
+
+    engine = TransferEngine()
+    reply({"ok": True, "ready": True})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break  # stdin closed: the test is done with us
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            cmd = json.loads(line)
+            c = cmd["cmd"]
+            if c == "init":
+                if cmd["mode"] == "p2p":
+                    ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+                    port = engine.get_rpc_port()
+                    reply({"ok": ret == 0, "ret": ret, "rpc_port": port, "segment": "127.0.0.1:%d" % port})
+                else:
+                    ret = engine.initialize(cmd["name"], cmd["metadata_url"], "tcp", "")
+                    reply({"ok": ret == 0, "ret": ret, "rpc_port": engine.get_rpc_port(), "segment": cmd["name"]})
+            elif c == "put_metadata":
+                status, body = http("PUT", cmd["url"], cmd["key"], cmd["value"].encode())
+                reply({"ok": status == 200, "status": status, "body": body.decode(errors="replace")})
+            elif c == "get_metadata":
+                status, body = http("GET", cmd["url"], cmd["key"])
+                reply({"ok": status in (200, 404), "status": status, "value": body.decode() if status == 200 else None})
+            elif c == "alloc":
+                addr = engine.allocate_managed_buffer(cmd["size"])
+                reply({"ok": addr != 0, "addr": addr})
+            elif c == "write":
+                data = bytes.fromhex(cmd["hex"])
+                ret = engine.write_bytes_to_buffer(cmd["addr"], data, len(data))
+                reply({"ok": ret == 0, "ret": ret})
+            elif c == "read":
+                data = engine.read_bytes_from_buffer(cmd["addr"], cmd["length"])
+                reply({"ok": True, "hex": bytes(data).hex()})
+            elif c == "probe":
+                ret = engine.send_probe(cmd["peer"])
+                reply({"ok": True, "ret": ret})
+            elif c == "notifies":
+                reply({"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]})
+            elif c == "transfer":
+                op = TransferOpcode.Write if cmd["op"] == "write" else TransferOpcode.Read
+                n = cmd.get("notify")
+                notify = TransferNotify(n["name"], n["msg"]) if n else None
+                t0 = time.time()
+                ret = engine.transfer_sync(cmd["target"], cmd["addr"], cmd["peer_addr"], cmd["length"], op, notify)
+                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
+            elif c == "exit":
+                reply({"ok": True})
+                break
+            else:
+                reply({"ok": False, "error": "unknown command " + c})
+        except Exception as e:  # noqa: BLE001 - report everything to the test
+            reply({"ok": False, "error": "%s: %s" % (type(e).__name__, e), "trace": traceback.format_exc()})
+    sys.stdout.flush()
+    # Skip interpreter teardown of the native engine; the test only needs the process gone.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "metadata-server":
+        metadata_server_main()
+    else:
+        main()
