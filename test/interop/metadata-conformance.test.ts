@@ -10,6 +10,7 @@
  * 3. Raw (un-escaped) non-ASCII bytes in the request line: both 400, bodies differ (aiohttp explains,
  *    node:http sends an empty body).
  */
+import { execFile } from 'node:child_process';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { MetadataServer } from '../../lib/metadata/server';
@@ -17,7 +18,7 @@ import { HttpMetadataStore } from '../../lib/metadata/http-store';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { MooncakeError } from '../../lib/errors';
 import { rawRequest, type RawReply } from '../helpers/raw-http';
-import { SETUP_COMMAND, spawnUpstreamMetadataServer, upstreamPeer, type UpstreamMetadataServer } from '../helpers/upstream';
+import { SETUP_COMMAND, spawnUpstreamMetadataServer, upstreamEnv, upstreamPeer, type UpstreamMetadataServer } from '../helpers/upstream';
 
 const peer = upstreamPeer();
 const skipReason = 'skipReason' in peer ? peer.skipReason : undefined;
@@ -248,6 +249,36 @@ describe.skipIf(skipReason !== undefined)(`metadata server conformance with upst
       });
     expect(await send(upstreamPort)).toMatch(/^HTTP\/1\.[01] 400 /);
     expect(await send(await startOurs())).toMatch(/^HTTP\/1\.[01] 400 /);
+  });
+
+  test("escapeKeyForUrl is byte-identical to libcurl's curl_easy_escape (the engine's escaping)", async () => {
+    if (!('python' in peer)) return;
+    const keys = [RAM, RPC, ...ODD_KEYS, 'é\u0301', '[::1]:12345', Array.from({ length: 127 }, (_, i) => String.fromCharCode(i + 1)).join('')];
+    // libcurl.so.4 is what the wheel's engine links against; call it through ctypes.
+    const script = [
+      'import ctypes, json, sys',
+      "c = ctypes.CDLL('libcurl.so.4')",
+      'c.curl_easy_init.restype = ctypes.c_void_p',
+      'c.curl_easy_escape.restype = ctypes.c_void_p',
+      'c.curl_easy_escape.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]',
+      'c.curl_free.argtypes = [ctypes.c_void_p]',
+      'h = c.curl_easy_init()',
+      'out = []',
+      'for k in json.loads(sys.stdin.read()):',
+      '    b = k.encode()',
+      '    p = c.curl_easy_escape(h, b, len(b))',
+      '    out.append(ctypes.string_at(p).decode())',
+      '    c.curl_free(p)',
+      'print(json.dumps(out))',
+    ].join('\n');
+    const child = execFile(peer.python, ['-c', script], { env: upstreamEnv(), timeout: 30_000 });
+    child.stdin!.end(JSON.stringify(keys));
+    let stdout = '';
+    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect(code).toBe(0);
+    const curl = JSON.parse(stdout) as string[];
+    expect(keys.map(escapeKeyForUrl)).toEqual(curl);
   });
 
   test('HttpMetadataStore speaks to upstream’s server like the engine does', async () => {
