@@ -46,10 +46,9 @@ class BuiltinEngine final : public Engine, public CompletionSink {
   bool closed() const override { return closed_.load(); }
   std::string backendName() const override { return "builtin"; }
 
-  Status registerMemory(uint64_t addr, uint64_t length, const std::string& location, std::shared_ptr<void> owner,
-                        bool remoteAccessible) override {
+  Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& o) override {
     if (closed_) return Status(Code::CLOSED, "engine closed");
-    Code c = registry_.add(addr, length, location, std::move(owner), "", 0, remoteAccessible);
+    Code c = registry_.add(addr, length, o.location, o.owner, o.shmPath, o.shmOffset, o.remoteAccessible);
     if (c == Code::ADDRESS_OVERLAPPED) return Status(c, "range overlaps a registered region");
     if (c != Code::OK) return Status(c, "invalid range");
     return Status();

@@ -33,6 +33,14 @@ struct SegmentInfo {
   std::vector<BufferDesc> buffers;
 };
 
+struct RegisterOptions {
+  std::string location = "cpu:0";
+  std::shared_ptr<void> owner;  // keeps engine-allocated memory alive while registered
+  bool remoteAccessible = true;
+  std::string shmPath;  // shareable memory: path a same-host peer may map
+  uint64_t shmOffset = 0;
+};
+
 struct EngineConfig {
   std::string localServerName;
   tcp::Options tcp;
@@ -49,8 +57,7 @@ class Engine {
   virtual bool closed() const = 0;
   virtual std::string backendName() const = 0;
 
-  virtual Status registerMemory(uint64_t addr, uint64_t length, const std::string& location,
-                                std::shared_ptr<void> owner, bool remoteAccessible) = 0;
+  virtual Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& options) = 0;
   virtual Status unregisterMemory(uint64_t addr) = 0;
 
   // Installs (or refreshes) a peer segment from its descriptor JSON and the peer's numeric ip.

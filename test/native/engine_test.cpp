@@ -79,7 +79,7 @@ struct Node {
     cfg.tcp.minPort = 0;
     engine = createBuiltinEngine(cfg, &sink);
     EXPECT_TRUE(engine->start().ok());
-    EXPECT_TRUE(engine->registerMemory(addr(mem.data()), mem.size(), "cpu:0", nullptr, true).ok());
+    EXPECT_TRUE(engine->registerMemory(addr(mem.data()), mem.size(), RegisterOptions{}).ok());
   }
   int32_t open(Node& peer, int version = 2) {
     std::string desc = peer.engine->localDescriptor();
@@ -287,7 +287,7 @@ TEST(Engine, CancelAbortsAndDeadlineTimesOut) {
   ASSERT_TRUE(a.sink.wait(1, &d, 2000));
   EXPECT_EQ(d.code, Code::ABORTED);
   EXPECT_EQ(a.engine->unregisterMemory(addr(a.mem.data())).code, Code::OK);
-  ASSERT_TRUE(a.engine->registerMemory(addr(a.mem.data()), a.mem.size(), "cpu:0", nullptr, true).ok());
+  ASSERT_TRUE(a.engine->registerMemory(addr(a.mem.data()), a.mem.size(), RegisterOptions{}).ok());
   Done t = a.run(2, reqs, 200);
   EXPECT_EQ(t.code, Code::TIMEOUT);
   close(lfd);

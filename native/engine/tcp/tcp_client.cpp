@@ -197,7 +197,7 @@ void ClientConn::flush() {
 
 void ClientConn::updateInterest() {
   if (fd_ < 0 || !registered_ || connecting_) return;
-  uint32_t ev = EPOLLIN | EPOLLRDHUP | (wantWrite_ ? EPOLLOUT : 0);
+  uint32_t ev = EPOLLIN | EPOLLRDHUP | (wantWrite_ ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ctx_.loop->modify(fd_, ev, this);
 }
 

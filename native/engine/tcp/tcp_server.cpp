@@ -189,7 +189,7 @@ bool ServerConn::flush() {
 
 void ServerConn::updateInterest() {
   if (fd_ < 0) return;
-  uint32_t ev = (readPaused_ ? 0 : (EPOLLIN | EPOLLRDHUP)) | (wantWrite_ ? EPOLLOUT : 0);
+  uint32_t ev = (readPaused_ ? 0u : static_cast<uint32_t>(EPOLLIN | EPOLLRDHUP)) | (wantWrite_ ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ctx_.loop->modify(fd_, ev, this);
 }
 

@@ -1,0 +1,654 @@
+/**
+ * TransferEngine: the public facade. It owns validation, Promises, AbortSignal, metadata publication
+ * and the handshake daemon (control plane, TypeScript); bytes move in the native engine (data plane).
+ */
+import { EventEmitter, addAbortListener } from 'node:events';
+import * as dns from 'node:dns';
+import * as net from 'node:net';
+import { MooncakeError, codeForStatus, isMooncakeError, type ErrorCode } from './errors';
+import { MemoryRegion, registerJsMemory, type RegisterOptions } from './memory';
+import { MetadataPublisher } from './metadata-publisher';
+import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
+import { rpcMetaKey, segmentKey } from './metadata/keys';
+import { loadNative, type NativeEngine } from './native';
+import {
+  defaultAdvertiseAddress,
+  defaultIoThreads,
+  envDefaults,
+  portRange,
+  validateOptions,
+  type TransferEngineOptions,
+} from './options';
+import { Segment } from './segment';
+import { packRequests, type BatchRequest, type PackedRequests, type TransferRequest } from './transfer-batch';
+import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, probe, sendNotify, type Notify } from './handshake';
+
+export type { TransferEngineOptions } from './options';
+export type { TransferRequest, BatchRequest, Opcode } from './transfer-batch';
+export type { Notify } from './handshake';
+
+export interface TransferOptions {
+  /** Cancels the transfer. The Promise settles once the engine no longer touches the memory. */
+  signal?: AbortSignal;
+  /** Fails the transfer with TIMEOUT after this many milliseconds. */
+  timeoutMs?: number;
+}
+
+export interface TransferResult {
+  /** Bytes moved. */
+  bytes: number;
+  /** Requests in the batch. */
+  requests: number;
+}
+
+/** Upstream's per-task states (TransferStatusEnum). */
+export type TaskStatus = 'WAITING' | 'PENDING' | 'INVALID' | 'CANCELED' | 'COMPLETED' | 'TIMEOUT' | 'FAILED';
+const TASK_STATUS: TaskStatus[] = ['WAITING', 'PENDING', 'INVALID', 'CANCELED', 'COMPLETED', 'TIMEOUT', 'FAILED'];
+
+export interface TaskStatusInfo {
+  status: TaskStatus;
+  transferredBytes: number;
+  /** The failure's code, for FAILED and TIMEOUT tasks. */
+  error?: ErrorCode;
+}
+
+export interface TransferEngineEvents {
+  /** A notification from a peer (upstream's notify messages). */
+  notify: [notify: Notify];
+  /** A background metadata operation failed (the engine keeps retrying). */
+  metadataError: [error: MooncakeError];
+}
+
+interface Pending {
+  resolve: (r: TransferResult) => void;
+  reject: (e: unknown) => void;
+  requests: number;
+  signal?: AbortSignal;
+  dispose?: Disposable;
+}
+
+interface ResolvedSegment {
+  descriptor: string;
+  ip: string;
+  rpcPort: number;
+}
+
+export class TransferEngine extends EventEmitter<TransferEngineEvents> implements AsyncDisposable {
+  readonly localServerName: string;
+  readonly metadataServer: string;
+  /** Address published for peers. */
+  readonly advertiseAddress: string;
+  readonly rpcPort: number;
+  readonly dataPort: number;
+  readonly protocol = 'tcp' as const;
+  readonly backend = 'builtin' as const;
+
+  private readonly native: NativeEngine;
+  private readonly handshake: HandshakeServer;
+  private readonly notifications: NotificationQueue;
+  private readonly store: MetadataStore | undefined;
+  private publisher: MetadataPublisher | undefined;
+  private readonly pending = new Map<number, Pending>();
+  private readonly regions = new Map<bigint, MemoryRegion>();
+  private readonly segments = new Map<string, Segment>();
+  private readonly opening = new Map<string, Promise<Segment>>();
+  private nextToken = 1;
+  private closing: Promise<void> | undefined;
+
+  private constructor(init: {
+    native: NativeEngine;
+    handshake: HandshakeServer;
+    notifications: NotificationQueue;
+    store: MetadataStore | undefined;
+    name: string;
+    metadataServer: string;
+    advertiseAddress: string;
+    rpcPort: number;
+  }) {
+    super();
+    this.native = init.native;
+    this.handshake = init.handshake;
+    this.notifications = init.notifications;
+    this.store = init.store;
+    this.localServerName = init.name;
+    this.metadataServer = init.metadataServer;
+    this.advertiseAddress = init.advertiseAddress;
+    this.rpcPort = init.rpcPort;
+    this.dataPort = init.native.dataPort();
+    this.notifications.on('notify', (n: Notify) => this.emit('notify', n));
+  }
+
+  /** Creates an engine: starts its data and handshake listeners and publishes it in the metadata store. */
+  static async create(options: TransferEngineOptions): Promise<TransferEngine> {
+    validateOptions(options);
+    const o: TransferEngineOptions = { ...envDefaults(), ...options };
+    const binding = loadNative();
+    const p2p = isP2PHandshake(o.metadataServer);
+    const store = p2p ? undefined : createMetadataStore(o.metadataServer, { http: { timeoutMs: o.metadataTimeoutMs } });
+    const range = portRange();
+    const advertise = o.advertiseAddress ?? defaultAdvertiseAddress(o.bindAddress);
+    const notifications = new NotificationQueue();
+
+    let engine: TransferEngine | undefined;
+    const handshake = new HandshakeServer({
+      onMetadata: () => (engine ? new RawJson(engine.describe()) : null),
+      onNotify: (n: Notify) => notifications.push(n),
+    });
+    let native: NativeEngine | undefined;
+    try {
+      const rpcPort = await handshake.listen({ host: o.bindAddress, port: o.rpcPort, portRange: range });
+      // Upstream rewrites the name to ip:rpc_port in P2P mode; the default name has that form anyway.
+      const name = p2p || o.localServerName === undefined ? `${formatHost(advertise)}:${rpcPort}` : o.localServerName;
+      let self: TransferEngine | undefined;
+      native = new binding.Engine(
+        {
+          localServerName: name,
+          ioThreads: o.ioThreads ?? defaultIoThreads(),
+          connectionsPerPeer: o.connectionsPerPeer,
+          sliceSize: o.sliceSize,
+          maxInflightPerConnection: o.maxInflightPerConnection,
+          idleTimeoutMs: o.idleTimeoutMs,
+          connectTimeoutMs: o.connectTimeoutMs,
+          bindAddress: o.bindAddress ?? '',
+          port: o.dataPort ?? 0,
+          minPort: range.min,
+          maxPort: range.max,
+          maxServerConnections: o.maxServerConnections,
+          protoVersion: o.tcpProtoVersion,
+          allowedPeers: o.allowedPeers,
+        },
+        (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
+      );
+      engine = self = new TransferEngine({
+        native, handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
+      });
+      if (store) {
+        const rpcMeta = JSON.stringify({ ip_or_host_name: advertise, rpc_port: rpcPort });
+        const owner = engine;
+        engine.publisher = new MetadataPublisher({
+          store,
+          name,
+          rpcMeta,
+          describe: () => owner.describe(),
+          refreshMs: o.metadataRefreshMs ?? 5000,
+          isStale: (existing) => staleRpcMeta(existing),
+          onError: (err) => owner.emit('metadataError', err),
+        });
+        await engine.publisher.start();
+      }
+      return engine;
+    } catch (err) {
+      native?.close();
+      await handshake.close().catch(() => undefined);
+      await store?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  // ---- memory ----------------------------------------------------------------------------------
+
+  /**
+   * Registers local memory so transfers can use it and peers can reach it. JS memory (Buffer,
+   * TypedArray, ArrayBuffer, DataView) stays referenced until unregistered; `{ address, length }` is
+   * memory the caller owns (e.g. device memory). The descriptor is republished before this resolves.
+   */
+  async registerMemory(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions = {}): Promise<MemoryRegion> {
+    const region = this.registerOne(memory, options);
+    try {
+      await this.publishDescriptor();
+    } catch (err) {
+      this.dropRegion(region);
+      throw err;
+    }
+    return region;
+  }
+
+  /** Registers several ranges with one metadata update (upstream's registerLocalMemoryBatch). */
+  async registerMemoryBatch(memories: (ArrayBuffer | ArrayBufferView | { address: bigint; length: number })[], options: RegisterOptions = {}): Promise<MemoryRegion[]> {
+    const done: MemoryRegion[] = [];
+    try {
+      for (const m of memories) done.push(this.registerOne(m, options));
+      await this.publishDescriptor();
+    } catch (err) {
+      for (const r of done) this.dropRegion(r);
+      throw err;
+    }
+    return done;
+  }
+
+  /**
+   * Allocates page-aligned, zeroed host memory owned by the engine and registers it. With `shareable`
+   * (default true) it lives in shared memory, so a peer on the same host can copy without TCP.
+   */
+  async allocateManagedBuffer(size: number, options: RegisterOptions & { shareable?: boolean } = {}): Promise<MemoryRegion> {
+    this.assertOpen();
+    if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
+    const location = options.location ?? 'cpu:0';
+    const m = this.native.allocateManaged(size, options.shareable ?? true, location);
+    const region = new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r));
+    this.regions.set(m.address, region);
+    try {
+      await this.publishDescriptor();
+    } catch (err) {
+      this.dropRegion(region);
+      throw err;
+    }
+    return region;
+  }
+
+  /** Unregisters a region (or the region starting at an address). REGION_BUSY while in use. */
+  async unregisterMemory(region: MemoryRegion | bigint): Promise<void> {
+    this.assertOpen();
+    const address = typeof region === 'bigint' ? region : region.address;
+    if (region instanceof MemoryRegion && region.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'the region belongs to another engine');
+    this.native.unregister(address);
+    const r = this.regions.get(address);
+    this.regions.delete(address);
+    r?.markReleased();
+    await this.publishDescriptor();
+  }
+
+  /** Registered regions, in registration order. */
+  get memoryRegions(): MemoryRegion[] {
+    return [...this.regions.values()];
+  }
+
+  // ---- segments --------------------------------------------------------------------------------
+
+  /**
+   * Opens a peer's segment by name (its localServerName; in P2P mode `ip:rpcPort`). Cached: pass
+   * `{ refresh: true }` to fetch the descriptor again (after the peer registered more memory).
+   */
+  async openSegment(name: string, options: { refresh?: boolean } = {}): Promise<Segment> {
+    this.assertOpen();
+    if (typeof name !== 'string' || name.replace(/^\/+/, '') === '') throw new MooncakeError('INVALID_ARGUMENT', 'segment name must be a non-empty string');
+    const cached = this.segments.get(name);
+    if (cached && !options.refresh) return cached;
+    const inflight = this.opening.get(name);
+    if (inflight) return inflight;
+    const p = this.doOpenSegment(name).finally(() => this.opening.delete(name));
+    this.opening.set(name, p);
+    return p;
+  }
+
+  /** Forgets a segment; transfers already submitted to it finish normally. */
+  async closeSegment(segment: Segment | string): Promise<void> {
+    this.assertOpen();
+    const name = typeof segment === 'string' ? segment : segment.name;
+    const s = this.segments.get(name);
+    if (!s) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment ${name} is not open`);
+    this.native.closeSegment(s.handle);
+    s.closed = true;
+    this.segments.delete(name);
+  }
+
+  // ---- transfers -------------------------------------------------------------------------------
+
+  /** Writes local memory into the peer's memory, as one batch. */
+  write(segment: Segment, requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
+    return this.transfer(segment, 'write', requests, options);
+  }
+
+  /** Reads the peer's memory into local memory, as one batch. */
+  read(segment: Segment, requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
+    return this.transfer(segment, 'read', requests, options);
+  }
+
+  /** A batch mixing directions and segments. */
+  transferBatch(requests: readonly BatchRequest[], options?: TransferOptions): Promise<TransferResult> {
+    try {
+      this.assertOpen();
+      return this.run(packRequests(this, requests), options);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
+  private async transfer(segment: Segment, opcode: 'read' | 'write', requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
+    this.assertOpen();
+    if (!(segment instanceof Segment) || segment.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'segment must be a Segment opened by this engine');
+    try {
+      return await this.run(packRequests(this, requests, { opcode, segment }), options);
+    } catch (err) {
+      // The peer may have registered more memory since we read its descriptor: look again, once.
+      if (!isMooncakeError(err, 'INVALID_REMOTE_ADDRESS') || segment.closed || !this.canRefresh()) throw err;
+      await this.openSegment(segment.name, { refresh: true });
+      return this.run(packRequests(this, requests, { opcode, segment }), options);
+    }
+  }
+
+  private run(packed: PackedRequests, options: TransferOptions = {}): Promise<TransferResult> {
+    const { signal, timeoutMs } = options;
+    if (timeoutMs !== undefined && (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0)) {
+      return Promise.reject(new MooncakeError('INVALID_ARGUMENT', 'timeoutMs must be a positive integer'));
+    }
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    const token = this.nextToken++;
+    // Throws synchronously (with the offending index) when a request is invalid: nothing started.
+    this.native.submit(token, packed.opcodes, packed.segments, packed.locals, packed.remotes, packed.lengths, timeoutMs ?? 0);
+    return new Promise<TransferResult>((resolve, reject) => {
+      const p: Pending = { resolve, reject, requests: packed.opcodes.length, signal };
+      if (signal) p.dispose = addAbortListener(signal, () => this.native.cancel(token, 'abort'));
+      this.pending.set(token, p);
+    });
+  }
+
+  private onCompletions(tokens: Float64Array, codes: Int32Array, bytes: Float64Array, details: (Int32Array | undefined)[]): void {
+    for (let i = 0; i < tokens.length; i++) {
+      const p = this.pending.get(tokens[i]);
+      if (!p) continue;
+      this.pending.delete(tokens[i]);
+      p.dispose?.[Symbol.dispose]();
+      const code = codes[i];
+      if (code === 0) {
+        p.resolve({ bytes: bytes[i], requests: p.requests });
+        continue;
+      }
+      const perTask = details[i];
+      const failures = perTask ? Array.from(perTask, (c) => codeForStatus(c)) : undefined;
+      const failed = failures ? failures.filter((f) => f !== undefined).length : p.requests;
+      const err = MooncakeError.fromStatus(code, undefined, { failures, cause: code === 1001 ? p.signal?.reason : undefined });
+      const message = `${failed} of ${p.requests} request${p.requests === 1 ? '' : 's'} failed: ${err.message} (${err.code})`;
+      p.reject(new MooncakeError(err.code, message, { failures, cause: err.cause }));
+    }
+  }
+
+  // ---- upstream's batch model ------------------------------------------------------------------
+
+  /** Allocates a batch of `capacity` tasks (upstream's allocateBatchID). */
+  allocateBatch(capacity: number): bigint {
+    this.assertOpen();
+    return this.native.allocateBatch(capacity);
+  }
+
+  /** Submits requests into a batch; task ids are consecutive from the batch's current size. */
+  submitTransfer(batchId: bigint, requests: readonly BatchRequest[]): void {
+    this.assertOpen();
+    const p = packRequests(this, requests);
+    this.native.submitBatch(batchId, p.opcodes, p.segments, p.locals, p.remotes, p.lengths);
+  }
+
+  getTransferStatus(batchId: bigint, taskId: number): TaskStatusInfo {
+    this.assertOpen();
+    const [state, bytes, code] = this.native.taskStatus(batchId, taskId);
+    const info: TaskStatusInfo = { status: TASK_STATUS[state] ?? 'INVALID', transferredBytes: bytes };
+    const error = codeForStatus(code);
+    if (error) info.error = error;
+    return info;
+  }
+
+  getBatchTransferStatus(batchId: bigint): { status: TaskStatus; transferredBytes: number } {
+    this.assertOpen();
+    const [state, bytes] = this.native.batchStatus(batchId);
+    return { status: TASK_STATUS[state] ?? 'INVALID', transferredBytes: bytes };
+  }
+
+  /** Frees a batch; BATCH_BUSY while any task is still in flight. */
+  freeBatch(batchId: bigint): void {
+    this.assertOpen();
+    this.native.freeBatch(batchId);
+  }
+
+  // ---- notifications ---------------------------------------------------------------------------
+
+  /** Sends upstream's notify message to a peer (`sendNotifyByName`). */
+  async sendNotify(target: Segment | string, notify: Notify): Promise<void> {
+    this.assertOpen();
+    const seg = typeof target === 'string' ? await this.openSegment(target) : target;
+    if (!seg.rpcPort) throw new MooncakeError('SEGMENT_NOT_FOUND', `no handshake port known for ${seg.name}`);
+    await sendNotify(seg.ip, seg.rpcPort, notify);
+  }
+
+  /** Notifications as an async iterator (ends when the engine closes). */
+  notifies(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<Notify> {
+    return this.notifications.iterate(options);
+  }
+
+  /** Drains received notifications (upstream's getNotifies). */
+  getNotifies(): Notify[] {
+    return this.notifications.drain();
+  }
+
+  // ---- upstream Python names, for people porting code ------------------------------------------
+
+  /** `get_rpc_port()` */
+  getRpcPort(): number {
+    return this.rpcPort;
+  }
+
+  /** `getLocalIpAndPort()` */
+  getLocalIpAndPort(): string {
+    return `${formatHost(this.advertiseAddress)}:${this.rpcPort}`;
+  }
+
+  /** `get_first_buffer_address(segment_name)` */
+  async getFirstBufferAddress(segmentName: string): Promise<bigint> {
+    return (await this.openSegment(segmentName)).firstBufferAddress;
+  }
+
+  /** `transfer_sync_write(target_hostname, buffer, peer_buffer_address, length)`; rejects instead of -1. */
+  async transferSyncWrite(target: string, buffer: bigint, peerBufferAddress: bigint, length: number): Promise<void> {
+    await this.write(await this.openSegment(target), [{ local: buffer, remote: peerBufferAddress, length }]);
+  }
+
+  /** `transfer_sync_read(target_hostname, buffer, peer_buffer_address, length)` */
+  async transferSyncRead(target: string, buffer: bigint, peerBufferAddress: bigint, length: number): Promise<void> {
+    await this.read(await this.openSegment(target), [{ local: buffer, remote: peerBufferAddress, length }]);
+  }
+
+  /** `batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths)` */
+  async batchTransferSyncWrite(target: string, buffers: bigint[], peerBufferAddresses: bigint[], lengths: number[]): Promise<void> {
+    await this.write(await this.openSegment(target), zipRequests(buffers, peerBufferAddresses, lengths));
+  }
+
+  /** `batch_transfer_sync_read(target_hostname, buffers, peer_buffer_addresses, lengths)` */
+  async batchTransferSyncRead(target: string, buffers: bigint[], peerBufferAddresses: bigint[], lengths: number[]): Promise<void> {
+    await this.read(await this.openSegment(target), zipRequests(buffers, peerBufferAddresses, lengths));
+  }
+
+  // ---- lifecycle -------------------------------------------------------------------------------
+
+  /** This engine's segment descriptor, exactly as published. */
+  describe(): string {
+    return this.native.localDescriptor();
+  }
+
+  /** Counters of the data plane and the control plane. */
+  stats(): Record<string, number> {
+    if (this.closing) return { closed: 1 };
+    return {
+      ...this.native.stats(),
+      pendingTransfers: this.pending.size,
+      openSegments: this.segments.size,
+      metadataRepublished: this.publisher?.republished ?? 0,
+    };
+  }
+
+  get closed(): boolean {
+    return this.closing !== undefined;
+  }
+
+  /** Lets the process exit while the engine is open and idle (like net.Server#unref). */
+  unref(): this {
+    this.handshake.unref();
+    return this;
+  }
+
+  ref(): this {
+    this.handshake.ref();
+    return this;
+  }
+
+  /**
+   * Closes the engine: pending transfers reject with CLOSED, threads stop, listeners close and the
+   * metadata entries are deleted. Idempotent.
+   */
+  close(): Promise<void> {
+    if (!this.closing) this.closing = this.shutdown();
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  private async shutdown(): Promise<void> {
+    this.native.close(); // synchronous: joins engine threads; pending Promises are rejected with CLOSED
+    for (const s of this.segments.values()) s.closed = true;
+    for (const r of this.regions.values()) r.markReleased();
+    this.segments.clear();
+    this.regions.clear();
+    this.notifications.close();
+    await this.handshake.close();
+    await this.publisher?.stop();
+    await this.store?.close();
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private assertOpen(): void {
+    if (this.closing) throw new MooncakeError('CLOSED', 'the engine is closed');
+  }
+
+  private canRefresh(): boolean {
+    return this.closing === undefined;
+  }
+
+  private registerOne(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): MemoryRegion {
+    this.assertOpen();
+    const location = options.location ?? 'cpu:0';
+    if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');
+    let region: MemoryRegion;
+    if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) {
+      const r = registerJsMemory(this.native, memory, options);
+      region = new MemoryRegion(this, r.address, r.length, location, r.buffer, memory, (x) => this.unregisterMemory(x));
+    } else if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
+      const { address, length } = memory as { address: bigint; length: number };
+      if (!Number.isSafeInteger(length) || length <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
+      this.native.registerAddress(address, length, location, options.remoteAccessible ?? true);
+      region = new MemoryRegion(this, address, length, location, undefined, undefined, (x) => this.unregisterMemory(x));
+    } else {
+      throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
+    }
+    this.regions.set(region.address, region);
+    return region;
+  }
+
+  private dropRegion(region: MemoryRegion): void {
+    try {
+      this.native.unregister(region.address);
+    } catch {
+      /* already gone */
+    }
+    this.regions.delete(region.address);
+    region.markReleased();
+  }
+
+  private async publishDescriptor(): Promise<void> {
+    await this.publisher?.publish();
+  }
+
+  private async doOpenSegment(name: string): Promise<Segment> {
+    const r = await this.resolveSegment(name);
+    this.assertOpen();
+    const handle = this.native.openSegment(name, r.descriptor, r.ip);
+    const info = this.native.segmentInfo(handle);
+    let seg = this.segments.get(name);
+    if (seg) {
+      seg.handle = info.id;
+      seg.buffers = info.buffers;
+      seg.protocol = info.protocol;
+      seg.protoVersion = info.protoVersion >= 2 ? 2 : 1;
+      seg.ip = info.ip;
+      seg.dataPort = info.dataPort;
+      seg.rpcPort = r.rpcPort;
+    } else {
+      seg = new Segment(this, name, info.id, info.buffers, info.protocol, info.protoVersion >= 2 ? 2 : 1, info.ip, info.dataPort, r.rpcPort);
+      this.segments.set(name, seg);
+    }
+    return seg;
+  }
+
+  private async resolveSegment(name: string): Promise<ResolvedSegment> {
+    if (!this.store) {
+      // P2P: the name is the peer's ip:rpc_port; it hands us its descriptor over the handshake port.
+      const { host, port } = splitHostPort(name);
+      const ip = await lookupIp(host);
+      const reply = await exchange(ip, port, HandshakeType.Metadata, new RawJson(this.describe()));
+      if (reply.value === null) {
+        throw new MooncakeError('SEGMENT_NOT_FOUND', `${name} answered the P2P handshake without a descriptor (is it in P2PHANDSHAKE mode?)`, { details: { name } });
+      }
+      return { descriptor: reply.text, ip, rpcPort: port };
+    }
+    const key = segmentKey(name);
+    const descriptor = await this.store.get(key);
+    if (descriptor === undefined) throw new MooncakeError('SEGMENT_NOT_FOUND', `no segment named '${name}' in ${this.store.url} (key ${key})`, { details: { name, key } });
+    let peerName: unknown;
+    try {
+      peerName = (JSON.parse(descriptor) as { name?: unknown }).name;
+    } catch (err) {
+      throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' is not JSON`, { cause: err, details: { name, key } });
+    }
+    if (typeof peerName !== 'string' || peerName === '') throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' has no name`, { details: { name, key } });
+    const rkey = rpcMetaKey(peerName);
+    const rpcText = await this.store.get(rkey);
+    if (rpcText === undefined) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment '${name}' has no rpc_meta entry (key ${rkey})`, { details: { name, key: rkey } });
+    let rpc: { ip_or_host_name?: unknown; rpc_port?: unknown };
+    try {
+      rpc = JSON.parse(rpcText) as typeof rpc;
+    } catch (err) {
+      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' is not JSON`, { cause: err, details: { key: rkey } });
+    }
+    if (typeof rpc.ip_or_host_name !== 'string' || typeof rpc.rpc_port !== 'number') {
+      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' lacks ip_or_host_name or rpc_port`, { details: { key: rkey } });
+    }
+    const ip = await lookupIp(rpc.ip_or_host_name);
+    return { descriptor, ip, rpcPort: rpc.rpc_port };
+  }
+}
+
+function zipRequests(locals: bigint[], remotes: bigint[], lengths: number[]): TransferRequest[] {
+  if (locals.length !== remotes.length || locals.length !== lengths.length) {
+    throw new MooncakeError('INVALID_ARGUMENT', 'buffers, peer addresses and lengths must have the same length');
+  }
+  return locals.map((local, i) => ({ local, remote: remotes[i], length: lengths[i] }));
+}
+
+function abortError(signal: AbortSignal): MooncakeError {
+  return new MooncakeError('ABORT_ERR', 'the operation was aborted', { cause: signal.reason });
+}
+
+function formatHost(host: string): string {
+  return net.isIPv6(host) ? `[${host}]` : host;
+}
+
+function splitHostPort(name: string): { host: string; port: number } {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(name) ?? /^([^:]+):(\d+)$/.exec(name);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || !Number.isInteger(port) || port <= 0 || port > 65535) {
+    throw new MooncakeError('INVALID_ARGUMENT', `in P2P mode a segment name is ip:port (the peer's rpc port), got '${name}'`);
+  }
+  return { host: m[1], port };
+}
+
+async function lookupIp(host: string): Promise<string> {
+  const h = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  if (net.isIP(h)) return h;
+  try {
+    return (await dns.promises.lookup(h)).address;
+  } catch (err) {
+    throw new MooncakeError('DNS', `cannot resolve ${h}`, { cause: err });
+  }
+}
+
+/** An rpc_meta entry is stale when nothing answers a handshake probe at its address. */
+async function staleRpcMeta(existing: string): Promise<boolean> {
+  try {
+    const m = JSON.parse(existing) as { ip_or_host_name?: string; rpc_port?: number };
+    if (typeof m.ip_or_host_name !== 'string' || typeof m.rpc_port !== 'number') return true;
+    await probe(await lookupIp(m.ip_or_host_name), m.rpc_port, { connectTimeoutMs: 1000, timeoutMs: 2000 });
+    return false;
+  } catch {
+    return true;
+  }
+}

@@ -1,0 +1,73 @@
+import type { NativeEngine } from './native';
+import { MooncakeError } from './errors';
+
+/** Where memory lives: `cpu:<numa>`, `npu:<device>`, `cuda:<device>` or `*` (upstream's location strings). */
+export type MemoryLocation = string;
+
+export interface RegisterOptions {
+  /** Upstream location string; it does not change the TCP wire. Default `cpu:0`. */
+  location?: MemoryLocation;
+  /** When false, peers cannot read or write the region (it can still be a local source or sink). */
+  remoteAccessible?: boolean;
+}
+
+/**
+ * A registered range of local memory. JS memory passed to `registerMemory` stays referenced (and so
+ * alive) until the region is unregistered; engine-allocated memory (`allocateManagedBuffer`) lives in
+ * pages the engine owns.
+ */
+export class MemoryRegion {
+  /** @internal */
+  constructor(
+    /** @internal */ readonly owner: object,
+    readonly address: bigint,
+    readonly length: number,
+    readonly location: MemoryLocation,
+    /** The JS view over the memory, when it is host memory JS can see. */
+    readonly buffer: Buffer | undefined,
+    /** @internal */ private readonly source: ArrayBuffer | ArrayBufferView | undefined,
+    /** @internal */ private readonly release: (region: MemoryRegion) => Promise<void>,
+  ) {}
+
+  private released = false;
+
+  /** True once unregistered. */
+  get unregistered(): boolean {
+    return this.released;
+  }
+
+  /** True when the JS memory behind the region was detached (transferred to another thread). */
+  get detached(): boolean {
+    const s = this.source;
+    if (s === undefined) return false;
+    return (ArrayBuffer.isView(s) ? s.byteLength : (s as ArrayBuffer).byteLength) === 0;
+  }
+
+  /** Absolute address of `offset` inside the region, after bounds checks. */
+  at(offset: number, length = 1): bigint {
+    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0 || offset + length > this.length) {
+      throw new MooncakeError('INVALID_ARGUMENT', `range [${offset}, ${offset}+${length}) is outside the region of ${this.length} bytes`);
+    }
+    return this.address + BigInt(offset);
+  }
+
+  /** Unregisters the region (refused with REGION_BUSY while a transfer uses it). */
+  async unregister(): Promise<void> {
+    await this.release(this);
+  }
+
+  /** @internal */
+  markReleased(): void {
+    this.released = true;
+  }
+}
+
+/** @internal Validates and registers JS memory with the native engine. */
+export function registerJsMemory(native: NativeEngine, memory: ArrayBuffer | ArrayBufferView, opts: RegisterOptions): { address: bigint; length: number; buffer: Buffer } {
+  const length = ArrayBuffer.isView(memory) ? memory.byteLength : memory.byteLength;
+  const address = native.registerBuffer(memory, opts.location ?? 'cpu:0', opts.remoteAccessible ?? true);
+  const buffer = ArrayBuffer.isView(memory)
+    ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength)
+    : Buffer.from(memory, 0, length);
+  return { address, length, buffer };
+}

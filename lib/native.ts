@@ -1,0 +1,121 @@
+/**
+ * The raw binding (thin layer): its shape, and a loader that explains what went wrong.
+ * Everything here is internal; the public API is TransferEngine (lib/engine.ts).
+ */
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { MooncakeError } from './errors';
+
+export interface NativeEngineConfig {
+  localServerName: string;
+  ioThreads?: number;
+  connectionsPerPeer?: number;
+  sliceSize?: number;
+  maxInflightPerConnection?: number;
+  idleTimeoutMs?: number;
+  connectTimeoutMs?: number;
+  retries?: number;
+  bindAddress?: string;
+  port?: number;
+  minPort?: number;
+  maxPort?: number;
+  maxServerConnections?: number;
+  protoVersion?: number;
+  allowedPeers?: string[];
+}
+
+export interface NativeSegmentInfo {
+  id: number;
+  name: string;
+  protocol: string;
+  ip: string;
+  dataPort: number;
+  protoVersion: number;
+  buffers: { name: string; address: bigint; length: number }[];
+}
+
+export type CompletionCallback = (
+  tokens: Float64Array,
+  codes: Int32Array,
+  bytes: Float64Array,
+  details: (Int32Array | undefined)[],
+) => void;
+
+export interface NativeEngine {
+  dataPort(): number;
+  registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): bigint;
+  registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean): void;
+  allocateManaged(size: number, shareable: boolean, location: string): { buffer: ArrayBuffer; address: bigint; shmPath: string };
+  unregister(address: bigint): void;
+  openSegment(name: string, descriptorJson: string, ip: string): number;
+  closeSegment(handle: number): void;
+  segmentInfo(handle: number): NativeSegmentInfo;
+  submit(
+    token: number,
+    opcodes: Uint8Array,
+    segments: Int32Array,
+    locals: BigUint64Array,
+    remotes: BigUint64Array,
+    lengths: Float64Array,
+    timeoutMs: number,
+  ): void;
+  cancel(token: number, reason: 'abort' | 'timeout'): void;
+  allocateBatch(capacity: number): bigint;
+  submitBatch(
+    batchId: bigint,
+    opcodes: Uint8Array,
+    segments: Int32Array,
+    locals: BigUint64Array,
+    remotes: BigUint64Array,
+    lengths: Float64Array,
+  ): void;
+  taskStatus(batchId: bigint, task: number): [state: number, bytes: number, code: number];
+  batchStatus(batchId: bigint): [state: number, bytes: number];
+  freeBatch(batchId: bigint): void;
+  localDescriptor(): string;
+  stats(): Record<string, number>;
+  backend(): string;
+  close(): void;
+}
+
+export interface NativeBinding {
+  Engine: new (config: NativeEngineConfig, onCompletions: CompletionCallback) => NativeEngine;
+  setErrorFactory(factory: (status: number, message: string, index: number) => Error): void;
+  codeNames(): Record<string, number>;
+  hostId(): string;
+  abiVersion: number;
+}
+
+let cached: NativeBinding | undefined;
+
+/** The package root (where binding.gyp, build/ and prebuilds/ live), from lib/ or dist/. */
+export const packageRoot = path.join(__dirname, '..');
+
+/** Loads the addon once per environment (worker_threads each get their own). */
+export function loadNative(): NativeBinding {
+  if (cached) return cached;
+  let binding: NativeBinding;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    binding = require('node-gyp-build')(packageRoot) as NativeBinding;
+  } catch (err) {
+    throw new MooncakeError('NATIVE_LOAD_FAILED', loadFailureMessage(err), { cause: err });
+  }
+  binding.setErrorFactory((status, message, index) =>
+    MooncakeError.fromStatus(status, message, index >= 0 ? { index } : {}),
+  );
+  cached = binding;
+  return binding;
+}
+
+function loadFailureMessage(err: unknown): string {
+  const reason = err instanceof Error ? err.message : String(err);
+  return [
+    'mooncake-node could not load its native addon.',
+    `  platform: ${process.platform}-${process.arch}, node ${process.version} (N-API ${process.versions.napi}), ${os.release()}`,
+    `  looked in: ${path.join(packageRoot, 'build/Release')} and ${path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`)}`,
+    `  reason: ${reason.split('\n')[0]}`,
+    '  fix: install a C++17 toolchain (g++ and make) and run `npm rebuild mooncake-node --build-from-source`,',
+    '       or install on a platform with a prebuilt binary (linux-x64).',
+  ].join('\n');
+}

@@ -1,0 +1,129 @@
+import * as os from 'node:os';
+import { MooncakeError } from './errors';
+
+/** Options of `TransferEngine.create`. Every field has an upstream-compatible default. */
+export interface TransferEngineOptions {
+  /**
+   * Where peers find each other, with upstream's connection-string rules: `http://host:port/metadata`
+   * (HTTP metadata server), or `P2PHANDSHAKE` (no store: segment names are `ip:rpcPort`).
+   */
+  metadataServer: string;
+  /** This engine's segment name. Default `<advertised ip>:<rpc port>`. Must be unique per metadata store. */
+  localServerName?: string;
+  /** Data-plane protocol. The built-in backend speaks `tcp`. */
+  protocol?: 'tcp';
+  /** Backend: the built-in engine. */
+  backend?: 'builtin';
+  /** Address the data and handshake listeners bind to. Default: all interfaces. */
+  bindAddress?: string;
+  /**
+   * Address published for peers to connect to. Default: `MC_TCP_BIND_ADDRESS`, else `bindAddress`
+   * when specific, else the first non-internal IPv4 address, else 127.0.0.1.
+   */
+  advertiseAddress?: string;
+  /** Data port; default a free port in [`MC_MIN_RPC_PORT`, `MC_MAX_RPC_PORT`] (15000–17000) as upstream. */
+  dataPort?: number;
+  /** Handshake (RPC) port; default like dataPort. */
+  rpcPort?: number;
+  /** Engine I/O threads. Default 1 on machines with up to 4 cores, else 2. */
+  ioThreads?: number;
+  /** Persistent connections per peer. Default 2. */
+  connectionsPerPeer?: number;
+  /** Requests larger than this are split across a peer's connections. Default 1 MiB. */
+  sliceSize?: number;
+  /** Requests in flight per connection. Default 64. */
+  maxInflightPerConnection?: number;
+  /** Fail a transfer when its connection makes no progress for this long. Default 30 s (`MC_TCP_STATUS_TIMEOUT_SEC`). */
+  idleTimeoutMs?: number;
+  /** Connect timeout to a peer's data port. Default 5 s. */
+  connectTimeoutMs?: number;
+  /** Highest TCP framing to use: 2 (default) or 1 (`MC_TCP_PROTO=1`). */
+  tcpProtoVersion?: 1 | 2;
+  /** Numeric peer IPs allowed to connect to the data port. Default: anyone (upstream's behaviour). */
+  allowedPeers?: string[];
+  /** Most concurrent data connections served. Default 4096. */
+  maxServerConnections?: number;
+  /** How often the engine checks its metadata entries and republishes them if lost. Default 5000 ms; 0 disables. */
+  metadataRefreshMs?: number;
+  /** Timeout of each metadata request. Default 3000 ms, as upstream. */
+  metadataTimeoutMs?: number;
+}
+
+function envInt(name: string): number | undefined {
+  const v = process.env[name];
+  if (v === undefined || v === '') return undefined;
+  const n = Number(v);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/** Upstream's port range rule: 1024–65535 excluding 32768–60999, else 15000–17000. */
+export function portRange(): { min: number; max: number } {
+  const min = envInt('MC_MIN_RPC_PORT') ?? envInt('MC_MIN_PRC_PORT') ?? 15000;
+  const max = envInt('MC_MAX_RPC_PORT') ?? envInt('MC_MAX_PRC_PORT') ?? 17000;
+  const ok = (p: number) => p >= 1024 && p <= 65535 && !(p >= 32768 && p <= 60999);
+  if (!ok(min) || !ok(max) || min > max) return { min: 15000, max: 17000 };
+  return { min, max };
+}
+
+export function defaultAdvertiseAddress(bindAddress?: string): string {
+  const env = process.env.MC_TCP_BIND_ADDRESS;
+  if (env) return env;
+  if (bindAddress && bindAddress !== '0.0.0.0' && bindAddress !== '::') return bindAddress;
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return '127.0.0.1';
+}
+
+export function defaultIoThreads(): number {
+  return os.availableParallelism() <= 4 ? 1 : 2;
+}
+
+export function checkPositiveInt(name: string, v: unknown, { min = 1, max = Number.MAX_SAFE_INTEGER } = {}): void {
+  if (v === undefined) return;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw new MooncakeError('INVALID_CONFIG', `${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
+  }
+}
+
+export function validateOptions(o: TransferEngineOptions): void {
+  if (o === null || typeof o !== 'object') throw new MooncakeError('INVALID_CONFIG', 'options must be an object');
+  if (typeof o.metadataServer !== 'string' || o.metadataServer === '') {
+    throw new MooncakeError('INVALID_CONFIG', "metadataServer is required, e.g. 'http://127.0.0.1:8080/metadata' or 'P2PHANDSHAKE'");
+  }
+  if (o.protocol !== undefined && o.protocol !== 'tcp') {
+    throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `the built-in backend speaks 'tcp', not '${String(o.protocol)}'`);
+  }
+  if (o.backend !== undefined && o.backend !== 'builtin') {
+    throw new MooncakeError('INVALID_CONFIG', `unknown backend '${String(o.backend)}'`);
+  }
+  if (o.localServerName !== undefined && (typeof o.localServerName !== 'string' || o.localServerName === '' || o.localServerName.includes('/'))) {
+    throw new MooncakeError('INVALID_CONFIG', 'localServerName must be a non-empty string without "/"');
+  }
+  checkPositiveInt('dataPort', o.dataPort, { min: 0, max: 65535 });
+  checkPositiveInt('rpcPort', o.rpcPort, { min: 0, max: 65535 });
+  checkPositiveInt('ioThreads', o.ioThreads, { max: 64 });
+  checkPositiveInt('connectionsPerPeer', o.connectionsPerPeer, { max: 64 });
+  checkPositiveInt('sliceSize', o.sliceSize, { min: 4096 });
+  checkPositiveInt('maxInflightPerConnection', o.maxInflightPerConnection, { max: 65536 });
+  checkPositiveInt('idleTimeoutMs', o.idleTimeoutMs, { max: 2 ** 31 - 1 });
+  checkPositiveInt('connectTimeoutMs', o.connectTimeoutMs, { max: 2 ** 31 - 1 });
+  checkPositiveInt('maxServerConnections', o.maxServerConnections, { max: 1 << 20 });
+  checkPositiveInt('metadataRefreshMs', o.metadataRefreshMs, { min: 0 });
+  checkPositiveInt('metadataTimeoutMs', o.metadataTimeoutMs);
+  if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
+    throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
+  }
+  if (o.allowedPeers !== undefined && (!Array.isArray(o.allowedPeers) || o.allowedPeers.some((p) => typeof p !== 'string'))) {
+    throw new MooncakeError('INVALID_CONFIG', 'allowedPeers must be an array of numeric IP strings');
+  }
+}
+
+/** Upstream env knobs that map onto our options (explicit options win). */
+export function envDefaults(): Partial<TransferEngineOptions> {
+  const out: Partial<TransferEngineOptions> = {};
+  if (process.env.MC_TCP_PROTO === '1') out.tcpProtoVersion = 1;
+  const statusSec = envInt('MC_TCP_STATUS_TIMEOUT_SEC');
+  if (statusSec !== undefined && statusSec > 0) out.idleTimeoutMs = statusSec * 1000;
+  return out;
+}

@@ -1,0 +1,87 @@
+#include "addon.h"
+
+#include <cmath>
+
+#include "engine_wrap.h"
+#include "host_memory.h"
+
+namespace mcaddon {
+
+Addon::Addon(Napi::Env env, Napi::Object exports) {
+  Napi::Function engine = EngineWrap::Define(env);
+  engineCtor = Napi::Persistent(engine);
+  DefineAddon(exports, {
+                           InstanceMethod("setErrorFactory", &Addon::SetErrorFactory),
+                           InstanceMethod("codeNames", &Addon::CodeNames),
+                           InstanceMethod("hostId", &Addon::HostId),
+                       });
+  exports.Set("Engine", engine);
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+}
+
+Napi::Value Addon::SetErrorFactory(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) throw Napi::TypeError::New(info.Env(), "setErrorFactory expects a function");
+  errorFactory = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value Addon::CodeNames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  for (int32_t c = 0; c <= 1100; ++c) {
+    const char* name = mc::codeName(static_cast<mc::Code>(c));
+    if (std::string(name) != "UNKNOWN") out.Set(name, Napi::Number::New(env, c));
+  }
+  return out;
+}
+
+Napi::Value Addon::HostId(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mc::localHostId()); }
+
+Napi::Error makeError(Napi::Env env, const mc::Status& st, int64_t index) {
+  Addon* addon = env.GetInstanceData<Addon>();
+  std::string msg = st.message.empty() ? mc::codeName(st.code) : st.message;
+  if (addon && !addon->errorFactory.IsEmpty()) {
+    Napi::Value e = addon->errorFactory.Call({Napi::Number::New(env, static_cast<int32_t>(st.code)),
+                                              Napi::String::New(env, msg),
+                                              Napi::Number::New(env, static_cast<double>(index))});
+    return Napi::Error(env, e);
+  }
+  Napi::Error err = Napi::Error::New(env, msg);
+  err.Set("status", Napi::Number::New(env, static_cast<int32_t>(st.code)));
+  err.Set("code", Napi::String::New(env, mc::codeName(st.code)));
+  return err;
+}
+
+void throwStatus(Napi::Env env, const mc::Status& st, int64_t index) { throw makeError(env, st, index); }
+
+uint64_t toU64(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    uint64_t x = v.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throwStatus(env, mc::Status(mc::Code::INVALID_ARGUMENT, std::string(what) + " must be an unsigned 64-bit bigint"));
+    return x;
+  }
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (d >= 0 && d <= 9007199254740991.0 && std::floor(d) == d) return static_cast<uint64_t>(d);
+  }
+  throwStatus(env, mc::Status(mc::Code::INVALID_ARGUMENT, std::string(what) + " must be a bigint or a safe non-negative integer"));
+}
+
+uint64_t toLength(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (v.IsNumber()) {
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (d >= 0 && d <= 9007199254740991.0 && std::floor(d) == d) return static_cast<uint64_t>(d);
+  }
+  throwStatus(env, mc::Status(mc::Code::INVALID_ARGUMENT, std::string(what) + " must be a safe non-negative integer"));
+}
+
+std::string toString(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsString()) throwStatus(env, mc::Status(mc::Code::INVALID_ARGUMENT, std::string(what) + " must be a string"));
+  return v.As<Napi::String>().Utf8Value();
+}
+
+}  // namespace mcaddon
+
+using MooncakeNodeAddon = mcaddon::Addon;
+NODE_API_ADDON(MooncakeNodeAddon)

@@ -1,0 +1,465 @@
+#include "engine_wrap.h"
+
+#include <cmath>
+
+#include "addon.h"
+#include "host_memory.h"
+
+namespace mcaddon {
+
+namespace {
+
+mc::Status invalid(const std::string& m) { return mc::Status(mc::Code::INVALID_ARGUMENT, m); }
+
+void addU(Napi::Env env, Napi::Object obj, const char* key, unsigned* out) {
+  Napi::Value v = obj.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return;
+  *out = static_cast<unsigned>(toLength(env, v, key));
+}
+
+mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
+  mc::EngineConfig cfg;
+  cfg.localServerName = toString(env, o.Get("localServerName"), "localServerName");
+  mc::tcp::Options& t = cfg.tcp;
+  addU(env, o, "ioThreads", &t.ioThreads);
+  addU(env, o, "connectionsPerPeer", &t.connectionsPerPeer);
+  addU(env, o, "maxInflightPerConnection", &t.maxInflightPerConnection);
+  addU(env, o, "retries", &t.retries);
+  addU(env, o, "maxServerConnections", &t.maxServerConnections);
+  unsigned tmp = 0;
+  if (!o.Get("sliceSize").IsUndefined()) t.sliceSize = toLength(env, o.Get("sliceSize"), "sliceSize");
+  if (!o.Get("idleTimeoutMs").IsUndefined()) { addU(env, o, "idleTimeoutMs", &tmp); t.idleTimeoutMs = static_cast<int>(tmp); }
+  if (!o.Get("connectTimeoutMs").IsUndefined()) { addU(env, o, "connectTimeoutMs", &tmp); t.connectTimeoutMs = static_cast<int>(tmp); }
+  if (!o.Get("protoVersion").IsUndefined()) { addU(env, o, "protoVersion", &tmp); t.protoVersion = static_cast<int>(tmp); }
+  if (!o.Get("port").IsUndefined()) { addU(env, o, "port", &tmp); t.port = static_cast<uint16_t>(tmp); }
+  if (!o.Get("minPort").IsUndefined()) { addU(env, o, "minPort", &tmp); t.minPort = static_cast<uint16_t>(tmp); }
+  if (!o.Get("maxPort").IsUndefined()) { addU(env, o, "maxPort", &tmp); t.maxPort = static_cast<uint16_t>(tmp); }
+  Napi::Value bind = o.Get("bindAddress");
+  if (bind.IsString()) t.bindAddress = bind.As<Napi::String>().Utf8Value();
+  Napi::Value allow = o.Get("allowedPeers");
+  if (allow.IsArray()) {
+    Napi::Array a = allow.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) t.allowedPeers.push_back(toString(env, a.Get(i), "allowedPeers[]"));
+  }
+  return cfg;
+}
+
+template <typename T>
+T typedArg(const Napi::CallbackInfo& info, size_t i, napi_typedarray_type type, const char* what) {
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type) {
+    throwStatus(info.Env(), invalid(std::string(what) + " has the wrong array type"));
+  }
+  return v.As<T>();
+}
+
+}  // namespace
+
+// ---- CompletionHub ----------------------------------------------------------------------------
+
+void CompletionHub::onBatchDone(uint64_t token, mc::Code code, uint64_t bytes, std::vector<int32_t> taskCodes) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    queue_.push_back({token, static_cast<int32_t>(code), bytes, std::move(taskCodes)});
+  }
+  if (!armed_.exchange(true) && live.load()) tsfn.NonBlockingCall();
+}
+
+size_t CompletionHub::deliver(Napi::Env env, Napi::Function fn) {
+  std::vector<Completion> batch;
+  armed_.store(false);
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    batch.swap(queue_);
+  }
+  if (batch.empty()) return 0;
+  size_t n = batch.size();
+  Napi::Float64Array tokens = Napi::Float64Array::New(env, n);
+  Napi::Int32Array codes = Napi::Int32Array::New(env, n);
+  Napi::Float64Array bytes = Napi::Float64Array::New(env, n);
+  Napi::Array details = Napi::Array::New(env, n);
+  for (size_t i = 0; i < n; ++i) {
+    tokens[i] = static_cast<double>(batch[i].token);
+    codes[i] = batch[i].code;
+    bytes[i] = static_cast<double>(batch[i].bytes);
+    if (!batch[i].taskCodes.empty()) {
+      Napi::Int32Array tc = Napi::Int32Array::New(env, batch[i].taskCodes.size());
+      for (size_t k = 0; k < batch[i].taskCodes.size(); ++k) tc[k] = batch[i].taskCodes[k];
+      details.Set(static_cast<uint32_t>(i), tc);
+    }
+  }
+  pending -= static_cast<int64_t>(n);
+  try {
+    fn.Call({tokens, codes, bytes, details});
+  } catch (const Napi::Error& e) {
+    napi_fatal_exception(env, e.Value());  // surfaces as 'uncaughtException' like any callback error
+  }
+  return n;
+}
+
+// ---- EngineWrap ---------------------------------------------------------------------------------
+
+Napi::Function EngineWrap::Define(Napi::Env env) {
+  return DefineClass(env, "Engine",
+                     {
+                         InstanceMethod("dataPort", &EngineWrap::DataPort),
+                         InstanceMethod("registerBuffer", &EngineWrap::RegisterBuffer),
+                         InstanceMethod("registerAddress", &EngineWrap::RegisterAddress),
+                         InstanceMethod("allocateManaged", &EngineWrap::AllocateManaged),
+                         InstanceMethod("unregister", &EngineWrap::Unregister),
+                         InstanceMethod("openSegment", &EngineWrap::OpenSegment),
+                         InstanceMethod("closeSegment", &EngineWrap::CloseSegment),
+                         InstanceMethod("segmentInfo", &EngineWrap::SegmentInfo),
+                         InstanceMethod("submit", &EngineWrap::Submit),
+                         InstanceMethod("cancel", &EngineWrap::Cancel),
+                         InstanceMethod("allocateBatch", &EngineWrap::AllocateBatch),
+                         InstanceMethod("submitBatch", &EngineWrap::SubmitBatch),
+                         InstanceMethod("taskStatus", &EngineWrap::TaskStatus),
+                         InstanceMethod("batchStatus", &EngineWrap::BatchStatus),
+                         InstanceMethod("freeBatch", &EngineWrap::FreeBatch),
+                         InstanceMethod("localDescriptor", &EngineWrap::LocalDescriptor),
+                         InstanceMethod("stats", &EngineWrap::Stats),
+                         InstanceMethod("backend", &EngineWrap::Backend),
+                         InstanceMethod("close", &EngineWrap::Close),
+                     });
+}
+
+// new Engine(config, onCompletions(tokens: Float64Array, codes: Int32Array, bytes: Float64Array, details[]))
+EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) throwStatus(env, invalid("engine config must be an object"));
+  if (!info[1].IsFunction()) throwStatus(env, invalid("onCompletions must be a function"));
+  mc::EngineConfig cfg = parseConfig(env, info[0].As<Napi::Object>());
+  onCompletions_ = Napi::Persistent(info[1].As<Napi::Function>());
+
+  hub_ = new CompletionHub();
+  hub_->tsfn = CompletionTsfn::New(
+      env, info[1].As<Napi::Function>(), "mooncake-node:completions", 0, 1, hub_,
+      [](Napi::Env, void*, CompletionHub* hub) { delete hub; }, static_cast<void*>(nullptr));
+  hub_->tsfn.Unref(env);  // only pending transfers keep the process alive
+
+  engine_ = mc::createBuiltinEngine(cfg, hub_);
+  mc::Status st = engine_->start();
+  if (!st.ok()) {
+    engine_.reset();
+    closed_ = true;
+    hub_->live.store(false);
+    hub_->tsfn.Release();
+    hub_ = nullptr;
+    throwStatus(env, st);
+  }
+  napi_add_env_cleanup_hook(env_, &EngineWrap::CleanupHook, this);
+  hookInstalled_ = true;
+}
+
+EngineWrap::~EngineWrap() {
+  // Reached only after close() in practice (the TSFN keeps the JS callback, and so us, alive until
+  // then); still, never leave engine threads running behind a collected wrapper.
+  shutdown(Napi::Env(env_), false);
+}
+
+void EngineWrap::CleanupHook(void* arg) {
+  auto* self = static_cast<EngineWrap*>(arg);
+  self->hookInstalled_ = false;  // the hook is being consumed
+  self->shutdown(Napi::Env(self->env_), false);
+}
+
+void deliverCompletions(Napi::Env env, Napi::Function fn, CompletionHub* hub, void*) {
+  if (env == nullptr || hub == nullptr) return;  // tearing down: nothing may run
+  size_t n = hub->deliver(env, fn);
+  if (n > 0 && hub->pending <= 0 && hub->refed) {
+    hub->refed = false;
+    hub->tsfn.Unref(env);
+  }
+}
+
+void EngineWrap::afterDelivery(Napi::Env env, size_t) {
+  if (hub_ && hub_->pending <= 0 && hub_->refed) {
+    hub_->refed = false;
+    hub_->tsfn.Unref(env);
+  }
+}
+
+void EngineWrap::shutdown(Napi::Env env, bool jsAllowed) {
+  if (closed_) return;
+  closed_ = true;
+  if (engine_) engine_->stop();  // joins every engine thread; what was pending is now queued as CLOSED
+  if (hub_) {
+    if (jsAllowed && !onCompletions_.IsEmpty()) hub_->deliver(env, onCompletions_.Value());
+    hub_->live.store(false);
+    if (jsAllowed) hub_->tsfn.Release();
+    else hub_->tsfn.Abort();
+    hub_ = nullptr;
+  }
+  pinned_.clear();  // JS memory may be collected now that no thread can touch it
+  if (hookInstalled_) {
+    napi_remove_env_cleanup_hook(env_, &EngineWrap::CleanupHook, this);
+    hookInstalled_ = false;
+  }
+}
+
+mc::Engine& EngineWrap::live(Napi::Env env) {
+  if (closed_ || !engine_) throwStatus(env, mc::Status(mc::Code::CLOSED, "the engine is closed"));
+  return *engine_;
+}
+
+Napi::Value EngineWrap::DataPort(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), live(info.Env()).dataPort());
+}
+
+// registerBuffer(view: ArrayBuffer | ArrayBufferView, location, remoteAccessible) -> bigint address
+Napi::Value EngineWrap::RegisterBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  Napi::Value v = info[0];
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  bool detached = false;
+  if (v.IsArrayBuffer()) {
+    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+    detached = ab.IsDetached();
+    if (!detached) { data = static_cast<uint8_t*>(ab.Data()); len = ab.ByteLength(); }
+  } else if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    Napi::ArrayBuffer ab = ta.ArrayBuffer();
+    detached = ab.IsDetached();
+    if (!detached) { data = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset(); len = ta.ByteLength(); }
+  } else if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    Napi::ArrayBuffer ab = dv.ArrayBuffer();
+    detached = ab.IsDetached();
+    if (!detached) { data = static_cast<uint8_t*>(ab.Data()) + dv.ByteOffset(); len = dv.ByteLength(); }
+  } else {
+    throwStatus(env, invalid("memory must be an ArrayBuffer, a TypedArray, a Buffer or a DataView"));
+  }
+  if (detached) throwStatus(env, invalid("the ArrayBuffer is detached"));
+  if (len == 0 || data == nullptr) throwStatus(env, invalid("cannot register empty memory"));
+  mc::RegisterOptions o;
+  o.location = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "cpu:0";
+  o.remoteAccessible = !info[2].IsBoolean() || info[2].As<Napi::Boolean>().Value();
+  uint64_t addr = reinterpret_cast<uint64_t>(data);
+  mc::Status st = e.registerMemory(addr, len, o);
+  if (!st.ok()) throwStatus(env, st);
+  pinned_.emplace(addr, Napi::Persistent(v));
+  return Napi::BigInt::New(env, addr);
+}
+
+// registerAddress(address: bigint, length: number, location, remoteAccessible)
+Napi::Value EngineWrap::RegisterAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t addr = toU64(env, info[0], "address");
+  uint64_t len = toLength(env, info[1], "length");
+  mc::RegisterOptions o;
+  o.location = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu:0";
+  o.remoteAccessible = !info[3].IsBoolean() || info[3].As<Napi::Boolean>().Value();
+  mc::Status st = e.registerMemory(addr, len, o);
+  if (!st.ok()) throwStatus(env, st);
+  return env.Undefined();
+}
+
+// allocateManaged(size, shareable, location) -> { buffer: ArrayBuffer, address: bigint }
+Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t size = toLength(env, info[0], "size");
+  bool shareable = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  std::shared_ptr<mc::HostAllocation> mem;
+  mc::Status st = mc::HostAllocation::create(size, shareable, &mem);
+  if (!st.ok()) throwStatus(env, st);
+  mc::RegisterOptions o;
+  o.location = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu:0";
+  o.owner = mem;
+  o.shmPath = mem->shmPath();
+  uint64_t addr = reinterpret_cast<uint64_t>(mem->data());
+  st = e.registerMemory(addr, size, o);
+  if (!st.ok()) throwStatus(env, st);
+  auto* hold = new std::shared_ptr<mc::HostAllocation>(mem);
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+      env, mem->data(), size, [](Napi::Env, void*, std::shared_ptr<mc::HostAllocation>* h) { delete h; }, hold);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("buffer", ab);
+  out.Set("address", Napi::BigInt::New(env, addr));
+  out.Set("shmPath", Napi::String::New(env, mem->shmPath()));
+  return out;
+}
+
+Napi::Value EngineWrap::Unregister(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t addr = toU64(env, info[0], "address");
+  mc::Status st = e.unregisterMemory(addr);
+  if (!st.ok()) throwStatus(env, st);
+  pinned_.erase(addr);
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::OpenSegment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  int32_t id = -1;
+  mc::Status st = e.openSegment(toString(env, info[0], "name"), toString(env, info[1], "descriptor"),
+                                toString(env, info[2], "ip"), &id);
+  if (!st.ok()) throwStatus(env, st);
+  return Napi::Number::New(env, id);
+}
+
+Napi::Value EngineWrap::CloseSegment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Status st = live(env).closeSegment(static_cast<int32_t>(toLength(env, info[0], "segment")));
+  if (!st.ok()) throwStatus(env, st);
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::SegmentInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::SegmentInfo s;
+  mc::Status st = live(env).segmentInfo(static_cast<int32_t>(toLength(env, info[0], "segment")), &s);
+  if (!st.ok()) throwStatus(env, st);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", s.id);
+  o.Set("name", s.name);
+  o.Set("protocol", s.protocol);
+  o.Set("ip", s.ip);
+  o.Set("dataPort", s.dataPort);
+  o.Set("protoVersion", s.protoVersion);
+  Napi::Array bufs = Napi::Array::New(env, s.buffers.size());
+  for (size_t i = 0; i < s.buffers.size(); ++i) {
+    Napi::Object b = Napi::Object::New(env);
+    b.Set("name", s.buffers[i].name);
+    b.Set("address", Napi::BigInt::New(env, s.buffers[i].addr));
+    b.Set("length", Napi::Number::New(env, static_cast<double>(s.buffers[i].length)));
+    bufs.Set(static_cast<uint32_t>(i), b);
+  }
+  o.Set("buffers", bufs);
+  return o;
+}
+
+// Arrays from `first`: opcodes Uint8Array, segments Int32Array, locals BigUint64Array,
+// remotes BigUint64Array, lengths Float64Array -- all the same length.
+std::vector<mc::TransferRequest> EngineWrap::requests(const Napi::CallbackInfo& info, size_t first) {
+  Napi::Env env = info.Env();
+  auto ops = typedArg<Napi::Uint8Array>(info, first, napi_uint8_array, "opcodes");
+  auto segs = typedArg<Napi::Int32Array>(info, first + 1, napi_int32_array, "segments");
+  auto locals = typedArg<Napi::BigUint64Array>(info, first + 2, napi_biguint64_array, "locals");
+  auto remotes = typedArg<Napi::BigUint64Array>(info, first + 3, napi_biguint64_array, "remotes");
+  auto lens = typedArg<Napi::Float64Array>(info, first + 4, napi_float64_array, "lengths");
+  size_t n = ops.ElementLength();
+  if (segs.ElementLength() != n || locals.ElementLength() != n || remotes.ElementLength() != n ||
+      lens.ElementLength() != n) {
+    throwStatus(env, invalid("request arrays differ in length"));
+  }
+  std::vector<mc::TransferRequest> reqs(n);
+  for (size_t i = 0; i < n; ++i) {
+    double l = lens[i];
+    if (!(l >= 0 && l <= 9007199254740991.0) || std::floor(l) != l) {
+      throwStatus(env, invalid("length must be a safe non-negative integer"), static_cast<int64_t>(i));
+    }
+    reqs[i] = {ops[i], segs[i], locals[i], remotes[i], static_cast<uint64_t>(l)};
+  }
+  return reqs;
+}
+
+// submit(token, opcodes, segments, locals, remotes, lengths, timeoutMs)
+Napi::Value EngineWrap::Submit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  double tok = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(tok >= 1 && tok <= 9007199254740991.0)) throwStatus(env, invalid("bad token"));
+  std::vector<mc::TransferRequest> reqs = requests(info, 1);
+  int64_t timeoutMs = info[6].IsNumber() ? static_cast<int64_t>(info[6].As<Napi::Number>().DoubleValue()) : 0;
+  size_t bad = 0;
+  mc::Status st = e.submitAsync(static_cast<uint64_t>(tok), reqs.data(), reqs.size(), timeoutMs, &bad);
+  if (!st.ok()) throwStatus(env, st, static_cast<int64_t>(bad));
+  if (hub_->pending++ == 0 && !hub_->refed) {
+    hub_->refed = true;
+    hub_->tsfn.Ref(env);
+  }
+  return env.Undefined();
+}
+
+// cancel(token, reason: 'abort' | 'timeout')
+Napi::Value EngineWrap::Cancel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_) return env.Undefined();
+  double tok = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  bool timeout = info[1].IsString() && info[1].As<Napi::String>().Utf8Value() == "timeout";
+  if (tok >= 1) engine_->cancel(static_cast<uint64_t>(tok), timeout ? mc::Code::TIMEOUT : mc::Code::ABORTED);
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::AllocateBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint64_t id = 0;
+  mc::Status st = live(env).allocateBatch(toLength(env, info[0], "capacity"), &id);
+  if (!st.ok()) throwStatus(env, st);
+  return Napi::BigInt::New(env, id);
+}
+
+Napi::Value EngineWrap::SubmitBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t id = toU64(env, info[0], "batchId");
+  std::vector<mc::TransferRequest> reqs = requests(info, 1);
+  size_t bad = 0;
+  mc::Status st = e.submit(id, reqs.data(), reqs.size(), &bad);
+  if (!st.ok()) throwStatus(env, st, static_cast<int64_t>(bad));
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::TaskStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::TaskState s;
+  uint64_t bytes = 0;
+  mc::Code err = mc::Code::OK;
+  mc::Status st = live(env).taskStatus(toU64(env, info[0], "batchId"), toLength(env, info[1], "task"), &s, &bytes, &err);
+  if (!st.ok()) throwStatus(env, st);
+  Napi::Array out = Napi::Array::New(env, 3);
+  out.Set(0u, Napi::Number::New(env, static_cast<int>(s)));
+  out.Set(1u, Napi::Number::New(env, static_cast<double>(bytes)));
+  out.Set(2u, Napi::Number::New(env, static_cast<int>(err)));
+  return out;
+}
+
+Napi::Value EngineWrap::BatchStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::TaskState s;
+  uint64_t bytes = 0;
+  mc::Status st = live(env).batchStatus(toU64(env, info[0], "batchId"), &s, &bytes);
+  if (!st.ok()) throwStatus(env, st);
+  Napi::Array out = Napi::Array::New(env, 2);
+  out.Set(0u, Napi::Number::New(env, static_cast<int>(s)));
+  out.Set(1u, Napi::Number::New(env, static_cast<double>(bytes)));
+  return out;
+}
+
+Napi::Value EngineWrap::FreeBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Status st = live(env).freeBatch(toU64(env, info[0], "batchId"));
+  if (!st.ok()) throwStatus(env, st);
+  return env.Undefined();
+}
+
+Napi::Value EngineWrap::LocalDescriptor(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), live(info.Env()).localDescriptor());
+}
+
+Napi::Value EngineWrap::Stats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  for (const auto& kv : live(env).stats()) o.Set(kv.first, Napi::Number::New(env, kv.second));
+  o.Set("pendingBatches", Napi::Number::New(env, hub_ ? static_cast<double>(hub_->pending) : 0));
+  return o;
+}
+
+Napi::Value EngineWrap::Backend(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), live(info.Env()).backendName());
+}
+
+// close(): synchronous; every pending completion is delivered (as CLOSED) before it returns.
+Napi::Value EngineWrap::Close(const Napi::CallbackInfo& info) {
+  shutdown(info.Env(), true);
+  return info.Env().Undefined();
+}
+
+}  // namespace mcaddon
