@@ -86,6 +86,12 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
   maxConnections?: number;
   /** listen() backlog (default: `MC_HANDSHAKE_LISTEN_BACKLOG`, else 128). */
   backlog?: number;
+  /**
+   * Bytes of unfinished requests held across all connections (default 64 MiB, raised to one
+   * maximal frame if smaller). A connection whose data would exceed it is dropped as 'overload',
+   * so many clients sending large frames at once cannot exhaust memory.
+   */
+  maxBufferedBytes?: number;
 }
 
 export interface PortRange {
@@ -123,6 +129,8 @@ export interface HandshakeServerStats {
   extraBytes: number;
   /** Connections that did not close within closeWaitMs after the reply (then destroyed). */
   closeWaitTimeouts: number;
+  /** Bytes of unfinished requests held right now (bounded by maxBufferedBytes). */
+  bufferedBytes: number;
 }
 
 export interface HandshakeServerEvents {
@@ -188,6 +196,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   private readonly sockets = new Set<net.Socket>();
   private readonly timers = new Set<NodeJS.Timeout>();
   private refed = true;
+  /** Request bytes currently buffered across connections. */
+  private buffered = 0;
   private closing: Promise<void> | undefined;
   private boundPort = 0;
   private boundHost = '';
@@ -201,6 +211,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0 },
     extraBytes: 0,
     closeWaitTimeouts: 0,
+    bufferedBytes: 0,
   };
 
   constructor(options: HandshakeServerOptions = {}) {
@@ -216,7 +227,9 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       closeWaitMs: rest.closeWaitMs ?? 5000,
       maxConnections: rest.maxConnections ?? 1024,
       backlog: rest.backlog ?? envInt('MC_HANDSHAKE_LISTEN_BACKLOG', 128),
+      maxBufferedBytes: 0,
     };
+    this.opts.maxBufferedBytes = Math.max(rest.maxBufferedBytes ?? 64 * (1 << 20), this.opts.maxLength + 9);
     new FrameDecoder({ maxLength: this.opts.maxLength }); // validates maxLength early
     for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'maxConnections', 'backlog'] as const) {
       const v = this.opts[k];
@@ -239,7 +252,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
 
   stats(): HandshakeServerStats {
     const c = this.counters;
-    return { ...c, active: this.sockets.size, served: { ...c.served }, dropped: { ...c.dropped } };
+    return { ...c, active: this.sockets.size, bufferedBytes: this.buffered, served: { ...c.served }, dropped: { ...c.dropped } };
   }
 
   /** Starts listening; resolves with the bound port. */
@@ -381,10 +394,16 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     const decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
     let phase: 'receive' | 'handle' | 'closewait' | 'done' = 'receive';
     let timer: NodeJS.Timeout | undefined;
+    let held = 0; // this connection's share of this.buffered
+    const hold = (n: number): void => {
+      this.buffered += n - held;
+      held = n;
+    };
 
     const finish = (): void => {
       if (phase === 'done') return;
       phase = 'done';
+      hold(0);
       this.clearTimer(timer);
       this.sockets.delete(socket);
       socket.destroy();
@@ -402,6 +421,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     socket.on('close', () => {
       if (phase === 'receive' || phase === 'handle') this.drop('closed', undefined, socket);
       phase = 'done';
+      hold(0);
       this.clearTimer(timer);
       this.sockets.delete(socket);
     });
@@ -415,13 +435,20 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         if (phase !== 'done') this.counters.extraBytes += chunk.length;
         return;
       }
+      if (this.buffered + chunk.length > this.opts.maxBufferedBytes) {
+        return fail('overload', new MooncakeError('TOO_MANY_REQUESTS', `handshake requests in progress hold more than ${this.opts.maxBufferedBytes} bytes`));
+      }
       let frames: Frame[];
       try {
         frames = decoder.push(chunk);
       } catch (e) {
         return fail('protocol', e as MooncakeError);
       }
-      if (frames.length === 0) return;
+      if (frames.length === 0) {
+        hold(decoder.buffered);
+        return;
+      }
+      hold(0);
       this.counters.extraBytes += decoder.buffered;
       for (let i = 1; i < frames.length; i++) this.counters.extraBytes += 8 + frames[i]!.payload.length + (frames[i]!.oldProtocol ? 0 : 1);
       phase = 'handle';

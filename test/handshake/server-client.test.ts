@@ -361,6 +361,36 @@ describe('HandshakeServer under hostile input', () => {
   });
 });
 
+describe('HandshakeServer: memory bound across connections', () => {
+  it('drops a connection whose partial request would push the total held past maxBufferedBytes', async () => {
+    const got: Notify[] = [];
+    const { server, port } = await startServer({ maxLength: 1000, maxBufferedBytes: 1500, receiveTimeoutMs: 10_000, onNotify: (n) => void got.push(n) });
+    const head = '{"name":"a","notify_msg":"';
+    const frame = handFrame(2, head + 'x'.repeat(1000 - 1 - head.length - 3) + '"}\n');
+    expect(frame.length).toBe(1008);
+    const first = net.connect({ host: '127.0.0.1', port });
+    first.on('error', () => {});
+    cleanups.push(() => void first.destroy());
+    const firstData: Buffer[] = [];
+    first.on('data', (d) => firstData.push(d));
+    first.write(frame.subarray(0, 900));
+    await until(() => server.stats().bufferedBytes >= 850); // 900 sent, less the 8-byte prefix already parsed
+    const second = await rawExchange(port, frame.subarray(0, 900), { timeoutMs: 10_000 });
+    expect(second.data.length).toBe(0);
+    await until(() => server.stats().dropped.overload === 1);
+    const ended = new Promise<void>((r) => first.once('end', () => r()));
+    first.write(frame.subarray(900));
+    await ended;
+    expect(Buffer.concat(firstData).subarray(9).toString()).toBe('{"name":"","notify_msg":"success"}\n');
+    expect(got).toHaveLength(1);
+    await until(() => server.stats().active === 0);
+    expect(server.stats().bufferedBytes).toBe(0);
+    // Nothing is held any more: a full frame fits again.
+    const third = await rawExchange(port, frame);
+    expect(third.data.subarray(9).toString()).toBe('{"name":"","notify_msg":"success"}\n');
+  });
+});
+
 describe('HandshakeServer: concurrency and lifecycle', () => {
   it('serves concurrent requests with identical bytes, and a slow handler does not hold up others', async () => {
     let release!: () => void;
