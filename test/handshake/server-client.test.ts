@@ -444,6 +444,20 @@ describe('HandshakeServer: concurrency and lifecycle', () => {
     expect(await b.listen({ host: '127.0.0.1', port: 0 })).toBeGreaterThan(0);
   });
 
+  it('retries taken ports of the range on the same listener until a free one binds', async () => {
+    const taken = new HandshakeServer();
+    cleanups.push(() => taken.close());
+    const p = await taken.listen({ host: '127.0.0.1', portRange: { min: 21000, max: 21998 } });
+    // Two-port ranges with one port taken: about half of the first picks hit the taken one.
+    for (let i = 0; i < 6; i++) {
+      const s = new HandshakeServer();
+      const got = await s.listen({ host: '127.0.0.1', portRange: { min: p, max: p + 1 } });
+      expect(got).toBe(p + 1);
+      expect(await probe('127.0.0.1', got)).toEqual({ status: 'success' });
+      await s.close();
+    }
+  });
+
   it('unref() lets the event loop go; ref() takes it back', async () => {
     const { server } = await startServer();
     const count = (): number => process.getActiveResourcesInfo().filter((r) => r === 'TCPServerWrap').length;
