@@ -16,6 +16,7 @@ export {
   type MetadataServerOptions,
   type MetadataServerLogger,
   type ListenInfo,
+  type RequestEvent,
   type MetadataServerCommandIO,
   METADATA_SERVER_USAGE,
   runMetadataServerCommand,

@@ -59,6 +59,17 @@ export interface MetadataServerOptions {
   logger?: MetadataServerLogger | null;
   /** Monotonic clock in ms, for tests. Default `performance.now()`. */
   now?: () => number;
+  /** Called after every answer (an access log; `--access-log` in the CLI). Exceptions are ignored. */
+  onRequest?: (event: RequestEvent) => void;
+}
+
+export interface RequestEvent {
+  method: string;
+  /** The decoded, stripped key, when the request reached the metadata route with one. */
+  key?: string;
+  status: number;
+  /** Bytes of the answer body. */
+  bytes: number;
 }
 
 export interface ListenInfo {
@@ -108,6 +119,8 @@ export class MetadataServer {
   };
   private readonly log: MetadataServerLogger;
   private readonly now: () => number;
+  private readonly onRequest: ((event: RequestEvent) => void) | undefined;
+  private readonly keyOf = new WeakMap<http.ServerResponse, string>();
   private readonly store = new Map<string, Entry>();
   private readonly server: http.Server;
   private readonly sockets = new Set<Socket>();
@@ -137,6 +150,7 @@ export class MetadataServer {
         ? { info() {}, warn() {}, error() {} }
         : (options.logger ?? { info() {}, warn: (m) => console.warn(m), error: (m) => console.error(m) });
     this.now = options.now ?? (() => performance.now());
+    this.onRequest = options.onRequest;
     this.server = http.createServer();
     this.server.on('request', (req, res) => this.handle(req, res, false));
     // Installing a checkContinue listener stops Node from answering `100 Continue` blindly: we send it
@@ -265,6 +279,7 @@ export class MetadataServer {
     if (route !== this.options.path) return this.reply(res, 404, '404: Not Found', PLAIN_TEXT, expectContinue);
 
     const key = pythonStrip(new URLSearchParams(query).get('key') ?? '');
+    if (key.length > 0) this.keyOf.set(res, key);
     if (key.length === 0) return this.reply(res, 400, 'metadata key is required', JSON_TEXT, expectContinue);
     if (method !== 'GET' && method !== 'PUT' && method !== 'DELETE') {
       return this.reply(res, 405, 'Method not allowed', JSON_TEXT, expectContinue);
@@ -344,6 +359,13 @@ export class MetadataServer {
     // While closing, finish the connection with this answer instead of keeping it alive.
     if (expectContinue || this.closing) res.setHeader('Connection', 'close');
     res.end(data);
+    if (this.onRequest) {
+      try {
+        this.onRequest({ method: res.req.method ?? '', key: this.keyOf.get(res), status, bytes: data.length });
+      } catch {
+        // an observer must not break the server
+      }
+    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -620,6 +642,7 @@ Options:
   --max-entries N        most entries (default 1000000)
   --reject-identical-rpc-meta
                          answer an identical rpc_meta re-PUT with 400, like upstream's Python server
+  --access-log           print one line per request (method, key, status, bytes)
   -h, --help             show this help
 `;
 
@@ -655,6 +678,7 @@ export async function runMetadataServerCommand(argv: string[], io: MetadataServe
         'max-value-bytes': { type: 'string' },
         'max-entries': { type: 'string' },
         'reject-identical-rpc-meta': { type: 'boolean' },
+        'access-log': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -685,6 +709,9 @@ export async function runMetadataServerCommand(argv: string[], io: MetadataServe
     maxEntries: int('max-entries', 1),
     identicalRpcMetaPut: values['reject-identical-rpc-meta'] ? 'reject' : 'accept',
     logger: { info: out, warn: err, error: err },
+    onRequest: values['access-log']
+      ? (e) => out(`${new Date().toISOString()} ${e.method} ${e.key === undefined ? '-' : JSON.stringify(e.key)} ${e.status} ${e.bytes}`)
+      : undefined,
   });
 
   let stop!: (reason: string) => void;

@@ -9,16 +9,27 @@
  * 2. `GET /health`: upstream 404 (no such route), ours 200 `OK`.
  * 3. Raw (un-escaped) non-ASCII bytes in the request line: both 400, bodies differ (aiohttp explains,
  *    node:http sends an empty body).
+ *
+ * Also: our HttpMetadataStore against upstream's server, escapeKeyForUrl against libcurl's
+ * curl_easy_escape, and upstream's real engine (transfer_engine_bench --mode=target) publishing to and
+ * cleaning up on our server.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { MetadataServer } from '../../lib/metadata/server';
+import { MetadataServer, type RequestEvent } from '../../lib/metadata/server';
 import { HttpMetadataStore } from '../../lib/metadata/http-store';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { MooncakeError } from '../../lib/errors';
 import { rawRequest, type RawReply } from '../helpers/raw-http';
-import { SETUP_COMMAND, spawnUpstreamMetadataServer, upstreamEnv, upstreamPeer, type UpstreamMetadataServer } from '../helpers/upstream';
+import {
+  SETUP_COMMAND,
+  spawnUpstreamMetadataServer,
+  stopProcess,
+  upstreamEnv,
+  upstreamPeer,
+  type UpstreamMetadataServer,
+} from '../helpers/upstream';
 
 const peer = upstreamPeer();
 const skipReason = 'skipReason' in peer ? peer.skipReason : undefined;
@@ -279,6 +290,50 @@ describe.skipIf(skipReason !== undefined)(`metadata server conformance with upst
     expect(code).toBe(0);
     const curl = JSON.parse(stdout) as string[];
     expect(keys.map(escapeKeyForUrl)).toEqual(curl);
+  });
+
+  test("upstream's engine (transfer_engine_bench target) publishes to and cleans up on our server", async () => {
+    if (!('bench' in peer)) return;
+    const events: RequestEvent[] = [];
+    const server = new MetadataServer({ logger: quiet, onRequest: (e) => events.push(e) });
+    ours.push(server);
+    const { url } = await server.listen(0, '127.0.0.1');
+    const name = '127.0.0.1:17031';
+    const child = spawn(
+      peer.bench,
+      ['--mode=target', '--protocol=tcp', `--local_server_name=${name}`, `--metadata_server=${url}`, '--buffer_size=16777216'],
+      { env: upstreamEnv(), stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let log = '';
+    child.stdout!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-16_384)));
+    child.stderr!.on('data', (d: Buffer) => (log = (log + d.toString()).slice(-16_384)));
+    try {
+      const ram = `mooncake/ram/${name}`;
+      const rpc = `mooncake/rpc_meta/${name}`;
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline && child.exitCode === null) {
+        const desc = server.entries().get(ram);
+        if (desc && (JSON.parse(desc) as { buffers: unknown[] }).buffers.length > 0) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const desc = JSON.parse(server.entries().get(ram) ?? 'null') as Record<string, unknown> | null;
+      expect(desc, log).toMatchObject({ name, protocol: 'tcp', tcp_proto_version: 2 });
+      expect(desc!.tcp_data_port).toBeGreaterThan(0);
+      expect(JSON.parse(server.entries().get(rpc)!)).toMatchObject({ ip_or_host_name: '127.0.0.1' });
+      expect(events.filter((e) => e.method === 'PUT' && e.key === rpc).map((e) => e.status)).toEqual([200]);
+      expect(events.some((e) => e.method === 'PUT' && e.key === ram && e.status === 200)).toBe(true);
+
+      await stopProcess(child, 10_000);
+      const deletes = events.filter((e) => e.method === 'DELETE').map((e) => [e.key, e.status]);
+      expect(deletes, log).toEqual([
+        [rpc, 200],
+        [ram, 200],
+      ]);
+      expect(server.entries().has(ram)).toBe(false);
+      expect(server.entries().has(rpc)).toBe(false);
+    } finally {
+      await stopProcess(child, 2000);
+    }
   });
 
   test('HttpMetadataStore speaks to upstream’s server like the engine does', async () => {

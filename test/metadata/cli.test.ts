@@ -51,6 +51,23 @@ describe('runMetadataServerCommand (in process)', () => {
     expect(fs.readFileSync(path.join(dataDir, 'metadata.json'), 'utf8')).toMatch(/"key":"a"/);
   });
 
+  test('--access-log prints one line per request', async () => {
+    const out: string[] = [];
+    const ac = new AbortController();
+    let port = 0;
+    const run = runMetadataServerCommand(['--port', '0', '--host', '127.0.0.1', '--access-log'], {
+      signal: ac.signal,
+      stdout: (l) => out.push(l),
+      onListening: (i) => (port = i.port),
+    });
+    const deadline = Date.now() + 5000;
+    while (port === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    await rawRequest(port, 'GET', k('mooncake/ram/x'));
+    ac.abort();
+    await run;
+    expect(out.some((l) => /^\d{4}-\d\d-\d\dT\S+ GET "mooncake\/ram\/x" 404 18$/.test(l))).toBe(true);
+  });
+
   test('removes its signal listeners when done', async () => {
     const before = [process.listenerCount('SIGINT'), process.listenerCount('SIGTERM')];
     const ac = new AbortController();

@@ -203,6 +203,28 @@ describe('MetadataServer: upstream semantics', () => {
   });
 });
 
+describe('MetadataServer: access log hook', () => {
+  test('onRequest sees method, decoded key, status and body size; a throwing observer is ignored', async () => {
+    const events: unknown[] = [];
+    const { port } = await start({
+      onRequest: (e) => {
+        events.push(e);
+        throw new Error('observer bug');
+      },
+    });
+    await rawRequest(port, 'PUT', k('mooncake/ram/a b'), '{}');
+    await rawRequest(port, 'GET', k('mooncake/ram/a b'));
+    await rawRequest(port, 'GET', '/metadata');
+    await rawRequest(port, 'DELETE', k('nope'));
+    expect(events).toEqual([
+      { method: 'PUT', key: 'mooncake/ram/a b', status: 200, bytes: 16 },
+      { method: 'GET', key: 'mooncake/ram/a b', status: 200, bytes: 2 },
+      { method: 'GET', key: undefined, status: 400, bytes: 24 },
+      { method: 'DELETE', key: 'nope', status: 404, bytes: 18 },
+    ]);
+  });
+});
+
 describe('MetadataServer: limits', () => {
   test('values over maxValueBytes → 413 with a clear text (default 1 MiB, as upstream)', async () => {
     const { port, server } = await start();
