@@ -155,7 +155,9 @@ export function readBody(stream: Readable, limit: number, what: string): Promise
       resolve(Buffer.concat(chunks, size));
     });
     stream.on('error', fail);
-    stream.on('close', () => fail(new MooncakeError('CONNECTION_LOST', `${what} ended early`)));
+    stream.on('close', () => {
+      if (!done) fail(new MooncakeError('CONNECTION_LOST', `${what} ended early`));
+    });
   });
 }
 

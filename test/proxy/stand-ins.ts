@@ -30,7 +30,10 @@ export function request(base: string, path: string, opts: RequestOptions = {}): 
   return new Promise((resolve, reject) => {
     const payload =
       opts.body === undefined ? undefined : Buffer.isBuffer(opts.body) ? opts.body : Buffer.from(typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body));
-    const headers: http.OutgoingHttpHeaders = { ...(payload !== undefined ? { 'content-type': 'application/json' } : {}), ...opts.headers };
+    const headers: http.OutgoingHttpHeaders = {
+      ...(payload !== undefined ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+      ...opts.headers,
+    };
     const req = http.request(new URL(path, base), { method: opts.method ?? (payload === undefined ? 'GET' : 'POST'), headers, agent: opts.agent, signal: opts.signal }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
