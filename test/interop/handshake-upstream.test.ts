@@ -26,15 +26,17 @@ import {
   type JsonValue,
   type RequestInfo,
 } from '../../lib/handshake';
+import { spawnUpstreamMetadataServer } from '../helpers/upstream';
 import { handFrame, rawExchange, scriptedServer } from '../handshake/raw';
 import { PythonPeer, SETUP_COMMAND, findUpstreamPython } from './peers/handshake-peer';
 
 const found = findUpstreamPython();
 const python = 'python' in found ? found.python : undefined;
+const cleanups: (() => Promise<void>)[] = [];
 if (!python) {
   console.warn(
     `\n[handshake-upstream] SKIPPING the upstream handshake interop suite: ${'skipReason' in found ? found.skipReason : ''}.\n` +
-      `[handshake-upstream] Install the upstream peer with: ${SETUP_COMMAND}   (or point MOONCAKE_UPSTREAM_VENV at a venv with mooncake-transfer-engine-non-cuda)\n`,
+      `[handshake-upstream] Install the upstream peer with: bash ${SETUP_COMMAND}   (or point MOONCAKE_UPSTREAM_VENV at a venv with mooncake-transfer-engine-non-cuda)\n`,
   );
 }
 
@@ -42,8 +44,8 @@ const peers: PythonPeer[] = [];
 afterAll(() => stopAll()); // whatever a failing test left behind
 const servers: HandshakeServer[] = [];
 
-async function startPeer(args: string[] = []): Promise<{ peer: PythonPeer; hello: Record<string, unknown> }> {
-  const r = await PythonPeer.start(python!, args);
+async function startPeer(): Promise<{ peer: PythonPeer; hello: Record<string, unknown> }> {
+  const r = await PythonPeer.start(python!);
   peers.push(r.peer);
   return r;
 }
@@ -65,6 +67,7 @@ async function startOurs(options: ConstructorParameters<typeof HandshakeServer>[
 
 async function stopAll(): Promise<void> {
   await Promise.all(servers.splice(0).map((s) => s.close()));
+  await Promise.all(cleanups.splice(0).map((c) => c()));
   await Promise.all(peers.splice(0).map((p) => p.stop()));
 }
 
@@ -321,8 +324,9 @@ describe.skipIf(!python)('handshake interop with upstream Mooncake (HTTP metadat
   afterEach(stopAll);
 
   it('probe, notify and Metadata against an upstream daemon found through rpc_meta; upstream send_probe to our daemon', async () => {
-    const { hello } = await startPeer(['metadata-server']);
-    const url = `http://127.0.0.1:${hello.port as number}/metadata`;
+    const metadata = await spawnUpstreamMetadataServer();
+    cleanups.push(() => metadata.stop());
+    const url = metadata.url;
     const { peer } = await startPeer();
     const name = `up-http-${process.pid}-${Date.now()}`;
     const init = await peer.call({ cmd: 'init', mode: 'http', name, metadata_url: url });

@@ -2,43 +2,24 @@
  * Drives test/interop/peers/handshake_peer.py: a real upstream Mooncake engine
  * (mooncake.engine.TransferEngine from the PyPI wheel) in a child process.
  */
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as path from 'node:path';
+import { SETUP_COMMAND, upstreamEnv, upstreamPeer } from '../../helpers/upstream';
 
-const REPO = path.resolve(__dirname, '../../..');
 export const PEER_SCRIPT = path.join(__dirname, 'handshake_peer.py');
-export const SETUP_COMMAND = 'bash scripts/setup-upstream-peer.sh';
+export { SETUP_COMMAND };
 
-/**
- * The upstream Python: $MOONCAKE_UPSTREAM_VENV/bin/python if that variable is set; otherwise
- * <repo>/.venv-upstream/bin/python, else the prototype venv /tmp/mcvenv/bin/python. Kept in one place so it can switch to
- * test/helpers/upstream.ts (upstreamPeer()) once that lands.
- */
-export function findUpstreamPython(): { python: string } | { skipReason: string } {
-  // An explicit MOONCAKE_UPSTREAM_VENV is the only candidate (no silent fallback).
-  const candidates = process.env.MOONCAKE_UPSTREAM_VENV
-    ? [path.join(process.env.MOONCAKE_UPSTREAM_VENV, 'bin/python')]
-    : [path.join(REPO, '.venv-upstream/bin/python'), '/tmp/mcvenv/bin/python'];
-  const python = candidates.find((p) => existsSync(p));
-  if (!python) return { skipReason: `no upstream Python venv found (looked at ${candidates.join(', ')})` };
-  const r = spawnSync(python, ['-c', 'import mooncake.engine, mooncake.http_metadata_server'], { env: upstreamEnv(), timeout: 60_000, encoding: 'utf8' });
-  if (r.status !== 0) return { skipReason: `${python} cannot import mooncake.engine: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}` };
-  return { python };
+/** The upstream Python, from the shared helper (test/helpers/upstream.ts), or why it is missing. */
+export function findUpstreamPython(): { python: string; version: string } | { skipReason: string } {
+  const peer = upstreamPeer();
+  return 'skipReason' in peer ? peer : { python: peer.python, version: peer.version };
 }
 
-/** Environment for upstream processes: loopback advertised, no TENT, no proxies. */
-export function upstreamEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (/_proxy$/i.test(k)) continue;
-    if (k === 'MC_USE_TENT' || k === 'MC_USE_TEV1') continue;
-    env[k] = v;
-  }
-  env.MC_TCP_BIND_ADDRESS = '127.0.0.1';
-  env.PYTHONUNBUFFERED = '1';
-  return { ...env, ...extra };
-}
+// Safety net: whatever is still running when the test worker exits is killed.
+const live = new Set<ChildProcessWithoutNullStreams>();
+process.once('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
 
 export type PeerReply = { ok: boolean; error?: string; [k: string]: unknown };
 
@@ -72,8 +53,10 @@ export class PythonPeer {
       if (this.errText.length > 200_000) this.errText = this.errText.slice(-100_000);
     });
     child.stdin.on('error', () => {});
+    live.add(child);
     this.exit = new Promise((resolve) => {
       child.on('exit', (code) => {
+        live.delete(child);
         this.exited = true;
         if (this.waiter) {
           const w = this.waiter;
@@ -85,7 +68,7 @@ export class PythonPeer {
     });
   }
 
-  /** Starts the peer script (`args` e.g. ['metadata-server']) and waits for its first answer. */
+  /** Starts the peer script and waits for its first answer. */
   static async start(python: string, args: string[] = [], env: Record<string, string> = {}): Promise<{ peer: PythonPeer; hello: PeerReply }> {
     const child = spawn(python, [PEER_SCRIPT, ...args], { env: upstreamEnv(env), stdio: ['pipe', 'pipe', 'pipe'] });
     const peer = new PythonPeer(child);

@@ -21,15 +21,13 @@ command on stdout, as a line starting with "@@" (the engine's own logs go to std
                                                       transfer_sync(..., notify=TransferNotify(...)) -> ret
   {"cmd": "exit"}
 
-`handshake_peer.py metadata-server` instead runs upstream's HTTP metadata server
-(mooncake.http_metadata_server.KVBootstrapServer) on 127.0.0.1 and a free port, answers
-{"ok": true, "port": n} and serves until stdin closes. It must be its own process: the engine's
-initialize() holds the GIL, so an in-process server could not answer the engine's own PUTs.
+The HTTP metadata server must be a separate process (the test starts upstream's
+mooncake_http_metadata_server): initialize() holds the GIL, so a server inside this process could
+not answer the engine's own PUTs.
 """
 
 import json
 import os
-import socket
 import sys
 import time
 import traceback
@@ -52,30 +50,6 @@ def http(method, url, key, data=None):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def metadata_server_main():
-    from mooncake.http_metadata_server import KVBootstrapServer
-
-    # Port 0: the OS picks a free port; read it back from the aiohttp runner.
-    server = KVBootstrapServer(port=0, host="127.0.0.1")
-    server.run()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        runner = server._runner
-        if runner is not None and runner.addresses:
-            port = runner.addresses[0][1]
-            # Wait until it accepts connections.
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                reply({"ok": True, "port": port})
-                sys.stdin.read()  # serve until the test closes stdin (or kills us)
-                os._exit(0)
-            except OSError:
-                pass
-        time.sleep(0.05)
-    reply({"ok": False, "error": "upstream HTTP metadata server did not start"})
-    os._exit(1)
 
 
 def main():
@@ -142,7 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "metadata-server":
-        metadata_server_main()
-    else:
-        main()
+    main()
