@@ -160,13 +160,7 @@ export class MetadataServer {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
-      if (socket.writable && err.code !== 'ECONNRESET') {
-        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-      } else {
-        socket.destroy();
-      }
-    });
+    // Malformed requests get node:http's default answers (400, 431 for huge headers, 408 on timeout).
     this.server.requestTimeout = 60_000;
     this.server.headersTimeout = 30_000;
   }

@@ -254,6 +254,15 @@ describe('MetadataServer: limits', () => {
     expect((await rawRequest(port, 'GET', k('123456789'))).status).toBe(414);
   });
 
+  test('default key limit is 4096 bytes; request lines beyond node:http limits get its 431', async () => {
+    const { port } = await start();
+    expect((await rawRequest(port, 'PUT', k('k'.repeat(4096)), 'v')).status).toBe(200);
+    const r = await rawRequest(port, 'PUT', k('k'.repeat(4097)), 'v');
+    expect([r.status, r.text]).toEqual([414, 'metadata key too long: 4097 bytes (limit 4096)']);
+    const huge = await rawRequest(port, 'GET', k('k'.repeat(20_000)));
+    expect(huge.status).toBe(431);
+  });
+
   test('a new key beyond maxEntries → 507; overwrites and deletes still work', async () => {
     const { port } = await start({ maxEntries: 2 });
     await rawRequest(port, 'PUT', k('a'), '1');
