@@ -20,7 +20,7 @@ import {
   type TransferEngineOptions,
 } from './options';
 import { Segment } from './segment';
-import { packRequests, type BatchRequest, type PackedRequests, type TransferRequest } from './transfer-batch';
+import { packRequests, type BatchRequest, type Opcode, type PackedRequests, type TransferRequest } from './transfer-batch';
 import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, probe, sendNotify, type Notify } from './handshake';
 
 export type { TransferEngineOptions } from './options';
@@ -57,6 +57,18 @@ export interface TransferEngineEvents {
   notify: [notify: Notify];
   /** A background metadata operation failed (the engine keeps retrying). */
   metadataError: [error: MooncakeError];
+}
+
+const PACKED = Symbol('packed');
+
+/** A batch validated and packed once by `prepareBatch`. */
+export interface PreparedBatch {
+  readonly segment: Segment;
+  readonly opcode: Opcode;
+  readonly requests: number;
+  readonly bytes: number;
+  /** @internal */
+  readonly [PACKED]: PackedRequests;
 }
 
 interface Pending {
@@ -150,6 +162,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           idleTimeoutMs: o.idleTimeoutMs,
           connectTimeoutMs: o.connectTimeoutMs,
           bindAddress: o.bindAddress ?? '',
+          advertiseAddress: advertise,
           port: o.dataPort ?? 0,
           minPort: range.min,
           maxPort: range.max,
@@ -292,6 +305,31 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   /** Reads the peer's memory into local memory, as one batch. */
   read(segment: Segment, requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
     return this.transfer(segment, 'read', requests, options);
+  }
+
+  /**
+   * Validates and packs a batch once, for batches submitted again and again (KV block tables,
+   * benchmarks): `submitPrepared` then costs no per-request JavaScript work.
+   */
+  prepareBatch(segment: Segment, opcode: Opcode, requests: readonly TransferRequest[]): PreparedBatch {
+    this.assertOpen();
+    if (!(segment instanceof Segment) || segment.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'segment must be a Segment opened by this engine');
+    const packed = packRequests(this, requests, { opcode, segment });
+    return { segment, opcode, requests: requests.length, bytes: packed.bytes, [PACKED]: packed };
+  }
+
+  /** Submits a prepared batch (see prepareBatch). */
+  async submitPrepared(batch: PreparedBatch, options?: TransferOptions): Promise<TransferResult> {
+    this.assertOpen();
+    const packed = batch[PACKED];
+    if (!packed || batch.segment.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'not a batch prepared by this engine');
+    try {
+      return await this.run(packed, options);
+    } catch (err) {
+      if (!isMooncakeError(err, 'INVALID_REMOTE_ADDRESS') || batch.segment.closed || !this.canRefresh()) throw err;
+      await this.openSegment(batch.segment.name, { refresh: true });
+      return this.run(packed, options);
+    }
   }
 
   /** A batch mixing directions and segments. */
@@ -578,17 +616,13 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       if (reply.value === null) {
         throw new MooncakeError('SEGMENT_NOT_FOUND', `${name} answered the P2P handshake without a descriptor (is it in P2PHANDSHAKE mode?)`, { details: { name } });
       }
-      return { descriptor: reply.text, ip, rpcPort: port };
+      const dataHost = descriptorField(reply.text, 'tcp_data_host', name);
+      return { descriptor: reply.text, ip: typeof dataHost === 'string' && dataHost ? await lookupIp(dataHost) : ip, rpcPort: port };
     }
     const key = segmentKey(name);
     const descriptor = await this.store.get(key);
     if (descriptor === undefined) throw new MooncakeError('SEGMENT_NOT_FOUND', `no segment named '${name}' in ${this.store.url} (key ${key})`, { details: { name, key } });
-    let peerName: unknown;
-    try {
-      peerName = (JSON.parse(descriptor) as { name?: unknown }).name;
-    } catch (err) {
-      throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' is not JSON`, { cause: err, details: { name, key } });
-    }
+    const peerName = descriptorField(descriptor, 'name', name);
     if (typeof peerName !== 'string' || peerName === '') throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' has no name`, { details: { name, key } });
     const rkey = rpcMetaKey(peerName);
     const rpcText = await this.store.get(rkey);
@@ -602,8 +636,20 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     if (typeof rpc.ip_or_host_name !== 'string' || typeof rpc.rpc_port !== 'number') {
       throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' lacks ip_or_host_name or rpc_port`, { details: { key: rkey } });
     }
-    const ip = await lookupIp(rpc.ip_or_host_name);
+    // Upstream 0.3.13+ publishes the data listener's host; older peers share rpc_meta's.
+    const dataHost = descriptorField(descriptor, 'tcp_data_host', name);
+    const ip = await lookupIp(typeof dataHost === 'string' && dataHost ? dataHost : rpc.ip_or_host_name);
     return { descriptor, ip, rpcPort: rpc.rpc_port };
+  }
+}
+
+/** One top-level field of a descriptor (for routing only; the native engine validates the whole). */
+function descriptorField(text: string, field: string, name: string): unknown {
+  try {
+    const v = JSON.parse(text) as Record<string, unknown> | null;
+    return v !== null && typeof v === 'object' ? v[field] : undefined;
+  } catch (err) {
+    throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' is not JSON`, { cause: err, details: { name } });
   }
 }
 

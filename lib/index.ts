@@ -16,6 +16,7 @@ export type {
   TaskStatusInfo,
   TransferEngineEvents,
   Notify,
+  PreparedBatch,
 } from './engine';
 export { MemoryRegion } from './memory';
 export type { RegisterOptions, MemoryLocation } from './memory';

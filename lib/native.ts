@@ -16,6 +16,7 @@ export interface NativeEngineConfig {
   connectTimeoutMs?: number;
   retries?: number;
   bindAddress?: string;
+  advertiseAddress?: string;
   port?: number;
   minPort?: number;
   maxPort?: number;

@@ -34,6 +34,8 @@ mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   if (!o.Get("port").IsUndefined()) { addU(env, o, "port", &tmp); t.port = static_cast<uint16_t>(tmp); }
   if (!o.Get("minPort").IsUndefined()) { addU(env, o, "minPort", &tmp); t.minPort = static_cast<uint16_t>(tmp); }
   if (!o.Get("maxPort").IsUndefined()) { addU(env, o, "maxPort", &tmp); t.maxPort = static_cast<uint16_t>(tmp); }
+  Napi::Value adv = o.Get("advertiseAddress");
+  if (adv.IsString()) cfg.advertiseHost = adv.As<Napi::String>().Utf8Value();
   Napi::Value bind = o.Get("bindAddress");
   if (bind.IsString()) t.bindAddress = bind.As<Napi::String>().Utf8Value();
   Napi::Value allow = o.Get("allowedPeers");

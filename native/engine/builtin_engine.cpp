@@ -198,6 +198,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     d.name = cfg_.localServerName;
     d.protocol = "tcp";
     d.tcpDataPort = tcp_.port();
+    d.tcpDataHost = cfg_.advertiseHost;
     d.tcpProtoVersion = 2;
     for (const auto& r : registry_.list()) {
       BufferDesc b;

@@ -59,6 +59,10 @@ Status decodeSegmentDesc(std::string_view text, SegmentDesc* out) {
   if (const json::Value* port = root.get("tcp_data_port")) {
     if (!readU32(port, &d.tcpDataPort) || d.tcpDataPort > 65535) return corrupt("bad tcp_data_port");
   }
+  if (const json::Value* host = root.get("tcp_data_host")) {
+    if (!host->isString()) return corrupt("tcp_data_host is not a string");
+    d.tcpDataHost = host->str();
+  }
   if (const json::Value* ver = root.get("tcp_proto_version")) {
     if (!readU32(ver, &d.tcpProtoVersion)) return corrupt("bad tcp_proto_version");
   }
@@ -109,6 +113,7 @@ std::string encodeSegmentDesc(const SegmentDesc& desc) {
   root.set("buffers", std::move(bufs));
   root.set("name", json::Value::string(desc.name));
   root.set("protocol", json::Value::string(desc.protocol));
+  if (!desc.tcpDataHost.empty()) root.set("tcp_data_host", json::Value::string(desc.tcpDataHost));
   root.set("tcp_data_port", json::Value::uinteger(desc.tcpDataPort));
   root.set("tcp_proto_version", json::Value::uinteger(desc.tcpProtoVersion));
   root.set("timestamp", json::Value::string(desc.timestamp.empty() ? currentDateTime() : desc.timestamp));

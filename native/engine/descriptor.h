@@ -33,6 +33,8 @@ struct SegmentDesc {
   std::string name;
   std::string protocol = "tcp";
   uint32_t tcpDataPort = 0;
+  // Host of the data listener (upstream 0.3.13+); empty: peers use rpc_meta's ip_or_host_name.
+  std::string tcpDataHost;
   uint32_t tcpProtoVersion = 1;  // absent means 1
   std::vector<BufferDesc> buffers;
   std::string timestamp;

@@ -43,6 +43,7 @@ struct RegisterOptions {
 
 struct EngineConfig {
   std::string localServerName;
+  std::string advertiseHost;  // published as tcp_data_host when set
   tcp::Options tcp;
 };
 

@@ -32,7 +32,7 @@ describe('metadata publication', () => {
     expect(JSON.parse(entries.get('mooncake/rpc_meta/node-a')!)).toEqual({ ip_or_host_name: '127.0.0.1', rpc_port: e.rpcPort });
     const text = entries.get('mooncake/ram/node-a')!;
     // Compact, keys sorted, bare integers (the same shape upstream's jsoncpp writer produces).
-    expect(text).toMatch(/^\{"buffers":\[\{"addr":\d+,"length":1048576,"name":"node-a"\}\],"name":"node-a","protocol":"tcp","tcp_data_port":\d+,"tcp_proto_version":2,"timestamp":"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}"\}$/);
+    expect(text).toMatch(/^\{"buffers":\[\{"addr":\d+,"length":1048576,"name":"node-a"\}\],"name":"node-a","protocol":"tcp","tcp_data_host":"127\.0\.0\.1","tcp_data_port":\d+,"tcp_proto_version":2,"timestamp":"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}"\}$/);
     expect(text).toContain(`"addr":${r.address}`);
     expect(text).toContain(`"tcp_data_port":${e.dataPort}`);
     await r.unregister();

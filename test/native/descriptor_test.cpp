@@ -19,6 +19,17 @@ TEST(Descriptor, ParsesTheLiveUpstreamCapture) {
   EXPECT_EQ(mc::encodeSegmentDesc(d), live);
 }
 
+TEST(Descriptor, ParsesTheWheelsExtraFields) {
+  // What the 0.3.13.post1 wheel publishes: rdma_server_name and tcp_data_host were added upstream.
+  const char* wheel =
+      R"({"buffers":[{"addr":140362473537536,"length":4096,"name":"127.0.0.1:17099"}],"name":"127.0.0.1:17099","protocol":"tcp","rdma_server_name":"","tcp_data_host":"127.0.0.1","tcp_data_port":16156,"tcp_proto_version":2,"timestamp":"2026-11-25 08:25:57.730727"})";
+  mc::SegmentDesc d;
+  ASSERT_TRUE(mc::decodeSegmentDesc(wheel, &d).ok());
+  EXPECT_EQ(d.tcpDataHost, "127.0.0.1");
+  EXPECT_EQ(d.tcpDataPort, 16156u);
+  EXPECT_NE(mc::encodeSegmentDesc(d).find(R"("tcp_data_host":"127.0.0.1","tcp_data_port":16156)"), std::string::npos);
+}
+
 TEST(Descriptor, MissingVersionMeansV1) {
   mc::SegmentDesc d;
   ASSERT_TRUE(mc::decodeSegmentDesc(R"({"buffers":[],"name":"n","protocol":"tcp","tcp_data_port":1})", &d).ok());

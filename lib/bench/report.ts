@@ -1,0 +1,38 @@
+import type { RunResult } from './initiator';
+
+export function formatBytes(n: number): string {
+  if (n >= 1 << 30 && n % (1 << 30) === 0) return `${n / (1 << 30)}G`;
+  if (n >= 1 << 20 && n % (1 << 20) === 0) return `${n / (1 << 20)}M`;
+  if (n >= 1024 && n % 1024 === 0) return `${n / 1024}K`;
+  return String(n);
+}
+
+export function gbps(bytesPerSec: number, unit: 'GB' | 'GiB' = 'GB'): number {
+  return bytesPerSec / (unit === 'GB' ? 1e9 : 1 << 30);
+}
+
+function pad(s: string, n: number, right = false): string {
+  return right ? s.padEnd(n) : s.padStart(n);
+}
+
+/** A fixed-width table of results. */
+export function table(results: RunResult[], unit: 'GB' | 'GiB' = 'GB'): string {
+  const head = ['implementation', 'op', 'block', 'batch', 'inflight', `${unit}/s`, 'ops/s', 'avg ms', 'p50 ms', 'p99 ms', 'cpu %', 'target cpu %'];
+  const rows = results.map((r) => [
+    r.impl,
+    r.operation,
+    formatBytes(r.blockSize),
+    String(r.batchSize),
+    String(r.concurrency),
+    gbps(r.bandwidth, unit).toFixed(3),
+    Math.round(r.opsPerSec).toLocaleString('en-US'),
+    r.latencyMs.avg ? r.latencyMs.avg.toFixed(2) : '-',
+    r.latencyMs.p50 ? r.latencyMs.p50.toFixed(2) : '-',
+    r.latencyMs.p99 ? r.latencyMs.p99.toFixed(2) : '-',
+    r.cpuPercent ? r.cpuPercent.toFixed(0) : '-',
+    r.targetCpuPercent !== undefined ? r.targetCpuPercent.toFixed(0) : '-',
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => pad(c, widths[i], i === 0 || i === 1)).join('  ');
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
