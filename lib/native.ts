@@ -84,6 +84,8 @@ export interface NativeBinding {
   setErrorFactory(factory: (status: number, message: string, index: number) => Error): void;
   codeNames(): Record<string, number>;
   hostId(): string;
+  /** Raw TCP socket reference for `bench --compare`: N blocking streams over 127.0.0.1. */
+  rawTcpBench(streams: number, blockSize: number, seconds: number): Promise<{ bytes: number; seconds: number }>;
   abiVersion: number;
 }
 

@@ -6,7 +6,7 @@ const fs = require('fs');
 const path = require('path');
 
 const root = path.join(__dirname, '..');
-const dirs = ['native/engine', 'native/engine/tcp', 'native/engine/upstream', 'native/engine/device', 'native/addon'];
+const dirs = ['native/engine', 'native/engine/tcp', 'native/engine/bench', 'native/engine/upstream', 'native/engine/device', 'native/addon'];
 const out = [];
 for (const d of dirs) {
   const abs = path.join(root, d);

@@ -1,5 +1,131 @@
+/**
+ * `bench --compare` and `--sweep`: mooncake-node, upstream's transfer_engine_bench (default and
+ * connection-pool modes) and a raw TCP socket reference (1 and N streams), on the same parameters in
+ * the same invocation, with the ratios the project's targets are stated in.
+ */
+import * as fs from 'node:fs';
+import { MetadataServer } from '../metadata/server';
+import { loadNative } from '../native';
+import type { RunResult } from './initiator';
+import { runLoopback } from './loopback';
 import type { BenchOptions } from './options';
+import { formatBytes, gbps, table } from './report';
+import { sweepChart } from './chart';
+import { runUpstreamBench } from './upstream';
+
+export interface CompareResult {
+  blockSize: number;
+  node: RunResult;
+  upstream: RunResult[];
+  raw: RunResult[];
+  upstreamError?: string;
+  ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number };
+}
+
+export async function rawReference(blockSize: number, streams: number, seconds: number, o: BenchOptions): Promise<RunResult> {
+  const r = await loadNative().rawTcpBench(streams, blockSize, seconds);
+  return {
+    impl: `raw TCP socket, ${streams} stream${streams === 1 ? '' : 's'}`,
+    operation: o.operation, blockSize, batchSize: 1, concurrency: streams, seconds: r.seconds, bytes: r.bytes, batches: 0,
+    bandwidth: r.bytes / r.seconds, opsPerSec: r.bytes / r.seconds / blockSize, latencyMs: { avg: 0, p50: 0, p99: 0, max: 0 }, cpuPercent: 0, errors: 0,
+  };
+}
+
+export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s: string) => void): Promise<CompareResult> {
+  log(`  ${formatBytes(o.blockSize)}: mooncake-node ...`);
+  const node = await runLoopback({ ...o, metadataServer: metadataUrl });
+  const upstream: RunResult[] = [];
+  let upstreamError: string | undefined;
+  for (const mode of ['default', 'pool'] as const) {
+    log(`  ${formatBytes(o.blockSize)}: upstream transfer_engine_bench (${mode}) ...`);
+    try {
+      upstream.push(await runUpstreamBench(o, metadataUrl, mode));
+    } catch (err) {
+      upstreamError = (err as Error).message;
+      log(`    upstream unavailable: ${upstreamError.split('\n')[0]}`);
+      break;
+    }
+  }
+  log(`  ${formatBytes(o.blockSize)}: raw TCP reference ...`);
+  const streams = Math.max(2, o.connectionsPerPeer ?? 2);
+  const raw = [await rawReference(o.blockSize, 1, o.durationSec, o), await rawReference(o.blockSize, streams, o.durationSec, o)];
+  const best = (rs: RunResult[], f: (r: RunResult) => number) => (rs.length ? Math.max(...rs.map(f)) : undefined);
+  const upBw = best(upstream, (r) => r.bandwidth);
+  const upOps = best(upstream, (r) => r.opsPerSec);
+  return {
+    blockSize: o.blockSize,
+    node,
+    upstream,
+    raw,
+    upstreamError,
+    ratios: {
+      vsUpstreamBest: upBw ? node.bandwidth / upBw : undefined,
+      vsUpstreamBestOps: upOps ? node.opsPerSec / upOps : undefined,
+      vsRawBest: node.bandwidth / best(raw, (r) => r.bandwidth)!,
+    },
+  };
+}
+
+/** The project's stated targets for a block size (see README). */
+export function targetsFor(blockSize: number): { rawMin?: number; upstreamMin?: number; metric: 'GB/s' | 'ops/s' } | undefined {
+  if (blockSize === 1 << 20) return { rawMin: 0.9, upstreamMin: 1.2, metric: 'GB/s' };
+  if (blockSize === 64 << 10) return { upstreamMin: 1.5, metric: 'GB/s' };
+  if (blockSize === 4 << 10) return { upstreamMin: 5, metric: 'ops/s' };
+  return undefined;
+}
+
+export function ratioLines(c: CompareResult): string[] {
+  const out: string[] = [];
+  const t = targetsFor(c.blockSize);
+  const mark = (ok: boolean) => (ok ? 'met' : 'NOT met');
+  const up = t?.metric === 'ops/s' ? c.ratios.vsUpstreamBestOps : c.ratios.vsUpstreamBest;
+  if (up !== undefined) {
+    out.push(`  vs upstream best (${t?.metric ?? 'GB/s'}): ${up.toFixed(2)}x${t?.upstreamMin ? `  (target >= ${t.upstreamMin}x: ${mark(up >= t.upstreamMin)})` : ''}`);
+  } else {
+    out.push(`  vs upstream: not measured (${c.upstreamError?.split('\n')[0] ?? 'unavailable'})`);
+  }
+  out.push(`  vs raw TCP best: ${(c.ratios.vsRawBest * 100).toFixed(0)}%${t?.rawMin ? `  (target >= ${t.rawMin * 100}%: ${mark(c.ratios.vsRawBest >= t.rawMin)})` : ''}`);
+  if (c.node.loopDelayP99Ms !== undefined) out.push(`  event-loop delay p99: ${c.node.loopDelayP99Ms.toFixed(2)} ms (target < 10 ms: ${mark(c.node.loopDelayP99Ms < 10)})`);
+  return out;
+}
 
 export async function runCompare(o: BenchOptions, log: (s: string) => void): Promise<void> {
-  throw new Error('compare: not yet wired');
+  let meta: MetadataServer | undefined;
+  let url = o.metadataServer;
+  if (!url) {
+    meta = new MetadataServer({ logger: null });
+    url = (await meta.listen(0, '127.0.0.1')).url;
+  }
+  try {
+    const sizes = o.sweep ? [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20] : [o.blockSize];
+    const results: CompareResult[] = [];
+    for (const blockSize of sizes) {
+      // Keep each batch's bytes reasonable across the sweep.
+      const batchSize = o.sweep ? Math.max(1, Math.min(o.batchSize, Math.floor((16 << 20) / blockSize))) : o.batchSize;
+      const bufferSize = Math.max(o.bufferSize, blockSize * batchSize * o.concurrency);
+      results.push(await compareOnce({ ...o, blockSize, batchSize, bufferSize }, url, log));
+    }
+    if (o.json) {
+      console.log(JSON.stringify({ machine: machineInfo(), results }));
+    } else {
+      for (const c of results) {
+        console.log(`\n${o.operation} ${formatBytes(c.blockSize)} blocks:`);
+        console.log(table([c.node, ...c.upstream, ...c.raw], o.reportUnit));
+        for (const l of ratioLines(c)) console.log(l);
+      }
+    }
+    if (o.sweep) {
+      fs.writeFileSync(o.sweep, sweepChart(results, o));
+      log(`chart written to ${o.sweep}`);
+    }
+  } finally {
+    await meta?.close();
+  }
 }
+
+function machineInfo(): Record<string, unknown> {
+  const os = require('node:os') as typeof import('node:os');
+  return { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, kernel: os.release() };
+}
+
+export { gbps };

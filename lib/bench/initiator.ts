@@ -21,6 +21,8 @@ export interface RunResult {
   latencyMs: { avg: number; p50: number; p99: number; max: number };
   cpuPercent: number;
   targetCpuPercent?: number;
+  /** Payload plus headers the target counted on its sockets (loopback mode). */
+  targetBytes?: number;
   loopDelayP99Ms?: number;
   rss?: { startMiB: number; endMiB: number; maxMiB: number };
   errors: number;

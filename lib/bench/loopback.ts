@@ -11,7 +11,7 @@ export interface TargetProcess {
   segment: string;
   child: ChildProcess;
   /** Ends the target and returns its CPU use. */
-  stop(): Promise<{ cpuPercent?: number }>;
+  stop(): Promise<{ cpuPercent?: number; bytesReceived?: number; bytesSent?: number; requestsServed?: number }>;
 }
 
 /** Starts `mooncake-node bench --mode target` as a child process and waits until it is ready. */
@@ -40,7 +40,7 @@ export async function spawnTarget(o: BenchOptions, metadataServer: string): Prom
     async stop() {
       child.stdin!.end();
       try {
-        const done = JSON.parse(await nextLine(15_000)) as { cpuPercent?: number };
+        const done = JSON.parse(await nextLine(15_000)) as { cpuPercent?: number; bytesReceived?: number; bytesSent?: number; requestsServed?: number };
         return done;
       } catch {
         child.kill('SIGKILL');
@@ -77,6 +77,12 @@ export async function runLoopback(o: BenchOptions, onProgress?: (bytes: number, 
     engine = undefined;
     const t = await target.stop();
     result.targetCpuPercent = t.cpuPercent;
+    // Cross-check with what the target itself counted: every byte we claim must have crossed.
+    const moved = o.operation === 'write' ? t.bytesReceived : t.bytesSent;
+    if (moved !== undefined) result.targetBytes = moved;
+    if (moved !== undefined && moved < result.bytes) {
+      throw new MooncakeError('PROTOCOL_ERROR', `the target moved ${moved} bytes but the initiator counted ${result.bytes}`);
+    }
     return result;
   } finally {
     await engine?.close();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "bench/raw_tcp.h"
 #include "engine_wrap.h"
 #include "host_memory.h"
 
@@ -14,6 +15,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
                            InstanceMethod("setErrorFactory", &Addon::SetErrorFactory),
                            InstanceMethod("codeNames", &Addon::CodeNames),
                            InstanceMethod("hostId", &Addon::HostId),
+                           InstanceMethod("rawTcpBench", &Addon::RawTcpBench),
                        });
   exports.Set("Engine", engine);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
@@ -36,6 +38,49 @@ Napi::Value Addon::CodeNames(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Addon::HostId(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), mc::localHostId()); }
+
+namespace {
+
+// A bounded blocking call (the run lasts `seconds`), so an AsyncWorker on the libuv pool is right.
+class RawTcpWorker : public Napi::AsyncWorker {
+ public:
+  RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, double seconds)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), seconds_(seconds) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    status_ = mc::bench::runRawTcp(streams_, block_, seconds_, &result_);
+    if (!status_.ok()) SetError(status_.message);
+  }
+  void OnOK() override {
+    Napi::Object o = Napi::Object::New(Env());
+    o.Set("bytes", Napi::Number::New(Env(), static_cast<double>(result_.bytes)));
+    o.Set("seconds", Napi::Number::New(Env(), result_.seconds));
+    deferred_.Resolve(o);
+  }
+  void OnError(const Napi::Error&) override { deferred_.Reject(makeError(Env(), status_).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  unsigned streams_;
+  uint64_t block_;
+  double seconds_;
+  mc::bench::RawTcpResult result_;
+  mc::Status status_;
+};
+
+}  // namespace
+
+// rawTcpBench(streams, blockSize, seconds) -> Promise<{ bytes, seconds }>
+Napi::Value Addon::RawTcpBench(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  unsigned streams = static_cast<unsigned>(toLength(env, info[0], "streams"));
+  uint64_t block = toLength(env, info[1], "blockSize");
+  double seconds = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 1;
+  auto* w = new RawTcpWorker(env, streams, block, seconds);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
 
 Napi::Error makeError(Napi::Env env, const mc::Status& st, int64_t index) {
   Addon* addon = env.GetInstanceData<Addon>();

@@ -18,6 +18,7 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value SetErrorFactory(const Napi::CallbackInfo& info);
   Napi::Value CodeNames(const Napi::CallbackInfo& info);
   Napi::Value HostId(const Napi::CallbackInfo& info);
+  Napi::Value RawTcpBench(const Napi::CallbackInfo& info);
 };
 
 // Builds the package's MooncakeError (through the registered factory) for a status.

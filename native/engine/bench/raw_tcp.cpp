@@ -1,0 +1,90 @@
+#include "raw_tcp.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+namespace mc::bench {
+
+Status runRawTcp(unsigned streams, uint64_t blockSize, double seconds, RawTcpResult* out) {
+  if (streams == 0 || blockSize == 0 || seconds <= 0) return Status(Code::INVALID_ARGUMENT, "bad raw tcp bench parameters");
+  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (lfd < 0 || bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || listen(lfd, 64) != 0) {
+    if (lfd >= 0) close(lfd);
+    return Status(Code::SOCKET, "raw tcp bench: cannot listen");
+  }
+  socklen_t len = sizeof sa;
+  getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len);
+
+  std::vector<int> senders, receivers;
+  for (unsigned i = 0; i < streams; ++i) {
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(c, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+      close(c);
+      for (int fd : senders) close(fd);
+      for (int fd : receivers) close(fd);
+      close(lfd);
+      return Status(Code::SOCKET, "raw tcp bench: cannot connect");
+    }
+    int s = accept(lfd, nullptr, nullptr);
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    senders.push_back(c);
+    receivers.push_back(s);
+  }
+  close(lfd);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> received{0};
+  std::vector<std::thread> threads;
+  for (unsigned i = 0; i < streams; ++i) {
+    threads.emplace_back([&, fd = senders[i]] {
+      std::vector<uint8_t> buf(blockSize, 0x5A);
+      while (!stop.load(std::memory_order_relaxed)) {
+        uint64_t off = 0;
+        while (off < blockSize) {
+          ssize_t n = send(fd, buf.data() + off, blockSize - off, MSG_NOSIGNAL);
+          if (n <= 0) return;
+          off += static_cast<uint64_t>(n);
+        }
+      }
+    });
+    threads.emplace_back([&, fd = receivers[i]] {
+      std::vector<uint8_t> buf(blockSize);
+      for (;;) {
+        ssize_t n = recv(fd, buf.data(), blockSize, 0);
+        if (n <= 0) return;
+        received.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+      }
+    });
+  }
+  // Warm up briefly, then measure.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  uint64_t start = received.load();
+  auto t0 = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  uint64_t end = received.load();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  stop.store(true);
+  for (int fd : senders) shutdown(fd, SHUT_RDWR);
+  for (int fd : receivers) shutdown(fd, SHUT_RDWR);
+  for (auto& t : threads) t.join();
+  for (int fd : senders) close(fd);
+  for (int fd : receivers) close(fd);
+  out->bytes = end - start;
+  out->seconds = secs;
+  return Status();
+}
+
+}  // namespace mc::bench
