@@ -17,8 +17,9 @@ export type BenchWorkerReady = { kind: 'stand-ins'; prefill: string; decode: str
 /** Starts what the config asks for; returns the ready message and a closer. */
 export async function startBenchWorker(cfg: BenchWorkerConfig): Promise<{ ready: BenchWorkerReady; close: () => Promise<void> }> {
   if (cfg.kind === 'stand-ins') {
-    const prefill = await startStandIn({ role: 'prefill', record: false, defaultMaxTokens: cfg.defaultMaxTokens });
-    const decode = await startStandIn({ role: 'decode', record: false, defaultMaxTokens: cfg.defaultMaxTokens });
+    const common = { record: false, splitWrites: false, defaultMaxTokens: cfg.defaultMaxTokens };
+    const prefill = await startStandIn({ role: 'prefill', ...common });
+    const decode = await startStandIn({ role: 'decode', ...common });
     return {
       ready: { kind: 'stand-ins', prefill: prefill.url, decode: decode.url },
       close: async () => {

@@ -127,16 +127,17 @@ export class InstancePool {
   }
 
   /**
-   * Chooses an instance for one attempt. Healthy instances not yet tried come first; then ejected ones not yet
-   * tried (only when no healthy instance is left untried); then healthy ones already tried; then any.
-   * A request therefore never goes to an ejected instance while a healthy one exists that it has not failed on.
+   * Chooses an instance for one attempt: a healthy instance not yet tried for this request; else a healthy one
+   * already tried; only when no instance is healthy, an ejected one not yet tried; else any. A request therefore
+   * never goes to an ejected instance while a healthy one exists, and a retry goes to another instance when
+   * there is one.
    */
   pick(tried: ReadonlySet<Instance> = new Set()): Instance | undefined {
     const all = this.all();
     const tiers: Instance[][] = [
       all.filter((i) => i.healthy && !tried.has(i)),
-      all.filter((i) => !i.healthy && !tried.has(i)),
       all.filter((i) => i.healthy),
+      all.filter((i) => !tried.has(i)),
       all,
     ];
     for (const tier of tiers) {

@@ -93,6 +93,10 @@ function requestIdFrom(header: string | string[] | undefined): string {
   return randomUUID();
 }
 
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
 function safeEqual(a: string, b: string): boolean {
   const x = Buffer.from(a);
   const y = Buffer.from(b);
@@ -120,6 +124,7 @@ class ProxyServer implements PdProxy {
   private listening: Promise<ProxyAddress> | undefined;
   private closing: Promise<void> | undefined;
   private cutGrace: (() => void) | undefined;
+  private graceCut = false;
 
   constructor(private readonly o: ResolvedProxyOptions) {
     this.agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024, scheduling: 'lifo', timeout: 4000 });
@@ -156,6 +161,9 @@ class ProxyServer implements PdProxy {
         const urlHost = host.includes(':') ? `[${host}]` : host;
         this.bound = { host, port, url: `http://${urlHost}:${port}` };
         this.health.start();
+        if (this.o.admin && this.o.adminToken === undefined && !isLoopback(host)) {
+          this.o.log('warn', `/admin/instances is open to anyone who can reach ${this.bound.url}; set adminToken (--admin-token) or turn it off (--no-admin)`);
+        }
         this.o.log('info', `proxy listening on ${this.bound.url}`, {
           prefill: this.pools.prefill.all().map((i) => i.url),
           decode: this.pools.decode.all().map((i) => i.url),
@@ -173,7 +181,10 @@ class ProxyServer implements PdProxy {
   close(options: ProxyCloseOptions = {}): Promise<void> {
     if (this.closing !== undefined) {
       // A second close({ graceMs: 0 }) (a second Ctrl-C) cuts the grace period short.
-      if (options.graceMs === 0) this.cutGrace?.();
+      if (options.graceMs === 0) {
+        this.graceCut = true;
+        this.cutGrace?.();
+      }
       return this.closing;
     }
     this.closing = this.shutdown(options.graceMs ?? this.o.shutdownGraceMs);
@@ -188,7 +199,7 @@ class ProxyServer implements PdProxy {
     });
     this.server.closeIdleConnections();
     await this.health.stop();
-    if (this.active.size > 0 && graceMs > 0) {
+    if (this.active.size > 0 && graceMs > 0 && !this.graceCut) {
       await new Promise<void>((resolve) => {
         const done = (): void => {
           clearTimeout(t);
@@ -356,9 +367,15 @@ class ProxyServer implements PdProxy {
     const body = await this.jsonBody(req, res, true);
     if (body === undefined || body === null) return;
     const requestId = requestIdFrom(req.headers['x-request-id']);
+    const route: { prefill?: string; decode?: string } = {};
+    res.once('close', () => {
+      const ms = Number(process.hrtime.bigint() - ex.started) / 1e6;
+      const status = res.writableFinished || ex.upstreamFailed ? res.statusCode : 499;
+      this.o.log('debug', `${path} ${status} in ${ms.toFixed(1)} ms`, { requestId, ...route });
+    });
     const headers: http.OutgoingHttpHeaders = upstreamRequestHeaders(req.headers);
     headers['x-request-id'] = requestId;
-    headers['content-type'] ??= 'application/json';
+    headers['content-type'] = 'application/json'; // the proxy re-serialises the body as JSON
     if (headers.authorization === undefined && this.o.apiKey !== undefined) headers.authorization = `Bearer ${this.o.apiKey}`;
 
     let promptTokens = 0;
@@ -369,14 +386,13 @@ class ProxyServer implements PdProxy {
     }
     const decodeTokens = promptTokens + requestedOutputTokens(body);
 
-    // ---- prefill: whole response within timeouts.prefillMs
+    // ---- prefill: whole response within timeouts.prefillMs (a timeout ends the whole request with 504)
     const prefillStarted = process.hrtime.bigint();
-    const deadline = new AbortController();
     const timer = setTimeout(
-      () => deadline.abort(new MooncakeError('TIMEOUT', `prefill did not answer within ${this.o.timeouts.prefillMs} ms`, { details: { role: 'prefill' } })),
+      () => ctrl.abort(new MooncakeError('TIMEOUT', `prefill did not answer within ${this.o.timeouts.prefillMs} ms`, { details: { role: 'prefill' } })),
       this.o.timeouts.prefillMs,
     );
-    const prefillSignal = AbortSignal.any([ctrl.signal, deadline.signal]);
+    const prefillSignal = ctrl.signal;
     const prefillPayload = Buffer.from(JSON.stringify(buildPrefillBody(body)));
     let prefill: Routed<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>;
     try {
@@ -404,11 +420,12 @@ class ProxyServer implements PdProxy {
       );
     } catch (e) {
       clearTimeout(timer);
-      this.upstreamFailure(res, 'prefill', deadline.signal.aborted ? deadline.signal.reason : e, requestId);
+      this.upstreamFailure(res, 'prefill', ctrl.signal.aborted ? ctrl.signal.reason : e, requestId);
       return;
     }
     clearTimeout(timer);
     prefill.instance.release(promptTokens);
+    route.prefill = prefill.instance.url;
     this.metrics.prefillDuration.observe(Number(process.hrtime.bigint() - prefillStarted) / 1e9);
 
     const p = prefill.result;
@@ -460,6 +477,7 @@ class ProxyServer implements PdProxy {
     }
     const up = decode.result;
     const inst = decode.instance;
+    route.decode = inst.url;
     let released = false;
     const release = (): void => {
       if (released) return;
@@ -473,7 +491,8 @@ class ProxyServer implements PdProxy {
     const out = clientResponseHeaders(up.headers);
     out['x-request-id'] = requestId;
     res.writeHead(up.statusCode ?? 502, out);
-    res.flushHeaders();
+    // A stream (no content-length) gets its headers at once; a sized body goes out with them in one write.
+    if (up.headers['content-length'] === undefined) res.flushHeaders();
     try {
       await pipeline(up, res);
     } catch (e) {

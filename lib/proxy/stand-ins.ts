@@ -67,6 +67,11 @@ export interface StandInOptions {
   behavior?: (req: StandInRequest) => StandInBehavior | undefined;
   /** Keep requests in `requests` and hash responses (default true; the benchmark turns it off). */
   record?: boolean;
+  /**
+   * Write each SSE event in two pieces cut in the middle, so chunk boundaries fall inside events and UTF-8
+   * characters (default true; the benchmark writes one chunk per event, as vLLM does).
+   */
+  splitWrites?: boolean;
 }
 
 export interface StandIn {
@@ -108,15 +113,17 @@ function promptTokensOf(body: JsonObject | undefined): number {
 }
 
 class Recorder {
-  private hash: Hash = createHash('sha256');
+  private readonly hash: Hash | undefined;
   private kept: Buffer[] = [];
   private keptBytes = 0;
 
-  constructor(private readonly rec: StandInRequest, private readonly enabled: boolean) {}
+  constructor(private readonly rec: StandInRequest, private readonly enabled: boolean) {
+    this.hash = enabled ? createHash('sha256') : undefined;
+  }
 
   add(chunk: Buffer): void {
     this.rec.bytesSent += chunk.length;
-    if (!this.enabled) return;
+    if (this.hash === undefined) return;
     this.hash.update(chunk);
     if (this.keptBytes + chunk.length <= KEEP_LIMIT) {
       this.kept.push(chunk);
@@ -135,7 +142,7 @@ class Recorder {
 
   finish(): void {
     this.rec.finished = true;
-    if (!this.enabled) return;
+    if (this.hash === undefined) return;
     this.flush();
     this.rec.sha256 = this.hash.digest('hex');
   }
@@ -152,6 +159,7 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
   const defaultMaxTokens = options.defaultMaxTokens ?? 16;
   const chunkDelayMs = options.chunkDelayMs ?? 0;
   const record = options.record ?? true;
+  const splitWrites = options.splitWrites ?? true;
   let seen = 0;
   const requests: StandInRequest[] = [];
   let active = 0;
@@ -278,10 +286,12 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     for (let k = 0; k < limit; k++) {
       // Two writes per event, cut in the middle: chunk boundaries fall inside events and UTF-8 characters.
       const e = events[k];
-      const cut = Math.floor(e.length / 2) | 1;
-      if (!(await write(res, rec, recorder, e.subarray(0, cut)))) return;
-      await sleep(0);
-      if (!(await write(res, rec, recorder, e.subarray(cut)))) return;
+      if (splitWrites) {
+        const cut = Math.floor(e.length / 2) | 1;
+        if (!(await write(res, rec, recorder, e.subarray(0, cut)))) return;
+        await sleep(0);
+        if (!(await write(res, rec, recorder, e.subarray(cut)))) return;
+      } else if (!(await write(res, rec, recorder, e))) return;
       await sleep(chunkDelayMs);
     }
     if (behavior.kind === 'stall') return;

@@ -139,7 +139,7 @@ describe('timeouts', () => {
   it('cuts the client stream when decode stalls mid-stream', async () => {
     const prefill = await h.standIn({ role: 'prefill' });
     const decode = await h.standIn({ role: 'decode', behavior: () => ({ kind: 'stall', events: 3 }) });
-    const { proxy, addr } = await h.proxy({ prefill: [prefill.url], decode: [decode.url], timeouts: { decodeIdleMs: 100 } });
+    const { proxy, addr } = await h.proxy({ prefill: [prefill.url], decode: [decode.url], timeouts: { decodeIdleMs: 300 } });
     const got = await new Promise<{ status: number; bytes: Buffer; error: boolean }>((resolve, reject) => {
       const chunks: Buffer[] = [];
       const req = http.request(new URL('/v1/completions', addr.url), { method: 'POST', headers: { 'content-type': 'application/json' }, agent: false }, (res) => {

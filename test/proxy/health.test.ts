@@ -4,7 +4,7 @@ import { Harness, closedPort, request, startStandIn, waitFor } from './stand-ins
 const h = new Harness();
 afterEach(() => h.closeAll());
 
-const fast = { intervalMs: 10, timeoutMs: 500, unhealthyThreshold: 2, healthyThreshold: 2 };
+const fast = { intervalMs: 10, timeoutMs: 2000, unhealthyThreshold: 2, healthyThreshold: 2 };
 
 describe('health checks', () => {
   it('ejects an instance whose /health fails, sends nothing to it, and brings it back', async () => {
