@@ -1,0 +1,134 @@
+/**
+ * Turns "these blocks, these heads, from that rank" into one batch of transfer requests (one batch per
+ * request and peer): for every tensor, every run of block ids that are consecutive on both sides, and every
+ * piece of a block the head slice covers. Whole-block copies of consecutive blocks are one range per tensor
+ * (the common equal-TP case); head slices cost one range per block and piece.
+ */
+import { MooncakeError } from '../errors';
+import { pairedRuns, type KvLayout, type PairedRun } from './layout';
+
+/** One side of a transfer: its layout, tensor base addresses, block ids and the first head of the slice. */
+export interface PlanSide {
+  layout: KvLayout;
+  /** Absolute address of every tensor, in tensor order. */
+  tensors: readonly bigint[];
+  blockIds: readonly number[];
+  /** First head of the slice among this side's heads. */
+  head: number;
+}
+
+/** An in-block piece: offsets from the local and the remote block start. */
+export interface BlockPiece {
+  local: number;
+  remote: number;
+  length: number;
+}
+
+export interface TransferPlan {
+  /** Requests for TransferEngine.read/write (local and remote absolute addresses). */
+  requests: { local: bigint; remote: bigint; length: number }[];
+  /** For each request, the first (local, remote) block pair it carries (an index into the block lists)... */
+  firstPair: Uint32Array;
+  /** ...and how many consecutive pairs. */
+  pairCount: Uint32Array;
+  /** Runs of block ids consecutive on both sides. */
+  runs: PairedRun[];
+  bytes: number;
+  /** True when whole consecutive blocks were merged into one range per tensor. */
+  wholeBlocks: boolean;
+}
+
+/**
+ * The pieces of a block that carry heads [local.head, +count) locally and [remote.head, +count) remotely,
+ * merged where both sides are contiguous. Works for any mix of NHD/HND layouts.
+ */
+export function blockPieces(local: KvLayout, localHead: number, remote: KvLayout, remoteHead: number, count: number): BlockPiece[] {
+  const hb = local.headBytes;
+  // Elementary (token, head) pieces in local byte order, then merged.
+  const elems: BlockPiece[] = [];
+  const byHeadFirst = local.headLayout === 'HND';
+  const outer = byHeadFirst ? count : local.blockSize;
+  const inner = byHeadFirst ? local.blockSize : count;
+  for (let o = 0; o < outer; o++) {
+    for (let i = 0; i < inner; i++) {
+      const h = byHeadFirst ? o : i;
+      const t = byHeadFirst ? i : o;
+      elems.push({ local: local.tokenHeadOffset(t, localHead + h), remote: remote.tokenHeadOffset(t, remoteHead + h), length: hb });
+    }
+  }
+  const out: BlockPiece[] = [];
+  for (const e of elems) {
+    const last = out[out.length - 1];
+    if (last && last.local + last.length === e.local && last.remote + last.length === e.remote) last.length += e.length;
+    else out.push({ ...e });
+  }
+  return out;
+}
+
+/** Builds the batch for moving `count` heads of the paired blocks between two ranks. */
+export function planTransfer(local: PlanSide, remote: PlanSide, count: number): TransferPlan {
+  const L = local.layout;
+  const R = remote.layout;
+  const why = L.incompatibility(R);
+  if (why) throw new MooncakeError('INVALID_CONFIG', `the peer's KV layout does not match: ${why}`, { details: { reason: why } });
+  if (local.tensors.length !== L.tensorCount || remote.tensors.length !== R.tensorCount) {
+    throw new MooncakeError('INVALID_ARGUMENT', 'tensor address lists do not match the layouts');
+  }
+  for (const id of local.blockIds) L.checkBlock(id);
+  for (const id of remote.blockIds) R.checkBlock(id);
+  if (local.head < 0 || local.head + count > L.numHeads || remote.head < 0 || remote.head + count > R.numHeads) {
+    throw new MooncakeError('INVALID_ARGUMENT', `head slice [${local.head}|${remote.head}, +${count}) is outside the layouts`);
+  }
+  const runs = pairedRuns(local.blockIds, remote.blockIds);
+  const pieces = blockPieces(L, local.head, R, remote.head, count);
+  const whole = pieces.length === 1 && pieces[0].local === 0 && pieces[0].remote === 0 && pieces[0].length === L.blockBytes && L.blockBytes === R.blockBytes;
+  const perTensor = whole ? runs.length : local.blockIds.length * pieces.length;
+  const total = perTensor * L.tensorCount;
+  const requests: TransferPlan['requests'] = new Array(total);
+  const firstPair = new Uint32Array(total);
+  const pairCount = new Uint32Array(total);
+  let n = 0;
+  let bytes = 0;
+  const lbb = BigInt(L.blockBytes);
+  const rbb = BigInt(R.blockBytes);
+  for (let t = 0; t < L.tensorCount; t++) {
+    const lt = local.tensors[t];
+    const rt = remote.tensors[t];
+    for (let r = 0; r < runs.length; r++) {
+      const run = runs[r];
+      if (whole) {
+        const length = run.count * L.blockBytes;
+        requests[n] = { local: lt + BigInt(run.local) * lbb, remote: rt + BigInt(run.remote) * rbb, length };
+        firstPair[n] = run.index;
+        pairCount[n++] = run.count;
+        bytes += length;
+        continue;
+      }
+      for (let b = 0; b < run.count; b++) {
+        const lb = lt + BigInt(run.local + b) * lbb;
+        const rb = rt + BigInt(run.remote + b) * rbb;
+        for (const p of pieces) {
+          requests[n] = { local: lb + BigInt(p.local), remote: rb + BigInt(p.remote), length: p.length };
+          firstPair[n] = run.index + b;
+          pairCount[n++] = 1;
+          bytes += p.length;
+        }
+      }
+    }
+  }
+  return { requests, firstPair, pairCount, runs, bytes, wholeBlocks: whole };
+}
+
+/**
+ * Indices (into the block lists) of the pairs a failed batch did not deliver, ascending. `failures` is the
+ * engine's per-request code list (undefined entries succeeded); without it every pair failed.
+ */
+export function failedPairs(plan: TransferPlan, failures: readonly (string | undefined)[] | undefined): number[] {
+  const bad = new Set<number>();
+  const perRequest = failures && failures.length === plan.requests.length ? failures : undefined;
+  for (let i = 0; i < plan.requests.length; i++) {
+    if (perRequest && perRequest[i] === undefined) continue;
+    for (let k = 0; k < plan.pairCount[i]; k++) bad.add(plan.firstPair[i] + k);
+  }
+  return [...bad].sort((a, b) => a - b);
+}

@@ -1,0 +1,134 @@
+/**
+ * Which prefill TP ranks a decode TP rank takes its KV from, and which head slices.
+ *
+ * Heads are numbered globally (the model's KV heads). A rank of a group with TP size `tp` holds
+ * - with MHA/GQA and `tp <= heads`: heads [rank·heads/tp, (rank+1)·heads/tp) (vLLM's sharding);
+ * - with MHA/GQA and `tp > heads`: the single head ⌊rank / (tp/heads)⌋ (heads replicated over tp/heads ranks);
+ * - with MLA: the whole latent (every rank holds the same data).
+ *
+ * A decode rank walks its heads and takes each from the prefill rank that holds it. When several prefill
+ * ranks hold a head (MLA, or prefill TP > heads) the replica is chosen from a hash of the request id plus
+ * the decode rank, so prefill and decode agree without exchanging messages and different decode ranks
+ * spread over different prefill ranks (vllm-ascend seeds an RNG with the request id for the same reason).
+ * Consecutive heads served by one prefill rank form one slice. Prefill TP must be a multiple of decode TP.
+ */
+import { createHash } from 'node:crypto';
+import { MooncakeError } from '../errors';
+import type { KvAttention } from './layout';
+
+export interface TpMapping {
+  attention: KvAttention;
+  /** The model's KV heads (ignored for MLA). */
+  totalHeads: number;
+  prefillTp: number;
+  decodeTp: number;
+}
+
+/** A contiguous run of global heads held by one rank. */
+export interface HeadSpan {
+  start: number;
+  count: number;
+}
+
+/** One piece a decode rank gathers: heads from one prefill rank. */
+export interface HeadSlice {
+  prefillRank: number;
+  decodeRank: number;
+  /** First head of the slice among the decode rank's own heads. */
+  decodeHead: number;
+  /** First head of the slice among the prefill rank's own heads. */
+  prefillHead: number;
+  count: number;
+}
+
+function invalid(message: string, details: Record<string, unknown>): MooncakeError {
+  return new MooncakeError('INVALID_CONFIG', message, { details });
+}
+
+/** Throws INVALID_CONFIG unless the two TP sizes and the head count can be mapped onto each other. */
+export function validateTpMapping(m: TpMapping): void {
+  const { prefillTp, decodeTp, totalHeads, attention } = m;
+  for (const [name, v] of [['prefill tp_size', prefillTp], ['decode tp_size', decodeTp]] as const) {
+    if (!Number.isSafeInteger(v) || v <= 0) throw invalid(`${name} must be a positive integer, got ${String(v)}`, { field: name, value: v });
+  }
+  if (prefillTp < decodeTp || prefillTp % decodeTp !== 0) {
+    throw invalid(
+      `prefill tp_size (${prefillTp}) must be a multiple of decode tp_size (${decodeTp}): a decode rank gathers its heads from whole prefill ranks`,
+      { field: 'tp_size', prefillTp, decodeTp },
+    );
+  }
+  if (attention === 'mla') return;
+  if (!Number.isSafeInteger(totalHeads) || totalHeads <= 0) {
+    throw invalid(`totalKvHeads must be a positive integer, got ${String(totalHeads)}`, { field: 'totalKvHeads', value: totalHeads });
+  }
+  for (const [name, tp] of [['prefill', prefillTp], ['decode', decodeTp]] as const) {
+    if (tp <= totalHeads ? totalHeads % tp !== 0 : tp % totalHeads !== 0) {
+      throw invalid(`${name} tp_size ${tp} does not shard ${totalHeads} KV heads evenly (one must divide the other)`, {
+        field: `${name}.tp_size`,
+        tp,
+        totalHeads,
+      });
+    }
+  }
+}
+
+/** The global heads a rank holds (MLA: the single latent "head" 0). */
+export function heldHeads(attention: KvAttention, totalHeads: number, tp: number, rank: number): HeadSpan {
+  if (attention === 'mla') return { start: 0, count: 1 };
+  if (tp <= totalHeads) {
+    const per = totalHeads / tp;
+    return { start: rank * per, count: per };
+  }
+  return { start: Math.floor(rank / (tp / totalHeads)), count: 1 };
+}
+
+/** A stable 32-bit hash of a request id (the first 4 bytes of its SHA-256). */
+export function requestHash(requestId: string): number {
+  return createHash('sha256').update(requestId, 'utf8').digest().readUInt32BE(0);
+}
+
+/** The slices decode rank `decodeRank` gathers for a request, in its head order. */
+export function sourcesForDecodeRank(requestId: string, m: TpMapping, decodeRank: number): HeadSlice[] {
+  if (!Number.isSafeInteger(decodeRank) || decodeRank < 0 || decodeRank >= m.decodeTp) {
+    throw new MooncakeError('INVALID_ARGUMENT', `decode rank ${decodeRank} is outside [0, ${m.decodeTp})`);
+  }
+  const mine = heldHeads(m.attention, m.totalHeads, m.decodeTp, decodeRank);
+  let hash: number | undefined;
+  const replica = (n: number): number => {
+    hash ??= requestHash(requestId);
+    return (hash + decodeRank) % n;
+  };
+  const out: HeadSlice[] = [];
+  for (let i = 0; i < mine.count; i++) {
+    const head = mine.start + i;
+    let prefillRank: number;
+    if (m.attention === 'mla') prefillRank = replica(m.prefillTp);
+    else if (m.prefillTp <= m.totalHeads) prefillRank = Math.floor(head / (m.totalHeads / m.prefillTp));
+    else {
+      const reps = m.prefillTp / m.totalHeads;
+      prefillRank = head * reps + replica(reps);
+    }
+    const prefillHead = head - heldHeads(m.attention, m.totalHeads, m.prefillTp, prefillRank).start;
+    const last = out[out.length - 1];
+    if (last && last.prefillRank === prefillRank && last.decodeHead + last.count === i && last.prefillHead + last.count === prefillHead) last.count++;
+    else out.push({ prefillRank, decodeRank, decodeHead: i, prefillHead, count: 1 });
+  }
+  return out;
+}
+
+/** The slices prefill rank `prefillRank` serves for a request, over all decode ranks (empty: not chosen). */
+export function targetsForPrefillRank(requestId: string, m: TpMapping, prefillRank: number): HeadSlice[] {
+  if (!Number.isSafeInteger(prefillRank) || prefillRank < 0 || prefillRank >= m.prefillTp) {
+    throw new MooncakeError('INVALID_ARGUMENT', `prefill rank ${prefillRank} is outside [0, ${m.prefillTp})`);
+  }
+  const out: HeadSlice[] = [];
+  for (let d = 0; d < m.decodeTp; d++) {
+    for (const s of sourcesForDecodeRank(requestId, m, d)) if (s.prefillRank === prefillRank) out.push(s);
+  }
+  return out;
+}
+
+/** The distinct prefill ranks of a list of slices, in first-seen order. */
+export function prefillRanksOf(slices: readonly HeadSlice[]): number[] {
+  return [...new Set(slices.map((s) => s.prefillRank))];
+}
