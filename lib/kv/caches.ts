@@ -1,0 +1,132 @@
+/**
+ * The memory behind a rank's KV caches: a few large regions registered once with the engine, and where
+ * each (layer, K/V) tensor lives inside them.
+ */
+import { MooncakeError } from '../errors';
+import type { TransferEngine } from '../engine';
+import type { MemoryRegion } from '../memory';
+import type { KvLayout, KvTensorKind } from './layout';
+
+/** Memory for caches: host memory JS can see, or memory the caller owns (device memory) by address. */
+export type KvRegionInput = Buffer | Uint8Array | { address: bigint; length: number };
+
+export interface KvCachesInput {
+  /** The regions, registered in one metadata update. Keep them few (HCCL/ADXL cap region counts). */
+  regions: readonly KvRegionInput[];
+  /**
+   * Where each tensor starts, in tensor order (layer-major; K then V): a region index and a byte offset.
+   * Default: tensors packed back to back, filling the regions in order.
+   */
+  tensors?: readonly { region: number; offset: number }[];
+  /** Location string for registration (default 'cpu:0'; e.g. 'npu:0' for device memory). */
+  location?: string;
+}
+
+/** Largest host region allocated by default (tensors never straddle regions). */
+export const DEFAULT_MAX_REGION_BYTES = 1 << 30;
+
+/** Host memory for a layout: whole tensors packed into as few Buffers of at most `maxRegionBytes` as possible. */
+export function allocateHostCaches(layout: KvLayout, maxRegionBytes = DEFAULT_MAX_REGION_BYTES): KvCachesInput {
+  const perRegion = Math.max(1, Math.floor(maxRegionBytes / layout.tensorBytes));
+  const regions: Buffer[] = [];
+  for (let left = layout.tensorCount; left > 0; left -= perRegion) {
+    regions.push(Buffer.alloc(Math.min(perRegion, left) * layout.tensorBytes));
+  }
+  return { regions };
+}
+
+function tensorPlacement(layout: KvLayout, input: KvCachesInput, lengths: number[]): { region: number; offset: number }[] {
+  if (input.tensors !== undefined) {
+    if (!Array.isArray(input.tensors) || input.tensors.length !== layout.tensorCount) {
+      throw new MooncakeError('INVALID_CONFIG', `caches.tensors must list ${layout.tensorCount} tensors (one per layer${layout.tensorsPerLayer === 2 ? ' and K/V' : ''})`, {
+        details: { field: 'caches.tensors' },
+      });
+    }
+    const out = input.tensors.map((t, i) => {
+      const ok = t !== null && typeof t === 'object' && Number.isSafeInteger(t.region) && t.region >= 0 && t.region < lengths.length &&
+        Number.isSafeInteger(t.offset) && t.offset >= 0 && t.offset + layout.tensorBytes <= lengths[t.region];
+      if (!ok) {
+        throw new MooncakeError('INVALID_CONFIG', `caches.tensors[${i}] ${JSON.stringify(t)} does not fit a tensor of ${layout.tensorBytes} bytes in its region`, {
+          details: { field: `caches.tensors[${i}]` },
+        });
+      }
+      return { region: t.region, offset: t.offset };
+    });
+    const sorted = out.map((t, i) => ({ ...t, i })).sort((a, b) => a.region - b.region || a.offset - b.offset);
+    for (let k = 1; k < sorted.length; k++) {
+      const a = sorted[k - 1];
+      const b = sorted[k];
+      if (a.region === b.region && a.offset + layout.tensorBytes > b.offset) {
+        throw new MooncakeError('INVALID_CONFIG', `caches.tensors[${a.i}] and caches.tensors[${b.i}] overlap`, { details: { field: 'caches.tensors' } });
+      }
+    }
+    return out;
+  }
+  const out: { region: number; offset: number }[] = [];
+  let region = 0;
+  let offset = 0;
+  for (let t = 0; t < layout.tensorCount; t++) {
+    while (region < lengths.length && offset + layout.tensorBytes > lengths[region]) {
+      region++;
+      offset = 0;
+    }
+    if (region >= lengths.length) {
+      const have = lengths.reduce((a, b) => a + b, 0);
+      throw new MooncakeError('INVALID_CONFIG', `caches.regions (${have} bytes in ${lengths.length}) cannot hold ${layout.tensorCount} tensors of ${layout.tensorBytes} bytes`, {
+        details: { field: 'caches.regions' },
+      });
+    }
+    out.push({ region, offset });
+    offset += layout.tensorBytes;
+  }
+  return out;
+}
+
+/** A rank's registered caches. */
+export class KvCaches {
+  private constructor(
+    readonly layout: KvLayout,
+    /** The registered regions (in input order). */
+    readonly regions: readonly MemoryRegion[],
+    /** Absolute address of every tensor, in tensor order. */
+    readonly tensorAddresses: readonly bigint[],
+    private readonly views: readonly (Buffer | undefined)[],
+  ) {}
+
+  /** Validates the placement and registers the regions with the engine (one metadata update). */
+  static async register(engine: TransferEngine, layout: KvLayout, input: KvCachesInput | undefined): Promise<KvCaches> {
+    const inp = input ?? allocateHostCaches(layout);
+    if (inp === null || typeof inp !== 'object' || !Array.isArray(inp.regions) || inp.regions.length === 0) {
+      throw new MooncakeError('INVALID_CONFIG', 'caches.regions must be a non-empty array of Buffers or { address, length }', { details: { field: 'caches.regions' } });
+    }
+    const lengths = inp.regions.map((r, i) => {
+      if (r instanceof Uint8Array) return r.byteLength;
+      if (r !== null && typeof r === 'object' && typeof r.address === 'bigint' && Number.isSafeInteger(r.length) && r.length > 0) return r.length;
+      throw new MooncakeError('INVALID_CONFIG', `caches.regions[${i}] must be a Buffer/Uint8Array or { address: bigint, length }`, { details: { field: `caches.regions[${i}]` } });
+    });
+    const placement = tensorPlacement(layout, inp, lengths);
+    const regions = await engine.registerMemoryBatch([...inp.regions], { location: inp.location ?? 'cpu:0' });
+    const addresses = placement.map((p) => regions[p.region].address + BigInt(p.offset));
+    const views = placement.map((p) => regions[p.region].buffer?.subarray(p.offset, p.offset + layout.tensorBytes));
+    return new KvCaches(layout, regions, addresses, views);
+  }
+
+  /** The host view of a tensor (undefined for device memory). */
+  tensorView(index: number): Buffer | undefined {
+    return this.views[index];
+  }
+
+  /** The host view of one block of (layer, kind) (undefined for device memory). */
+  blockView(layer: number, kind: KvTensorKind, blockId: number): Buffer | undefined {
+    const v = this.views[this.layout.tensorIndex(layer, kind)];
+    const r = this.layout.blockRange(blockId);
+    return v?.subarray(r.offset, r.offset + r.length);
+  }
+
+  /** Unregisters the regions (best effort; the engine drops them anyway when it closes). */
+  async unregister(): Promise<void> {
+    for (const r of this.regions) {
+      if (!r.unregistered) await r.unregister().catch(() => undefined);
+    }
+  }
+}

@@ -1,0 +1,422 @@
+/**
+ * KvConsumer: one decode rank.
+ *
+ * Pull (vllm-ascend's MooncakeConnector): `pull(params, blockIds)` reads this rank's heads of the request's
+ * blocks from the prefill rank(s) the rank mapping names (one batch per peer), then tells each of them
+ * "done" whatever the result, so they free the blocks. Resolves with an outcome; blocks that did not arrive
+ * are listed in `failedBlockIds` (recompute them), never reported as success.
+ *
+ * Push (layerwise / SGLang flow): `expect(requestId, blockIds)` returns the kv_transfer_params naming this
+ * instance for the producer, and a promise that settles when every prefill rank that serves this rank has
+ * written and notified (or the timeout passes, or a producer that started pushing stops answering probes).
+ */
+import { EventEmitter } from 'node:events';
+import { MooncakeError, isMooncakeError } from '../errors';
+import { probe } from '../handshake';
+import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
+import type { KvCaches } from './caches';
+import type { KvLayout } from './layout';
+import type { KvMessage, KvRankRef } from './messages';
+import type { KvMetricsSnapshot, KvTransferOutcome, KvTransferPeer } from './metrics';
+import { resolveKvOptions, type KvRankOptions } from './options';
+import { alignBlocks, parseKvTransferParams, type KvTransferParams } from './params';
+import { planTransfer } from './plan';
+import { prefillRanksOf, sourcesForDecodeRank, type HeadSlice } from './rank-map';
+import type { KvPeer } from './registry';
+import { checkBlockIds, checkRequestId } from './producer';
+
+export interface KvConsumerEvents {
+  /** A pull or a push expectation finished (successfully or not). */
+  transfer: [outcome: KvTransferOutcome];
+  warning: [error: MooncakeError];
+}
+
+export interface KvPullOptions {
+  /** Whole-pull timeout (registry lookups and transfers; default options.transferTimeoutMs). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface KvExpectation {
+  requestId: string;
+  /** For the producer (through the proxy's metaserver): names this instance and its blocks. */
+  params: KvTransferParams;
+  /** Settles with the outcome once every serving prefill rank reported, or on timeout/dead producer. */
+  done: Promise<KvTransferOutcome>;
+  /** Gives up waiting (the outcome fails with ABORT_ERR). */
+  cancel(): void;
+}
+
+interface Report {
+  ok: boolean;
+  failed: number[];
+  bytes: number;
+  ranges: number;
+  from: KvRankRef;
+}
+
+interface Expectation {
+  requestId: string;
+  blockIds: number[];
+  expected: Set<number>;
+  reports: Map<number, Report>;
+  started: number;
+  timer: NodeJS.Timeout | undefined;
+  watching: Map<number, string>;
+  resolve: (o: KvTransferOutcome) => void;
+}
+
+interface Watch {
+  host: string;
+  port: number;
+  waiters: Set<Expectation>;
+  timer: NodeJS.Timeout;
+  probing: boolean;
+}
+
+const MEMORY = 10_000;
+
+export class KvConsumer extends EventEmitter<KvConsumerEvents> {
+  private core!: KvRankCore;
+  private readonly expectations = new Map<string, Expectation>();
+  private readonly early = new Map<string, { messages: KvMessage[]; expires: number }>();
+  private readonly watches = new Map<string, Watch>();
+
+  private constructor() {
+    super();
+  }
+
+  static async create(options: KvRankOptions): Promise<KvConsumer> {
+    const o = resolveKvOptions(options, 'kv_consumer');
+    const c = new KvConsumer();
+    c.core = await KvRankCore.open(o, options, 'decode', (m) => c.onMessage(m), (e) => c.warn(e));
+    return c;
+  }
+
+  get engine(): KvRankCore['engine'] {
+    return this.core.engine;
+  }
+  get caches(): KvCaches {
+    return this.core.caches;
+  }
+  get layout(): KvLayout {
+    return this.core.options.layout;
+  }
+  get engineId(): string {
+    return this.core.options.engineId;
+  }
+  get dpRank(): number {
+    return this.core.options.dpRank;
+  }
+  get tpRank(): number {
+    return this.core.options.tpRank;
+  }
+  get registryKey(): string {
+    return this.core.registryKey;
+  }
+
+  /** The slices this rank gathers for a request (which prefill ranks, which heads). */
+  sources(requestId: string): HeadSlice[] {
+    return sourcesForDecodeRank(requestId, this.core.options.mapping, this.tpRank);
+  }
+
+  /**
+   * Pull mode: reads this rank's share of the request's KV from the producer named by `params` into
+   * `blockIds` (tail-aligned with `params.remote_block_ids` when fewer: a prefix-cache hit), then sends
+   * "done" to every producer rank it used. Rejects only for invalid arguments (INVALID_ARGUMENT).
+   */
+  async pull(params: KvTransferParams, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
+    this.core.assertOpen();
+    const p = parseKvTransferParams(params);
+    const local = checkBlockIds(this.layout, blockIds);
+    const aligned = alignBlocks(local, p.remote_block_ids);
+    const o = this.core.options;
+    const requestId = p.remote_request_id;
+    const start = performance.now();
+    const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
+    const signal = options.signal;
+    this.core.metrics.started++;
+    const groups = new Map<number, HeadSlice[]>();
+    for (const s of this.sources(requestId)) {
+      const list = groups.get(s.prefillRank) ?? [];
+      list.push(s);
+      groups.set(s.prefillRank, list);
+    }
+    const results: BatchResult[] = [];
+    const peers: KvPeer[] = [];
+    let setupError: MooncakeError | undefined;
+    try {
+      if (p.remote_tp_size !== undefined && p.remote_tp_size !== o.prefill.tpSize) {
+        throw new MooncakeError('INVALID_CONFIG', `the prefill instance has tp_size ${p.remote_tp_size}, this consumer is configured for ${o.prefill.tpSize}`);
+      }
+      if (p.remote_total_kv_heads !== undefined && p.remote_total_kv_heads !== o.totalKvHeads) {
+        throw new MooncakeError('INVALID_CONFIG', `the prefill instance counts ${p.remote_total_kv_heads} KV heads, this consumer ${o.totalKvHeads}`);
+      }
+      const timeout = AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())));
+      const lookupSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
+      const dp = await this.core.dpRankOf(p, lookupSignal);
+      await Promise.all(
+        [...groups].map(async ([prefillRank, slices]) => {
+          let peer: KvPeer;
+          try {
+            peer = await this.core.registry.lookup(p.remote_engine_id, dp, prefillRank, { signal: lookupSignal });
+          } catch (err) {
+            const error = asMooncakeError(err, 'registry lookup failed');
+            const info: KvTransferPeer = { engineId: p.remote_engine_id, dpRank: dp, tpRank: prefillRank, segment: '', bytes: 0, ranges: 0, ok: false, error: error.code };
+            results.push({ peer: info, failed: local.map((_, i) => i), error });
+            return;
+          }
+          peers.push(peer);
+          results.push(await this.pullFrom(peer, slices, local, aligned.remote, deadline, signal));
+        }),
+      );
+    } catch (err) {
+      setupError = asMooncakeError(err, 'pull failed');
+    }
+    const failedIdx = new Set<number>();
+    for (const r of results) for (const i of r.failed) failedIdx.add(i);
+    if (setupError) for (let i = 0; i < local.length; i++) failedIdx.add(i);
+    const sorted = [...failedIdx].sort((a, b) => a - b);
+    const outcome: KvTransferOutcome = {
+      requestId,
+      mode: 'pull',
+      direction: 'read',
+      ok: sorted.length === 0,
+      blockIds: local,
+      failedBlockIds: sorted.map((i) => local[i]),
+      bytes: results.reduce((a, r) => a + r.peer.bytes, 0),
+      ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
+      durationMs: performance.now() - start,
+      peers: results.map((r) => r.peer),
+    };
+    const error = setupError ?? results.find((r) => r.error)?.error;
+    if (!outcome.ok && error) outcome.error = error;
+    // "done" whatever happened (vllm-ascend's finally): the producer frees its blocks.
+    for (const peer of peers) {
+      void this.core.sendMessage(peer.entry.host, peer.entry.rpc_port, {
+        type: 'done',
+        request_id: requestId,
+        from: this.core.ref,
+        ok: outcome.ok,
+        failed_block_ids: sorted.map((i) => aligned.remote[i]),
+      });
+    }
+    this.core.metrics.record(outcome);
+    this.emit('transfer', outcome);
+    return outcome;
+  }
+
+  private async pullFrom(peer: KvPeer, slices: HeadSlice[], local: number[], remote: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
+    const o = this.core.options;
+    const e = peer.entry;
+    const fail = (error: MooncakeError): BatchResult => ({
+      peer: { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code },
+      failed: local.map((_, i) => i),
+      error,
+    });
+    if (e.total_kv_heads !== o.totalKvHeads || e.tp_size !== o.prefill.tpSize) {
+      return fail(new MooncakeError('INVALID_CONFIG', `prefill rank ${e.engine_id}/${e.dp_rank}/${e.tp_rank} has tp_size ${e.tp_size} and ${e.total_kv_heads} KV heads; expected ${o.prefill.tpSize} and ${o.totalKvHeads}`));
+    }
+    try {
+      const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
+      const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
+      const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.decodeHead }, { ...theirs, head: s.prefillHead }, s.count)));
+      return await this.core.run('read', peer, plan, deadline, signal);
+    } catch (err) {
+      return fail(asMooncakeError(err, 'planning the pull failed'));
+    }
+  }
+
+  /** The kv_transfer_params naming this consumer (what `expect` returns). */
+  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
+    const o = this.core.options;
+    return {
+      do_remote_prefill: true,
+      do_remote_decode: false,
+      remote_engine_id: o.engineId,
+      remote_host: this.core.engine.advertiseAddress,
+      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * o.decode.tpSize : this.core.engine.rpcPort,
+      remote_block_ids: [...blockIds],
+      remote_request_id: requestId,
+      remote_dp_rank: o.dpRank,
+      remote_tp_size: o.decode.tpSize,
+      remote_total_kv_heads: o.totalKvHeads,
+    };
+  }
+
+  /**
+   * Push mode: waits for the producer to write a request's blocks into `blockIds` (call it on every TP rank
+   * of the instance with the same ids). Throws INVALID_ARGUMENT for bad ids or a request already expected.
+   */
+  expect(requestId: string, blockIds: readonly number[], options: { timeoutMs?: number } = {}): KvExpectation {
+    this.core.assertOpen();
+    checkRequestId(requestId);
+    const ids = checkBlockIds(this.layout, blockIds);
+    if (this.expectations.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already expected`);
+    const timeoutMs = options.timeoutMs ?? this.core.options.transferTimeoutMs;
+    let resolve!: (o: KvTransferOutcome) => void;
+    const done = new Promise<KvTransferOutcome>((r) => (resolve = r));
+    const x: Expectation = {
+      requestId,
+      blockIds: ids,
+      expected: new Set(prefillRanksOf(this.sources(requestId))),
+      reports: new Map(),
+      started: performance.now(),
+      timer: undefined,
+      watching: new Map(),
+      resolve,
+    };
+    this.expectations.set(requestId, x);
+    if (ids.length === 0) {
+      setImmediate(() => this.settle(x));
+    } else {
+      x.timer = setTimeout(() => this.settle(x, new MooncakeError('TIMEOUT', `no complete push for ${requestId} within ${timeoutMs} ms`)), timeoutMs);
+      x.timer.unref();
+      const early = this.early.get(requestId);
+      if (early) {
+        this.early.delete(requestId);
+        for (const m of early.messages) this.onPushMessage(x, m);
+      }
+    }
+    return {
+      requestId,
+      params: this.transferParams(requestId, ids),
+      done,
+      cancel: () => this.settle(x, new MooncakeError('ABORT_ERR', `expectation of ${requestId} cancelled`)),
+    };
+  }
+
+  private onMessage(m: KvMessage): void {
+    if (m.type !== 'push_start' && m.type !== 'push_done') return;
+    const x = this.expectations.get(m.request_id);
+    if (x) {
+      this.onPushMessage(x, m);
+      return;
+    }
+    const now = performance.now();
+    if (this.early.size >= MEMORY) {
+      for (const [k, v] of this.early) if (v.expires < now || this.early.size >= MEMORY) this.early.delete(k);
+    }
+    const e = this.early.get(m.request_id) ?? { messages: [], expires: now + this.core.options.transferTimeoutMs };
+    e.messages.push(m);
+    this.early.set(m.request_id, e);
+  }
+
+  private onPushMessage(x: Expectation, m: KvMessage): void {
+    if (m.from.tp_size !== this.core.options.prefill.tpSize) {
+      this.settle(x, new MooncakeError('INVALID_CONFIG', `prefill rank with tp_size ${m.from.tp_size} pushed ${x.requestId}; this consumer expects ${this.core.options.prefill.tpSize}`));
+      return;
+    }
+    if (!x.expected.has(m.from.tp_rank)) return;
+    if (m.type === 'push_start') {
+      if (!x.reports.has(m.from.tp_rank)) this.watch(x, m.from);
+      return;
+    }
+    if (m.type !== 'push_done') return;
+    x.reports.set(m.from.tp_rank, { ok: m.ok, failed: m.failed_block_ids, bytes: m.bytes, ranges: m.ranges, from: m.from });
+    this.unwatch(x, m.from.tp_rank);
+    if (x.reports.size === x.expected.size) this.settle(x);
+  }
+
+  private watch(x: Expectation, from: KvRankRef): void {
+    const key = `${from.host}:${from.rpc_port}`;
+    x.watching.set(from.tp_rank, key);
+    let w = this.watches.get(key);
+    if (!w) {
+      const interval = this.core.options.probeIntervalMs;
+      const watch: Watch = { host: from.host, port: from.rpc_port, waiters: new Set(), probing: false, timer: setInterval(() => this.probeWatch(key, watch), interval) };
+      watch.timer.unref();
+      this.watches.set(key, watch);
+      w = watch;
+    }
+    w.waiters.add(x);
+  }
+
+  private unwatch(x: Expectation, tpRank: number): void {
+    const key = x.watching.get(tpRank);
+    if (key === undefined) return;
+    x.watching.delete(tpRank);
+    const w = this.watches.get(key);
+    if (!w) return;
+    w.waiters.delete(x);
+    if (w.waiters.size === 0) {
+      clearInterval(w.timer);
+      this.watches.delete(key);
+    }
+  }
+
+  private async probeWatch(key: string, w: Watch): Promise<void> {
+    if (w.probing) return;
+    w.probing = true;
+    const t = Math.min(1000, this.core.options.probeIntervalMs);
+    try {
+      await probe(w.host, w.port, { connectTimeoutMs: t, timeoutMs: 2 * t });
+    } catch (err) {
+      const error = new MooncakeError(isMooncakeError(err, 'TIMEOUT') ? 'TIMEOUT' : 'CONNECTION_LOST', `producer ${key} stopped answering while pushing`, { cause: err });
+      for (const x of [...w.waiters]) this.settle(x, error);
+    } finally {
+      w.probing = false;
+    }
+  }
+
+  private settle(x: Expectation, error?: MooncakeError): void {
+    if (this.expectations.get(x.requestId) !== x) return;
+    this.expectations.delete(x.requestId);
+    if (x.timer) clearTimeout(x.timer);
+    for (const r of [...x.watching.keys()]) this.unwatch(x, r);
+    const failed = new Set<number>();
+    let complete = true;
+    for (const r of x.expected) {
+      const rep = x.reports.get(r);
+      if (!rep) complete = false;
+      else for (const b of rep.failed) failed.add(b);
+    }
+    // A missing slice spoils every block (each block needs all its heads).
+    if (!complete || (error && x.reports.size < x.expected.size)) for (const b of x.blockIds) failed.add(b);
+    const reports = [...x.reports.values()];
+    const failedBlockIds = x.blockIds.filter((b) => failed.has(b));
+    const outcome: KvTransferOutcome = {
+      requestId: x.requestId,
+      mode: 'push',
+      direction: 'receive',
+      ok: failedBlockIds.length === 0,
+      blockIds: x.blockIds,
+      failedBlockIds,
+      bytes: reports.reduce((a, r) => a + r.bytes, 0),
+      ranges: reports.reduce((a, r) => a + r.ranges, 0),
+      durationMs: performance.now() - x.started,
+      peers: reports.map((r) => ({
+        engineId: r.from.engine_id,
+        dpRank: r.from.dp_rank,
+        tpRank: r.from.tp_rank,
+        segment: '',
+        bytes: r.bytes,
+        ranges: r.ranges,
+        ok: r.ok,
+      })),
+    };
+    if (!outcome.ok) outcome.error = error ?? new MooncakeError('REMOTE_REJECTED', `the producer reported ${failedBlockIds.length} failed blocks for ${x.requestId}`);
+    this.core.metrics.started++;
+    this.core.metrics.record(outcome);
+    x.resolve(outcome);
+    this.emit('transfer', outcome);
+  }
+
+  private warn(e: MooncakeError): void {
+    if (this.listenerCount('warning') > 0) this.emit('warning', e);
+  }
+
+  metrics(): KvMetricsSnapshot {
+    return { ...this.core.metrics.snapshot(), expectations: { active: this.expectations.size } };
+  }
+
+  /** Fails pending expectations (ABORT_ERR), removes the registry entry and closes the engine it created. */
+  async close(): Promise<void> {
+    for (const x of [...this.expectations.values()]) this.settle(x, new MooncakeError('CLOSED', 'the consumer closed'));
+    await this.core.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

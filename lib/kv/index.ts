@@ -1,0 +1,39 @@
+/**
+ * The KV producer/consumer layer: mooncake-node's counterpart of vllm-ascend's MooncakeConnectorV1
+ * (see docs/kv.md).
+ */
+export { KvProducer } from './producer';
+export type { KvProducerEvents, KvHold, KvRelease, KvConsumerReport, KvPushOptions } from './producer';
+export { KvConsumer } from './consumer';
+export type { KvConsumerEvents, KvExpectation, KvPullOptions } from './consumer';
+export { KvLayout, blockRuns, pairedRuns } from './layout';
+export type { KvAttention, KvHeadLayout, KvTensorKind, KvLayoutSpec, KvLayoutJson, ByteRange, BlockRun, PairedRun } from './layout';
+export { KvCaches, allocateHostCaches, DEFAULT_MAX_REGION_BYTES } from './caches';
+export type { KvCachesInput, KvRegionInput } from './caches';
+export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping } from './rank-map';
+export type { TpMapping, HeadSpan, HeadSlice } from './rank-map';
+export { planTransfer, blockPieces, failedPairs } from './plan';
+export type { PlanSide, BlockPiece, TransferPlan } from './plan';
+export { parseKvTransferParams, wantsRemotePrefill, alignBlocks } from './params';
+export type { KvTransferParams } from './params';
+export { KvRegistry, kvRankKey, parseRankEntry, KV_REGISTRY_VERSION } from './registry';
+export type { KvRankEntry, KvPeer, KvRegistryOptions } from './registry';
+export { KV_NOTIFY_NAME, encodeKvMessage, decodeKvMessage } from './messages';
+export type { KvMessage, KvRankRef } from './messages';
+export type { KvTransferOutcome, KvTransferPeer, KvReleaseReason, KvMetricsSnapshot, KvDurationSummary } from './metrics';
+export { resolveKvOptions, checkEngineId } from './options';
+export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions } from './options';
+export {
+  parseKvTransferConfig,
+  parseMooncakeConfig,
+  loadMooncakeConfig,
+  metadataConnectionString,
+  kvOptionsFromConfig,
+  KV_CONNECTORS,
+  KV_ROLES,
+  METADATA_BACKENDS,
+  MOONCAKE_PROTOCOLS,
+} from './config';
+export type { KvTransferConfig, MooncakeConfig, MetadataBackend, HostPort, KvWorkerContext } from './config';
+export { fillKvPattern, checkKvPattern, patternSeed } from './pattern';
+export type { KvPatternTarget, KvPatternSpec, KvPatternCheck } from './pattern';

@@ -1,0 +1,114 @@
+/**
+ * Per-request transfer outcomes and the counters behind `metrics()`.
+ */
+import type { ErrorCode, MooncakeError } from '../errors';
+
+/** One peer of a request: the rank it moved blocks with. */
+export interface KvTransferPeer {
+  engineId: string;
+  dpRank: number;
+  tpRank: number;
+  /** The peer engine's segment name ('' when the peer was never resolved). */
+  segment: string;
+  bytes: number;
+  /** Transfer requests (coalesced ranges) in the batch. */
+  ranges: number;
+  ok: boolean;
+  error?: ErrorCode;
+}
+
+/**
+ * The result of moving one request's blocks on one rank. A transfer that failed in full or in part has
+ * `ok: false` and lists the blocks that did not arrive in `failedBlockIds` (the caller's local block ids):
+ * recompute those, never use them.
+ */
+export interface KvTransferOutcome {
+  requestId: string;
+  mode: 'pull' | 'push';
+  /** 'read' (pull, on the consumer), 'write' (push, on the producer) or 'receive' (push, on the consumer). */
+  direction: 'read' | 'write' | 'receive';
+  ok: boolean;
+  /** The caller's local block ids involved. */
+  blockIds: number[];
+  /** Local block ids whose KV did not arrive (empty when ok). */
+  failedBlockIds: number[];
+  /** Bytes moved by batches that succeeded. */
+  bytes: number;
+  ranges: number;
+  durationMs: number;
+  peers: KvTransferPeer[];
+  /** The first error, when not ok. */
+  error?: MooncakeError;
+}
+
+/** Why a producer let go of a request's blocks. */
+export type KvReleaseReason = 'done' | 'abort-timeout' | 'not-selected' | 'released' | 'closed';
+
+export interface KvDurationSummary {
+  count: number;
+  meanMs: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+export interface KvMetricsSnapshot {
+  transfers: { started: number; succeeded: number; failed: number; inFlight: number };
+  bytes: number;
+  ranges: number;
+  failedBlocks: number;
+  /** Over the last 1024 finished transfers. */
+  duration: KvDurationSummary;
+  notifies: { sent: number; sendFailed: number; received: number; malformed: number };
+  /** Producer only: requests whose blocks are held for consumers. */
+  holds?: { active: number; released: Record<KvReleaseReason, number>; lateDone: number };
+  /** Consumer only: push expectations waiting for producers. */
+  expectations?: { active: number };
+}
+
+const WINDOW = 1024;
+
+export class KvMetrics {
+  started = 0;
+  succeeded = 0;
+  failed = 0;
+  bytes = 0;
+  ranges = 0;
+  failedBlocks = 0;
+  notifiesSent = 0;
+  notifiesFailed = 0;
+  notifiesReceived = 0;
+  malformed = 0;
+  lateDone = 0;
+  readonly released: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
+  private readonly durations: number[] = [];
+  private next = 0;
+
+  record(o: KvTransferOutcome): void {
+    if (o.ok) this.succeeded++;
+    else this.failed++;
+    this.bytes += o.bytes;
+    this.ranges += o.ranges;
+    this.failedBlocks += o.failedBlockIds.length;
+    if (this.durations.length < WINDOW) this.durations.push(o.durationMs);
+    else this.durations[this.next++ % WINDOW] = o.durationMs;
+  }
+
+  summary(): KvDurationSummary {
+    const d = [...this.durations].sort((a, b) => a - b);
+    if (d.length === 0) return { count: 0, meanMs: 0, p50Ms: 0, p99Ms: 0, maxMs: 0 };
+    const at = (q: number) => d[Math.min(d.length - 1, Math.floor(q * d.length))];
+    return { count: d.length, meanMs: d.reduce((a, b) => a + b, 0) / d.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: d[d.length - 1] };
+  }
+
+  snapshot(): KvMetricsSnapshot {
+    return {
+      transfers: { started: this.started, succeeded: this.succeeded, failed: this.failed, inFlight: this.started - this.succeeded - this.failed },
+      bytes: this.bytes,
+      ranges: this.ranges,
+      failedBlocks: this.failedBlocks,
+      duration: this.summary(),
+      notifies: { sent: this.notifiesSent, sendFailed: this.notifiesFailed, received: this.notifiesReceived, malformed: this.malformed },
+    };
+  }
+}

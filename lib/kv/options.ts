@@ -1,0 +1,178 @@
+/**
+ * The options of KvProducer and KvConsumer (one object per rank), their defaults and validation.
+ * `kvOptionsFromConfig` (config.ts) builds them from vLLM's `--kv-transfer-config` and `mooncake.json`.
+ */
+import { MooncakeError } from '../errors';
+import type { TransferEngine, TransferEngineOptions } from '../engine';
+import { KvLayout, type KvLayoutSpec } from './layout';
+import { validateTpMapping, type TpMapping } from './rank-map';
+import type { KvCachesInput } from './caches';
+
+export type KvRole = 'kv_producer' | 'kv_consumer' | 'kv_both';
+
+export interface KvParallelSize {
+  dpSize: number;
+  tpSize: number;
+}
+
+export interface KvRankOptions {
+  /** The instance's engine id (`engine_id`); unique per prefill or decode instance. No '/'. */
+  engineId: string;
+  /** Role published in the registry. Default: the class's ('kv_producer' / 'kv_consumer'); 'kv_both' is accepted by both. */
+  role?: KvRole;
+  /** This rank's data-parallel rank (default 0). */
+  dpRank?: number;
+  /** This rank's tensor-parallel rank (default 0). */
+  tpRank?: number;
+  /** Parallel sizes of the prefill instances (`kv_connector_extra_config.prefill`). */
+  prefill: KvParallelSize;
+  /** Parallel sizes of the decode instances (`kv_connector_extra_config.decode`). */
+  decode: KvParallelSize;
+  /** This rank's KV-cache layout (its own head shard). */
+  layout: KvLayoutSpec | KvLayout;
+  /** The model's KV heads, for head slicing. Default: layout.numHeads × this side's tp size (MHA), 1 (MLA). */
+  totalKvHeads?: number;
+  /** Memory holding the caches (registered once). Default: host Buffers allocated for the layout. */
+  caches?: KvCachesInput;
+  /** Metadata backend of the KV registry (and of the engine it creates): e.g. `http://127.0.0.1:8080/metadata`. */
+  metadataServer?: string;
+  /** Use this engine instead of creating one (it is not closed by close()). */
+  engine?: TransferEngine;
+  /** Options for the engine this rank creates (metadataServer comes from above). */
+  engineOptions?: Partial<Omit<TransferEngineOptions, 'metadataServer'>>;
+  /** Address peers use to reach this rank (the engine's advertiseAddress). */
+  host?: string;
+  /**
+   * Base of the ranks' handshake ports (`kv_port`): this rank's engine listens on
+   * kvPort + dpRank × tpSize + tpRank, vllm-ascend's handshake_port. Default: a free port.
+   */
+  kvPort?: number;
+  /** How often the registry entry is rewritten with a fresh heartbeat (default 2000 ms). */
+  heartbeatMs?: number;
+  /** A peer entry whose heartbeat is older than this is dead unless a handshake probe answers (default 3 × heartbeatMs + 2000). */
+  staleAfterMs?: number;
+  /** Default per-request transfer timeout (default 30000 ms, upstream's MC_TRANSFER_TIMEOUT). */
+  transferTimeoutMs?: number;
+  /** Timeout of one KV notification (connect + reply; default 3000 ms, 3 tries). */
+  notifyTimeoutMs?: number;
+  /** Producer: force-free held blocks when no "done" arrives within this (default 480000 ms, vllm-ascend tutorials). */
+  abortTimeoutMs?: number;
+  /** Consumer, push mode: how often a producer that started pushing is probed (default 1000 ms). */
+  probeIntervalMs?: number;
+  /** Cluster namespace of the registry keys. Default `$MC_METADATA_CLUSTER_ID`. */
+  clusterId?: string;
+}
+
+export interface ResolvedKvOptions {
+  engineId: string;
+  role: KvRole;
+  dpRank: number;
+  tpRank: number;
+  prefill: KvParallelSize;
+  decode: KvParallelSize;
+  layout: KvLayout;
+  mapping: TpMapping;
+  totalKvHeads: number;
+  metadataServer: string | undefined;
+  host: string | undefined;
+  kvPort: number | undefined;
+  heartbeatMs: number;
+  staleAfterMs: number;
+  transferTimeoutMs: number;
+  notifyTimeoutMs: number;
+  abortTimeoutMs: number;
+  probeIntervalMs: number;
+  clusterId: string | undefined;
+}
+
+function invalid(field: string, value: unknown, what: string): MooncakeError {
+  return new MooncakeError('INVALID_CONFIG', `${field} must be ${what}, got ${JSON.stringify(value) ?? String(value)}`, { details: { field, value } });
+}
+
+function int(field: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
+    throw invalid(field, v, max === Number.MAX_SAFE_INTEGER ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`);
+  }
+  return v;
+}
+
+/** Engine ids become registry key segments: non-empty, printable, no '/' or whitespace, at most 128 chars. */
+export function checkEngineId(field: string, v: unknown): string {
+  if (typeof v !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(v) || v.includes('/')) {
+    throw invalid(field, v, "a non-empty string of at most 128 printable characters without '/' or spaces");
+  }
+  return v;
+}
+
+function parallel(field: string, v: unknown): KvParallelSize {
+  if (v === null || typeof v !== 'object') throw invalid(field, v, 'an object { dpSize, tpSize }');
+  const p = v as Partial<KvParallelSize>;
+  return { dpSize: int(`${field}.dpSize`, p.dpSize, 1), tpSize: int(`${field}.tpSize`, p.tpSize, 1) };
+}
+
+/** Validates options and fills defaults. `side` is the side this rank belongs to. */
+export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 'kv_consumer'): ResolvedKvOptions {
+  if (o === null || typeof o !== 'object') throw new MooncakeError('INVALID_CONFIG', 'options must be an object');
+  const engineId = checkEngineId('engineId', o.engineId);
+  const role = o.role ?? defaultRole;
+  if (role !== defaultRole && role !== 'kv_both') {
+    throw invalid('role', role, `'${defaultRole}' or 'kv_both' for a ${defaultRole === 'kv_producer' ? 'KvProducer' : 'KvConsumer'}`);
+  }
+  const prefill = parallel('prefill', o.prefill);
+  const decode = parallel('decode', o.decode);
+  const own = defaultRole === 'kv_producer' ? prefill : decode;
+  const ownName = defaultRole === 'kv_producer' ? 'prefill' : 'decode';
+  const dpRank = o.dpRank === undefined ? 0 : int('dpRank', o.dpRank, 0, own.dpSize - 1);
+  const tpRank = o.tpRank === undefined ? 0 : int('tpRank', o.tpRank, 0, own.tpSize - 1);
+  const layout = KvLayout.from(o.layout);
+  let totalKvHeads: number;
+  if (layout.attention === 'mla') totalKvHeads = 1;
+  else if (o.totalKvHeads !== undefined) totalKvHeads = int('totalKvHeads', o.totalKvHeads, 1);
+  else totalKvHeads = layout.numHeads * own.tpSize;
+  const mapping: TpMapping = { attention: layout.attention, totalHeads: totalKvHeads, prefillTp: prefill.tpSize, decodeTp: decode.tpSize };
+  validateTpMapping(mapping);
+  if (layout.attention === 'mha') {
+    const expect = own.tpSize <= totalKvHeads ? totalKvHeads / own.tpSize : 1;
+    if (layout.numHeads !== expect) {
+      throw invalid('layout.numHeads', layout.numHeads, `${expect} (${totalKvHeads} KV heads over ${ownName} tp_size ${own.tpSize})`);
+    }
+  }
+  if (o.metadataServer !== undefined && (typeof o.metadataServer !== 'string' || o.metadataServer === '')) {
+    throw invalid('metadataServer', o.metadataServer, 'a metadata connection string such as http://127.0.0.1:8080/metadata');
+  }
+  if (o.metadataServer === undefined && o.engine === undefined) {
+    throw new MooncakeError('INVALID_CONFIG', 'metadataServer is required (e.g. http://127.0.0.1:8080/metadata) unless an engine is given', {
+      details: { field: 'metadataServer' },
+    });
+  }
+  if (o.host !== undefined && (typeof o.host !== 'string' || o.host === '')) throw invalid('host', o.host, 'a host name or IP address');
+  let kvPort: number | undefined;
+  if (o.kvPort !== undefined) {
+    kvPort = int('kvPort', o.kvPort, 1, 65535);
+    const last = kvPort + own.dpSize * own.tpSize - 1;
+    if (last > 65535) throw invalid('kvPort', o.kvPort, `at most ${65535 - own.dpSize * own.tpSize + 1} (ports kvPort..kvPort+dp×tp-1 must exist)`);
+  }
+  const heartbeatMs = o.heartbeatMs === undefined ? 2000 : int('heartbeatMs', o.heartbeatMs, 10, 2 ** 31 - 1);
+  const staleAfterMs = o.staleAfterMs === undefined ? 3 * heartbeatMs + 2000 : int('staleAfterMs', o.staleAfterMs, heartbeatMs + 1, 2 ** 31 - 1);
+  return {
+    engineId,
+    role,
+    dpRank,
+    tpRank,
+    prefill,
+    decode,
+    layout,
+    mapping,
+    totalKvHeads,
+    metadataServer: o.metadataServer,
+    host: o.host,
+    kvPort,
+    heartbeatMs,
+    staleAfterMs,
+    transferTimeoutMs: o.transferTimeoutMs === undefined ? 30_000 : int('transferTimeoutMs', o.transferTimeoutMs, 1, 2 ** 31 - 1),
+    notifyTimeoutMs: o.notifyTimeoutMs === undefined ? 3000 : int('notifyTimeoutMs', o.notifyTimeoutMs, 1, 2 ** 31 - 1),
+    abortTimeoutMs: o.abortTimeoutMs === undefined ? 480_000 : int('abortTimeoutMs', o.abortTimeoutMs, 1, 2 ** 31 - 1),
+    probeIntervalMs: o.probeIntervalMs === undefined ? 1000 : int('probeIntervalMs', o.probeIntervalMs, 10, 2 ** 31 - 1),
+    clusterId: o.clusterId,
+  };
+}

@@ -1,0 +1,372 @@
+/**
+ * KvProducer: one prefill rank.
+ *
+ * Pull (vllm-ascend's MooncakeConnector): after prefill, `hold(requestId, blockIds)` keeps the blocks and
+ * returns the `kv_transfer_params` for the proxy. Decode ranks read the blocks and each sends "done"; when
+ * every decode rank that reads from this rank is done (rank mapping), the hold is released with reason
+ * 'done' and the caller frees the blocks. Without "done" the blocks are force-freed after `abortTimeoutMs`
+ * (reason 'abort-timeout'). A rank the mapping does not choose is released at once ('not-selected').
+ *
+ * Push (layerwise / SGLang flow): `push(params, blockIds)` writes this rank's head slices into the blocks the
+ * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank.
+ */
+import { EventEmitter } from 'node:events';
+import { MooncakeError } from '../errors';
+import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
+import type { KvCaches } from './caches';
+import type { KvLayout } from './layout';
+import type { KvMessage } from './messages';
+import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome, KvTransferPeer } from './metrics';
+import { resolveKvOptions, type KvRankOptions } from './options';
+import { parseKvTransferParams, type KvTransferParams } from './params';
+import { planTransfer } from './plan';
+import { targetsForPrefillRank, type HeadSlice } from './rank-map';
+import type { KvPeer } from './registry';
+
+/** What a consumer rank reported in its "done". */
+export interface KvConsumerReport {
+  engineId: string;
+  dpRank: number;
+  tpRank: number;
+  ok: boolean;
+  /** This producer's block ids the consumer did not get. */
+  failedBlockIds: number[];
+}
+
+/** A producer let go of a request's blocks: free them now. */
+export interface KvRelease {
+  requestId: string;
+  blockIds: number[];
+  reason: KvReleaseReason;
+  heldMs: number;
+  consumers: KvConsumerReport[];
+}
+
+export interface KvHold {
+  requestId: string;
+  /** For the proxy to hand to the decode instance. */
+  params: KvTransferParams;
+  /** Settles when the blocks may be freed (also the 'released' event). */
+  released: Promise<KvRelease>;
+}
+
+export interface KvProducerEvents {
+  released: [release: KvRelease];
+  /** A push finished (successfully or not). */
+  transfer: [outcome: KvTransferOutcome];
+  /** Something went wrong in the background (heartbeat, unexpected notification). */
+  warning: [error: MooncakeError];
+}
+
+interface HoldState {
+  requestId: string;
+  blockIds: number[];
+  started: number;
+  pending: Set<number>;
+  reports: KvConsumerReport[];
+  timer: NodeJS.Timeout | undefined;
+  resolve: (r: KvRelease) => void;
+}
+
+export interface KvPushOptions {
+  /** Transfer timeout for this push (default options.transferTimeoutMs). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+const MEMORY = 10_000;
+
+export class KvProducer extends EventEmitter<KvProducerEvents> {
+  private readonly holds = new Map<string, HoldState>();
+  private readonly early = new Map<string, { messages: Extract<KvMessage, { type: 'done' }>[]; expires: number }>();
+  private readonly recentlyReleased = new Map<string, number>();
+  private core!: KvRankCore;
+
+  private constructor() {
+    super();
+  }
+
+  /** Creates the rank: engine, caches registered once, registry entry published. */
+  static async create(options: KvRankOptions): Promise<KvProducer> {
+    const o = resolveKvOptions(options, 'kv_producer');
+    const p = new KvProducer();
+    p.core = await KvRankCore.open(o, options, 'prefill', (m) => p.onMessage(m), (e) => p.warn(e));
+    return p;
+  }
+
+  get engine(): KvRankCore['engine'] {
+    return this.core.engine;
+  }
+  get caches(): KvCaches {
+    return this.core.caches;
+  }
+  get layout(): KvLayout {
+    return this.core.options.layout;
+  }
+  get engineId(): string {
+    return this.core.options.engineId;
+  }
+  get dpRank(): number {
+    return this.core.options.dpRank;
+  }
+  get tpRank(): number {
+    return this.core.options.tpRank;
+  }
+  /** This rank's key in the metadata backend. */
+  get registryKey(): string {
+    return this.core.registryKey;
+  }
+
+  /** The kv_transfer_params naming this producer (what `hold` returns), without holding anything. */
+  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
+    const o = this.core.options;
+    return {
+      do_remote_prefill: true,
+      do_remote_decode: false,
+      remote_engine_id: o.engineId,
+      remote_host: this.core.engine.advertiseAddress,
+      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * o.prefill.tpSize : this.core.engine.rpcPort,
+      remote_block_ids: [...blockIds],
+      remote_request_id: requestId,
+      remote_dp_rank: o.dpRank,
+      remote_tp_size: o.prefill.tpSize,
+      remote_total_kv_heads: o.totalKvHeads,
+    };
+  }
+
+  /**
+   * Keeps a request's blocks for the decode ranks to read (pull). Call it on every TP rank of the instance
+   * with the same request id and block ids. Throws INVALID_ARGUMENT for bad ids or a request already held.
+   */
+  hold(requestId: string, blockIds: readonly number[], options: { abortTimeoutMs?: number } = {}): KvHold {
+    this.core.assertOpen();
+    checkRequestId(requestId);
+    const ids = checkBlockIds(this.layout, blockIds);
+    if (this.holds.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already held`);
+    const abortMs = options.abortTimeoutMs ?? this.core.options.abortTimeoutMs;
+    if (!Number.isSafeInteger(abortMs) || abortMs <= 0) throw new MooncakeError('INVALID_ARGUMENT', `abortTimeoutMs must be a positive integer, got ${String(abortMs)}`);
+    const consumers = new Set(targetsForPrefillRank(requestId, this.core.options.mapping, this.tpRank).map((s) => s.decodeRank));
+    let resolve!: (r: KvRelease) => void;
+    const released = new Promise<KvRelease>((r) => (resolve = r));
+    const state: HoldState = { requestId, blockIds: ids, started: performance.now(), pending: consumers, reports: [], timer: undefined, resolve };
+    this.holds.set(requestId, state);
+    this.recentlyReleased.delete(requestId);
+    if (consumers.size === 0) {
+      setImmediate(() => this.finish(state, 'not-selected'));
+    } else {
+      state.timer = setTimeout(() => this.finish(state, 'abort-timeout'), abortMs);
+      state.timer.unref();
+      const early = this.early.get(requestId);
+      if (early) {
+        this.early.delete(requestId);
+        for (const m of early.messages) this.onDone(state, m);
+      }
+    }
+    return { requestId, params: this.transferParams(requestId, ids), released };
+  }
+
+  /** Lets go of a held request now (e.g. the proxy aborted it). False when it was not held. */
+  release(requestId: string): boolean {
+    const s = this.holds.get(requestId);
+    if (!s) return false;
+    this.finish(s, 'released');
+    return true;
+  }
+
+  /** Requests held now. */
+  heldRequests(): { requestId: string; blockIds: number[]; heldMs: number; waitingFor: number[] }[] {
+    const now = performance.now();
+    return [...this.holds.values()].map((s) => ({ requestId: s.requestId, blockIds: [...s.blockIds], heldMs: now - s.started, waitingFor: [...s.pending] }));
+  }
+
+  /**
+   * Push mode: writes this rank's part of a request into the blocks a decode instance assigned (`params`
+   * comes from the decode side and names it), then notifies each decode rank. Resolves with the outcome;
+   * failed blocks are listed, never reported as success. `blockIds` are this rank's blocks of the prompt
+   * (tail-aligned with the decode's when it has fewer).
+   */
+  async push(params: KvTransferParams, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
+    this.core.assertOpen();
+    const p = parseKvTransferParams(params);
+    const local = checkBlockIds(this.layout, blockIds);
+    if (p.remote_block_ids.length > local.length) {
+      throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
+    }
+    const pairedLocal = local.slice(local.length - p.remote_block_ids.length);
+    const requestId = p.remote_request_id;
+    const o = this.core.options;
+    const start = performance.now();
+    const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
+    this.core.metrics.started++;
+    const targets = new Map<number, HeadSlice[]>();
+    for (const s of targetsForPrefillRank(requestId, o.mapping, this.tpRank)) {
+      const list = targets.get(s.decodeRank) ?? [];
+      list.push(s);
+      targets.set(s.decodeRank, list);
+    }
+    const results: BatchResult[] = [];
+    let setupError: MooncakeError | undefined;
+    try {
+      if (p.remote_tp_size !== undefined && p.remote_tp_size !== o.decode.tpSize) {
+        throw new MooncakeError('INVALID_CONFIG', `the decode instance has tp_size ${p.remote_tp_size}, this producer is configured for ${o.decode.tpSize}`);
+      }
+      if (p.remote_total_kv_heads !== undefined && p.remote_total_kv_heads !== o.totalKvHeads) {
+        throw new MooncakeError('INVALID_CONFIG', `the decode instance counts ${p.remote_total_kv_heads} KV heads, this producer ${o.totalKvHeads}`);
+      }
+      const dp = await this.core.dpRankOf(p, options.signal);
+      await Promise.all(
+        [...targets].map(async ([decodeRank, slices]) => {
+          results.push(await this.pushTo(requestId, p.remote_engine_id, dp, decodeRank, slices, pairedLocal, p.remote_block_ids, deadline, options.signal));
+        }),
+      );
+    } catch (err) {
+      setupError = asMooncakeError(err, 'push failed');
+    }
+    const failedIdx = new Set<number>();
+    for (const r of results) for (const i of r.failed) failedIdx.add(i);
+    if (setupError) for (let i = 0; i < pairedLocal.length; i++) failedIdx.add(i);
+    const failedBlockIds = [...failedIdx].sort((a, b) => a - b).map((i) => pairedLocal[i]);
+    const outcome: KvTransferOutcome = {
+      requestId,
+      mode: 'push',
+      direction: 'write',
+      ok: failedBlockIds.length === 0,
+      blockIds: pairedLocal,
+      failedBlockIds,
+      bytes: results.reduce((a, r) => a + r.peer.bytes, 0),
+      ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
+      durationMs: performance.now() - start,
+      peers: results.map((r) => r.peer),
+    };
+    const error = setupError ?? results.find((r) => r.error)?.error;
+    if (!outcome.ok && error) outcome.error = error;
+    this.core.metrics.record(outcome);
+    this.emit('transfer', outcome);
+    return outcome;
+  }
+
+  private async pushTo(
+    requestId: string,
+    engineId: string,
+    dp: number,
+    decodeRank: number,
+    slices: HeadSlice[],
+    local: number[],
+    remote: number[],
+    deadline: number,
+    signal: AbortSignal | undefined,
+  ): Promise<BatchResult> {
+    let peer: KvPeer;
+    try {
+      peer = await this.core.registry.lookup(engineId, dp, decodeRank, { signal });
+    } catch (err) {
+      const error = asMooncakeError(err, 'registry lookup failed');
+      const info: KvTransferPeer = { engineId, dpRank: dp, tpRank: decodeRank, segment: '', bytes: 0, ranges: 0, ok: false, error: error.code };
+      return { peer: info, failed: local.map((_, i) => i), error };
+    }
+    const e = peer.entry;
+    void this.core.sendMessage(e.host, e.rpc_port, { type: 'push_start', request_id: requestId, from: this.core.ref });
+    let result: BatchResult;
+    const o = this.core.options;
+    if (e.total_kv_heads !== o.totalKvHeads || e.tp_size !== o.decode.tpSize) {
+      const error = new MooncakeError('INVALID_CONFIG', `decode rank ${engineId}/${dp}/${decodeRank} has tp_size ${e.tp_size} and ${e.total_kv_heads} KV heads; expected ${o.decode.tpSize} and ${o.totalKvHeads}`);
+      result = { peer: { engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code }, failed: local.map((_, i) => i), error };
+    } else {
+      try {
+        const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
+        const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
+        const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count)));
+        result = await this.core.run('write', peer, plan, deadline, signal);
+      } catch (err) {
+        const error = asMooncakeError(err, 'planning the push failed');
+        result = { peer: { engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code }, failed: local.map((_, i) => i), error };
+      }
+    }
+    await this.core.sendMessage(e.host, e.rpc_port, {
+      type: 'push_done',
+      request_id: requestId,
+      from: this.core.ref,
+      ok: result.failed.length === 0,
+      failed_block_ids: result.failed.map((i) => remote[i]),
+      bytes: result.peer.bytes,
+      ranges: result.peer.ranges,
+    });
+    return result;
+  }
+
+  private onMessage(m: KvMessage): void {
+    if (m.type !== 'done') return;
+    const s = this.holds.get(m.request_id);
+    if (s) {
+      this.onDone(s, m);
+      return;
+    }
+    if (this.recentlyReleased.has(m.request_id)) {
+      this.core.metrics.lateDone++;
+      return;
+    }
+    // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
+    const now = performance.now();
+    if (this.early.size >= MEMORY) {
+      for (const [k, v] of this.early) if (v.expires < now || this.early.size >= MEMORY) this.early.delete(k);
+    }
+    const e = this.early.get(m.request_id) ?? { messages: [], expires: now + this.core.options.abortTimeoutMs };
+    e.messages.push(m);
+    this.early.set(m.request_id, e);
+  }
+
+  private onDone(s: HoldState, m: Extract<KvMessage, { type: 'done' }>): void {
+    if (m.from.tp_size !== this.core.options.decode.tpSize) {
+      this.warn(new MooncakeError('INVALID_CONFIG', `"done" for ${m.request_id} from a decode rank with tp_size ${m.from.tp_size}; this producer expects ${this.core.options.decode.tpSize}`));
+    }
+    if (!s.pending.delete(m.from.tp_rank)) return;
+    s.reports.push({ engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank, ok: m.ok, failedBlockIds: m.failed_block_ids });
+    if (s.pending.size === 0) this.finish(s, 'done');
+  }
+
+  private finish(s: HoldState, reason: KvReleaseReason): void {
+    if (this.holds.get(s.requestId) !== s) return;
+    this.holds.delete(s.requestId);
+    if (s.timer) clearTimeout(s.timer);
+    this.recentlyReleased.set(s.requestId, performance.now());
+    if (this.recentlyReleased.size > MEMORY) {
+      const oldest = this.recentlyReleased.keys().next().value;
+      if (oldest !== undefined) this.recentlyReleased.delete(oldest);
+    }
+    this.core.metrics.released[reason]++;
+    const r: KvRelease = { requestId: s.requestId, blockIds: s.blockIds, reason, heldMs: performance.now() - s.started, consumers: s.reports };
+    s.resolve(r);
+    this.emit('released', r);
+  }
+
+  private warn(e: MooncakeError): void {
+    if (this.listenerCount('warning') > 0) this.emit('warning', e);
+  }
+
+  metrics(): KvMetricsSnapshot {
+    const m = this.core.metrics;
+    return { ...m.snapshot(), holds: { active: this.holds.size, released: { ...m.released }, lateDone: m.lateDone } };
+  }
+
+  /** Releases every hold (reason 'closed'), removes the registry entry and closes the engine it created. */
+  async close(): Promise<void> {
+    for (const s of [...this.holds.values()]) this.finish(s, 'closed');
+    await this.core.close();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+export function checkRequestId(requestId: unknown): asserts requestId is string {
+  if (typeof requestId !== 'string' || requestId === '' || requestId.length > 1024) {
+    throw new MooncakeError('INVALID_ARGUMENT', `request id must be a non-empty string of at most 1024 characters, got ${JSON.stringify(requestId)}`);
+  }
+}
+
+export function checkBlockIds(layout: KvLayout, ids: unknown): number[] {
+  if (!Array.isArray(ids)) throw new MooncakeError('INVALID_ARGUMENT', 'block ids must be an array of integers');
+  for (const id of ids) layout.checkBlock(id as number);
+  return [...(ids as number[])];
+}

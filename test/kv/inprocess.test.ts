@@ -1,0 +1,88 @@
+// Producers and consumers in this process (fast feedback); the multi-process suites cover real deployments.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MetadataServer } from '../../lib';
+import {
+  KvConsumer,
+  KvProducer,
+  checkKvPattern,
+  fillKvPattern,
+  heldHeads,
+  kvRankKey,
+  patternSeed,
+  type KvLayoutSpec,
+  type KvRelease,
+} from '../../lib/kv';
+
+const common = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' };
+
+describe('KV in one process (tp 2 → tp 1, GQA)', () => {
+  let meta: MetadataServer;
+  let url: string;
+  const producers: KvProducer[] = [];
+  let consumer: KvConsumer;
+  const totalKvHeads = 4;
+  const layoutP: KvLayoutSpec = { numLayers: 3, numBlocks: 32, blockSize: 4, headBytes: 16, numHeads: 2 };
+  const layoutD: KvLayoutSpec = { ...layoutP, numHeads: 4 };
+  const parallel = { prefill: { dpSize: 1, tpSize: 2 }, decode: { dpSize: 1, tpSize: 1 } };
+
+  beforeAll(async () => {
+    meta = new MetadataServer({ logger: null });
+    url = (await meta.listen()).url;
+    for (let tp = 0; tp < 2; tp++) {
+      producers.push(await KvProducer.create({ engineId: 'p', tpRank: tp, ...parallel, layout: layoutP, totalKvHeads, metadataServer: url, engineOptions: common }));
+    }
+    consumer = await KvConsumer.create({ engineId: 'd', ...parallel, layout: layoutD, totalKvHeads, metadataServer: url, engineOptions: common });
+  });
+
+  afterAll(async () => {
+    for (const p of producers) await p.close();
+    await consumer?.close();
+    await meta?.close();
+  });
+
+  it('publishes one entry per rank under documented keys', () => {
+    const keys = [...meta.entries().keys()];
+    expect(keys).toContain(kvRankKey('p', 0, 0));
+    expect(keys).toContain(kvRankKey('p', 0, 1));
+    expect(keys).toContain(kvRankKey('d', 0, 0));
+    expect(kvRankKey('p', 0, 1)).toBe('mooncake/kv/p/0/1');
+  });
+
+  it('pulls, verifies and releases on done', async () => {
+    const rid = 'req-1';
+    const pBlocks = [5, 6, 7, 20, 2];
+    const dBlocks = [10, 11, 12, 13, 14];
+    const seed = patternSeed(rid);
+    const holds = producers.map((p) => {
+      fillKvPattern(p.caches, { seed, blockIds: pBlocks, headStart: heldHeads('mha', totalKvHeads, 2, p.tpRank).start });
+      return p.hold(rid, pBlocks);
+    });
+    const outcome = await consumer.pull(holds[0].params, dBlocks);
+    expect(outcome.ok).toBe(true);
+    expect(outcome.failedBlockIds).toEqual([]);
+    expect(outcome.peers).toHaveLength(2);
+    const check = checkKvPattern(consumer.caches, { seed, blockIds: dBlocks, headStart: 0 });
+    expect(check.mismatches).toBe(0);
+    expect(check.bytes).toBe(5 * 6 * 4 * 4 * 16);
+    const released: KvRelease[] = await Promise.all(holds.map((h) => h.released));
+    for (const r of released) expect(r.reason).toBe('done');
+  });
+
+  it('pushes into the blocks the consumer assigned', async () => {
+    const rid = 'req-push';
+    const pBlocks = [1, 2, 3];
+    const dBlocks = [7, 9, 8];
+    const seed = patternSeed(rid);
+    const x = consumer.expect(rid, dBlocks, { timeoutMs: 10_000 });
+    const outcomes = await Promise.all(
+      producers.map((p) => {
+        fillKvPattern(p.caches, { seed, blockIds: pBlocks, headStart: heldHeads('mha', totalKvHeads, 2, p.tpRank).start });
+        return p.push(x.params, pBlocks);
+      }),
+    );
+    for (const o of outcomes) expect(o.ok).toBe(true);
+    const got = await x.done;
+    expect(got.ok).toBe(true);
+    expect(checkKvPattern(consumer.caches, { seed, blockIds: dBlocks, headStart: 0 }).mismatches).toBe(0);
+  });
+});
