@@ -38,6 +38,20 @@ export interface UpstreamAttempt {
   onLateError?: (error: MooncakeError) => void;
 }
 
+const originCache = new Map<string, { hostname: string; port: number }>();
+
+/** Host and port of an 'http://host:port' origin, parsed once. */
+function originParts(origin: string): { hostname: string; port: number } {
+  let parts = originCache.get(origin);
+  if (parts === undefined) {
+    const u = new URL(origin);
+    parts = { hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname, port: u.port === '' ? 80 : Number(u.port) };
+    if (originCache.size > 10_000) originCache.clear();
+    originCache.set(origin, parts);
+  }
+  return parts;
+}
+
 /** True for an error the proxy may retry on another instance: no response byte was received. */
 export function isRetryable(e: unknown): boolean {
   return e instanceof MooncakeError && e.details?.retryable === true;
@@ -76,21 +90,19 @@ export function sendUpstream(a: UpstreamAttempt): Promise<http.IncomingMessage> 
       reject(classify(a.signal.reason, a.origin, a.signal));
       return;
     }
-    const url = new URL(a.path, a.origin);
+    const target = originParts(a.origin);
     const headers: http.OutgoingHttpHeaders = { ...a.headers };
     if (a.body !== undefined) headers['content-length'] = a.body.length;
     let settled = false;
     let connectTimer: NodeJS.Timeout | undefined;
-    const req = http.request({
-      protocol: url.protocol,
-      hostname: url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname,
-      port: url.port,
-      method: a.method,
-      path: url.pathname + url.search,
-      headers,
-      agent: a.agent,
-      signal: a.signal,
-    });
+    const req = http.request({ hostname: target.hostname, port: target.port, method: a.method, path: a.path, headers, agent: a.agent });
+    // Abort by hand rather than with the `signal` option: same effect, a fraction of the cost per request.
+    const signal = a.signal;
+    const onAbort = (): void => {
+      req.destroy(classify(signal.reason, a.origin, signal));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    req.once('close', () => signal.removeEventListener('abort', onAbort));
     req.on('socket', (socket) => {
       if (!socket.connecting) return;
       connectTimer = setTimeout(() => {
@@ -125,6 +137,35 @@ export function sendUpstream(a: UpstreamAttempt): Promise<http.IncomingMessage> 
       reject(err);
     });
     req.end(a.body);
+  });
+}
+
+/**
+ * Pipes an upstream response into the client response, with backpressure and without touching the bytes.
+ * When the upstream fails mid-body, `onUpstreamError` runs first and the client connection is then cut (the
+ * client sees a truncated response, not a made-up end). When the client goes away, the upstream response is
+ * destroyed. Resolves with true when the whole body was delivered.
+ */
+export function relay(up: http.IncomingMessage, res: http.ServerResponse, onUpstreamError: (error: Error) => void): Promise<boolean> {
+  return new Promise((resolve) => {
+    let done = false;
+    const finish = (ok: boolean): void => {
+      if (done) return;
+      done = true;
+      resolve(ok);
+    };
+    up.once('error', (e) => {
+      onUpstreamError(e);
+      res.destroy();
+      finish(false);
+    });
+    res.once('finish', () => finish(true));
+    res.once('close', () => {
+      if (res.writableFinished) return;
+      up.destroy();
+      finish(false);
+    });
+    up.pipe(res);
   });
 }
 

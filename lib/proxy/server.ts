@@ -8,9 +8,8 @@
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import * as http from 'node:http';
-import { pipeline } from 'node:stream/promises';
 import { MooncakeError } from '../errors';
-import { readBody, sendUpstream, withRetries, type Routed } from './forward';
+import { readBody, relay, sendUpstream, withRetries, type Routed } from './forward';
 import { HealthChecker, Instance, InstancePool, type InstanceSnapshot } from './instances';
 import { ProxyMetrics, type EndpointLabel, type ProxyCounters } from './metrics';
 import { ROLES, normalizeInstanceUrl, resolveProxyOptions, type ProxyOptions, type ResolvedProxyOptions, type Role } from './options';
@@ -348,10 +347,11 @@ class ProxyServer implements PdProxy {
       return;
     }
     const ctrl = new AbortController();
+    const signal = ctrl.signal;
     this.active.add(ctrl);
     this.metrics.inFlight++;
     res.once('close', () => {
-      if (!res.writableFinished && !ex.upstreamFailed && !ctrl.signal.aborted) {
+      if (!res.writableFinished && !ex.upstreamFailed && !signal.aborted) {
         this.metrics.clientAborts++;
         ctrl.abort(new MooncakeError('ABORT_ERR', 'the client disconnected'));
       }
@@ -392,7 +392,6 @@ class ProxyServer implements PdProxy {
       () => ctrl.abort(new MooncakeError('TIMEOUT', `prefill did not answer within ${this.o.timeouts.prefillMs} ms`, { details: { role: 'prefill' } })),
       this.o.timeouts.prefillMs,
     );
-    const prefillSignal = ctrl.signal;
     const prefillPayload = Buffer.from(JSON.stringify(buildPrefillBody(body)));
     let prefill: Routed<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>;
     try {
@@ -400,7 +399,7 @@ class ProxyServer implements PdProxy {
         this.pools.prefill,
         promptTokens,
         this.o.retries,
-        prefillSignal,
+        signal,
         async (inst) => {
           const up = await sendUpstream({
             agent: this.agent,
@@ -409,7 +408,7 @@ class ProxyServer implements PdProxy {
             path,
             headers: { ...headers, accept: 'application/json', 'accept-encoding': 'identity' },
             body: prefillPayload,
-            signal: prefillSignal,
+            signal,
             connectTimeoutMs: this.o.timeouts.connectMs,
             idleTimeoutMs: 0,
           });
@@ -420,7 +419,7 @@ class ProxyServer implements PdProxy {
       );
     } catch (e) {
       clearTimeout(timer);
-      this.upstreamFailure(res, 'prefill', ctrl.signal.aborted ? ctrl.signal.reason : e, requestId);
+      this.upstreamFailure(res, 'prefill', signal.aborted ? signal.reason : e, requestId);
       return;
     }
     clearTimeout(timer);
@@ -453,7 +452,7 @@ class ProxyServer implements PdProxy {
         this.pools.decode,
         decodeTokens,
         this.o.retries,
-        ctrl.signal,
+        signal,
         (inst) =>
           sendUpstream({
             agent: this.agent,
@@ -462,7 +461,7 @@ class ProxyServer implements PdProxy {
             path,
             headers,
             body: decodePayload,
-            signal: ctrl.signal,
+            signal,
             connectTimeoutMs: this.o.timeouts.connectMs,
             idleTimeoutMs: this.o.timeouts.decodeIdleMs,
             onLateError: (e) => {
@@ -485,25 +484,19 @@ class ProxyServer implements PdProxy {
       inst.release(decodeTokens);
     };
     up.once('close', release);
-    up.once('error', () => {
-      if (!ctrl.signal.aborted) ex.upstreamFailed = true;
-    });
     const out = clientResponseHeaders(up.headers);
     out['x-request-id'] = requestId;
     res.writeHead(up.statusCode ?? 502, out);
     // A stream (no content-length) gets its headers at once; a sized body goes out with them in one write.
     if (up.headers['content-length'] === undefined) res.flushHeaders();
-    try {
-      await pipeline(up, res);
-    } catch (e) {
-      release();
-      if (ex.upstreamFailed) {
-        const why = lateError ?? e;
-        if (why instanceof MooncakeError && why.code === 'TIMEOUT') this.metrics.timeouts.decode++;
-        this.o.log('warn', `decode ${inst.url} failed mid-response: ${why instanceof Error ? why.message : String(why)}`, { requestId });
-        res.destroy();
-      }
-    }
+    await relay(up, res, (e) => {
+      if (signal.aborted) return; // the client went away or the proxy is closing
+      ex.upstreamFailed = true;
+      const why = lateError ?? e;
+      if (why instanceof MooncakeError && why.code === 'TIMEOUT') this.metrics.timeouts.decode++;
+      this.o.log('warn', `decode ${inst.url} failed mid-response: ${why instanceof Error ? why.message : String(why)}`, { requestId });
+    });
+    release();
   }
 
   private onRetry(role: Role, inst: Instance, e: MooncakeError, requestId: string): void {
@@ -564,15 +557,10 @@ class ProxyServer implements PdProxy {
     }
     const up = routed.result;
     up.once('close', () => routed.instance.release(0));
-    up.once('error', () => {
+    res.writeHead(up.statusCode ?? 502, clientResponseHeaders(up.headers));
+    await relay(up, res, () => {
       if (!ctrl.signal.aborted) ex.upstreamFailed = true;
     });
-    res.writeHead(up.statusCode ?? 502, clientResponseHeaders(up.headers));
-    try {
-      await pipeline(up, res);
-    } catch {
-      if (ex.upstreamFailed) res.destroy();
-    }
   }
 
   private healthcheck(req: http.IncomingMessage, res: http.ServerResponse): void {
