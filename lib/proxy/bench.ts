@@ -60,6 +60,8 @@ export interface ProxyBenchResult {
   isolated: boolean;
   node: string;
   cpus: number;
+  /** 1-minute load average before and after the measured runs: other work on the machine skews the numbers. */
+  loadavg: { before: number; after: number };
   /** Client → decode stand-in. */
   direct: LatencySummary;
   /** Client → proxy → prefill stand-in, then → decode stand-in. */
@@ -126,6 +128,7 @@ function percentile(sorted: readonly number[], q: number): number {
 }
 
 const r3 = (n: number): number => Math.round(n * 1000) / 1000;
+const r2 = (n: number): number => Math.round(n * 100) / 100;
 
 function summarize(runs: readonly Run[]): LatencySummary {
   const all = runs.flatMap((r) => r.latencies).sort((a, b) => a - b);
@@ -214,6 +217,7 @@ export async function runProxyBench(opts: ProxyBenchOptions = {}): Promise<Proxy
       await load(directUrl, body, connections, warmupSec);
       await load(proxiedUrl, body, connections, warmupSec);
     }
+    const loadBefore = os.loadavg()[0];
     const direct: Run[] = [];
     const proxied: Run[] = [];
     for (let r = 0; r < rounds; r++) {
@@ -234,6 +238,7 @@ export async function runProxyBench(opts: ProxyBenchOptions = {}): Promise<Proxy
       isolated: isolate,
       node: process.version,
       cpus: os.cpus().length,
+      loadavg: { before: r2(loadBefore), after: r2(os.loadavg()[0]) },
       direct: d,
       proxied: p,
       added: { mean: r3(p.mean - d.mean), p50: r3(p.p50 - d.p50), p99: r3(p.p99 - d.p99) },
@@ -256,6 +261,11 @@ export function formatProxyBench(results: readonly ProxyBenchResult[]): string {
       lines.push(`| ${r.connections} | ${mode} | ${name} | ${s.rps} | ${s.p50} | ${s.p90} | ${s.p99} | ${s.mean} | ${s.errors}/${s.non2xx} |`);
     }
     lines.push(`| ${r.connections} | ${mode} | **added by proxy** | | **${r.added.p50}** | | **${r.added.p99}** | **${r.added.mean}** | |`);
+  }
+  const first = results[0];
+  if (first !== undefined) {
+    const loads = results.map((r) => `${r.loadavg.before}→${r.loadavg.after}`).join(', ');
+    lines.push('', `Node ${first.node}, ${first.cpus} CPUs, ${first.isolated ? 'stand-ins and proxy in separate processes' : 'one process'}, ${first.rounds} × ${first.durationSec} s per target; 1-min load average ${loads}.`);
   }
   return lines.join('\n') + '\n';
 }
