@@ -20,6 +20,8 @@ void addU(Napi::Env env, Napi::Object obj, const char* key, unsigned* out) {
 mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   mc::EngineConfig cfg;
   cfg.localServerName = toString(env, o.Get("localServerName"), "localServerName");
+  Napi::Value devLib = o.Get("deviceLibrary");
+  if (devLib.IsString()) cfg.deviceLibrary = devLib.As<Napi::String>().Utf8Value();
   mc::tcp::Options& t = cfg.tcp;
   addU(env, o, "ioThreads", &t.ioThreads);
   addU(env, o, "connectionsPerPeer", &t.connectionsPerPeer);
@@ -108,6 +110,8 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("registerBuffer", &EngineWrap::RegisterBuffer),
                          InstanceMethod("registerAddress", &EngineWrap::RegisterAddress),
                          InstanceMethod("allocateManaged", &EngineWrap::AllocateManaged),
+                         InstanceMethod("allocateDevice", &EngineWrap::AllocateDevice),
+                         InstanceMethod("copyDevice", &EngineWrap::CopyDevice),
                          InstanceMethod("unregister", &EngineWrap::Unregister),
                          InstanceMethod("openSegment", &EngineWrap::OpenSegment),
                          InstanceMethod("closeSegment", &EngineWrap::CloseSegment),
@@ -132,6 +136,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
   if (!info[0].IsObject()) throwStatus(env, invalid("engine config must be an object"));
   if (!info[1].IsFunction()) throwStatus(env, invalid("onCompletions must be a function"));
   mc::EngineConfig cfg = parseConfig(env, info[0].As<Napi::Object>());
+  config_ = cfg;
   onCompletions_ = Napi::Persistent(info[1].As<Napi::Function>());
 
   hub_ = new CompletionHub();
@@ -284,6 +289,101 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   out.Set("address", Napi::BigInt::New(env, addr));
   out.Set("shmPath", Napi::String::New(env, mem->shmPath()));
   return out;
+}
+
+// allocateDevice(location "npu:N", size) -> { address: bigint, length, device }. The memory is freed
+// when the region is unregistered (and no transfer uses it).
+Napi::Value EngineWrap::AllocateDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  std::string location = toString(env, info[0], "location");
+  uint64_t size = toLength(env, info[1], "size");
+  if (size == 0) throwStatus(env, invalid("size must be positive"));
+  mc::RegisterOptions o;
+  o.location = location;
+  mc::Status st = mc::resolveDevice(config_, location, &o);
+  if (!st.ok()) throwStatus(env, st);
+  if (o.runtime == nullptr) throwStatus(env, invalid("location must name a device, e.g. npu:0"));
+  void* ptr = nullptr;
+  st = o.runtime->allocate(o.device, size, &ptr);
+  if (!st.ok()) throwStatus(env, st);
+  mc::DeviceRuntime* rt = o.runtime;
+  int device = o.device;
+  o.owner = std::shared_ptr<void>(ptr, [rt, device](void* p) { rt->release(device, p); });
+  uint64_t addr = reinterpret_cast<uint64_t>(ptr);
+  st = e.registerMemory(addr, size, o);
+  if (!st.ok()) throwStatus(env, st);  // the owner frees the allocation
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("address", Napi::BigInt::New(env, addr));
+  out.Set("length", Napi::Number::New(env, static_cast<double>(size)));
+  out.Set("device", Napi::Number::New(env, device));
+  return out;
+}
+
+namespace {
+
+// Copies between a JS view and registered device memory on a libuv pool thread (a bounded blocking
+// call). The view stays referenced and the region stays registered until the copy is done.
+class DeviceCopyWorker : public Napi::AsyncWorker {
+ public:
+  DeviceCopyWorker(Napi::Env env, mc::RegionRef ref, bool toDevice, uint8_t* devicePtr, uint8_t* host, uint64_t n, Napi::Value view)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), ref_(std::move(ref)), toDevice_(toDevice),
+        dev_(devicePtr), host_(host), n_(n), view_(Napi::Persistent(view)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const mc::Region* r = ref_.get();
+    status_ = toDevice_ ? r->runtime->copyToDevice(r->device, dev_, host_, n_) : r->runtime->copyToHost(r->device, host_, dev_, n_);
+    if (!status_.ok()) SetError(status_.message);
+  }
+  void OnOK() override {
+    ref_.release();
+    deferred_.Resolve(Env().Undefined());
+  }
+  void OnError(const Napi::Error&) override {
+    ref_.release();
+    deferred_.Reject(makeError(Env(), status_).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  mc::RegionRef ref_;
+  bool toDevice_;
+  uint8_t* dev_;
+  uint8_t* host_;
+  uint64_t n_;
+  Napi::Reference<Napi::Value> view_;
+  mc::Status status_;
+};
+
+}  // namespace
+
+// copyDevice(toDevice: boolean, deviceAddress: bigint, view: ArrayBufferView) -> Promise<void>
+Napi::Value EngineWrap::CopyDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  bool toDevice = info[0].ToBoolean().Value();
+  uint64_t addr = toU64(env, info[1], "deviceAddress");
+  if (!info[2].IsTypedArray() && !info[2].IsDataView()) throwStatus(env, invalid("host memory must be a Buffer, TypedArray or DataView"));
+  uint8_t* host = nullptr;
+  size_t n = 0;
+  Napi::ArrayBuffer ab;
+  if (info[2].IsTypedArray()) {
+    Napi::TypedArray ta = info[2].As<Napi::TypedArray>();
+    ab = ta.ArrayBuffer();
+    if (!ab.IsDetached()) { host = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset(); n = ta.ByteLength(); }
+  } else {
+    Napi::DataView dv = info[2].As<Napi::DataView>();
+    ab = dv.ArrayBuffer();
+    if (!ab.IsDetached()) { host = static_cast<uint8_t*>(ab.Data()) + dv.ByteOffset(); n = dv.ByteLength(); }
+  }
+  if (ab.IsDetached() || n == 0) throwStatus(env, invalid("host memory is empty or detached"));
+  mc::RegionRef ref = e.acquireLocal(addr, n);
+  if (!ref) throwStatus(env, mc::Status(mc::Code::ADDRESS_NOT_REGISTERED, "the device range is not inside one registered region"));
+  if (ref.get()->device < 0 || ref.get()->runtime == nullptr) throwStatus(env, invalid("the region is host memory, not device memory"));
+  auto* w = new DeviceCopyWorker(env, std::move(ref), toDevice, reinterpret_cast<uint8_t*>(addr), host, n, info[2]);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
 }
 
 Napi::Value EngineWrap::Unregister(const Napi::CallbackInfo& info) {

@@ -66,6 +66,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value RegisterBuffer(const Napi::CallbackInfo& info);
   Napi::Value RegisterAddress(const Napi::CallbackInfo& info);
   Napi::Value AllocateManaged(const Napi::CallbackInfo& info);
+  Napi::Value AllocateDevice(const Napi::CallbackInfo& info);
+  Napi::Value CopyDevice(const Napi::CallbackInfo& info);
   Napi::Value Unregister(const Napi::CallbackInfo& info);
   Napi::Value OpenSegment(const Napi::CallbackInfo& info);
   Napi::Value CloseSegment(const Napi::CallbackInfo& info);
@@ -83,6 +85,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   napi_env env_;
+  mc::EngineConfig config_;
   std::unique_ptr<mc::Engine> engine_;
   CompletionHub* hub_ = nullptr;
   Napi::FunctionReference onCompletions_;

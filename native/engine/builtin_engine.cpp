@@ -46,9 +46,12 @@ class BuiltinEngine final : public Engine, public CompletionSink {
   bool closed() const override { return closed_.load(); }
   std::string backendName() const override { return "builtin"; }
 
-  Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& o) override {
+  Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& in) override {
     if (closed_) return Status(Code::CLOSED, "engine closed");
-    Code c = registry_.add(addr, length, o.location, o.owner, o.shmPath, o.shmOffset, o.remoteAccessible);
+    RegisterOptions o = in;
+    Status dst = resolveDevice(cfg_, o.location, &o);
+    if (!dst.ok()) return dst;
+    Code c = registry_.add(addr, length, o.location, o.owner, o.shmPath, o.shmOffset, o.remoteAccessible, o.device, o.runtime);
     if (c == Code::ADDRESS_OVERLAPPED) return Status(c, "range overlaps a registered region");
     if (c != Code::OK) return Status(c, "invalid range");
     return Status();
@@ -61,6 +64,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     if (c == Code::REGION_BUSY) return Status(c, "region is in use by a transfer in flight");
     return Status(c);
   }
+
+  RegionRef acquireLocal(uint64_t addr, uint64_t length) override { return registry_.acquire(addr, length); }
 
   Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string& ip,
                      int32_t* id) override {
@@ -83,7 +88,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     seg->info.protocol = desc.protocol;
     seg->info.ip = ip;
     seg->info.dataPort = desc.tcpDataPort;
-    seg->info.protoVersion = desc.tcpProtoVersion;
+    seg->info.protoVersion = seg->v2 ? 2 : 1;  // the framing we use with it, not only what it advertises
     seg->info.buffers = std::move(desc.buffers);
     std::lock_guard<std::mutex> g(mu_);
     auto it = byName_.find(name);
@@ -295,7 +300,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
       const TransferRequest& r = reqs[i];
       Segment& seg = *prep[i].seg;
       tcp_.dispatch(*seg.peer, batch, static_cast<uint32_t>(first + i), r.opcode == 1,
-                    reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(r.local)), r.remote, r.length, seg.v2);
+                    reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(r.local)), r.remote, r.length, seg.v2,
+                    batch->task(first + i).localRef.get());
     }
   }
 
@@ -316,6 +322,25 @@ class BuiltinEngine final : public Engine, public CompletionSink {
 };
 
 }  // namespace
+
+Status resolveDevice(const EngineConfig& cfg, const std::string& location, RegisterOptions* o) {
+  if (o->runtime != nullptr) return Status();
+  std::string kind;
+  int device = -1;
+  if (!parseDeviceLocation(location, &kind, &device)) return Status();
+  DeviceRuntime* rt = nullptr;
+  Status st = ascendRuntime(cfg.deviceLibrary, &rt);
+  if (!st.ok()) return st;
+  int count = 0;
+  st = rt->deviceCount(&count);
+  if (!st.ok()) return st;
+  if (device >= count) {
+    return Status(Code::DEVICE_NOT_FOUND, location + " does not exist (" + std::to_string(count) + " NPUs visible)");
+  }
+  o->device = device;
+  o->runtime = rt;
+  return Status();
+}
 
 std::unique_ptr<Engine> createBuiltinEngine(const EngineConfig& cfg, CompletionSink* sink) {
   return std::make_unique<BuiltinEngine>(cfg, sink);

@@ -10,6 +10,7 @@
 
 #include "batch.h"
 #include "descriptor.h"
+#include "device/device_runtime.h"
 #include "status.h"
 #include "tcp/tcp_transport.h"
 
@@ -39,10 +40,14 @@ struct RegisterOptions {
   bool remoteAccessible = true;
   std::string shmPath;  // shareable memory: path a same-host peer may map
   uint64_t shmOffset = 0;
+  // Device memory (location "npu:N"): filled in from the location when not given.
+  int device = -1;
+  DeviceRuntime* runtime = nullptr;
 };
 
 struct EngineConfig {
   std::string localServerName;
+  std::string deviceLibrary;  // Ascend runtime override (else $MOONCAKE_ASCENDCL_LIBRARY, standard paths)
   std::string advertiseHost;  // published as tcp_data_host when set
   tcp::Options tcp;
 };
@@ -60,6 +65,8 @@ class Engine {
 
   virtual Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& options) = 0;
   virtual Status unregisterMemory(uint64_t addr) = 0;
+  // The registered region containing [addr, addr+length), held in flight (empty when none).
+  virtual RegionRef acquireLocal(uint64_t addr, uint64_t length) = 0;
 
   // Installs (or refreshes) a peer segment from its descriptor JSON and the peer's numeric ip.
   virtual Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string& ip,
@@ -86,5 +93,8 @@ class Engine {
 };
 
 std::unique_ptr<Engine> createBuiltinEngine(const EngineConfig& cfg, CompletionSink* sink);
+
+// Resolves the device of a registration: "npu:N" locations load the device runtime and check N.
+Status resolveDevice(const EngineConfig& cfg, const std::string& location, RegisterOptions* o);
 
 }  // namespace mc

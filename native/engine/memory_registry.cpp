@@ -6,7 +6,8 @@
 namespace mc {
 
 Code MemoryRegistry::add(uint64_t addr, uint64_t length, const std::string& location, std::shared_ptr<void> owner,
-                         const std::string& shmPath, uint64_t shmOffset, bool remoteAccessible) {
+                         const std::string& shmPath, uint64_t shmOffset, bool remoteAccessible, int device,
+                         DeviceRuntime* runtime) {
   if (addr == 0 || length == 0 || addr + length < addr) return Code::INVALID_ARGUMENT;
   std::unique_lock lock(mu_);
   auto next = byAddr_.lower_bound(addr);
@@ -23,6 +24,8 @@ Code MemoryRegistry::add(uint64_t addr, uint64_t length, const std::string& loca
   r->shmPath = shmPath;
   r->shmOffset = shmOffset;
   r->remoteAccessible = remoteAccessible;
+  r->device = device;
+  r->runtime = runtime;
   byAddr_.emplace(addr, std::move(r));
   order_.push_back(addr);
   return Code::OK;

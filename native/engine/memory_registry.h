@@ -14,6 +14,8 @@
 
 namespace mc {
 
+class DeviceRuntime;
+
 struct Region {
   uint64_t addr = 0;
   uint64_t length = 0;
@@ -22,6 +24,8 @@ struct Region {
   std::shared_ptr<void> owner;  // keeps engine-allocated memory alive while registered
   std::string shmPath;          // non-empty for shareable (same-host fast path) memory
   uint64_t shmOffset = 0;
+  int device = -1;                    // >= 0: device memory, reachable only through `runtime`
+  DeviceRuntime* runtime = nullptr;
   mutable std::atomic<int64_t> inflight{0};
 };
 
@@ -61,7 +65,8 @@ class MemoryRegistry {
   // INVALID_ARGUMENT for length 0, a null address or a wrapping range; ADDRESS_OVERLAPPED if it
   // intersects any registered region.
   Code add(uint64_t addr, uint64_t length, const std::string& location, std::shared_ptr<void> owner = nullptr,
-           const std::string& shmPath = "", uint64_t shmOffset = 0, bool remoteAccessible = true);
+           const std::string& shmPath = "", uint64_t shmOffset = 0, bool remoteAccessible = true, int device = -1,
+           DeviceRuntime* runtime = nullptr);
   // ADDRESS_NOT_REGISTERED unless addr is the base of a region; REGION_BUSY while it is in use.
   Code remove(uint64_t addr);
   // The region that contains all of [addr, addr+length), with its in-flight count raised; an empty ref

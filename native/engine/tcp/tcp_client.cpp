@@ -77,7 +77,15 @@ void ClientConn::process() {
     for (Op* op : in) finish(op, Code::CLOSED);
     return;
   }
-  for (Op* op : in) sendq_.push_back(op);
+  for (Op* op : in) {
+    if (op->devPtr && op->write && !op->staged) {
+      // Device memory is not addressable from the host: stage it on this (loop) thread.
+      Status st = op->runtime->copyToHost(op->device, op->local, op->devPtr, op->length);
+      if (!st.ok()) { finish(op, Code::CONTEXT); continue; }
+      op->staged = true;
+    }
+    sendq_.push_back(op);
+  }
   if (!hasWork()) return;
   if (fd_ < 0) { startConnect(); return; }
   if (!connecting_) flush();
@@ -290,6 +298,9 @@ bool ClientConn::consume(const uint8_t* p, size_t n) {
 
 void ClientConn::finish(Op* op, Code code) {
   queuedBytes_.fetch_sub(op->length, std::memory_order_relaxed);
+  if (code == Code::OK && op->devPtr && !op->write) {
+    if (!op->runtime->copyToDevice(op->device, op->devPtr, op->local, op->length).ok()) code = Code::CONTEXT;
+  }
   op->batch->sliceDone(op->task, code == Code::OK ? op->length : 0, code);
   delete op;
 }

@@ -95,10 +95,13 @@ class ServerConn : public EventHandler {
     uint64_t len;
     uint64_t off;
     RegionRef ref;  // keeps a READ's region registered until its bytes are sent
+    std::unique_ptr<uint8_t[]> owned;  // staging copy of device memory
   };
   void onReadable();
   bool consume(const uint8_t* p, size_t n);  // false when the connection must close
   bool handleHeader();
+  bool reject(bool v2);  // queues a v2 rejection (and closes after it); false for v1 (close now)
+  bool finishBody();      // false when the connection must close
   bool flush();  // false when the connection must close
   void updateInterest();
 
@@ -113,6 +116,9 @@ class ServerConn : public EventHandler {
   uint8_t* dest_ = nullptr;
   uint64_t remaining_ = 0;
   RegionRef bodyRef_;
+  std::unique_ptr<uint8_t[]> bodyStaging_;  // device WRITE: bytes land here, then go to the device
+  uint8_t* bodyDevDest_ = nullptr;
+  uint64_t bodyLen_ = 0;
   std::deque<Out> out_;
   uint64_t outBytes_ = 0;
   bool readPaused_ = false;

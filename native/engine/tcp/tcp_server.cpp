@@ -66,7 +66,7 @@ void ServerConn::onReadable() {
         t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
         dest_ += r;
         remaining_ -= static_cast<uint64_t>(r);
-        if (remaining_ == 0) consume(nullptr, 0);  // ends the body
+        if (remaining_ == 0 && !consume(nullptr, 0)) { close(); return; }  // ends the body
         continue;
       }
     } else {
@@ -98,10 +98,7 @@ bool ServerConn::consume(const uint8_t* p, size_t n) {
         n -= k;
       }
       if (remaining_ > 0) return true;
-      inBody_ = false;
-      bodyRef_.release();
-      t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
-      if (bodyV2_) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef()});  // applied: acknowledge
+      if (!finishBody()) return false;
     }
     if (n == 0) return true;
     if (closeAfterFlush_) return true;  // after a rejection the rest of the stream is discarded
@@ -116,26 +113,61 @@ bool ServerConn::consume(const uint8_t* p, size_t n) {
   }
 }
 
+bool ServerConn::reject(bool v2) {
+  t_.requestsRejected.fetch_add(1, std::memory_order_relaxed);
+  if (!v2) return false;  // v1 has no status frame: closing is the only signal
+  out_.push_back({kRejectedFrame, kStatusSize, 0, RegionRef(), nullptr});
+  closeAfterFlush_ = true;
+  return true;
+}
+
+bool ServerConn::finishBody() {
+  inBody_ = false;
+  if (bodyDevDest_ != nullptr) {
+    const Region* r = bodyRef_.get();
+    Status st = r->runtime->copyToDevice(r->device, bodyDevDest_, bodyStaging_.get(), bodyLen_);
+    bodyStaging_.reset();
+    bodyDevDest_ = nullptr;
+    bodyRef_.release();
+    if (!st.ok()) return reject(bodyV2_);  // not applied: the client must not see success
+  }
+  bodyRef_.release();
+  t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
+  if (bodyV2_) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef(), nullptr});  // applied: acknowledge
+  return true;
+}
+
 bool ServerConn::handleHeader() {
   Header h = decodeHeader(hdr_);
   RegionRef ref = t_.registry().acquire(h.addr, h.size, /*remote=*/true);
-  if (!ref) {
-    t_.requestsRejected.fetch_add(1, std::memory_order_relaxed);
-    if (!h.v2()) return false;  // v1 has no status frame: closing is the only signal
-    out_.push_back({kRejectedFrame, kStatusSize, 0, RegionRef()});
-    closeAfterFlush_ = true;
-    return true;
-  }
+  if (!ref) return reject(h.v2());
+  const Region* region = ref.get();
+  uint8_t* target = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(h.addr));
+  const bool onDevice = region->device >= 0 && region->runtime != nullptr;
   if (h.isWrite()) {
     inBody_ = true;
     bodyV2_ = h.v2();
-    dest_ = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(h.addr));
     remaining_ = h.size;
     bodyRef_ = std::move(ref);
+    if (onDevice) {  // device memory is not addressable from the host: receive into staging
+      bodyStaging_.reset(new uint8_t[h.size]);
+      bodyDevDest_ = target;
+      bodyLen_ = h.size;
+      dest_ = bodyStaging_.get();
+    } else {
+      dest_ = target;
+    }
     return true;
   }
-  if (h.v2()) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef()});
-  out_.push_back({reinterpret_cast<const uint8_t*>(static_cast<uintptr_t>(h.addr)), h.size, 0, std::move(ref)});
+  std::unique_ptr<uint8_t[]> staged;
+  const uint8_t* src = target;
+  if (onDevice) {
+    staged.reset(new uint8_t[h.size]);
+    if (!region->runtime->copyToHost(region->device, staged.get(), target, h.size).ok()) return reject(h.v2());
+    src = staged.get();
+  }
+  if (h.v2()) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef(), nullptr});
+  out_.push_back({src, h.size, 0, std::move(ref), std::move(staged)});
   outBytes_ += h.size;
   t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
   if (outBytes_ > kMaxQueuedOut) readPaused_ = true;

@@ -88,7 +88,8 @@ uint32_t TcpTransport::sliceCount(uint64_t length) const {
 }
 
 void TcpTransport::dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write,
-                            uint8_t* local, uint64_t remote, uint64_t length, bool v2) {
+                            uint8_t* local, uint64_t remote, uint64_t length, bool v2, const Region* localRegion) {
+  const bool onDevice = localRegion != nullptr && localRegion->device >= 0 && localRegion->runtime != nullptr;
   uint32_t slices = sliceCount(length);
   uint64_t sliceLen = slices == 1 ? length : std::max<uint64_t>(opts_.sliceSize, 4096);
   auto& conns = peer.conns();
@@ -107,6 +108,13 @@ void TcpTransport::dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uin
     op->local = local + off;
     op->remote = remote + off;
     op->length = len;
+    if (onDevice) {
+      op->devPtr = local + off;
+      op->device = localRegion->device;
+      op->runtime = localRegion->runtime;
+      op->staging.reset(new uint8_t[len]);
+      op->local = op->staging.get();
+    }
     Header h;
     h.size = len;
     h.addr = remote + off;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "../batch.h"
+#include "../device/device_runtime.h"
 #include "../event_loop.h"
 #include "../memory_registry.h"
 #include "../net.h"
@@ -67,6 +68,12 @@ struct Op {
   uint64_t recvd = 0;  // payload bytes received (READ)
   uint8_t hdr[kHeaderSize];
   uint8_t status[kStatusSize];
+  // Device memory: `local` points at host staging; devPtr is the device address it mirrors.
+  uint8_t* devPtr = nullptr;
+  int device = -1;
+  DeviceRuntime* runtime = nullptr;
+  bool staged = false;
+  std::unique_ptr<uint8_t[]> staging;
 };
 
 class Peer;
@@ -102,8 +109,9 @@ class TcpTransport {
   // Splits one task into slices and queues them on the peer's connections. Thread-safe. The batch task
   // must have been begun with sliceCount(length) slices.
   uint32_t sliceCount(uint64_t length) const;
+  // `localRegion` is the registered region holding `local` (device regions are staged through host).
   void dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write, uint8_t* local,
-                uint64_t remote, uint64_t length, bool v2);
+                uint64_t remote, uint64_t length, bool v2, const Region* localRegion = nullptr);
   // Wakes every loop to look for cancelled or expired batches now rather than at the next tick.
   void kick();
 
