@@ -28,6 +28,8 @@ import { checkBlockIds, checkRequestId } from './producer';
 export interface KvConsumerEvents {
   /** A pull or a push expectation finished (successfully or not). */
   transfer: [outcome: KvTransferOutcome];
+  /** Push mode: a producer rank began writing an expected request (it is now probed until it reports). */
+  pushStarted: [requestId: string, producer: { engineId: string; dpRank: number; tpRank: number }];
   warning: [error: MooncakeError];
 }
 
@@ -309,7 +311,10 @@ export class KvConsumer extends EventEmitter<KvConsumerEvents> {
     }
     if (!x.expected.has(m.from.tp_rank)) return;
     if (m.type === 'push_start') {
-      if (!x.reports.has(m.from.tp_rank)) this.watch(x, m.from);
+      if (!x.reports.has(m.from.tp_rank)) {
+        this.watch(x, m.from);
+        this.emit('pushStarted', x.requestId, { engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank });
+      }
       return;
     }
     if (m.type !== 'push_done') return;
