@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""A real upstream Mooncake engine (mooncake.engine.TransferEngine), driven by JSON lines.
+
+Used by test/interop/transfer-upstream.test.ts through test/interop/peers/te-peer.ts.
+One JSON command per stdin line; one answer per command on stdout, on a line starting with "@@"
+(the engine's own logs may go to stdout or stderr). Answers are {"ok": true, ...} or
+{"ok": false, "error": "..."}. Addresses travel as decimal strings (they do not fit a JS number
+reliably); Python turns them back into ints.
+
+  {"cmd": "init", "mode": "p2p"}                       initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+  {"cmd": "init", "mode": "http", "name": n, "metadata_url": u}
+                                                       initialize(n, u, "tcp", "")
+      -> rpc_port, segment (the name peers open)
+  {"cmd": "alloc", "size": n}                          allocate_managed_buffer -> addr
+  {"cmd": "register", "size": n}                       malloc'd (ctypes) memory + register_memory -> addr
+  {"cmd": "fill", "ranges": [[a, n], ...]}            random bytes -> sha256s of what the ranges hold
+  {"cmd": "sha256", "ranges": [[a, n], ...]}          -> sha256s (hex) of the ranges
+  {"cmd": "write", "addr": a, "hex": h}                write_bytes_to_buffer
+  {"cmd": "read", "addr": a, "length": n}              read_bytes_from_buffer -> hex
+  {"cmd": "first_buffer", "segment": s}                get_first_buffer_address -> addr
+  {"cmd": "probe", "peer": s}                          send_probe (handshake Probe) -> ret
+  {"cmd": "transfer", "target": s, "op": "write"|"read", "local": a, "remote": a, "length": n,
+   "notify": {"name", "msg"} | null}                   transfer_sync -> ret (0 / -1)
+  {"cmd": "batch", "target": s, "op": ..., "locals": [a], "remotes": [a], "lengths": [n],
+   "notify": ... | null}                               batch_transfer_sync -> ret
+  {"cmd": "notifies"}                                  get_notifies -> [{name, msg}]
+  {"cmd": "exit"}
+"""
+
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def reply(obj):
+    sys.stdout.write("@@" + json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def main():
+    from mooncake.engine import TransferEngine, TransferNotify, TransferOpcode
+
+    engine = TransferEngine()
+    keep = []  # ctypes buffers registered with the engine stay alive until exit
+    reply({"ok": True, "ready": True, "pid": os.getpid()})
+
+    def notify_of(cmd):
+        n = cmd.get("notify")
+        return TransferNotify(n["name"], n["msg"]) if n else None
+
+    def opcode(cmd):
+        return TransferOpcode.Write if cmd["op"] == "write" else TransferOpcode.Read
+
+    def sha(addr, length):
+        return hashlib.sha256(bytes(engine.read_bytes_from_buffer(addr, length))).hexdigest()
+
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            cmd = json.loads(line)
+            c = cmd["cmd"]
+            if c == "init":
+                if cmd["mode"] == "p2p":
+                    ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+                    port = engine.get_rpc_port()
+                    reply({"ok": ret == 0, "ret": ret, "rpc_port": port, "segment": "127.0.0.1:%d" % port})
+                else:
+                    ret = engine.initialize(cmd["name"], cmd["metadata_url"], "tcp", "")
+                    reply({"ok": ret == 0, "ret": ret, "rpc_port": engine.get_rpc_port(), "segment": cmd["name"]})
+            elif c == "alloc":
+                addr = engine.allocate_managed_buffer(cmd["size"])
+                reply({"ok": addr != 0, "addr": str(addr)})
+            elif c == "register":
+                buf = ctypes.create_string_buffer(cmd["size"])
+                addr = ctypes.addressof(buf)
+                ret = engine.register_memory(addr, cmd["size"])
+                keep.append(buf)
+                reply({"ok": ret == 0, "ret": ret, "addr": str(addr)})
+            elif c == "fill":
+                rets = [engine.write_bytes_to_buffer(int(a), os.urandom(n), n) for a, n in cmd["ranges"]]
+                reply({"ok": all(r == 0 for r in rets), "rets": rets, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]})
+            elif c == "sha256":
+                reply({"ok": True, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]})
+            elif c == "write":
+                data = bytes.fromhex(cmd["hex"])
+                ret = engine.write_bytes_to_buffer(int(cmd["addr"]), data, len(data))
+                reply({"ok": ret == 0, "ret": ret})
+            elif c == "read":
+                reply({"ok": True, "hex": bytes(engine.read_bytes_from_buffer(int(cmd["addr"]), cmd["length"])).hex()})
+            elif c == "first_buffer":
+                reply({"ok": True, "addr": str(engine.get_first_buffer_address(cmd["segment"]))})
+            elif c == "probe":
+                reply({"ok": True, "ret": engine.send_probe(cmd["peer"])})
+            elif c == "transfer":
+                t0 = time.time()
+                ret = engine.transfer_sync(cmd["target"], int(cmd["local"]), int(cmd["remote"]), cmd["length"],
+                                           opcode(cmd), notify_of(cmd))
+                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
+            elif c == "batch":
+                t0 = time.time()
+                ret = engine.batch_transfer_sync(cmd["target"], [int(a) for a in cmd["locals"]],
+                                                 [int(a) for a in cmd["remotes"]], cmd["lengths"],
+                                                 opcode(cmd), notify_of(cmd))
+                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
+            elif c == "notifies":
+                reply({"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]})
+            elif c == "exit":
+                reply({"ok": True})
+                break
+            else:
+                reply({"ok": False, "error": "unknown command " + c})
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the test
+            reply({"ok": False, "error": "%s: %s" % (type(e).__name__, e), "trace": traceback.format_exc()})
+    # Drop the engine first: its destructor deletes this peer's metadata entries (rpc_meta, ram).
+    # Then skip the interpreter's own teardown, which has nothing left to do.
+    engine = None  # noqa: F841
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
