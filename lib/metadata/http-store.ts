@@ -13,7 +13,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { MooncakeError } from '../errors';
 import { escapeKeyForUrl } from './keys';
-import type { MetadataStore } from './store';
+import type { MetadataStore, SetOptions } from './store';
 
 export interface HttpMetadataStoreOptions {
   /** Whole-request deadline in ms (connect, send, wait, read). Default 3000, as upstream's libcurl. */
@@ -50,6 +50,8 @@ const ROUTE_MISS_BODY = '404: Not Found';
 
 export class HttpMetadataStore implements MetadataStore {
   readonly url: string;
+  /** Entries live as long as the server keeps them (`--ttl-ms`): the writer re-PUTs them to renew. */
+  readonly renewal = 'rewrite' as const;
   private readonly target: URL;
   private readonly transport: typeof http | typeof https;
   private readonly agent: http.Agent;
@@ -91,8 +93,11 @@ export class HttpMetadataStore implements MetadataStore {
     throw this.statusError('GET', key, reply);
   }
 
-  /** Stores `value` under `key`; resolves only when the server answered 200. */
-  async set(key: string, value: string, options: RequestOptions = {}): Promise<void> {
+  /**
+   * Stores `value` under `key`; resolves only when the server answered 200. `ttlMs` is ignored: the
+   * server's TTL (`MetadataServer` `ttlMs`, `--ttl-ms`) decides how long an entry lives without a re-PUT.
+   */
+  async set(key: string, value: string, options: SetOptions = {}): Promise<void> {
     const reply = await this.request('PUT', key, Buffer.from(value, 'utf8'), options.signal);
     if (reply.status === 200) return;
     throw this.statusError('PUT', key, reply);

@@ -4,6 +4,8 @@ export {
   type MetadataBackendKind,
   type MetadataBackendFactory,
   type CreateMetadataStoreOptions,
+  type SetOptions,
+  type MetadataRenewal,
   P2P_HANDSHAKE,
   createMetadataStore,
   parseMetadataConnectionString,
@@ -11,6 +13,14 @@ export {
   registerMetadataBackend,
 } from './store';
 export { HttpMetadataStore, type HttpMetadataStoreOptions, type RequestOptions } from './http-store';
+export { EtcdMetadataStore, type EtcdMetadataStoreOptions } from './etcd-store';
+export {
+  RedisMetadataStore,
+  type RedisMetadataStoreOptions,
+  REDIS_USERNAME_ENV,
+  REDIS_PASSWORD_ENV,
+  REDIS_DB_INDEX_ENV,
+} from './redis-store';
 export {
   MetadataServer,
   type MetadataServerOptions,

@@ -9,17 +9,42 @@
  * - `redis://h:6379`                  → redis;
  * - anything without `://`            → etcd (so `127.0.0.1:8080` means etcd, not HTTP!).
  *
- * etcd and redis are not implemented yet: a backend plugs in through `registerMetadataBackend`.
+ * Every backend stores the same JSON under the same keys with plain GET / SET / DEL, as upstream's
+ * plugins do; the etcd and redis client libraries (`etcd3`, `redis`) are loaded only when such a store
+ * is created. Other backends plug in through `registerMetadataBackend`.
  */
 import { MooncakeError } from '../errors';
+import { EtcdMetadataStore, type EtcdMetadataStoreOptions } from './etcd-store';
 import { HttpMetadataStore, type HttpMetadataStoreOptions } from './http-store';
+import { RedisMetadataStore, type RedisMetadataStoreOptions } from './redis-store';
+
+export interface SetOptions {
+  signal?: AbortSignal;
+  /**
+   * Liveness (opt-in): the entry disappears about `ttlMs` after its writer stops keeping it alive.
+   * etcd attaches it to a lease of this store that the client keeps alive (whole seconds, rounded up);
+   * redis writes `SET … PX ttlMs`; the HTTP client ignores it (the server's `--ttl-ms` decides).
+   * Without it the entry is a plain, upstream-compatible key that never expires.
+   */
+  ttlMs?: number;
+}
+
+/**
+ * How entries written with `ttlMs` stay alive:
+ * - `'client'`: the store renews them itself while it is open (etcd leases); if the lease is lost the
+ *   entries vanish and must be written again (a later `set` with `ttlMs` uses a new lease);
+ * - `'rewrite'`: the writer must `set` them again well within `ttlMs` (redis expiry, HTTP server TTL).
+ */
+export type MetadataRenewal = 'client' | 'rewrite';
 
 export interface MetadataStore {
   /** The connection string this store talks to. */
   readonly url: string;
-  /** The stored value, or undefined when the key is missing (HTTP 404). */
+  /** How entries written with `ttlMs` are kept alive; absent means `'rewrite'`. */
+  readonly renewal?: MetadataRenewal;
+  /** The stored value, or undefined when the key is missing (HTTP 404, etcd/redis: no such key). */
   get(key: string, options?: { signal?: AbortSignal }): Promise<string | undefined>;
-  set(key: string, value: string): Promise<void>;
+  set(key: string, value: string, options?: SetOptions): Promise<void>;
   /** false when the key was missing. */
   remove(key: string): Promise<boolean>;
   close(): Promise<void>;
@@ -37,8 +62,17 @@ export type MetadataConnection =
 export type MetadataBackendKind = Exclude<MetadataConnection['kind'], 'p2p'>;
 
 export interface CreateMetadataStoreOptions {
+  /**
+   * Deadline of each metadata operation in ms, whatever the backend (a backend's own options win).
+   * Defaults: HTTP 3000 (upstream's libcurl), etcd 5000 (upstream's etcd wrapper), redis 3000.
+   */
+  timeoutMs?: number;
   /** Options for the HTTP backend (timeouts, limits). */
   http?: HttpMetadataStoreOptions;
+  /** Options for the etcd backend (timeouts). */
+  etcd?: EtcdMetadataStoreOptions;
+  /** Options for the redis backend (timeouts, credentials; default from MC_REDIS_*). */
+  redis?: RedisMetadataStoreOptions;
 }
 
 /** Builds a store for a parsed connection; registered per backend kind. */
@@ -47,19 +81,18 @@ export type MetadataBackendFactory<K extends MetadataBackendKind = MetadataBacke
   options: CreateMetadataStoreOptions,
 ) => MetadataStore;
 
-/** Where a planned backend will come from, for the NOT_IMPLEMENTED message. */
-const PLANNED: Record<'etcd' | 'redis', string> = {
-  etcd: 'an etcd v3 backend (planned)',
-  redis: 'a redis backend (planned)',
-};
-
 const factories = new Map<MetadataBackendKind, MetadataBackendFactory>();
-factories.set('http', ((c: Extract<MetadataConnection, { kind: 'http' }>, o: CreateMetadataStoreOptions) =>
-  new HttpMetadataStore(c.url, o.http)) as MetadataBackendFactory);
+const builtIn: { [K in MetadataBackendKind]: MetadataBackendFactory<K> } = {
+  http: (c, o) => new HttpMetadataStore(c.url, { timeoutMs: o.timeoutMs, ...o.http }),
+  // The stores load their client library (etcd3, redis) in their constructor, not at import.
+  etcd: (c, o) => new EtcdMetadataStore(c.endpoints, { timeoutMs: o.timeoutMs, connectionString: c.connectionString, ...o.etcd }),
+  redis: (c, o) => new RedisMetadataStore(c.address, { timeoutMs: o.timeoutMs, ...o.redis }),
+};
+for (const kind of Object.keys(builtIn) as MetadataBackendKind[]) factories.set(kind, builtIn[kind] as MetadataBackendFactory);
 
 /**
- * Installs (or replaces) the factory for a backend kind. This is the seam for the etcd and redis
- * backends: their module calls `registerMetadataBackend('etcd', (c) => new EtcdMetadataStore(c.endpoints))`.
+ * Installs (or replaces) the factory for a backend kind, e.g. to wrap the built-in etcd store or to
+ * substitute a test double: `registerMetadataBackend('etcd', (c, o) => new MyStore(c.endpoints))`.
  * Returns a function that restores the previous factory.
  */
 export function registerMetadataBackend<K extends MetadataBackendKind>(kind: K, factory: MetadataBackendFactory<K>): () => void {
@@ -118,8 +151,8 @@ export function parseMetadataConnectionString(connectionString: string): Metadat
 
 /**
  * Creates the store for a connection string. `P2PHANDSHAKE` throws an INVALID_CONFIG error with
- * `details.p2p === true` (P2P mode has no store; check `isP2PHandshake` first). etcd and redis throw
- * NOT_IMPLEMENTED until a backend is registered.
+ * `details.p2p === true` (P2P mode has no store; check `isP2PHandshake` first). Creating a store does
+ * not connect: the first operation does, and fails with a METADATA error when the backend is down.
  */
 export function createMetadataStore(connectionString: string, options: CreateMetadataStoreOptions = {}): MetadataStore {
   const connection = parseMetadataConnectionString(connectionString);
@@ -132,17 +165,9 @@ export function createMetadataStore(connectionString: string, options: CreateMet
   }
   const factory = factories.get(connection.kind);
   if (!factory) {
-    const planned = PLANNED[connection.kind as 'etcd' | 'redis'];
-    const why =
-      connection.kind === 'etcd' && !connectionString.includes('://')
-        ? ` ('${connectionString}' has no scheme, which upstream treats as etcd; did you mean http://${connectionString}/metadata?)`
-        : '';
-    throw new MooncakeError(
-      'NOT_IMPLEMENTED',
-      `the ${connection.kind} metadata backend is not implemented yet (${planned})${why}; use an HTTP metadata server, e.g. ` +
-        '`mooncake-node metadata-server --port 8080` with http://host:8080/metadata, or P2PHANDSHAKE',
-      { details: { connectionString, backend: connection.kind } },
-    );
+    throw new MooncakeError('NOT_IMPLEMENTED', `no ${connection.kind} metadata backend is registered`, {
+      details: { connectionString, backend: connection.kind },
+    });
   }
   return factory(connection, options);
 }

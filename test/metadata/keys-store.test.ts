@@ -1,3 +1,8 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, describe, expect, test } from 'vitest';
 import { escapeKeyForUrl, metadataKeyPrefix, rpcMetaKey, segmentKey } from '../../lib/metadata/keys';
 import {
@@ -8,6 +13,8 @@ import {
   registerMetadataBackend,
 } from '../../lib/metadata/store';
 import { HttpMetadataStore } from '../../lib/metadata/http-store';
+import { EtcdMetadataStore } from '../../lib/metadata/etcd-store';
+import { RedisMetadataStore } from '../../lib/metadata/redis-store';
 import { MooncakeError } from '../../lib/errors';
 
 describe('keys', () => {
@@ -100,15 +107,23 @@ describe('connection strings', () => {
     }
   });
 
-  test('etcd://, redis:// and scheme-less strings (= etcd) are NOT_IMPLEMENTED, naming the backend', () => {
+  test('etcd://, redis:// and scheme-less strings (= etcd) create etcd / redis stores without connecting', async () => {
     expect(parseMetadataConnectionString('etcd://a:2379,b:2379')).toMatchObject({ kind: 'etcd', endpoints: ['a:2379', 'b:2379'] });
+    expect(parseMetadataConnectionString('etcd://a:2379; b:2379')).toMatchObject({ kind: 'etcd', endpoints: ['a:2379', 'b:2379'] });
     expect(parseMetadataConnectionString('redis://h:6379')).toMatchObject({ kind: 'redis', address: 'h:6379' });
     expect(parseMetadataConnectionString('127.0.0.1:8080')).toMatchObject({ kind: 'etcd', endpoints: ['127.0.0.1:8080'] });
-    expect(codeOf(() => createMetadataStore('etcd://a:2379'))).toBe('NOT_IMPLEMENTED');
-    expect(codeOf(() => createMetadataStore('redis://h:6379'))).toBe('NOT_IMPLEMENTED');
-    expect(() => createMetadataStore('etcd://a:2379')).toThrow(/etcd metadata backend is not implemented/);
-    expect(() => createMetadataStore('redis://h:6379')).toThrow(/redis metadata backend is not implemented/);
-    expect(() => createMetadataStore('127.0.0.1:8080')).toThrow(/treats as etcd; did you mean http:\/\/127\.0\.0\.1:8080\/metadata/);
+    const e = createMetadataStore('etcd://a.invalid:2379,b.invalid:2379');
+    expect(e).toBeInstanceOf(EtcdMetadataStore);
+    expect(e.url).toBe('etcd://a.invalid:2379,b.invalid:2379');
+    expect((e as EtcdMetadataStore).endpoints).toEqual(['a.invalid:2379', 'b.invalid:2379']);
+    const bare = createMetadataStore('127.0.0.1:8080');
+    expect(bare).toBeInstanceOf(EtcdMetadataStore);
+    expect(bare.url).toBe('127.0.0.1:8080');
+    const r = createMetadataStore('redis://h.invalid:6380');
+    expect(r).toBeInstanceOf(RedisMetadataStore);
+    expect(r.url).toBe('redis://h.invalid:6380');
+    expect((r as RedisMetadataStore).port).toBe(6380);
+    await Promise.all([e.close(), bare.close(), r.close()]);
   });
 
   test('unknown or mis-cased schemes and empty strings are INVALID_CONFIG with a hint', () => {
@@ -138,6 +153,41 @@ describe('connection strings', () => {
     } finally {
       restore();
     }
-    expect(codeOf(() => createMetadataStore('etcd://x:2379'))).toBe('NOT_IMPLEMENTED');
+    const builtIn = createMetadataStore('etcd://x:2379');
+    expect(builtIn).toBeInstanceOf(EtcdMetadataStore); // restored
+    await builtIn.close();
   });
+});
+
+describe('client libraries load lazily', () => {
+  test('the package and HTTP stores never load etcd3 or redis; creating such a store loads its client only', async () => {
+    const outDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mooncake-lazy-'));
+    try {
+      const root = path.resolve(__dirname, '../..');
+      await promisify(execFile)(
+        process.execPath,
+        [path.join(root, 'node_modules/typescript/bin/tsc'), '--outDir', outDir, '--rootDir', path.join(root, 'lib'), '--module', 'commonjs', '--target', 'ES2022', '--strict', '--esModuleInterop', '--skipLibCheck', '--types', 'node', path.join(root, 'lib/metadata/index.ts')],
+        { cwd: root, timeout: 120_000 },
+      );
+      const script = `
+        const m = require(${JSON.stringify(path.join(outDir, 'metadata/index.js'))});
+        const loaded = (name) => Object.keys(require.cache).some((k) => k.includes('/node_modules/' + name + '/'));
+        const out = {};
+        m.createMetadataStore('http://127.0.0.1:1/metadata').close();
+        out.http = { etcd3: loaded('etcd3'), redis: loaded('@redis/client') };
+        m.createMetadataStore('redis://127.0.0.1:1').close();
+        out.redis = { etcd3: loaded('etcd3'), redis: loaded('@redis/client') };
+        m.createMetadataStore('etcd://127.0.0.1:1').close();
+        out.etcd = { etcd3: loaded('etcd3'), redis: loaded('@redis/client') };
+        console.log(JSON.stringify(out));`;
+      const { stdout } = await promisify(execFile)(process.execPath, ['-e', script], { env: { ...process.env, NODE_PATH: path.join(root, 'node_modules') }, timeout: 30_000 });
+      expect(JSON.parse(stdout)).toEqual({
+        http: { etcd3: false, redis: false },
+        redis: { etcd3: false, redis: true },
+        etcd: { etcd3: true, redis: true },
+      });
+    } finally {
+      fs.rmSync(outDir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
