@@ -136,7 +136,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const o: TransferEngineOptions = { ...envDefaults(), ...options };
     const binding = loadNative();
     const p2p = isP2PHandshake(o.metadataServer);
-    const store = p2p ? undefined : createMetadataStore(o.metadataServer, { http: { timeoutMs: o.metadataTimeoutMs } });
+    const store = p2p ? undefined : createMetadataStore(o.metadataServer, { timeoutMs: o.metadataTimeoutMs });
     const range = portRange();
     const advertise = o.advertiseAddress ?? defaultAdvertiseAddress(o.bindAddress);
     const notifications = new NotificationQueue();
@@ -184,6 +184,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           rpcMeta,
           describe: () => owner.describe(),
           refreshMs: o.metadataRefreshMs ?? 5000,
+          ttlMs: o.metadataTtlMs,
           isStale: (existing) => staleRpcMeta(existing),
           onError: (err) => owner.emit('metadataError', err),
         });

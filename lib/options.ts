@@ -5,7 +5,8 @@ import { MooncakeError } from './errors';
 export interface TransferEngineOptions {
   /**
    * Where peers find each other, with upstream's connection-string rules: `http://host:port/metadata`
-   * (HTTP metadata server), or `P2PHANDSHAKE` (no store: segment names are `ip:rpcPort`).
+   * (HTTP metadata server), `etcd://host:2379[,host2:2379…]` (also any string without `://`),
+   * `redis://host:6379`, or `P2PHANDSHAKE` (no store: segment names are `ip:rpcPort`).
    */
   metadataServer: string;
   /** This engine's segment name. Default `<advertised ip>:<rpc port>`. Must be unique per metadata store. */
@@ -45,8 +46,16 @@ export interface TransferEngineOptions {
   maxServerConnections?: number;
   /** How often the engine checks its metadata entries and republishes them if lost. Default 5000 ms; 0 disables. */
   metadataRefreshMs?: number;
-  /** Timeout of each metadata request. Default 3000 ms, as upstream. */
+  /** Timeout of each metadata request. Default 3000 ms (HTTP, redis) or 5000 ms (etcd), as upstream. */
   metadataTimeoutMs?: number;
+  /**
+   * Liveness (opt-in): this engine's entries disappear about this many ms after it stops renewing
+   * them (e.g. it was killed), so peers stop using them. etcd: a lease the client keeps alive (whole
+   * seconds); redis: `SET … PX`, rewritten every third of the TTL; HTTP: rewritten likewise, and the
+   * server must expire entries itself (`mooncake-node metadata-server --ttl-ms`). Default: plain keys
+   * that never expire, as upstream.
+   */
+  metadataTtlMs?: number;
 }
 
 function envInt(name: string): number | undefined {
@@ -111,6 +120,7 @@ export function validateOptions(o: TransferEngineOptions): void {
   checkPositiveInt('maxServerConnections', o.maxServerConnections, { max: 1 << 20 });
   checkPositiveInt('metadataRefreshMs', o.metadataRefreshMs, { min: 0 });
   checkPositiveInt('metadataTimeoutMs', o.metadataTimeoutMs);
+  checkPositiveInt('metadataTtlMs', o.metadataTtlMs, { min: 100, max: 2 ** 31 - 1 });
   if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
     throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
   }
