@@ -23,13 +23,19 @@ export class MemoryRegion {
     readonly address: bigint,
     readonly length: number,
     readonly location: MemoryLocation,
-    /** The JS view over the memory, when it is host memory JS can see. */
+    /** The JS view over the memory, when it is host memory JS can see (undefined for device memory). */
     readonly buffer: Buffer | undefined,
     /** @internal */ private readonly source: ArrayBuffer | ArrayBufferView | undefined,
     /** @internal */ private readonly release: (region: MemoryRegion) => Promise<void>,
   ) {}
 
   private released = false;
+
+  /** The device index for `npu:N` memory, else undefined. */
+  get device(): number | undefined {
+    const m = /^npu:(\d+)$/.exec(this.location);
+    return m ? Number(m[1]) : undefined;
+  }
 
   /** True once unregistered. */
   get unregistered(): boolean {

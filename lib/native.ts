@@ -8,6 +8,7 @@ import { MooncakeError } from './errors';
 
 export interface NativeEngineConfig {
   localServerName: string;
+  deviceLibrary?: string;
   ioThreads?: number;
   connectionsPerPeer?: number;
   sliceSize?: number;
@@ -47,6 +48,8 @@ export interface NativeEngine {
   registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): bigint;
   registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean): void;
   allocateManaged(size: number, shareable: boolean, location: string): { buffer: ArrayBuffer; address: bigint; shmPath: string };
+  allocateDevice(location: string, size: number): { address: bigint; length: number; device: number };
+  copyDevice(toDevice: boolean, deviceAddress: bigint, host: ArrayBufferView): Promise<void>;
   unregister(address: bigint): void;
   openSegment(name: string, descriptorJson: string, ip: string): number;
   closeSegment(handle: number): void;

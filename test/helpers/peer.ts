@@ -8,6 +8,7 @@ export interface PeerConfig {
   localServerName?: string;
   memory: number;
   managed?: boolean;
+  device?: string;
   pattern?: number;
   options?: Record<string, unknown>;
 }
