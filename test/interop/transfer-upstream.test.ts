@@ -271,6 +271,50 @@ describe.skipIf(skipReason !== undefined).each(WORLDS)('upstream interop, $label
     expect(theirs).toEqual(plan.map((p) => sha(nodeBytes(p))));
   });
 
+  it('both directions at once: upstream batch-writes Node while Node writes and reads upstream concurrently', async () => {
+    const target = w.node.localServerName;
+    // Upstream → Node: 64 × 128 KiB into nodeManaged. Node → upstream: 8 concurrent 1 MiB writes into
+    // pyReg and 8 reads from pyMain's second half. Disjoint ranges, all checked afterwards.
+    const up = Array.from({ length: 64 }, (_, i) => ({ local: w.pyMain + BigInt(i * 131_072), remote: w.nodeManaged.address + BigInt(i * 131_072), length: 131_072 }));
+    const upSha = await w.py.fillMany(up.map((q) => [q.local, q.length]));
+    const readBase = w.pyMain + BigInt(PY_MAIN / 2);
+    const readSha = await w.py.fillMany(Array.from({ length: 8 }, (_, i) => [readBase + BigInt(i * MiB), MiB] as [bigint, number]));
+    randomFillSync(w.nodeMain.buffer!, 0, 8 * MiB);
+    const pending = w.py.batch(target, 'write', up);
+    const nodeSide = Promise.all(
+      Array.from({ length: 8 }, async (_, i) => {
+        await w.node.write(w.seg, [{ local: w.nodeMain, localOffset: i * MiB, remote: pyAddr(w, 1, i * MiB, MiB), length: MiB }]);
+        await w.node.read(w.seg, [{ local: w.nodeMain, localOffset: 16 * MiB + i * MiB, remote: readBase + BigInt(i * MiB), length: MiB }]);
+      }),
+    );
+    const [ret] = await Promise.all([pending, nodeSide]);
+    expect(ret).toBe(0);
+    expect(up.map((_, i) => sha(w.nodeManaged.buffer!.subarray(i * 131_072, (i + 1) * 131_072)))).toEqual(upSha);
+    const wrote = Array.from({ length: 8 }, (_, i) => sha(w.nodeMain.buffer!.subarray(i * MiB, (i + 1) * MiB)));
+    expect(await w.py.sha256Many(Array.from({ length: 8 }, (_, i) => [w.pyReg + BigInt(i * MiB), MiB] as [bigint, number]))).toEqual(wrote);
+    expect(Array.from({ length: 8 }, (_, i) => sha(w.nodeMain.buffer!.subarray(16 * MiB + i * MiB, 17 * MiB + i * MiB)))).toEqual(readSha);
+  });
+
+  it('memory registered after the other side opened the segment: Node refreshes the upstream descriptor; upstream needs no refresh', async () => {
+    // Upstream registers more memory; Node's cached descriptor does not list it yet.
+    const late = await w.py.register(MiB);
+    expect(w.seg.buffers.some((b) => b.address <= late && late < b.address + BigInt(b.length))).toBe(false);
+    const data = randomFillSync(Buffer.alloc(MiB));
+    w.nodeMain.buffer!.set(data, 0);
+    await w.node.write(w.seg, [{ local: w.nodeMain, remote: late, length: MiB }]); // INVALID_REMOTE_ADDRESS -> refresh -> retry
+    expect(await w.py.sha256(late, MiB)).toBe(sha(data));
+    expect(w.seg.buffers.some((b) => b.address === late && b.length === MiB)).toBe(true);
+
+    // Node registers more memory; upstream caches our descriptor but does not check remote addresses
+    // against it: our server checks them against what is registered now.
+    const lateNode = await w.node.registerMemory(Buffer.alloc(MiB));
+    const expected = await w.py.fill(w.pyMain, MiB);
+    expect(await w.py.transfer(w.node.localServerName, 'write', w.pyMain, lateNode.address, MiB)).toBe(0);
+    expect(sha(lateNode.buffer!)).toBe(expected);
+    await w.node.unregisterMemory(lateNode);
+    expect(await w.py.transfer(w.node.localServerName, 'read', w.pyMain, lateNode.address, MiB)).toBe(-1);
+  });
+
   it('notifications: Node sendNotify → upstream get_notifies()', async () => {
     await w.py.notifies(); // start empty
     await w.node.sendNotify(w.py.segment, { name: 'req-42', msg: 'kv blocks 0..7 ready' });
@@ -339,6 +383,90 @@ describe.skipIf(skipReason !== undefined)('upstream interop: metadata entries af
       await store.close();
       await ours.close();
       await theirs.stop();
+    }
+  });
+});
+
+describe.skipIf(skipReason !== undefined)('upstream interop: a peer process that dies', () => {
+  afterAll(async () => {
+    await stopAllTePeers();
+  });
+
+  it('upstream target killed while Node transfers: they fail by code, no hang; the engine keeps working', async () => {
+    const node = await TransferEngine.create({ metadataServer: 'P2PHANDSHAKE', bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
+    try {
+      const region = await node.registerMemory(Buffer.alloc(16 * MiB));
+      const victim = await TePeer.create({ p2p: true });
+      const vBuf = await victim.alloc(16 * MiB);
+      const seg = await node.openSegment(victim.segment);
+      await node.read(seg, [{ local: region, remote: vBuf, length: 16 * MiB }]);
+      // Keep 4 reads of 16 MiB in flight, SIGKILL the peer, and see every one settle.
+      let stop = false;
+      const codes: string[] = [];
+      const loops = Array.from({ length: 4 }, async () => {
+        while (!stop) {
+          try {
+            await node.read(seg, [{ local: region, remote: vBuf, length: 16 * MiB }], { timeoutMs: 20_000 });
+          } catch (e) {
+            codes.push((e as { code: string }).code);
+            return;
+          }
+        }
+      });
+      await new Promise((r) => setTimeout(r, 200));
+      victim.kill();
+      await victim.exit;
+      const settled = Promise.all(loops);
+      const t = setTimeout(() => (stop = true), 15_000); // only if something never failed
+      await settled;
+      clearTimeout(t);
+      expect(codes.length).toBe(4);
+      for (const c of codes) expect(['CONNECTION_LOST', 'CONNECT_FAILED']).toContain(c);
+      // A new transfer to the dead peer fails fast, by code.
+      const e = await node.read(seg, [{ local: region, remote: vBuf, length: 4096 }], { timeoutMs: 20_000 }).catch((x: unknown) => x);
+      expect(['CONNECTION_LOST', 'CONNECT_FAILED']).toContain((e as { code: string }).code);
+      // The engine is fine: another upstream peer, both directions.
+      const next = await TePeer.create({ p2p: true });
+      const nBuf = await next.alloc(MiB);
+      const seg2 = await node.openSegment(next.segment);
+      randomFillSync(region.buffer!, 0, MiB);
+      await node.write(seg2, [{ local: region, remote: nBuf, length: MiB }]);
+      expect(await next.sha256(nBuf, MiB)).toBe(sha(region.buffer!.subarray(0, MiB)));
+      const expected = await next.fill(nBuf, MiB);
+      expect(await next.transfer(node.localServerName, 'write', nBuf, region.address + BigInt(MiB), MiB)).toBe(0);
+      expect(sha(region.buffer!.subarray(MiB, 2 * MiB))).toBe(expected);
+      console.info(`[transfer-upstream] codes of the reads in flight when the upstream target died: ${codes.join(', ')}`);
+    } finally {
+      await stopAllTePeers();
+      await node.close();
+    }
+  });
+
+  it('upstream initiator killed in the middle of a batch write: Node drops its connections and keeps serving', async () => {
+    const node = await TransferEngine.create({ metadataServer: 'P2PHANDSHAKE', bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
+    try {
+      const region = await node.registerMemory(Buffer.alloc(64 * MiB));
+      const victim = await TePeer.create({ p2p: true });
+      const src = await victim.alloc(64 * MiB);
+      const reqs = Array.from({ length: 64 }, (_, i) => ({ local: src + BigInt(i * MiB), remote: region.address + BigInt(i * MiB), length: MiB }));
+      // Warm up (segment opened, connections made), then kill it while a 64 MiB batch is under way.
+      expect(await victim.batch(node.localServerName, 'write', reqs.slice(0, 2))).toBe(0);
+      void victim.batch(node.localServerName, 'write', reqs).catch(() => undefined);
+      await new Promise((r) => setTimeout(r, 30));
+      victim.kill();
+      await victim.exit;
+      // Node's server connections from the dead process go away (bounded wait).
+      const deadline = Date.now() + 10_000;
+      while (node.stats().serverConnections! > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      expect(node.stats().serverConnections).toBe(0);
+      const next = await TePeer.create({ p2p: true });
+      const nBuf = await next.alloc(4 * MiB);
+      const expected = await next.fill(nBuf, 4 * MiB);
+      expect(await next.transfer(node.localServerName, 'write', nBuf, region.address + 5n, 4 * MiB)).toBe(0);
+      expect(sha(region.buffer!.subarray(5, 5 + 4 * MiB))).toBe(expected);
+    } finally {
+      await stopAllTePeers();
+      await node.close();
     }
   });
 });
