@@ -628,8 +628,10 @@ Peers use the connection string http://<host>:<port>/metadata.
 Options:
   --port N               port to listen on (default 8080)
   --host H               address to bind (default 0.0.0.0, like upstream)
-  --data-dir D           keep entries in D/metadata.json across restarts
-  --ttl-ms T             expire entries not PUT again within T ms (default: never)
+  --data-dir D           keep entries in D/metadata.json across restarts and crashes
+                         (each change is on disk before it is answered)
+  --ttl-ms T             expire entries not PUT again within T ms (default: never); mooncake-node
+                         engines renew theirs with metadataTtlMs, upstream engines never do
   --path P               route of the API (default /metadata)
   --max-key-bytes N      longest key (default 4096)
   --max-value-bytes N    largest value (default 1048576, as upstream)
