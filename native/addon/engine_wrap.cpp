@@ -126,6 +126,9 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("localDescriptor", &EngineWrap::LocalDescriptor),
                          InstanceMethod("stats", &EngineWrap::Stats),
                          InstanceMethod("backend", &EngineWrap::Backend),
+                         InstanceMethod("localEndpoint", &EngineWrap::LocalEndpoint),
+                         InstanceMethod("sendNotify", &EngineWrap::SendNotify),
+                         InstanceMethod("takeNotifies", &EngineWrap::TakeNotifies),
                          InstanceMethod("close", &EngineWrap::Close),
                      });
 }
@@ -145,7 +148,21 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
       [](Napi::Env, void*, CompletionHub* hub) { delete hub; }, static_cast<void*>(nullptr));
   hub_->tsfn.Unref(env);  // only pending transfers keep the process alive
 
-  engine_ = mc::createBuiltinEngine(cfg, hub_);
+  Napi::Object o = info[0].As<Napi::Object>();
+  std::string backend = o.Get("backend").IsString() ? o.Get("backend").As<Napi::String>().Utf8Value() : "builtin";
+  if (backend == "mooncake") {
+    mc::UpstreamConfig up;
+    if (o.Get("library").IsString()) up.library = o.Get("library").As<Napi::String>().Utf8Value();
+    up.metadataServer = toString(env, o.Get("metadataServer"), "metadataServer");
+    if (o.Get("protocol").IsString()) up.protocol = o.Get("protocol").As<Napi::String>().Utf8Value();
+    if (o.Get("advertiseAddress").IsString()) up.ipOrHost = o.Get("advertiseAddress").As<Napi::String>().Utf8Value();
+    if (!o.Get("rpcPort").IsUndefined()) up.rpcPort = toLength(env, o.Get("rpcPort"), "rpcPort");
+    engine_ = mc::createUpstreamEngine(cfg, up, hub_);
+  } else if (backend == "builtin") {
+    engine_ = mc::createBuiltinEngine(cfg, hub_);
+  } else {
+    throwStatus(env, invalid("unknown backend '" + backend + "'"));
+  }
   mc::Status st = engine_->start();
   if (!st.ok()) {
     engine_.reset();
@@ -556,6 +573,38 @@ Napi::Value EngineWrap::Stats(const Napi::CallbackInfo& info) {
 
 Napi::Value EngineWrap::Backend(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), live(info.Env()).backendName());
+}
+
+Napi::Value EngineWrap::LocalEndpoint(const Napi::CallbackInfo& info) {
+  std::string ep;
+  mc::Status st = live(info.Env()).localEndpoint(&ep);
+  if (!st.ok()) throwStatus(info.Env(), st);
+  return Napi::String::New(info.Env(), ep);
+}
+
+// sendNotify(segment, name, msg): for backends with their own handshake daemon.
+Napi::Value EngineWrap::SendNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Status st = live(env).sendNotify(static_cast<int32_t>(toLength(env, info[0], "segment")), toString(env, info[1], "name"),
+                                       toString(env, info[2], "msg"));
+  if (!st.ok()) throwStatus(env, st);
+  return env.Undefined();
+}
+
+// takeNotifies() -> [name, msg][]
+Napi::Value EngineWrap::TakeNotifies(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<std::pair<std::string, std::string>> list;
+  mc::Status st = live(env).takeNotifies(&list);
+  if (!st.ok()) throwStatus(env, st);
+  Napi::Array out = Napi::Array::New(env, list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    Napi::Array pair = Napi::Array::New(env, 2);
+    pair.Set(0u, list[i].first);
+    pair.Set(1u, list[i].second);
+    out.Set(static_cast<uint32_t>(i), pair);
+  }
+  return out;
 }
 
 // close(): synchronous; every pending completion is delivered (as CLOSED) before it returns.

@@ -82,6 +82,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value LocalDescriptor(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
+  Napi::Value LocalEndpoint(const Napi::CallbackInfo& info);
+  Napi::Value SendNotify(const Napi::CallbackInfo& info);
+  Napi::Value TakeNotifies(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   napi_env env_;

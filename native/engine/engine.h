@@ -90,7 +90,26 @@ class Engine {
   virtual std::string localDescriptor() = 0;
   virtual uint16_t dataPort() const = 0;
   virtual StatList stats() = 0;
+
+  // Backends that run their own handshake daemon (upstream) implement these; the built-in engine's
+  // control plane lives in TypeScript.
+  virtual Status localEndpoint(std::string*) { return Status(Code::NOT_IMPLEMENTED, "not provided by this backend"); }
+  virtual Status sendNotify(int32_t, const std::string&, const std::string&) {
+    return Status(Code::NOT_IMPLEMENTED, "not provided by this backend");
+  }
+  virtual Status takeNotifies(std::vector<std::pair<std::string, std::string>>*) { return Status(); }
 };
+
+// The upstream backend's own settings (upstream handles metadata and its handshake itself).
+struct UpstreamConfig {
+  std::string library;         // libtransfer_engine.so; else $MOONCAKE_TE_LIBRARY, standard paths
+  std::string metadataServer;  // upstream connection string (http://..., etcd://..., P2PHANDSHAKE)
+  std::string protocol = "tcp";
+  std::string ipOrHost;        // passed to createTransferEngine (ignored by upstream's default mode)
+  uint64_t rpcPort = 12345;
+};
+
+std::unique_ptr<Engine> createUpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink);
 
 std::unique_ptr<Engine> createBuiltinEngine(const EngineConfig& cfg, CompletionSink* sink);
 

@@ -1,0 +1,394 @@
+// The upstream backend: the same Engine interface over an installed Mooncake libtransfer_engine.so
+// (loaded at run time), for the transports the built-in engine does not have (ascend/HCCL/ADXL,
+// rdma, ...). Upstream owns metadata and the handshake daemon; this class owns validation, a mirror
+// of the registered regions (so busy regions cannot be unregistered and device regions get their
+// device context), and one poller thread that turns upstream's polled task states into completions.
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "../engine.h"
+#include "../event_loop.h"
+#include "upstream_api.h"
+
+namespace mc {
+
+namespace {
+
+struct Active {
+  std::shared_ptr<Batch> batch;  // our bookkeeping (token, per-task states)
+  uint64_t upstreamBatch = 0;
+  size_t n = 0;
+  int device = -1;  // device whose context the poller needs for this batch (-1: host only)
+  DeviceRuntime* runtime = nullptr;
+};
+
+class UpstreamEngine final : public Engine, public CompletionSink {
+ public:
+  UpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink) : cfg_(cfg), up_(up), sink_(sink) {}
+  ~UpstreamEngine() override { stop(); }
+
+  Status start() override {
+    Status st = upstream::loadApi(up_.library, &api_);
+    if (!st.ok()) return st;
+    engine_ = api_->createTransferEngine(up_.metadataServer.c_str(), cfg_.localServerName.c_str(), up_.ipOrHost.c_str(),
+                                         up_.rpcPort, 0);
+    if (engine_ == nullptr) {
+      return Status(Code::METADATA, "upstream createTransferEngine failed (metadata server " + up_.metadataServer +
+                                        ", name " + cfg_.localServerName + "); see upstream's log for the reason");
+    }
+    if (api_->installTransport(engine_, up_.protocol.c_str(), nullptr) == nullptr) {
+      api_->destroyTransferEngine(engine_);
+      engine_ = nullptr;
+      return Status(Code::NOT_SUPPORTED_TRANSPORT, "the loaded Mooncake build (" + api_->path + ") cannot install protocol '" +
+                                                       up_.protocol + "'; use a build with that transport enabled");
+    }
+    running_ = true;
+    poller_ = std::thread([this] { poll(); });
+    return Status();
+  }
+
+  void stop() override {
+    if (!engine_) return;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      if (closing_) return;
+      closing_ = true;
+      // Upstream cannot cancel: let in-flight batches reach a terminal state (bounded), so no memory
+      // is touched after we report them, then stop polling.
+      cv_.notify_all();
+      drained_.wait_for(lk, std::chrono::seconds(30), [&] { return active_.empty(); });
+      running_ = false;
+      cv_.notify_all();
+    }
+    if (poller_.joinable()) poller_.join();
+    std::vector<Active> left;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (auto& kv : active_) left.push_back(std::move(kv.second));
+      active_.clear();
+    }
+    for (auto& a : left) for (size_t i = 0; i < a.n; ++i) if (!isTerminal(taskState(*a.batch, i))) a.batch->failTask(i, Code::CLOSED);
+    api_->destroyTransferEngine(engine_);
+    engine_ = nullptr;
+  }
+
+  bool closed() const override { return closing_; }
+  std::string backendName() const override { return "mooncake"; }
+
+  Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& in) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    RegisterOptions o = in;
+    Status st = resolveDevice(cfg_, o.location, &o);
+    if (!st.ok()) return st;
+    Code c = registry_.add(addr, length, o.location, o.owner, "", 0, o.remoteAccessible, o.device, o.runtime);
+    if (c != Code::OK) return Status(c, c == Code::ADDRESS_OVERLAPPED ? "range overlaps a registered region" : "invalid range");
+    if (o.runtime) o.runtime->setDevice(o.device);  // upstream may touch the device from this thread
+    int rc = api_->registerLocalMemory(engine_, reinterpret_cast<void*>(addr), length, o.location.c_str(), o.remoteAccessible ? 1 : 0);
+    if (rc != 0) {
+      registry_.remove(addr);
+      return Status(upstream::mapError(rc), "upstream registerLocalMemory failed (" + std::to_string(rc) + ")");
+    }
+    return Status();
+  }
+
+  Status unregisterMemory(uint64_t addr) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    RegionRef probe = registry_.acquire(addr, 1);
+    DeviceRuntime* rt = probe ? probe.get()->runtime : nullptr;
+    int dev = probe ? probe.get()->device : -1;
+    probe.release();
+    Code c = registry_.remove(addr);
+    if (c != Code::OK) return Status(c, c == Code::REGION_BUSY ? "region is in use by a transfer in flight" : "no region starts at this address");
+    if (rt) rt->setDevice(dev);
+    int rc = api_->unregisterLocalMemory(engine_, reinterpret_cast<void*>(addr));
+    if (rc != 0) return Status(upstream::mapError(rc), "upstream unregisterLocalMemory failed (" + std::to_string(rc) + ")");
+    return Status();
+  }
+
+  RegionRef acquireLocal(uint64_t addr, uint64_t length) override { return registry_.acquire(addr, length); }
+
+  Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string&, int32_t* id) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    int32_t sid = api_->openSegment(engine_, name.c_str());
+    if (sid < 0) return Status(Code::SEGMENT_NOT_FOUND, "upstream could not open segment " + name + " (" + std::to_string(sid) + ")");
+    SegmentInfo info;
+    info.id = sid;
+    info.name = name;
+    SegmentDesc desc;
+    if (!descriptorJson.empty() && decodeSegmentDesc(descriptorJson, &desc).ok()) {
+      info.protocol = desc.protocol;
+      info.dataPort = desc.tcpDataPort;
+      info.protoVersion = desc.tcpProtoVersion;
+      info.buffers = desc.buffers;
+    } else {
+      info.protocol = up_.protocol;
+    }
+    std::lock_guard<std::mutex> g(mu_);
+    segments_[sid] = info;
+    *id = sid;
+    return Status();
+  }
+
+  Status closeSegment(int32_t id) override {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!segments_.erase(id)) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
+    api_->closeSegment(engine_, id);
+    return Status();
+  }
+
+  Status segmentInfo(int32_t id, SegmentInfo* out) override {
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = segments_.find(id);
+    if (it == segments_.end()) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
+    *out = it->second;
+    return Status();
+  }
+
+  Status submitAsync(uint64_t token, const TransferRequest* reqs, size_t n, int64_t timeoutMs, size_t* badIndex) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    if (n == 0) return Status(Code::INVALID_ARGUMENT, "empty batch");
+    auto batch = std::make_shared<Batch>(0, n, token, this);
+    Active a;
+    Status st = start(batch, reqs, n, badIndex, &a);
+    if (!st.ok()) return st;
+    if (timeoutMs > 0) batch->setDeadlineNs(monotonicNs() + timeoutMs * 1000000LL);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      active_[token] = std::move(a);
+    }
+    batch->seal();
+    cv_.notify_all();
+    return Status();
+  }
+
+  void cancel(uint64_t token, Code why) override {
+    // Upstream cannot recall a posted transfer: the batch settles (with `why`) once upstream reports
+    // every task terminal, so the memory is never touched after the Promise settles.
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = active_.find(token);
+    if (it != active_.end()) it->second.batch->requestCancel(why);
+  }
+
+  Status allocateBatch(size_t capacity, uint64_t* id) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    if (capacity == 0) return Status(Code::INVALID_ARGUMENT, "batch capacity must be positive");
+    uint64_t b = api_->allocateBatchID(engine_, capacity);
+    if (b == upstream::kInvalidBatch) return Status(Code::TOO_MANY_REQUESTS, "upstream allocateBatchID failed");
+    std::lock_guard<std::mutex> g(mu_);
+    polled_[b] = capacity;
+    *id = b;
+    return Status();
+  }
+
+  Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) override {
+    if (closing_) return Status(Code::CLOSED, "engine closed");
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      if (!polled_.count(batchId)) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+    }
+    std::vector<upstream::transfer_request> entries;
+    Status st = translate(reqs, n, badIndex, &entries, nullptr);
+    if (!st.ok()) return st;
+    int rc = api_->submitTransfer(engine_, batchId, entries.data(), entries.size());
+    if (rc != 0) return Status(upstream::mapError(rc), "upstream submitTransfer failed (" + std::to_string(rc) + ")");
+    return Status();
+  }
+
+  Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) override {
+    upstream::transfer_status s{};
+    int rc = api_->getTransferStatus(engine_, batchId, task, &s);
+    if (rc != 0) return Status(upstream::mapError(rc), "upstream getTransferStatus failed (" + std::to_string(rc) + ")");
+    *state = static_cast<TaskState>(s.status);
+    *bytes = s.transferred_bytes;
+    *error = (s.status == 6 || s.status == 5) ? (s.status == 5 ? Code::TIMEOUT : Code::CONNECTION_LOST) : Code::OK;
+    return Status();
+  }
+
+  Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) override {
+    size_t cap;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      auto it = polled_.find(batchId);
+      if (it == polled_.end()) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
+      cap = it->second;
+    }
+    bool failed = false, waiting = false;
+    uint64_t total = 0;
+    for (size_t i = 0; i < cap; ++i) {
+      upstream::transfer_status s{};
+      if (api_->getTransferStatus(engine_, batchId, i, &s) != 0) break;  // past the submitted tasks
+      total += s.transferred_bytes;
+      if (s.status == 6 || s.status == 5 || s.status == 3) failed = true;
+      else if (s.status != 4) waiting = true;
+    }
+    *bytes = total;
+    *state = failed ? TaskState::FAILED : waiting ? TaskState::WAITING : TaskState::COMPLETED;
+    return Status();
+  }
+
+  Status freeBatch(uint64_t batchId) override {
+    int rc = api_->freeBatchID(engine_, batchId);
+    if (rc != 0) return Status(upstream::mapError(rc), "upstream freeBatchID failed (" + std::to_string(rc) + ")");
+    std::lock_guard<std::mutex> g(mu_);
+    polled_.erase(batchId);
+    return Status();
+  }
+
+  std::string localDescriptor() override { return ""; }  // upstream publishes its own descriptor
+  uint16_t dataPort() const override { return 0; }
+
+  StatList stats() override {
+    std::lock_guard<std::mutex> g(mu_);
+    return {{"registeredRegions", static_cast<double>(registry_.size())}, {"activeBatches", static_cast<double>(active_.size())},
+            {"completedBatches", static_cast<double>(completed_)}};
+  }
+
+  Status localEndpoint(std::string* out) override {
+    if (!api_->getLocalIpAndPort) return Status(Code::NOT_IMPLEMENTED, "this Mooncake build has no getLocalIpAndPort");
+    char buf[256] = {0};
+    int rc = api_->getLocalIpAndPort(engine_, buf, sizeof buf);
+    if (rc != 0) return Status(upstream::mapError(rc), "getLocalIpAndPort failed");
+    *out = buf;
+    return Status();
+  }
+
+  Status sendNotify(int32_t segment, const std::string& name, const std::string& msg) override {
+    if (!api_->genNotifyInEngine) return Status(Code::NOT_IMPLEMENTED, "this Mooncake build has no genNotifyInEngine");
+    upstream::notify_msg m{const_cast<char*>(name.c_str()), const_cast<char*>(msg.c_str())};
+    int rc = api_->genNotifyInEngine(engine_, static_cast<uint64_t>(segment), m);
+    if (rc != 0) return Status(upstream::mapError(rc), "upstream genNotifyInEngine failed (" + std::to_string(rc) + ")");
+    return Status();
+  }
+
+  Status takeNotifies(std::vector<std::pair<std::string, std::string>>* out) override {
+    if (!api_->getNotifsFromEngine) return Status();
+    int size = 0;
+    upstream::notify_msg* list = api_->getNotifsFromEngine(engine_, &size);
+    for (int i = 0; list && i < size; ++i) out->emplace_back(list[i].name ? list[i].name : "", list[i].msg ? list[i].msg : "");
+    if (list && api_->freeNotifsMsgBuf) api_->freeNotifsMsgBuf(list, size);
+    return Status();
+  }
+
+  void onBatchDone(uint64_t token, Code code, uint64_t bytes, std::vector<int32_t> taskCodes) override {
+    if (sink_) sink_->onBatchDone(token, code, bytes, std::move(taskCodes));
+  }
+
+ private:
+  static TaskState taskState(Batch& b, size_t i) { return static_cast<TaskState>(b.task(i).state.load()); }
+
+  // Validates against our mirror (nothing reaches upstream on a bad request) and builds entries.
+  Status translate(const TransferRequest* reqs, size_t n, size_t* badIndex, std::vector<upstream::transfer_request>* out,
+                   std::vector<RegionRef>* refs) {
+    std::lock_guard<std::mutex> g(mu_);
+    out->resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      const TransferRequest& r = reqs[i];
+      *badIndex = i;
+      if (r.opcode > 1) return Status(Code::INVALID_ARGUMENT, "opcode must be 0 (read) or 1 (write)");
+      if (r.length == 0) return Status(Code::INVALID_ARGUMENT, "length must be positive");
+      if (!segments_.count(r.segment)) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle " + std::to_string(r.segment));
+      RegionRef ref = registry_.acquire(r.local, r.length);
+      if (!ref) return Status(Code::ADDRESS_NOT_REGISTERED, "local range is not inside one registered region");
+      (*out)[i] = upstream::transfer_request{r.opcode, reinterpret_cast<void*>(r.local), r.segment, 0, r.remote, r.length};
+      if (refs) refs->push_back(std::move(ref));
+    }
+    *badIndex = 0;
+    return Status();
+  }
+
+  Status start(const std::shared_ptr<Batch>& batch, const TransferRequest* reqs, size_t n, size_t* badIndex, Active* a) {
+    std::vector<upstream::transfer_request> entries;
+    std::vector<RegionRef> refs;
+    Status st = translate(reqs, n, badIndex, &entries, &refs);
+    if (!st.ok()) return st;
+    size_t first = 0;
+    batch->reserve(n, &first);
+    for (size_t i = 0; i < n; ++i) {
+      const Region* r = refs[i].get();
+      if (r->device >= 0 && a->device < 0) { a->device = r->device; a->runtime = r->runtime; }
+      batch->beginTask(i, reqs[i].length, 1, std::move(refs[i]));
+    }
+    if (a->runtime) a->runtime->setDevice(a->device);  // this thread calls into upstream next
+    uint64_t b = api_->allocateBatchID(engine_, n);
+    if (b == upstream::kInvalidBatch) {
+      for (size_t i = 0; i < n; ++i) batch->failTask(i, Code::TOO_MANY_REQUESTS);
+      return Status(Code::TOO_MANY_REQUESTS, "upstream allocateBatchID failed");
+    }
+    int rc = api_->submitTransfer(engine_, b, entries.data(), n);
+    if (rc != 0) {
+      api_->freeBatchID(engine_, b);
+      for (size_t i = 0; i < n; ++i) batch->failTask(i, upstream::mapError(rc));
+      return Status(upstream::mapError(rc), "upstream submitTransfer failed (" + std::to_string(rc) + ")");
+    }
+    a->batch = batch;
+    a->upstreamBatch = b;
+    a->n = n;
+    return Status();
+  }
+
+  // One thread polls upstream's task states for every Promise batch and reports finished ones.
+  void poll() {
+    int lastDevice = -1;
+    while (true) {
+      std::vector<std::pair<uint64_t, Active*>> work;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return !running_ || !active_.empty(); });
+        if (!running_) return;
+        for (auto& kv : active_) work.emplace_back(kv.first, &kv.second);
+      }
+      bool progressed = false;
+      for (auto& [token, a] : work) {
+        if (a->runtime && a->device != lastDevice) {  // upstream's transports may need the device current
+          a->runtime->setDevice(a->device);
+          lastDevice = a->device;
+        }
+        bool all = true;
+        for (size_t i = 0; i < a->n; ++i) {
+          if (isTerminal(taskState(*a->batch, i))) continue;
+          upstream::transfer_status s{};
+          if (api_->getTransferStatus(engine_, a->upstreamBatch, i, &s) != 0) { a->batch->failTask(i, Code::PROTOCOL_ERROR); continue; }
+          if (s.status == 4) a->batch->sliceDone(i, s.transferred_bytes, Code::OK);
+          else if (s.status == 5) a->batch->sliceDone(i, 0, Code::TIMEOUT);
+          else if (s.status == 6 || s.status == 3 || s.status == 2) a->batch->sliceDone(i, 0, Code::CONNECTION_LOST);
+          else all = false;
+        }
+        if (all) {
+          api_->freeBatchID(engine_, a->upstreamBatch);
+          std::lock_guard<std::mutex> g(mu_);
+          active_.erase(token);
+          ++completed_;
+          progressed = true;
+          if (active_.empty()) drained_.notify_all();
+        }
+      }
+      if (!progressed) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  EngineConfig cfg_;
+  UpstreamConfig up_;
+  CompletionSink* sink_;
+  const upstream::Api* api_ = nullptr;
+  upstream::engine_t engine_ = nullptr;
+  MemoryRegistry registry_;
+  std::mutex mu_;
+  std::condition_variable cv_, drained_;
+  std::unordered_map<uint64_t, Active> active_;
+  std::unordered_map<int32_t, SegmentInfo> segments_;
+  std::unordered_map<uint64_t, size_t> polled_;
+  std::thread poller_;
+  std::atomic<bool> closing_{false};
+  bool running_ = false;
+  uint64_t completed_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> createUpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink) {
+  return std::make_unique<UpstreamEngine>(cfg, up, sink);
+}
+
+}  // namespace mc
