@@ -169,6 +169,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           maxServerConnections: o.maxServerConnections,
           protoVersion: o.tcpProtoVersion,
           allowedPeers: o.allowedPeers,
+          deviceLibrary: o.ascendRuntimeLibrary,
         },
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
       );
@@ -248,6 +249,52 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       throw err;
     }
     return region;
+  }
+
+  /**
+   * Allocates device memory (`npu:N`, through the Ascend runtime loaded at run time), 2 MiB aligned,
+   * and registers it. It is freed when unregistered. Host code cannot touch it: use copyToDevice /
+   * copyFromDevice; transfers over the built-in TCP transport stage it through host memory.
+   */
+  async allocateDeviceMemory(location: string, size: number): Promise<MemoryRegion> {
+    this.assertOpen();
+    if (typeof location !== 'string' || !/^npu:\d+$/.test(location)) throw new MooncakeError('INVALID_ARGUMENT', `device location must look like 'npu:0', got '${String(location)}'`);
+    if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
+    const m = this.native.allocateDevice(location, size);
+    const region = new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r));
+    this.regions.set(m.address, region);
+    try {
+      await this.publishDescriptor();
+    } catch (err) {
+      this.dropRegion(region);
+      throw err;
+    }
+    return region;
+  }
+
+  /** Frees device memory from allocateDeviceMemory (the same as unregistering it). */
+  freeDeviceMemory(region: MemoryRegion): Promise<void> {
+    return this.unregisterMemory(region);
+  }
+
+  /** Copies host bytes into device memory at `offset` (off the event loop). */
+  copyToDevice(region: MemoryRegion, offset: number, source: ArrayBufferView): Promise<void> {
+    return this.copyDevice(true, region, offset, source);
+  }
+
+  /** Copies device memory at `offset` into a host view (off the event loop). */
+  copyFromDevice(region: MemoryRegion, offset: number, target: ArrayBufferView): Promise<void> {
+    return this.copyDevice(false, region, offset, target);
+  }
+
+  private async copyDevice(toDevice: boolean, region: MemoryRegion, offset: number, host: ArrayBufferView): Promise<void> {
+    this.assertOpen();
+    if (!(region instanceof MemoryRegion) || region.owner !== this || region.device === undefined) {
+      throw new MooncakeError('INVALID_ARGUMENT', 'region must be device memory registered with this engine');
+    }
+    if (region.unregistered) throw new MooncakeError('INVALID_ARGUMENT', 'the region was unregistered');
+    if (!ArrayBuffer.isView(host)) throw new MooncakeError('INVALID_ARGUMENT', 'host memory must be a Buffer, TypedArray or DataView');
+    await this.native.copyDevice(toDevice, region.at(offset, host.byteLength), host);
   }
 
   /** Unregisters a region (or the region starting at an address). REGION_BUSY while in use. */

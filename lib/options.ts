@@ -56,6 +56,11 @@ export interface TransferEngineOptions {
    * that never expire, as upstream.
    */
   metadataTtlMs?: number;
+  /**
+   * The Ascend runtime (CANN's libascendcl.so) used for `npu:N` memory. Default:
+   * `MOONCAKE_ASCENDCL_LIBRARY`, else the loader path and CANN's install directories.
+   */
+  ascendRuntimeLibrary?: string;
 }
 
 function envInt(name: string): number | undefined {
