@@ -49,7 +49,8 @@ describe('metadata publication', () => {
     const second = new MetadataServer({ logger: null });
     await second.listen(port);
     cleanups.push(() => second.close());
-    for (let i = 0; i < 100 && second.entries().size < 2; i++) await new Promise((r) => setTimeout(r, 50));
+    // Wait (bounded) until the engine has noticed and written both entries back.
+    for (let i = 0; i < 100 && (second.entries().size < 2 || e.stats().metadataRepublished < 1); i++) await new Promise((r) => setTimeout(r, 50));
     expect(second.entries().get('mooncake/rpc_meta/node-r')).toBe(JSON.stringify({ ip_or_host_name: '127.0.0.1', rpc_port: e.rpcPort }));
     const noTime = (t: string | undefined) => t?.replace(/"timestamp":"[^"]*"/, '');
     expect(noTime(second.entries().get('mooncake/ram/node-r'))).toBe(noTime(before));

@@ -292,21 +292,19 @@ describe('MetadataServer: lifecycle', () => {
     const server = new MetadataServer({ logger: quiet });
     const { port } = await server.listen(0, '127.0.0.1');
     const agent = new http.Agent({ keepAlive: true });
-    const closed = new Promise<void>((resolve) => {
-      const req = http.get({ host: '127.0.0.1', port, path: k('x'), agent }, (res) => {
-        res.resume();
-        res.on('end', () => {
-          // The socket is now idle in the agent's pool; closing the server must close it.
-          setImmediate(() => {
-            const [socket] = Object.values(agent.freeSockets).flat();
-            expect(socket).toBeDefined();
-            socket!.once('close', () => resolve());
-          });
-        });
-      });
-      req.on('error', () => undefined);
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      http.get({ host: '127.0.0.1', port, path: k('x'), agent }, resolve).on('error', reject);
     });
-    await new Promise((r) => setTimeout(r, 50));
+    res.resume();
+    await new Promise((r) => res.once('end', r));
+    // Wait (bounded) until the agent has put the socket back in its idle pool.
+    let socket: import('node:net').Socket | undefined;
+    for (let i = 0; i < 500 && !socket; i++) {
+      socket = Object.values(agent.freeSockets).flat()[0];
+      if (!socket) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(socket).toBeDefined();
+    const closed = new Promise<void>((resolve) => socket!.once('close', () => resolve()));
     const t0 = Date.now();
     const c1 = server.close();
     const c2 = server.close();
