@@ -139,9 +139,9 @@ function parseReport(log: string): UpstreamResult | undefined {
   return m ? { seconds: Number(m[1]), batches: Number(m[2]), gbps: Number(m[3]) } : undefined;
 }
 
-/** Lines in which upstream's TCP transport reports a failed request. */
+/** Lines in which upstream's TCP transport or its bench reports a failed request. */
 function transportErrors(log: string): string[] {
-  return log.split('\n').filter((l) => /^E\d{4} .*(tcp_transport|transfer_engine_bench|Session)/.test(l));
+  return log.split('\n').filter((l) => /^E\d{4} .*(tcp_transport|transfer_engine_bench|Session)|failures in this batch|Transfer failed/.test(l));
 }
 
 const results: string[] = [];
