@@ -229,6 +229,19 @@ export class KvConsumer extends EventEmitter<KvConsumerEvents> {
     }
   }
 
+  /**
+   * Connects ahead of the first pull to the prefill instance `engineId`: every rank of its dp groups (default
+   * all) this rank can read from. See KvRankCore.warmUp; resolves with how many peers failed.
+   */
+  warmUp(engineId: string, options: { dpRanks?: readonly number[] } = {}): Promise<{ peers: number; failed: number }> {
+    const o = this.core.options;
+    const dps = options.dpRanks ?? [...Array(o.prefill.dpSize).keys()];
+    const tps = o.layout.attention === 'mla' || o.mapping.prefillTp > o.mapping.totalHeads
+      ? [...Array(o.prefill.tpSize).keys()]
+      : prefillRanksOf(sourcesForDecodeRank('warm-up', o.mapping, this.tpRank));
+    return this.core.warmUp(engineId, dps.flatMap((dpRank) => tps.map((tpRank) => ({ dpRank, tpRank }))));
+  }
+
   /** The kv_transfer_params naming this consumer (what `expect` returns). */
   transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
     const o = this.core.options;

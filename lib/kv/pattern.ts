@@ -2,6 +2,11 @@
  * Deterministic KV contents for tests, demos and smoke checks: every (layer, K/V, block position, global
  * head, token) row gets bytes derived from a request seed, so a destination can verify exactly the heads
  * and blocks it received, whatever the TP sizes and block ids on either side.
+ *
+ * A row of `headBytes` is an 8-byte header (two 32-bit hashes of the row's coordinates) followed by one
+ * byte value derived from the hash; a row landing in the wrong place, torn or shifted shows up as a
+ * mismatch. The tail is written with Buffer.fill and compared with Buffer.equals, so checking gigabytes in a
+ * demo stays cheap.
  */
 import type { KvLayout } from './layout';
 import { requestHash } from './rank-map';
@@ -45,39 +50,43 @@ function mix(a: number, b: number): number {
   return h >>> 0;
 }
 
-function rowSeed(seed: number, tensor: number, position: number, head: number, token: number): number {
-  return mix(mix(mix(mix(seed, tensor + 1), position + 1), head + 1), token + 1);
-}
-
-function each(t: KvPatternTarget, s: KvPatternSpec, fn: (view: Buffer, off: number, h: number, where: NonNullable<KvPatternCheck['first']>) => boolean): void {
+function each(t: KvPatternTarget, s: KvPatternSpec, fn: (view: Buffer, off: number, h: number, where: () => NonNullable<KvPatternCheck['first']>) => void): void {
   const L = t.layout;
   const tensors = s.tensors ?? Array.from({ length: L.tensorCount }, (_, i) => i);
   for (const tensor of tensors) {
     const view = t.tensorView(tensor);
     if (!view) throw new Error(`tensor ${tensor} has no host view`);
+    const ht = mix(s.seed, tensor + 1);
     for (let i = 0; i < s.blockIds.length; i++) {
       const blockId = s.blockIds[i];
       const position = (s.firstPosition ?? 0) + i;
       const base = blockId * L.blockBytes;
+      const hp = mix(ht, position + 1);
       for (let head = 0; head < L.numHeads; head++) {
+        const hh = mix(hp, s.headStart + head + 1);
         for (let token = 0; token < L.blockSize; token++) {
-          const off = base + L.tokenHeadOffset(token, head);
-          const h = rowSeed(s.seed, tensor, position, s.headStart + head, token);
-          if (!fn(view, off, h, { tensor, blockId, position, head: s.headStart + head, token })) return;
+          fn(view, base + L.tokenHeadOffset(token, head), mix(hh, token + 1), () => ({ tensor, blockId, position, head: s.headStart + head, token }));
         }
       }
     }
   }
 }
 
+const HEADER = 8;
+
 /** Writes the pattern into the blocks; returns the bytes written. */
 export function fillKvPattern(t: KvPatternTarget, s: KvPatternSpec): number {
   const hb = t.layout.headBytes;
   let bytes = 0;
   each(t, s, (view, off, h) => {
-    for (let j = 0; j < hb; j++) view[off + j] = (h + Math.imul(j, 0x9e3779b1)) >>> 24;
+    if (hb >= HEADER) {
+      view.writeUInt32LE(h, off);
+      view.writeUInt32LE(mix(h, 0x5bd1e995), off + 4);
+      if (hb > HEADER) view.fill(h >>> 24, off + HEADER, off + hb);
+    } else {
+      for (let j = 0; j < hb; j++) view[off + j] = (h >>> (j * 8)) & 0xff;
+    }
     bytes += hb;
-    return true;
   });
   return bytes;
 }
@@ -85,17 +94,26 @@ export function fillKvPattern(t: KvPatternTarget, s: KvPatternSpec): number {
 /** Compares the blocks with the pattern. */
 export function checkKvPattern(t: KvPatternTarget, s: KvPatternSpec): KvPatternCheck {
   const hb = t.layout.headBytes;
+  const tails: Buffer[] = [];
   const out: KvPatternCheck = { bytes: 0, mismatches: 0 };
   each(t, s, (view, off, h, where) => {
-    for (let j = 0; j < hb; j++) {
-      if (view[off + j] !== (h + Math.imul(j, 0x9e3779b1)) >>> 24) {
-        out.mismatches++;
-        out.first ??= where;
-        break;
+    let bad: boolean;
+    if (hb >= HEADER) {
+      bad = view.readUInt32LE(off) !== h || view.readUInt32LE(off + 4) !== mix(h, 0x5bd1e995);
+      if (!bad && hb > HEADER) {
+        const v = h >>> 24;
+        const tail = (tails[v] ??= Buffer.alloc(hb - HEADER, v));
+        bad = tail.compare(view, off + HEADER, off + hb) !== 0;
       }
+    } else {
+      bad = false;
+      for (let j = 0; j < hb && !bad; j++) bad = view[off + j] !== ((h >>> (j * 8)) & 0xff);
+    }
+    if (bad) {
+      out.mismatches++;
+      out.first ??= where();
     }
     out.bytes += hb;
-    return true;
   });
   return out;
 }

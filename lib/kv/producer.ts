@@ -173,6 +173,18 @@ export class KvProducer extends EventEmitter<KvProducerEvents> {
     return true;
   }
 
+  /**
+   * Push mode: connects ahead of the first push to the decode instance `engineId` (every rank of its dp
+   * groups, default all, that this rank may write to). Reads one byte from each into a private scratch
+   * region; KV blocks are never touched. Resolves with how many peers failed.
+   */
+  warmUp(engineId: string, options: { dpRanks?: readonly number[] } = {}): Promise<{ peers: number; failed: number }> {
+    const o = this.core.options;
+    const dps = options.dpRanks ?? [...Array(o.decode.dpSize).keys()];
+    const tps = [...Array(o.decode.tpSize).keys()];
+    return this.core.warmUp(engineId, dps.flatMap((dpRank) => tps.map((tpRank) => ({ dpRank, tpRank }))));
+  }
+
   /** Requests held now. */
   heldRequests(): { requestId: string; blockIds: number[]; heldMs: number; waitingFor: number[] }[] {
     const now = performance.now();

@@ -7,6 +7,7 @@ import { TransferEngine } from '../engine';
 import { sendNotify, type Notify } from '../handshake';
 import { createMetadataStore, isP2PHandshake } from '../metadata/store';
 import type { Segment } from '../segment';
+import type { MemoryRegion } from '../memory';
 import { KvCaches, type KvCachesInput } from './caches';
 import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
 import { KvMetrics, type KvTransferPeer } from './metrics';
@@ -207,6 +208,32 @@ export class KvRankCore {
       }
       return { peer: info, failed, error };
     }
+  }
+
+  private scratch: Promise<MemoryRegion> | undefined;
+
+  /**
+   * Pays the first-transfer costs ahead of time (registry lookup, segment descriptor, TCP connections):
+   * reads one byte from every listed rank of `engineId` into a private 64-byte scratch region (KV blocks are
+   * never touched). Ranks that do not answer are counted in `failed`.
+   */
+  async warmUp(engineId: string, ranks: readonly { dpRank: number; tpRank: number }[]): Promise<{ peers: number; failed: number }> {
+    this.assertOpen();
+    this.scratch ??= this.engine.registerMemory(Buffer.alloc(64), { remoteAccessible: false });
+    const scratch = await this.scratch;
+    let failed = 0;
+    await Promise.all(
+      ranks.map(async ({ dpRank, tpRank }) => {
+        try {
+          const peer = await this.registry.lookup(engineId, dpRank, tpRank);
+          const seg = await this.segment(peer);
+          await this.engine.read(seg, [{ local: scratch, remote: peer.tensors[0], length: 1 }], { timeoutMs: this.options.transferTimeoutMs });
+        } catch {
+          failed++;
+        }
+      }),
+    );
+    return { peers: ranks.length, failed };
   }
 
   /** Sends a KV message to a rank's handshake port (bounded, 3 tries); resolves false when it could not. */

@@ -48,6 +48,14 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
     expect(kvRankKey('p', 0, 1)).toBe('mooncake/kv/p/0/1');
   });
 
+  it('warms up connections to the ranks it will read from, without touching KV blocks', async () => {
+    const before = Buffer.from(consumer.caches.tensorView(0)!);
+    expect(await consumer.warmUp('p')).toEqual({ peers: 2, failed: 0 });
+    expect(await consumer.warmUp('nobody')).toEqual({ peers: 2, failed: 2 });
+    expect(await producers[1].warmUp('d')).toEqual({ peers: 1, failed: 0 });
+    expect(consumer.caches.tensorView(0)!.equals(before)).toBe(true);
+  });
+
   it('pulls, verifies and releases on done', async () => {
     const rid = 'req-1';
     const pBlocks = [5, 6, 7, 20, 2];
