@@ -1,4 +1,5 @@
 // Producers and consumers in this process (fast feedback); the multi-process suites cover real deployments.
+import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer } from '../../lib';
 import {
@@ -14,6 +15,27 @@ import {
 } from '../../lib/kv';
 
 const common = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' };
+
+/** A base port with `n` consecutive free ports after it (probed, then released). */
+async function freePorts(n: number): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const base = 20000 + Math.floor(Math.random() * 10000);
+    const servers: net.Server[] = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const s = net.createServer();
+        await new Promise<void>((resolve, reject) => s.once('error', reject).listen(base + i, '127.0.0.1', () => resolve()));
+        servers.push(s);
+      }
+      return base;
+    } catch {
+      /* taken: try another base */
+    } finally {
+      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+    }
+  }
+  throw new Error('no free port range');
+}
 
 describe('KV in one process (tp 2 → tp 1, GQA)', () => {
   let meta: MetadataServer;
@@ -74,6 +96,37 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
     expect(check.bytes).toBe(5 * 6 * 4 * 4 * 16);
     const released: KvRelease[] = await Promise.all(holds.map((h) => h.released));
     for (const r of released) expect(r.reason).toBe('done');
+  });
+
+  it('with zero local blocks (full prefix hit) moves nothing but still says done', async () => {
+    const holds = producers.map((p) => p.hold('cached', [4, 5]));
+    const outcome = await consumer.pull(holds[0].params, []);
+    expect(outcome).toMatchObject({ ok: true, bytes: 0, failedBlockIds: [] });
+    for (const h of holds) expect((await h.released).reason).toBe('done');
+  });
+
+  it('finds the dp rank from remote_port (kv_port + dp × tp) when remote_dp_rank is absent', async () => {
+    const kvPort = await freePorts(2);
+    const ranks = await Promise.all(
+      [0, 1].map((tp) => KvProducer.create({ engineId: 'pk', tpRank: tp, ...parallel, layout: layoutP, totalKvHeads, metadataServer: url, kvPort, engineOptions: common })),
+    );
+    try {
+      expect(ranks.map((r) => r.engine.rpcPort)).toEqual([kvPort, kvPort + 1]);
+      const seed = patternSeed('by-port');
+      for (const r of ranks) fillKvPattern(r.caches, { seed, blockIds: [0, 1], headStart: heldHeads('mha', totalKvHeads, 2, r.tpRank).start });
+      const params = ranks.map((r) => r.hold('by-port', [0, 1]).params)[0];
+      expect(params.remote_port).toBe(kvPort);
+      const { remote_dp_rank: _dp, remote_tp_size: _tp, remote_total_kv_heads: _h, ...vllmStyle } = params;
+      const outcome = await consumer.pull(vllmStyle, [20, 21]);
+      expect(outcome.ok).toBe(true);
+      expect(checkKvPattern(consumer.caches, { seed, blockIds: [20, 21], headStart: 0 }).mismatches).toBe(0);
+      // A port that is not kv_port + dp × tp of that engine is refused.
+      const wrong = await consumer.pull({ ...vllmStyle, remote_port: kvPort + 1 }, [20, 21]);
+      expect(wrong).toMatchObject({ ok: false, failedBlockIds: [20, 21] });
+      expect(wrong.error?.code).toBe('INVALID_ARGUMENT');
+    } finally {
+      for (const r of ranks) await r.close();
+    }
   });
 
   it('pushes into the blocks the consumer assigned', async () => {
