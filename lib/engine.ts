@@ -10,7 +10,8 @@ import { MemoryRegion, registerJsMemory, type RegisterOptions } from './memory';
 import { MetadataPublisher } from './metadata-publisher';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
 import { rpcMetaKey, segmentKey } from './metadata/keys';
-import { loadNative, type NativeEngine } from './native';
+import { loadNative, type NativeBinding, type NativeEngine } from './native';
+import { createUpstreamNative, pollUpstreamNotifies } from './upstream-backend';
 import {
   defaultAdvertiseAddress,
   defaultIoThreads,
@@ -92,11 +93,14 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   readonly advertiseAddress: string;
   readonly rpcPort: number;
   readonly dataPort: number;
-  readonly protocol = 'tcp' as const;
-  readonly backend = 'builtin' as const;
+  /** The data-plane protocol ('tcp' for the built-in backend). */
+  readonly protocol: string;
+  readonly backend: 'builtin' | 'mooncake';
 
   private readonly native: NativeEngine;
-  private readonly handshake: HandshakeServer;
+  /** The handshake daemon (built-in backend; upstream runs its own). */
+  private readonly handshake: HandshakeServer | undefined;
+  private notifyTimer: NodeJS.Timeout | undefined;
   private readonly notifications: NotificationQueue;
   private readonly store: MetadataStore | undefined;
   private publisher: MetadataPublisher | undefined;
@@ -109,7 +113,9 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   private constructor(init: {
     native: NativeEngine;
-    handshake: HandshakeServer;
+    backend: 'builtin' | 'mooncake';
+    protocol: string;
+    handshake: HandshakeServer | undefined;
     notifications: NotificationQueue;
     store: MetadataStore | undefined;
     name: string;
@@ -119,6 +125,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   }) {
     super();
     this.native = init.native;
+    this.backend = init.backend;
+    this.protocol = init.protocol;
     this.handshake = init.handshake;
     this.notifications = init.notifications;
     this.store = init.store;
@@ -140,6 +148,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const range = portRange();
     const advertise = o.advertiseAddress ?? defaultAdvertiseAddress(o.bindAddress);
     const notifications = new NotificationQueue();
+    if (o.backend === 'mooncake') return TransferEngine.createUpstream(binding, o, store, advertise, notifications);
 
     let engine: TransferEngine | undefined;
     const handshake = new HandshakeServer({
@@ -174,7 +183,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
       );
       engine = self = new TransferEngine({
-        native, handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
+        native, backend: 'builtin', protocol: 'tcp', handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
       });
       if (store) {
         const rpcMeta = JSON.stringify({ ip_or_host_name: advertise, rpc_port: rpcPort });
@@ -200,6 +209,23 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     }
   }
 
+  /** backend 'mooncake': upstream publishes its metadata and runs its own handshake daemon. */
+  private static async createUpstream(binding: NativeBinding, o: TransferEngineOptions, store: MetadataStore | undefined, advertise: string, notifications: NotificationQueue): Promise<TransferEngine> {
+    let self: TransferEngine | undefined;
+    try {
+      const up = await createUpstreamNative(binding, o, advertise, (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details));
+      self = new TransferEngine({
+        native: up.native, backend: 'mooncake', protocol: o.protocol ?? 'tcp', handshake: undefined, notifications, store,
+        name: up.name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort: up.rpcPort,
+      });
+      self.notifyTimer = pollUpstreamNotifies(up.native, notifications);
+      return self;
+    } catch (err) {
+      await store?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
   // ---- memory ----------------------------------------------------------------------------------
 
   /**
@@ -208,11 +234,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
    * memory the caller owns (e.g. device memory). The descriptor is republished before this resolves.
    */
   async registerMemory(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions = {}): Promise<MemoryRegion> {
-    const region = this.registerOne(memory, options);
+    const region = await this.registerOne(memory, options);
     try {
       await this.publishDescriptor();
     } catch (err) {
-      this.dropRegion(region);
+      await this.dropRegion(region);
       throw err;
     }
     return region;
@@ -222,10 +248,10 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   async registerMemoryBatch(memories: (ArrayBuffer | ArrayBufferView | { address: bigint; length: number })[], options: RegisterOptions = {}): Promise<MemoryRegion[]> {
     const done: MemoryRegion[] = [];
     try {
-      for (const m of memories) done.push(this.registerOne(m, options));
+      for (const m of memories) done.push(await this.registerOne(m, options));
       await this.publishDescriptor();
     } catch (err) {
-      for (const r of done) this.dropRegion(r);
+      for (const r of done) await this.dropRegion(r);
       throw err;
     }
     return done;
@@ -239,13 +265,14 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
     const location = options.location ?? 'cpu:0';
-    const m = this.native.allocateManaged(size, options.shareable ?? true, location);
+    const shareable = options.shareable ?? true;
+    const m = this.backend === 'mooncake' ? await this.native.allocateManaged(size, shareable, location, true) : this.native.allocateManaged(size, shareable, location);
     const region = new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r));
     this.regions.set(m.address, region);
     try {
       await this.publishDescriptor();
     } catch (err) {
-      this.dropRegion(region);
+      await this.dropRegion(region);
       throw err;
     }
     return region;
@@ -260,13 +287,13 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     if (typeof location !== 'string' || !/^npu:\d+$/.test(location)) throw new MooncakeError('INVALID_ARGUMENT', `device location must look like 'npu:0', got '${String(location)}'`);
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
-    const m = this.native.allocateDevice(location, size);
+    const m = this.backend === 'mooncake' ? await this.native.allocateDevice(location, size, true) : this.native.allocateDevice(location, size);
     const region = new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r));
     this.regions.set(m.address, region);
     try {
       await this.publishDescriptor();
     } catch (err) {
-      this.dropRegion(region);
+      await this.dropRegion(region);
       throw err;
     }
     return region;
@@ -302,7 +329,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const address = typeof region === 'bigint' ? region : region.address;
     if (region instanceof MemoryRegion && region.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'the region belongs to another engine');
-    this.native.unregister(address);
+    if (this.backend === 'mooncake') await this.native.unregisterAsync(address);
+    else this.native.unregister(address);
     const r = this.regions.get(address);
     this.regions.delete(address);
     r?.markReleased();
@@ -481,6 +509,10 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   async sendNotify(target: Segment | string, notify: Notify): Promise<void> {
     this.assertOpen();
     const seg = typeof target === 'string' ? await this.openSegment(target) : target;
+    if (this.backend === 'mooncake') {
+      await this.native.sendNotifyAsync(seg.handle, notify.name, notify.msg);
+      return;
+    }
     if (!seg.rpcPort) throw new MooncakeError('SEGMENT_NOT_FOUND', `no handshake port known for ${seg.name}`);
     await sendNotify(seg.ip, seg.rpcPort, notify);
   }
@@ -536,7 +568,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   /** This engine's segment descriptor, exactly as published. */
   describe(): string {
-    return this.native.localDescriptor();
+    return this.native.localDescriptor(); // '' for the mooncake backend: upstream publishes its own
   }
 
   /** Counters of the data plane and the control plane. */
@@ -556,12 +588,12 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   /** Lets the process exit while the engine is open and idle (like net.Server#unref). */
   unref(): this {
-    this.handshake.unref();
+    this.handshake?.unref();
     return this;
   }
 
   ref(): this {
-    this.handshake.ref();
+    this.handshake?.ref();
     return this;
   }
 
@@ -579,13 +611,18 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   }
 
   private async shutdown(): Promise<void> {
-    this.native.close(); // synchronous: joins engine threads; pending Promises are rejected with CLOSED
+    // Joins the engine threads; pending Promises are rejected with CLOSED. Upstream's shutdown talks to
+    // its metadata store, so that backend stops on a pool thread.
+    if (this.notifyTimer) clearInterval(this.notifyTimer);
+    if (this.backend === 'mooncake') await this.native.closeAsync();
+    else this.native.close();
     for (const s of this.segments.values()) s.closed = true;
     for (const r of this.regions.values()) r.markReleased();
     this.segments.clear();
     this.regions.clear();
     this.notifications.close();
-    await this.handshake.close();
+    if (this.notifyTimer) clearInterval(this.notifyTimer);
+    await this.handshake?.close();
     await this.publisher?.stop();
     await this.store?.close();
   }
@@ -600,8 +637,9 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     return this.closing === undefined;
   }
 
-  private registerOne(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): MemoryRegion {
+  private async registerOne(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): Promise<MemoryRegion> {
     this.assertOpen();
+    if (this.backend === 'mooncake') return this.registerOneUpstream(memory, options);
     const location = options.location ?? 'cpu:0';
     if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');
     let region: MemoryRegion;
@@ -620,9 +658,31 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     return region;
   }
 
-  private dropRegion(region: MemoryRegion): void {
+  /** Upstream registers with a metadata round trip, off the event loop. */
+  private async registerOneUpstream(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): Promise<MemoryRegion> {
+    const location = options.location ?? 'cpu:0';
+    const remote = options.remoteAccessible ?? true;
+    let region: MemoryRegion;
+    if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) {
+      const address = await this.native.registerBufferAsync(memory, location, remote);
+      const buffer = ArrayBuffer.isView(memory) ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength) : Buffer.from(memory);
+      region = new MemoryRegion(this, address, buffer.length, location, buffer, memory, (x) => this.unregisterMemory(x));
+    } else if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
+      const { address, length } = memory as { address: bigint; length: number };
+      if (!Number.isSafeInteger(length) || length <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
+      await this.native.registerAddressAsync(address, length, location, remote);
+      region = new MemoryRegion(this, address, length, location, undefined, undefined, (x) => this.unregisterMemory(x));
+    } else {
+      throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
+    }
+    this.regions.set(region.address, region);
+    return region;
+  }
+
+  private async dropRegion(region: MemoryRegion): Promise<void> {
     try {
-      this.native.unregister(region.address);
+      if (this.backend === 'mooncake') await this.native.unregisterAsync(region.address);
+      else this.native.unregister(region.address);
     } catch {
       /* already gone */
     }
@@ -635,9 +695,12 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   }
 
   private async doOpenSegment(name: string): Promise<Segment> {
-    const r = await this.resolveSegment(name);
+    // Upstream opens segments itself; we still read the descriptor (best effort) to know the buffers.
+    const r = this.backend === 'mooncake'
+      ? await this.resolveSegment(name).catch(() => ({ descriptor: '', ip: '', rpcPort: 0 }))
+      : await this.resolveSegment(name);
     this.assertOpen();
-    const handle = this.native.openSegment(name, r.descriptor, r.ip);
+    const handle = this.backend === 'mooncake' ? await this.native.openSegmentAsync(name, r.descriptor, r.ip) : this.native.openSegment(name, r.descriptor, r.ip);
     const info = this.native.segmentInfo(handle);
     let seg = this.segments.get(name);
     if (seg) {
@@ -660,7 +723,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       // P2P: the name is the peer's ip:rpc_port; it hands us its descriptor over the handshake port.
       const { host, port } = splitHostPort(name);
       const ip = await lookupIp(host);
-      const reply = await exchange(ip, port, HandshakeType.Metadata, new RawJson(this.describe()));
+      const reply = await exchange(ip, port, HandshakeType.Metadata, new RawJson(this.describe() || '{}'));
       if (reply.value === null) {
         throw new MooncakeError('SEGMENT_NOT_FOUND', `${name} answered the P2P handshake without a descriptor (is it in P2PHANDSHAKE mode?)`, { details: { name } });
       }

@@ -8,6 +8,13 @@ import { MooncakeError } from './errors';
 
 export interface NativeEngineConfig {
   localServerName: string;
+  /** 'builtin' (default) or 'mooncake' (upstream libtransfer_engine.so). */
+  backend?: 'builtin' | 'mooncake';
+  /** mooncake backend: library path, upstream metadata connection string, protocol, rpc port. */
+  library?: string;
+  metadataServer?: string;
+  protocol?: string;
+  rpcPort?: number;
   deviceLibrary?: string;
   ioThreads?: number;
   connectionsPerPeer?: number;
@@ -43,12 +50,26 @@ export type CompletionCallback = (
   details: (Int32Array | undefined)[],
 ) => void;
 
+export interface ManagedAllocation {
+  buffer: ArrayBuffer;
+  address: bigint;
+  shmPath: string;
+}
+
+export interface DeviceAllocation {
+  address: bigint;
+  length: number;
+  device: number;
+}
+
 export interface NativeEngine {
   dataPort(): number;
   registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): bigint;
   registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean): void;
-  allocateManaged(size: number, shareable: boolean, location: string): { buffer: ArrayBuffer; address: bigint; shmPath: string };
-  allocateDevice(location: string, size: number): { address: bigint; length: number; device: number };
+  allocateManaged(size: number, shareable: boolean, location: string): ManagedAllocation;
+  allocateManaged(size: number, shareable: boolean, location: string, async: true): Promise<ManagedAllocation>;
+  allocateDevice(location: string, size: number): DeviceAllocation;
+  allocateDevice(location: string, size: number, async: true): Promise<DeviceAllocation>;
   copyDevice(toDevice: boolean, deviceAddress: bigint, host: ArrayBufferView): Promise<void>;
   unregister(address: bigint): void;
   openSegment(name: string, descriptorJson: string, ip: string): number;
@@ -79,7 +100,20 @@ export interface NativeEngine {
   localDescriptor(): string;
   stats(): Record<string, number>;
   backend(): string;
+  /** mooncake backend: upstream's getLocalIpAndPort ("ip:rpcPort"). */
+  localEndpoint(): string;
+  /** mooncake backend: upstream's notify channel. */
+  sendNotify(segment: number, name: string, msg: string): void;
+  takeNotifies(): [name: string, msg: string][];
   close(): void;
+  /** Blocking calls on a pool thread (the upstream backend talks to its metadata store inside them). */
+  start(): Promise<void>;
+  registerBufferAsync(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): Promise<bigint>;
+  registerAddressAsync(address: bigint, length: number, location: string, remoteAccessible: boolean): Promise<void>;
+  unregisterAsync(address: bigint): Promise<void>;
+  openSegmentAsync(name: string, descriptorJson: string, ip: string): Promise<number>;
+  sendNotifyAsync(segment: number, name: string, msg: string): Promise<void>;
+  closeAsync(): Promise<void>;
 }
 
 export interface NativeBinding {

@@ -11,10 +11,18 @@ export interface TransferEngineOptions {
   metadataServer: string;
   /** This engine's segment name. Default `<advertised ip>:<rpc port>`. Must be unique per metadata store. */
   localServerName?: string;
-  /** Data-plane protocol. The built-in backend speaks `tcp`. */
-  protocol?: 'tcp';
-  /** Backend: the built-in engine. */
-  backend?: 'builtin';
+  /**
+   * Data-plane protocol. The built-in backend speaks `tcp`; the `mooncake` backend installs whatever
+   * the loaded upstream build has: `tcp`, `rdma`, `ascend` (HCCL / ADXL), `efa`, ...
+   */
+  protocol?: string;
+  /**
+   * `builtin` (default): mooncake-node's own engine (TCP). `mooncake`: an installed upstream
+   * libtransfer_engine.so loaded at run time (see `library`), for transports the built-in engine lacks.
+   */
+  backend?: 'builtin' | 'mooncake';
+  /** For `backend: 'mooncake'`: path of libtransfer_engine.so. Default `MOONCAKE_TE_LIBRARY`, else the loader path. */
+  library?: string;
   /** Address the data and handshake listeners bind to. Default: all interfaces. */
   bindAddress?: string;
   /**
@@ -105,11 +113,17 @@ export function validateOptions(o: TransferEngineOptions): void {
   if (typeof o.metadataServer !== 'string' || o.metadataServer === '') {
     throw new MooncakeError('INVALID_CONFIG', "metadataServer is required, e.g. 'http://127.0.0.1:8080/metadata' or 'P2PHANDSHAKE'");
   }
-  if (o.protocol !== undefined && o.protocol !== 'tcp') {
-    throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `the built-in backend speaks 'tcp', not '${String(o.protocol)}'`);
+  if (o.backend !== undefined && o.backend !== 'builtin' && o.backend !== 'mooncake') {
+    throw new MooncakeError('INVALID_CONFIG', `backend must be 'builtin' or 'mooncake', got '${String(o.backend)}'`);
   }
-  if (o.backend !== undefined && o.backend !== 'builtin') {
-    throw new MooncakeError('INVALID_CONFIG', `unknown backend '${String(o.backend)}'`);
+  if (o.protocol !== undefined && (typeof o.protocol !== 'string' || o.protocol === '')) {
+    throw new MooncakeError('INVALID_CONFIG', 'protocol must be a non-empty string');
+  }
+  if ((o.backend ?? 'builtin') === 'builtin' && o.protocol !== undefined && o.protocol !== 'tcp') {
+    throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `the built-in backend speaks 'tcp', not '${o.protocol}'; use backend: 'mooncake' with an upstream build that has it`);
+  }
+  if (o.library !== undefined && (typeof o.library !== 'string' || o.library === '')) {
+    throw new MooncakeError('INVALID_CONFIG', 'library must be a path to libtransfer_engine.so');
   }
   if (o.localServerName !== undefined && (typeof o.localServerName !== 'string' || o.localServerName === '' || o.localServerName.includes('/'))) {
     throw new MooncakeError('INVALID_CONFIG', 'localServerName must be a non-empty string without "/"');

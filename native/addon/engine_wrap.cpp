@@ -1,6 +1,7 @@
 #include "engine_wrap.h"
 
 #include <cmath>
+#include <functional>
 
 #include "addon.h"
 #include "host_memory.h"
@@ -101,6 +102,75 @@ size_t CompletionHub::deliver(Napi::Env env, Napi::Function fn) {
   return n;
 }
 
+namespace {
+
+// A bounded blocking engine call on a libuv pool thread (AsyncWorker): `work` runs there and returns a
+// Status; `done` builds the resolution value back on the JS thread. The receiver (the engine object)
+// and any `keep` values stay referenced until it finishes.
+class BlockingCall : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<mc::Status()>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+  using Failed = std::function<void(Napi::Env)>;
+  BlockingCall(Napi::Object receiver, Work work, Done done, Failed failed = nullptr)
+      : Napi::AsyncWorker(receiver.Env(), "mooncake-node:engine-call"), deferred_(Napi::Promise::Deferred::New(receiver.Env())),
+        work_(std::move(work)), done_(std::move(done)), failed_(std::move(failed)) {
+    keep(receiver);  // the engine object (and so the engine) outlives the call
+  }
+  void keep(Napi::Value v) { kept_.push_back(Napi::Persistent(v)); }
+  Napi::Promise queue() {
+    Napi::Promise p = deferred_.Promise();
+    Queue();
+    return p;
+  }
+  void Execute() override {
+    status_ = work_();
+    if (!status_.ok()) SetError(status_.message.empty() ? mc::codeName(status_.code) : status_.message);
+  }
+  void OnOK() override { deferred_.Resolve(done_ ? done_(Env()) : Env().Undefined()); }
+  void OnError(const Napi::Error&) override {
+    if (failed_) failed_(Env());
+    deferred_.Reject(makeError(Env(), status_).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Work work_;
+  Done done_;
+  Failed failed_;
+  std::vector<Napi::Reference<Napi::Value>> kept_;
+  mc::Status status_;
+};
+
+// The (pointer, length) of JS memory, or an error.
+mc::Status viewOf(const Napi::Value& v, uint8_t** data, size_t* len) {
+  Napi::ArrayBuffer ab;
+  size_t off = 0, n = 0;
+  if (v.IsArrayBuffer()) {
+    ab = v.As<Napi::ArrayBuffer>();
+    if (!ab.IsDetached()) n = ab.ByteLength();
+  } else if (v.IsTypedArray()) {
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    ab = ta.ArrayBuffer();
+    off = ta.ByteOffset();
+    n = ta.ByteLength();
+  } else if (v.IsDataView()) {
+    Napi::DataView dv = v.As<Napi::DataView>();
+    ab = dv.ArrayBuffer();
+    off = dv.ByteOffset();
+    n = dv.ByteLength();
+  } else {
+    return invalid("memory must be an ArrayBuffer, a TypedArray, a Buffer or a DataView");
+  }
+  if (ab.IsDetached()) return invalid("the ArrayBuffer is detached");
+  if (n == 0 || ab.Data() == nullptr) return invalid("cannot register empty memory");
+  *data = static_cast<uint8_t*>(ab.Data()) + off;
+  *len = n;
+  return mc::Status();
+}
+
+}  // namespace
+
 // ---- EngineWrap ---------------------------------------------------------------------------------
 
 Napi::Function EngineWrap::Define(Napi::Env env) {
@@ -130,6 +200,13 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("sendNotify", &EngineWrap::SendNotify),
                          InstanceMethod("takeNotifies", &EngineWrap::TakeNotifies),
                          InstanceMethod("close", &EngineWrap::Close),
+                         InstanceMethod("start", &EngineWrap::Start),
+                         InstanceMethod("registerBufferAsync", &EngineWrap::RegisterBufferAsync),
+                         InstanceMethod("registerAddressAsync", &EngineWrap::RegisterAddressAsync),
+                         InstanceMethod("unregisterAsync", &EngineWrap::UnregisterAsync),
+                         InstanceMethod("openSegmentAsync", &EngineWrap::OpenSegmentAsync),
+                         InstanceMethod("sendNotifyAsync", &EngineWrap::SendNotifyAsync),
+                         InstanceMethod("closeAsync", &EngineWrap::CloseAsync),
                      });
 }
 
@@ -163,17 +240,108 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
   } else {
     throwStatus(env, invalid("unknown backend '" + backend + "'"));
   }
-  mc::Status st = engine_->start();
-  if (!st.ok()) {
-    engine_.reset();
-    closed_ = true;
-    hub_->live.store(false);
-    hub_->tsfn.Release();
-    hub_ = nullptr;
-    throwStatus(env, st);
-  }
   napi_add_env_cleanup_hook(env_, &EngineWrap::CleanupHook, this);
   hookInstalled_ = true;
+  if (backend == "builtin") {  // starts in microseconds: no Promise needed
+    mc::Status st = engine_->start();
+    if (!st.ok()) {
+      shutdown(env, false);
+      throwStatus(env, st);
+    }
+    started_ = true;
+  }
+}
+
+// start() -> Promise<void>: the upstream backend creates its engine (and talks to its metadata store).
+Napi::Value EngineWrap::Start(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  if (started_) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  auto* call = new BlockingCall(
+      Value(), [&e] { return e.start(); },
+      [this](Napi::Env) { started_ = true; return Value().Env().Undefined(); },
+      [this](Napi::Env env2) { shutdown(env2, true); });
+  return call->queue();
+}
+
+Napi::Value EngineWrap::RegisterBufferAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint8_t* data = nullptr;
+  size_t len = 0;
+  mc::Status vs = viewOf(info[0], &data, &len);
+  if (!vs.ok()) throwStatus(env, vs);
+  mc::RegisterOptions o;
+  o.location = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "cpu:0";
+  o.remoteAccessible = !info[2].IsBoolean() || info[2].As<Napi::Boolean>().Value();
+  uint64_t addr = reinterpret_cast<uint64_t>(data);
+  auto view = std::make_shared<Napi::Reference<Napi::Value>>(Napi::Persistent(info[0]));
+  auto* call = new BlockingCall(
+      Value(), [&e, addr, len, o] { return e.registerMemory(addr, len, o); },
+      [this, addr, view](Napi::Env env2) {
+        if (!closed_) pinned_.emplace(addr, Napi::Persistent(view->Value()));
+        return Napi::BigInt::New(env2, addr).As<Napi::Value>();
+      });
+  call->keep(info[0]);
+  return call->queue();
+}
+
+Napi::Value EngineWrap::RegisterAddressAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t addr = toU64(env, info[0], "address");
+  uint64_t len = toLength(env, info[1], "length");
+  mc::RegisterOptions o;
+  o.location = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu:0";
+  o.remoteAccessible = !info[3].IsBoolean() || info[3].As<Napi::Boolean>().Value();
+  return (new BlockingCall(Value(), [&e, addr, len, o] { return e.registerMemory(addr, len, o); }, nullptr))->queue();
+}
+
+Napi::Value EngineWrap::UnregisterAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  uint64_t addr = toU64(env, info[0], "address");
+  return (new BlockingCall(Value(), [&e, addr] { return e.unregisterMemory(addr); },
+                           [this, addr](Napi::Env env2) { pinned_.erase(addr); return env2.Undefined(); }))
+      ->queue();
+}
+
+Napi::Value EngineWrap::OpenSegmentAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  std::string name = toString(env, info[0], "name"), desc = toString(env, info[1], "descriptor"), ip = toString(env, info[2], "ip");
+  auto id = std::make_shared<int32_t>(-1);
+  return (new BlockingCall(Value(), [&e, name, desc, ip, id] { return e.openSegment(name, desc, ip, id.get()); },
+                           [id](Napi::Env env2) { return Napi::Number::New(env2, *id).As<Napi::Value>(); }))
+      ->queue();
+}
+
+Napi::Value EngineWrap::SendNotifyAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  mc::Engine& e = live(env);
+  int32_t seg = static_cast<int32_t>(toLength(env, info[0], "segment"));
+  std::string name = toString(env, info[1], "name"), msg = toString(env, info[2], "msg");
+  return (new BlockingCall(Value(), [&e, seg, name, msg] { return e.sendNotify(seg, name, msg); }, nullptr))->queue();
+}
+
+// closeAsync(): stops the engine on a pool thread (upstream's shutdown talks to its metadata store),
+// then, back on the JS thread, delivers what is left and releases the thread-safe function.
+Napi::Value EngineWrap::CloseAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (closed_ || !engine_) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(env.Undefined());
+    return d.Promise();
+  }
+  mc::Engine* e = engine_.get();
+  stopping_ = true;  // every other call now fails with CLOSED
+  return (new BlockingCall(Value(), [e] { e->stop(); return mc::Status(); },
+                           [this](Napi::Env env2) { shutdown(env2, true); return env2.Undefined(); }))
+      ->queue();
 }
 
 EngineWrap::~EngineWrap() {
@@ -223,7 +391,7 @@ void EngineWrap::shutdown(Napi::Env env, bool jsAllowed) {
 }
 
 mc::Engine& EngineWrap::live(Napi::Env env) {
-  if (closed_ || !engine_) throwStatus(env, mc::Status(mc::Code::CLOSED, "the engine is closed"));
+  if (closed_ || stopping_ || !engine_) throwStatus(env, mc::Status(mc::Code::CLOSED, "the engine is closed"));
   return *engine_;
 }
 
@@ -288,6 +456,7 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   mc::Engine& e = live(env);
   uint64_t size = toLength(env, info[0], "size");
   bool shareable = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  bool async = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
   std::shared_ptr<mc::HostAllocation> mem;
   mc::Status st = mc::HostAllocation::create(size, shareable, &mem);
   if (!st.ok()) throwStatus(env, st);
@@ -296,25 +465,30 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   o.owner = mem;
   o.shmPath = mem->shmPath();
   uint64_t addr = reinterpret_cast<uint64_t>(mem->data());
+  auto result = [mem, size, addr](Napi::Env env2) -> Napi::Value {
+    auto* hold = new std::shared_ptr<mc::HostAllocation>(mem);
+    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
+        env2, mem->data(), size, [](Napi::Env, void*, std::shared_ptr<mc::HostAllocation>* h) { delete h; }, hold);
+    Napi::Object out = Napi::Object::New(env2);
+    out.Set("buffer", ab);
+    out.Set("address", Napi::BigInt::New(env2, addr));
+    out.Set("shmPath", Napi::String::New(env2, mem->shmPath()));
+    return out;
+  };
+  if (async) return (new BlockingCall(Value(), [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result))->queue();
   st = e.registerMemory(addr, size, o);
   if (!st.ok()) throwStatus(env, st);
-  auto* hold = new std::shared_ptr<mc::HostAllocation>(mem);
-  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-      env, mem->data(), size, [](Napi::Env, void*, std::shared_ptr<mc::HostAllocation>* h) { delete h; }, hold);
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("buffer", ab);
-  out.Set("address", Napi::BigInt::New(env, addr));
-  out.Set("shmPath", Napi::String::New(env, mem->shmPath()));
-  return out;
+  return result(env);
 }
 
-// allocateDevice(location "npu:N", size) -> { address: bigint, length, device }. The memory is freed
-// when the region is unregistered (and no transfer uses it).
+// allocateDevice(location "npu:N", size, async?) -> { address: bigint, length, device } (a Promise of
+// it when async). The memory is freed when the region is unregistered (and no transfer uses it).
 Napi::Value EngineWrap::AllocateDevice(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
   std::string location = toString(env, info[0], "location");
   uint64_t size = toLength(env, info[1], "size");
+  bool async = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   if (size == 0) throwStatus(env, invalid("size must be positive"));
   mc::RegisterOptions o;
   o.location = location;
@@ -328,13 +502,17 @@ Napi::Value EngineWrap::AllocateDevice(const Napi::CallbackInfo& info) {
   int device = o.device;
   o.owner = std::shared_ptr<void>(ptr, [rt, device](void* p) { rt->release(device, p); });
   uint64_t addr = reinterpret_cast<uint64_t>(ptr);
+  auto result = [addr, size, device](Napi::Env env2) -> Napi::Value {
+    Napi::Object out = Napi::Object::New(env2);
+    out.Set("address", Napi::BigInt::New(env2, addr));
+    out.Set("length", Napi::Number::New(env2, static_cast<double>(size)));
+    out.Set("device", Napi::Number::New(env2, device));
+    return out;
+  };
+  if (async) return (new BlockingCall(Value(), [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result))->queue();
   st = e.registerMemory(addr, size, o);
   if (!st.ok()) throwStatus(env, st);  // the owner frees the allocation
-  Napi::Object out = Napi::Object::New(env);
-  out.Set("address", Napi::BigInt::New(env, addr));
-  out.Set("length", Napi::Number::New(env, static_cast<double>(size)));
-  out.Set("device", Napi::Number::New(env, device));
-  return out;
+  return result(env);
 }
 
 namespace {

@@ -86,6 +86,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value SendNotify(const Napi::CallbackInfo& info);
   Napi::Value TakeNotifies(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  // Blocking engine calls (the upstream backend talks to its metadata store and peers inside them)
+  // run on a libuv pool thread and return Promises; see BlockingCall in engine_wrap.cpp.
+  Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value RegisterBufferAsync(const Napi::CallbackInfo& info);
+  Napi::Value RegisterAddressAsync(const Napi::CallbackInfo& info);
+  Napi::Value UnregisterAsync(const Napi::CallbackInfo& info);
+  Napi::Value OpenSegmentAsync(const Napi::CallbackInfo& info);
+  Napi::Value SendNotifyAsync(const Napi::CallbackInfo& info);
+  Napi::Value CloseAsync(const Napi::CallbackInfo& info);
+  bool started_ = false;
+  bool stopping_ = false;  // closeAsync in progress
 
   napi_env env_;
   mc::EngineConfig config_;

@@ -4,7 +4,9 @@
 // of the registered regions (so busy regions cannot be unregistered and device regions get their
 // device context), and one poller thread that turns upstream's polled task states into completions.
 #include <condition_variable>
+#include <deque>
 #include <mutex>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -22,6 +24,13 @@ struct Active {
   size_t n = 0;
   int device = -1;  // device whose context the poller needs for this batch (-1: host only)
   DeviceRuntime* runtime = nullptr;
+};
+
+// Validated on the caller's thread, handed to upstream on the submitter thread.
+struct Pending {
+  uint64_t token;
+  Active active;
+  std::vector<upstream::transfer_request> entries;
 };
 
 class UpstreamEngine final : public Engine, public CompletionSink {
@@ -46,6 +55,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     }
     running_ = true;
     poller_ = std::thread([this] { poll(); });
+    submitter_ = std::thread([this] { submitLoop(); });
     return Status();
   }
 
@@ -58,11 +68,15 @@ class UpstreamEngine final : public Engine, public CompletionSink {
       // Upstream cannot cancel: let in-flight batches reach a terminal state (bounded), so no memory
       // is touched after we report them, then stop polling.
       cv_.notify_all();
-      drained_.wait_for(lk, std::chrono::seconds(30), [&] { return active_.empty(); });
+      drained_.wait_for(lk, std::chrono::seconds(30), [&] { return active_.empty() && queued_.empty() && !submitting_; });
       running_ = false;
       cv_.notify_all();
+      submitCv_.notify_all();
     }
+    if (submitter_.joinable()) submitter_.join();
     if (poller_.joinable()) poller_.join();
+    for (auto& p : queued_) for (size_t i = 0; i < p.active.n; ++i) p.active.batch->failTask(i, Code::CLOSED);
+    queued_.clear();
     std::vector<Active> left;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -70,6 +84,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
       active_.clear();
     }
     for (auto& a : left) for (size_t i = 0; i < a.n; ++i) if (!isTerminal(taskState(*a.batch, i))) a.batch->failTask(i, Code::CLOSED);
+    std::unique_lock<std::shared_mutex> life(lifeMu_);  // no API call is inside upstream now
     api_->destroyTransferEngine(engine_);
     engine_ = nullptr;
   }
@@ -78,7 +93,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::string backendName() const override { return "mooncake"; }
 
   Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& in) override {
-    if (closing_) return Status(Code::CLOSED, "engine closed");
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     RegisterOptions o = in;
     Status st = resolveDevice(cfg_, o.location, &o);
     if (!st.ok()) return st;
@@ -94,7 +111,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status unregisterMemory(uint64_t addr) override {
-    if (closing_) return Status(Code::CLOSED, "engine closed");
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     RegionRef probe = registry_.acquire(addr, 1);
     DeviceRuntime* rt = probe ? probe.get()->runtime : nullptr;
     int dev = probe ? probe.get()->device : -1;
@@ -110,7 +129,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   RegionRef acquireLocal(uint64_t addr, uint64_t length) override { return registry_.acquire(addr, length); }
 
   Status openSegment(const std::string& name, const std::string& descriptorJson, const std::string&, int32_t* id) override {
-    if (closing_) return Status(Code::CLOSED, "engine closed");
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     int32_t sid = api_->openSegment(engine_, name.c_str());
     if (sid < 0) return Status(Code::SEGMENT_NOT_FOUND, "upstream could not open segment " + name + " (" + std::to_string(sid) + ")");
     SegmentInfo info;
@@ -132,6 +153,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status closeSegment(int32_t id) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     std::lock_guard<std::mutex> g(mu_);
     if (!segments_.erase(id)) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
     api_->closeSegment(engine_, id);
@@ -150,29 +174,36 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     if (closing_) return Status(Code::CLOSED, "engine closed");
     if (n == 0) return Status(Code::INVALID_ARGUMENT, "empty batch");
     auto batch = std::make_shared<Batch>(0, n, token, this);
-    Active a;
-    Status st = start(batch, reqs, n, badIndex, &a);
+    Pending p;
+    Status st = prepare(batch, reqs, n, badIndex, &p);
     if (!st.ok()) return st;
     if (timeoutMs > 0) batch->setDeadlineNs(monotonicNs() + timeoutMs * 1000000LL);
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      active_[token] = std::move(a);
-    }
+    p.token = token;
     batch->seal();
-    cv_.notify_all();
+    {
+      // Upstream's submit may block (its first transfer to a peer fetches rpc_meta synchronously), so
+      // it never runs on the caller's (JS) thread.
+      std::lock_guard<std::mutex> g(mu_);
+      queued_.push_back(std::move(p));
+    }
+    submitCv_.notify_one();
     return Status();
   }
 
   void cancel(uint64_t token, Code why) override {
     // Upstream cannot recall a posted transfer: the batch settles (with `why`) once upstream reports
-    // every task terminal, so the memory is never touched after the Promise settles.
+    // every task terminal, so the memory is never touched after the Promise settles. Batches still in
+    // the submit queue are dropped before upstream sees them.
     std::lock_guard<std::mutex> g(mu_);
     auto it = active_.find(token);
     if (it != active_.end()) it->second.batch->requestCancel(why);
+    for (auto& p : queued_) if (p.token == token) p.active.batch->requestCancel(why);
   }
 
   Status allocateBatch(size_t capacity, uint64_t* id) override {
-    if (closing_) return Status(Code::CLOSED, "engine closed");
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     if (capacity == 0) return Status(Code::INVALID_ARGUMENT, "batch capacity must be positive");
     uint64_t b = api_->allocateBatchID(engine_, capacity);
     if (b == upstream::kInvalidBatch) return Status(Code::TOO_MANY_REQUESTS, "upstream allocateBatchID failed");
@@ -183,7 +214,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) override {
-    if (closing_) return Status(Code::CLOSED, "engine closed");
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     {
       std::lock_guard<std::mutex> g(mu_);
       if (!polled_.count(batchId)) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
@@ -197,6 +230,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     upstream::transfer_status s{};
     int rc = api_->getTransferStatus(engine_, batchId, task, &s);
     if (rc != 0) return Status(upstream::mapError(rc), "upstream getTransferStatus failed (" + std::to_string(rc) + ")");
@@ -207,6 +243,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     size_t cap;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -229,6 +268,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status freeBatch(uint64_t batchId) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     int rc = api_->freeBatchID(engine_, batchId);
     if (rc != 0) return Status(upstream::mapError(rc), "upstream freeBatchID failed (" + std::to_string(rc) + ")");
     std::lock_guard<std::mutex> g(mu_);
@@ -246,6 +288,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status localEndpoint(std::string* out) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     if (!api_->getLocalIpAndPort) return Status(Code::NOT_IMPLEMENTED, "this Mooncake build has no getLocalIpAndPort");
     char buf[256] = {0};
     int rc = api_->getLocalIpAndPort(engine_, buf, sizeof buf);
@@ -255,6 +300,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status sendNotify(int32_t segment, const std::string& name, const std::string& msg) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return gs;
     if (!api_->genNotifyInEngine) return Status(Code::NOT_IMPLEMENTED, "this Mooncake build has no genNotifyInEngine");
     upstream::notify_msg m{const_cast<char*>(name.c_str()), const_cast<char*>(msg.c_str())};
     int rc = api_->genNotifyInEngine(engine_, static_cast<uint64_t>(segment), m);
@@ -263,6 +311,9 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   Status takeNotifies(std::vector<std::pair<std::string, std::string>>* out) override {
+    Status gs;
+    auto life = enter(&gs);
+    if (!gs.ok()) return Status();  // closed: nothing more will arrive
     if (!api_->getNotifsFromEngine) return Status();
     int size = 0;
     upstream::notify_msg* list = api_->getNotifsFromEngine(engine_, &size);
@@ -277,6 +328,14 @@ class UpstreamEngine final : public Engine, public CompletionSink {
 
  private:
   static TaskState taskState(Batch& b, size_t i) { return static_cast<TaskState>(b.task(i).state.load()); }
+
+  // Held by every call into upstream from outside the engine's own threads: stop() destroys the
+  // upstream engine only when no such call is inside it.
+  std::shared_lock<std::shared_mutex> enter(Status* st) {
+    std::shared_lock<std::shared_mutex> lk(lifeMu_);
+    if (engine_ == nullptr || closing_) *st = Status(Code::CLOSED, "engine closed");
+    return lk;
+  }
 
   // Validates against our mirror (nothing reaches upstream on a bad request) and builds entries.
   Status translate(const TransferRequest* reqs, size_t n, size_t* badIndex, std::vector<upstream::transfer_request>* out,
@@ -298,34 +357,61 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     return Status();
   }
 
-  Status start(const std::shared_ptr<Batch>& batch, const TransferRequest* reqs, size_t n, size_t* badIndex, Active* a) {
-    std::vector<upstream::transfer_request> entries;
+  Status prepare(const std::shared_ptr<Batch>& batch, const TransferRequest* reqs, size_t n, size_t* badIndex, Pending* p) {
     std::vector<RegionRef> refs;
-    Status st = translate(reqs, n, badIndex, &entries, &refs);
+    Status st = translate(reqs, n, badIndex, &p->entries, &refs);
     if (!st.ok()) return st;
     size_t first = 0;
     batch->reserve(n, &first);
+    Active& a = p->active;
     for (size_t i = 0; i < n; ++i) {
       const Region* r = refs[i].get();
-      if (r->device >= 0 && a->device < 0) { a->device = r->device; a->runtime = r->runtime; }
+      if (r->device >= 0 && a.device < 0) { a.device = r->device; a.runtime = r->runtime; }
       batch->beginTask(i, reqs[i].length, 1, std::move(refs[i]));
     }
-    if (a->runtime) a->runtime->setDevice(a->device);  // this thread calls into upstream next
-    uint64_t b = api_->allocateBatchID(engine_, n);
-    if (b == upstream::kInvalidBatch) {
-      for (size_t i = 0; i < n; ++i) batch->failTask(i, Code::TOO_MANY_REQUESTS);
-      return Status(Code::TOO_MANY_REQUESTS, "upstream allocateBatchID failed");
-    }
-    int rc = api_->submitTransfer(engine_, b, entries.data(), n);
-    if (rc != 0) {
-      api_->freeBatchID(engine_, b);
-      for (size_t i = 0; i < n; ++i) batch->failTask(i, upstream::mapError(rc));
-      return Status(upstream::mapError(rc), "upstream submitTransfer failed (" + std::to_string(rc) + ")");
-    }
-    a->batch = batch;
-    a->upstreamBatch = b;
-    a->n = n;
+    a.batch = batch;
+    a.n = n;
     return Status();
+  }
+
+  // Hands queued batches to upstream, one after another, on its own thread.
+  void submitLoop() {
+    int lastDevice = -1;
+    while (true) {
+      Pending p;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        submitCv_.wait(lk, [&] { return !running_ || !queued_.empty(); });
+        if (queued_.empty()) return;  // stopping
+        p = std::move(queued_.front());
+        queued_.pop_front();
+        submitting_ = true;
+      }
+      Active& a = p.active;
+      Code cancelled = a.batch->cancelCode();
+      if (cancelled != Code::OK) {
+        for (size_t i = 0; i < a.n; ++i) a.batch->failTask(i, cancelled);
+      } else {
+        if (a.runtime && a.device != lastDevice) {  // upstream may touch the device from this thread
+          a.runtime->setDevice(a.device);
+          lastDevice = a.device;
+        }
+        uint64_t b = api_->allocateBatchID(engine_, a.n);
+        int rc = b == upstream::kInvalidBatch ? -2 : api_->submitTransfer(engine_, b, p.entries.data(), a.n);
+        if (rc != 0) {
+          if (b != upstream::kInvalidBatch) api_->freeBatchID(engine_, b);
+          for (size_t i = 0; i < a.n; ++i) a.batch->failTask(i, upstream::mapError(rc));
+        } else {
+          a.upstreamBatch = b;
+          std::lock_guard<std::mutex> g(mu_);
+          active_[p.token] = std::move(a);
+          cv_.notify_all();
+        }
+      }
+      std::lock_guard<std::mutex> g(mu_);
+      submitting_ = false;
+      if (active_.empty() && queued_.empty()) drained_.notify_all();
+    }
   }
 
   // One thread polls upstream's task states for every Promise batch and reports finished ones.
@@ -361,7 +447,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
           active_.erase(token);
           ++completed_;
           progressed = true;
-          if (active_.empty()) drained_.notify_all();
+          if (active_.empty() && queued_.empty() && !submitting_) drained_.notify_all();
         }
       }
       if (!progressed) std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -379,7 +465,11 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::unordered_map<uint64_t, Active> active_;
   std::unordered_map<int32_t, SegmentInfo> segments_;
   std::unordered_map<uint64_t, size_t> polled_;
-  std::thread poller_;
+  std::shared_mutex lifeMu_;
+  std::thread poller_, submitter_;
+  std::condition_variable submitCv_;
+  std::deque<Pending> queued_;
+  bool submitting_ = false;
   std::atomic<bool> closing_{false};
   bool running_ = false;
   uint64_t completed_ = 0;
