@@ -15,6 +15,8 @@ export interface NativeEngineConfig {
   metadataServer?: string;
   protocol?: string;
   rpcPort?: number;
+  /** mooncake backend: 'npu:N' made current on every thread that calls into upstream. */
+  device?: string;
   deviceLibrary?: string;
   ioThreads?: number;
   connectionsPerPeer?: number;

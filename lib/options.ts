@@ -23,6 +23,11 @@ export interface TransferEngineOptions {
   backend?: 'builtin' | 'mooncake';
   /** For `backend: 'mooncake'`: path of libtransfer_engine.so. Default `MOONCAKE_TE_LIBRARY`, else the loader path. */
   library?: string;
+  /**
+   * For `backend: 'mooncake'` on Ascend: the NPU this engine serves (`npu:N`). It is made current on
+   * every thread that calls into upstream, before the engine is created (ascend_direct reads it there).
+   */
+  device?: string;
   /** Address the data and handshake listeners bind to. Default: all interfaces. */
   bindAddress?: string;
   /**
@@ -121,6 +126,9 @@ export function validateOptions(o: TransferEngineOptions): void {
   }
   if ((o.backend ?? 'builtin') === 'builtin' && o.protocol !== undefined && o.protocol !== 'tcp') {
     throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `the built-in backend speaks 'tcp', not '${o.protocol}'; use backend: 'mooncake' with an upstream build that has it`);
+  }
+  if (o.device !== undefined && (typeof o.device !== 'string' || !/^npu:\d+$/.test(o.device))) {
+    throw new MooncakeError('INVALID_CONFIG', `device must look like 'npu:0', got '${String(o.device)}'`);
   }
   if (o.library !== undefined && (typeof o.library !== 'string' || o.library === '')) {
     throw new MooncakeError('INVALID_CONFIG', 'library must be a path to libtransfer_engine.so');

@@ -28,6 +28,7 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
       localServerName: requested,
       advertiseAddress: advertise,
       rpcPort: o.rpcPort,
+      device: o.device,
       deviceLibrary: o.ascendRuntimeLibrary,
     },
     onCompletions,

@@ -234,6 +234,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
     if (o.Get("protocol").IsString()) up.protocol = o.Get("protocol").As<Napi::String>().Utf8Value();
     if (o.Get("advertiseAddress").IsString()) up.ipOrHost = o.Get("advertiseAddress").As<Napi::String>().Utf8Value();
     if (!o.Get("rpcPort").IsUndefined()) up.rpcPort = toLength(env, o.Get("rpcPort"), "rpcPort");
+    if (o.Get("device").IsString()) up.device = o.Get("device").As<Napi::String>().Utf8Value();
     engine_ = mc::createUpstreamEngine(cfg, up, hub_);
   } else if (backend == "builtin") {
     engine_ = mc::createBuiltinEngine(cfg, hub_);

@@ -107,6 +107,9 @@ struct UpstreamConfig {
   std::string protocol = "tcp";
   std::string ipOrHost;        // passed to createTransferEngine (ignored by upstream's default mode)
   uint64_t rpcPort = 12345;
+  // "npu:N": made current on every thread before it calls into upstream (ascend_direct takes its
+  // device from the calling thread's context, from createTransferEngine on).
+  std::string device;
 };
 
 std::unique_ptr<Engine> createUpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink);

@@ -41,6 +41,16 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   Status start() override {
     Status st = upstream::loadApi(up_.library, &api_);
     if (!st.ok()) return st;
+    if (!up_.device.empty()) {
+      RegisterOptions d;
+      st = resolveDevice(cfg_, up_.device, &d);
+      if (!st.ok()) return st;
+      if (d.runtime == nullptr) return Status(Code::INVALID_ARGUMENT, "device must look like npu:0, got " + up_.device);
+      device_ = d.device;
+      runtime_ = d.runtime;
+      st = enterDevice();
+      if (!st.ok()) return st;
+    }
     engine_ = api_->createTransferEngine(up_.metadataServer.c_str(), cfg_.localServerName.c_str(), up_.ipOrHost.c_str(),
                                          up_.rpcPort, 0);
     if (engine_ == nullptr) {
@@ -85,6 +95,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     }
     for (auto& a : left) for (size_t i = 0; i < a.n; ++i) if (!isTerminal(taskState(*a.batch, i))) a.batch->failTask(i, Code::CLOSED);
     std::unique_lock<std::shared_mutex> life(lifeMu_);  // no API call is inside upstream now
+    enterDevice();
     api_->destroyTransferEngine(engine_);
     engine_ = nullptr;
   }
@@ -334,6 +345,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::shared_lock<std::shared_mutex> enter(Status* st) {
     std::shared_lock<std::shared_mutex> lk(lifeMu_);
     if (engine_ == nullptr || closing_) *st = Status(Code::CLOSED, "engine closed");
+    else *st = enterDevice();  // this thread is about to call into upstream
     return lk;
   }
 
@@ -374,9 +386,13 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     return Status();
   }
 
+  // Makes the engine's device current on the calling thread (no-op without one).
+  Status enterDevice() { return runtime_ ? runtime_->setDevice(device_) : Status(); }
+
   // Hands queued batches to upstream, one after another, on its own thread.
   void submitLoop() {
-    int lastDevice = -1;
+    enterDevice();
+    int lastDevice = device_;
     while (true) {
       Pending p;
       {
@@ -416,7 +432,8 @@ class UpstreamEngine final : public Engine, public CompletionSink {
 
   // One thread polls upstream's task states for every Promise batch and reports finished ones.
   void poll() {
-    int lastDevice = -1;
+    enterDevice();
+    int lastDevice = device_;
     while (true) {
       std::vector<std::pair<uint64_t, Active*>> work;
       {
@@ -466,6 +483,8 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::unordered_map<int32_t, SegmentInfo> segments_;
   std::unordered_map<uint64_t, size_t> polled_;
   std::shared_mutex lifeMu_;
+  DeviceRuntime* runtime_ = nullptr;
+  int device_ = -1;
   std::thread poller_, submitter_;
   std::condition_variable submitCv_;
   std::deque<Pending> queued_;
