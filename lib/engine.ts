@@ -61,6 +61,7 @@ export interface TransferEngineEvents {
 }
 
 const PACKED = Symbol('packed');
+const DEVICE_ALIGNMENT = 2n * 1024n * 1024n;
 
 /** A batch validated and packed once by `prepareBatch`. */
 export interface PreparedBatch {
@@ -639,6 +640,12 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   private async registerOne(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): Promise<MemoryRegion> {
     this.assertOpen();
+    if (/^npu:/.test(options.location ?? '')) {
+      // Ascend transports need 2 MiB-aligned device regions (allocateDeviceMemory guarantees it).
+      const a = memory !== null && typeof memory === 'object' && 'address' in memory ? (memory as { address: unknown }).address : undefined;
+      if (typeof a !== 'bigint') throw new MooncakeError('INVALID_ARGUMENT', 'npu memory is registered as { address, length } (or allocated with allocateDeviceMemory)');
+      if (a % DEVICE_ALIGNMENT !== 0n) throw new MooncakeError('INVALID_ARGUMENT', `npu memory must start on a 2 MiB boundary (0x${a.toString(16)} does not)`);
+    }
     if (this.backend === 'mooncake') return this.registerOneUpstream(memory, options);
     const location = options.location ?? 'cpu:0';
     if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');

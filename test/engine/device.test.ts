@@ -48,7 +48,9 @@ describe('NPU memory (stand-in Ascend runtime)', () => {
   it('gives clear errors for bad devices, locations and a missing runtime', async () => {
     await expect(engine.allocateDeviceMemory('npu:9', MiB)).rejects.toMatchObject({ code: 'DEVICE_NOT_FOUND' });
     await expect(engine.allocateDeviceMemory('gpu:0', MiB)).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
-    await expect(engine.registerMemory(Buffer.alloc(16), { location: 'npu:5' })).rejects.toMatchObject({ code: 'DEVICE_NOT_FOUND' });
+    await expect(engine.registerMemory(Buffer.alloc(16), { location: 'npu:0' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(engine.registerMemory({ address: 3n * 1024n * 1024n, length: 4096 }, { location: 'npu:0' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+    await expect(engine.registerMemory({ address: 1n << 40n, length: 4096 }, { location: 'npu:5' })).rejects.toMatchObject({ code: 'DEVICE_NOT_FOUND' });
     const other = await TransferEngine.create({ metadataServer: url, bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1', ascendRuntimeLibrary: '/nonexistent/libascendcl.so' });
     try {
       const err = await other.allocateDeviceMemory('npu:0', MiB).catch((e: MooncakeError) => e);
