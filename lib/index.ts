@@ -100,3 +100,5 @@ export type {
   KvPatternSpec,
   KvPatternCheck,
 } from './kv';
+export { createProxy, runProxyBench } from './proxy';
+export type { PdProxy, ProxyOptions, ProxyAddress, ProxyStats, ProxyBenchOptions, ProxyBenchResult, InstanceSnapshot, PolicyName } from './proxy';
