@@ -17,9 +17,7 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { MetadataServer } from 'mooncake-node';
-// The PD proxy is not exported from the package root yet; take it from the build directly.
-import { createProxy } from '../../dist/proxy/index.js';
+import { MetadataServer, createProxy } from 'mooncake-node';
 import { MODEL, kvBytesPerToken } from './model.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
