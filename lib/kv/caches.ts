@@ -4,11 +4,15 @@
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine } from '../engine';
-import type { MemoryRegion } from '../memory';
+import { MemoryRegion } from '../memory';
 import type { KvLayout, KvTensorKind } from './layout';
 
-/** Memory for caches: host memory JS can see, or memory the caller owns (device memory) by address. */
-export type KvRegionInput = Buffer | Uint8Array | { address: bigint; length: number };
+/**
+ * Memory for caches: host memory JS can see, memory the caller owns by address (device memory), or a region
+ * this rank's engine already registered (e.g. from `engine.allocateDeviceMemory('npu:0', size)`), which is
+ * used as is.
+ */
+export type KvRegionInput = Buffer | Uint8Array | { address: bigint; length: number } | MemoryRegion;
 
 export interface KvCachesInput {
   /** The regions, registered in one metadata update. Keep them few (HCCL/ADXL cap region counts). */
@@ -91,6 +95,8 @@ export class KvCaches {
     /** Absolute address of every tensor, in tensor order. */
     readonly tensorAddresses: readonly bigint[],
     private readonly views: readonly (Buffer | undefined)[],
+    /** The regions this object registered (and unregisters); regions passed in registered stay. */
+    private readonly owned: readonly MemoryRegion[],
   ) {}
 
   /** Validates the placement and registers the regions with the engine (one metadata update). */
@@ -100,15 +106,24 @@ export class KvCaches {
       throw new MooncakeError('INVALID_CONFIG', 'caches.regions must be a non-empty array of Buffers or { address, length }', { details: { field: 'caches.regions' } });
     }
     const lengths = inp.regions.map((r, i) => {
+      if (r instanceof MemoryRegion) {
+        if (r.owner !== engine || r.unregistered) {
+          throw new MooncakeError('INVALID_CONFIG', `caches.regions[${i}] is a region of another engine, or unregistered`, { details: { field: `caches.regions[${i}]` } });
+        }
+        return r.length;
+      }
       if (r instanceof Uint8Array) return r.byteLength;
       if (r !== null && typeof r === 'object' && typeof r.address === 'bigint' && Number.isSafeInteger(r.length) && r.length > 0) return r.length;
       throw new MooncakeError('INVALID_CONFIG', `caches.regions[${i}] must be a Buffer/Uint8Array or { address: bigint, length }`, { details: { field: `caches.regions[${i}]` } });
     });
     const placement = tensorPlacement(layout, inp, lengths);
-    const regions = await engine.registerMemoryBatch([...inp.regions], { location: inp.location ?? 'cpu:0' });
+    const fresh = inp.regions.filter((r): r is Exclude<KvRegionInput, MemoryRegion> => !(r instanceof MemoryRegion));
+    const registered = fresh.length > 0 ? await engine.registerMemoryBatch(fresh, { location: inp.location ?? 'cpu:0' }) : [];
+    let k = 0;
+    const regions = inp.regions.map((r) => (r instanceof MemoryRegion ? r : registered[k++]));
     const addresses = placement.map((p) => regions[p.region].address + BigInt(p.offset));
     const views = placement.map((p) => regions[p.region].buffer?.subarray(p.offset, p.offset + layout.tensorBytes));
-    return new KvCaches(layout, regions, addresses, views);
+    return new KvCaches(layout, regions, addresses, views, registered);
   }
 
   /** The host view of a tensor (undefined for device memory). */
@@ -123,9 +138,9 @@ export class KvCaches {
     return v?.subarray(r.offset, r.offset + r.length);
   }
 
-  /** Unregisters the regions (best effort; the engine drops them anyway when it closes). */
+  /** Unregisters the regions it registered (best effort; the engine drops them anyway when it closes). */
   async unregister(): Promise<void> {
-    for (const r of this.regions) {
+    for (const r of this.owned) {
       if (!r.unregistered) await r.unregister().catch(() => undefined);
     }
   }

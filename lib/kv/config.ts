@@ -12,6 +12,7 @@
  */
 import * as fs from 'node:fs';
 import { MooncakeError } from '../errors';
+import { MemoryRegion } from '../memory';
 import { parseMetadataConnectionString, P2P_HANDSHAKE } from '../metadata/store';
 import type { KvLayout, KvLayoutSpec } from './layout';
 import { checkEngineId, type KvParallelSize, type KvRankOptions, type KvRole } from './options';
@@ -349,8 +350,12 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
   }
   const url = transfer.role === 'kv_consumer' ? mooncake?.decodeUrl : mooncake?.prefillUrl;
   const host = url?.host ?? mooncake?.localHostname;
-  const location = transfer.bufferDevice === 'cpu' ? 'cpu:0' : `${transfer.bufferDevice}:${ctx.tpRank}`;
-  const caches = ctx.caches && ctx.caches.location === undefined && transfer.bufferDevice !== 'cpu' ? { ...ctx.caches, location } : ctx.caches;
+  // kv_buffer_device labels caches given by address (device memory); host Buffers stay 'cpu:0', and regions
+  // already registered (allocateDeviceMemory) keep their own location.
+  const byAddress = ctx.caches?.regions.every((r) => !(r instanceof Uint8Array) && !(r instanceof MemoryRegion)) ?? false;
+  const caches = ctx.caches && ctx.caches.location === undefined && transfer.bufferDevice !== 'cpu' && byAddress
+    ? { ...ctx.caches, location: `${transfer.bufferDevice}:${ctx.dpRank * side.tpSize + ctx.tpRank}` } // vllm-ascend's device id without ASCEND_RT_VISIBLE_DEVICES
+    : ctx.caches;
   return {
     ...ctx.overrides,
     engineId: transfer.engineId,

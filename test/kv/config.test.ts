@@ -232,6 +232,16 @@ describe('options from the configs', () => {
     expect(err(() => kvOptionsFromConfig(t, p2p, { dpRank: 0, tpRank: 0, layout })).details?.field).toBe('metadata_backend');
   });
 
+  it('labels caches given by address with kv_buffer_device; host Buffers stay cpu', () => {
+    const t = parseKvTransferConfig(SEED_PREFILL); // kv_buffer_device "npu"
+    const byAddress = kvOptionsFromConfig(t, mc, { dpRank: 1, tpRank: 1, layout, caches: { regions: [{ address: 0x200000n, length: 1 << 21 }] } });
+    expect(byAddress.caches?.location).toBe('npu:3'); // dp_rank × tp_size + tp_rank
+    const host = kvOptionsFromConfig(t, mc, { dpRank: 0, tpRank: 0, layout, caches: { regions: [Buffer.alloc(64)] } });
+    expect(host.caches?.location).toBeUndefined();
+    const explicit = kvOptionsFromConfig(t, mc, { dpRank: 0, tpRank: 0, layout, caches: { regions: [{ address: 0x200000n, length: 64 }], location: 'npu:7' } });
+    expect(explicit.caches?.location).toBe('npu:7');
+  });
+
   it('validates the options object field by field', () => {
     const good: KvRankOptions = { engineId: 'e', prefill: { dpSize: 1, tpSize: 2 }, decode: { dpSize: 1, tpSize: 1 }, layout, metadataServer: 'http://127.0.0.1:1/metadata' };
     expect(resolveKvOptions(good, 'kv_producer').abortTimeoutMs).toBe(480_000);

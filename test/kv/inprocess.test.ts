@@ -1,7 +1,7 @@
 // Producers and consumers in this process (fast feedback); the multi-process suites cover real deployments.
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MetadataServer } from '../../lib';
+import { MetadataServer, TransferEngine } from '../../lib';
 import {
   KvConsumer,
   KvProducer,
@@ -126,6 +126,30 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
       expect(wrong.error?.code).toBe('INVALID_ARGUMENT');
     } finally {
       for (const r of ranks) await r.close();
+    }
+  });
+
+  it('uses regions its engine already registered (e.g. allocateDeviceMemory) without registering them again', async () => {
+    const engine = await TransferEngine.create({ metadataServer: url, ...common });
+    try {
+      const spec = { ...layoutP, numBlocks: 8 };
+      const bytes = 2 * spec.numLayers * spec.numBlocks * spec.blockSize * spec.numHeads * spec.headBytes;
+      const region = await engine.allocateManagedBuffer(bytes + 4096);
+      const ranks = [
+        await KvProducer.create({ engineId: 'pre', tpRank: 0, ...parallel, layout: spec, totalKvHeads, metadataServer: url, engine, caches: { regions: [region] } }),
+        await KvProducer.create({ engineId: 'pre', tpRank: 1, ...parallel, layout: spec, totalKvHeads, metadataServer: url, engineOptions: common }),
+      ];
+      expect(engine.memoryRegions).toHaveLength(1);
+      expect(ranks[0].caches.tensorAddresses[0]).toBe(region.address);
+      const seed = patternSeed('pre');
+      for (const r of ranks) fillKvPattern(r.caches, { seed, blockIds: [3, 4], headStart: heldHeads('mha', totalKvHeads, 2, r.tpRank).start });
+      const params = ranks.map((r) => r.hold('pre', [3, 4]).params)[0];
+      expect((await consumer.pull(params, [30, 31])).ok).toBe(true);
+      expect(checkKvPattern(consumer.caches, { seed, blockIds: [30, 31], headStart: 0 }).mismatches).toBe(0);
+      for (const r of ranks) await r.close();
+      expect(region.unregistered).toBe(false); // the engine's region stays the caller's
+    } finally {
+      await engine.close();
     }
   });
 
