@@ -179,6 +179,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           maxServerConnections: o.maxServerConnections,
           protoVersion: o.tcpProtoVersion,
           allowedPeers: o.allowedPeers,
+          sameHost: o.sameHostFastPath,
           deviceLibrary: o.ascendRuntimeLibrary,
         },
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),

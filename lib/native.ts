@@ -33,6 +33,7 @@ export interface NativeEngineConfig {
   maxServerConnections?: number;
   protoVersion?: number;
   allowedPeers?: string[];
+  sameHost?: boolean;
 }
 
 export interface NativeSegmentInfo {

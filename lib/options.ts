@@ -55,6 +55,12 @@ export interface TransferEngineOptions {
   tcpProtoVersion?: 1 | 2;
   /** Numeric peer IPs allowed to connect to the data port. Default: anyone (upstream's behaviour). */
   allowedPeers?: string[];
+  /**
+   * Same-host fast path (default true): a peer on this host that shares its memory (engine-allocated,
+   * `allocateManagedBuffer`) is written and read with memcpy instead of TCP. Advertised with descriptor
+   * fields upstream peers ignore.
+   */
+  sameHostFastPath?: boolean;
   /** Most concurrent data connections served. Default 4096. */
   maxServerConnections?: number;
   /** How often the engine checks its metadata entries and republishes them if lost. Default 5000 ms; 0 disables. */

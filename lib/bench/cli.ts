@@ -39,6 +39,7 @@ export async function runBenchCommand(argv: string[]): Promise<void> {
       localServerName: o.localServerName,
       ioThreads: o.ioThreads,
       connectionsPerPeer: o.connectionsPerPeer,
+      sameHostFastPath: o.sameHost,
     });
     try {
       const region = o.managed ? await engine.allocateManagedBuffer(o.bufferSize) : await engine.registerMemory(Buffer.alloc(o.bufferSize));

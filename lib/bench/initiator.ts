@@ -23,6 +23,8 @@ export interface RunResult {
   targetCpuPercent?: number;
   /** Payload plus headers the target counted on its sockets (loopback mode). */
   targetBytes?: number;
+  /** Bytes this engine copied through same-host mappings instead of TCP. */
+  sameHostBytes?: number;
   loopDelayP99Ms?: number;
   rss?: { startMiB: number; endMiB: number; maxMiB: number };
   errors: number;
@@ -82,8 +84,10 @@ export async function runInitiator(
   await Promise.all(batches.map((_, t) => slot(t)));
   const seconds = (performance.now() - t0) / 1000;
   const h = health.stop();
+  const sameHostBytes = engine.stats().sameHostBytes ?? 0;
+  const viaMemcpy = sameHostBytes > 0;
   return {
-    impl: 'mooncake-node',
+    impl: viaMemcpy ? 'mooncake-node (same-host memcpy)' : 'mooncake-node (tcp)',
     operation: o.operation,
     blockSize,
     batchSize,
@@ -98,5 +102,6 @@ export async function runInitiator(
     loopDelayP99Ms: h.loopDelayP99Ms,
     rss: { startMiB: h.rssStartMiB, endMiB: h.rssEndMiB, maxMiB: h.rssMaxMiB },
     errors,
+    sameHostBytes,
   };
 }

@@ -12,6 +12,7 @@ export async function runTarget(o: BenchOptions, log: (s: string) => void): Prom
     localServerName: o.localServerName,
     ioThreads: o.ioThreads,
     connectionsPerPeer: o.connectionsPerPeer,
+    sameHostFastPath: o.sameHost,
     ...(process.env.MC_TCP_BIND_ADDRESS ? {} : { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' }),
   });
   const region = o.managed ? await engine.allocateManagedBuffer(o.bufferSize) : await engine.registerMemory(Buffer.alloc(o.bufferSize));

@@ -21,6 +21,7 @@ void addU(Napi::Env env, Napi::Object obj, const char* key, unsigned* out) {
 mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   mc::EngineConfig cfg;
   cfg.localServerName = toString(env, o.Get("localServerName"), "localServerName");
+  if (o.Get("sameHost").IsBoolean()) cfg.sameHost = o.Get("sameHost").As<Napi::Boolean>().Value();
   Napi::Value devLib = o.Get("deviceLibrary");
   if (devLib.IsString()) cfg.deviceLibrary = devLib.As<Napi::String>().Utf8Value();
   mc::tcp::Options& t = cfg.tcp;

@@ -2,9 +2,15 @@
 #include <mutex>
 #include <unordered_map>
 
+#include <unistd.h>
+
+#include <cstring>
+
 #include "engine.h"
 #include "event_loop.h"
+#include "host_memory.h"
 #include "memory_registry.h"
+#include "same_host.h"
 #include "tcp/tcp_conn.h"
 
 namespace mc {
@@ -15,6 +21,7 @@ struct Segment {
   SegmentInfo info;
   std::shared_ptr<tcp::Peer> peer;
   bool v2 = false;
+  std::unique_ptr<SharedMappings> shared;  // same-host fast path, when the peer shares its memory
 };
 
 struct Prepared {
@@ -89,6 +96,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     seg->info.ip = ip;
     seg->info.dataPort = desc.tcpDataPort;
     seg->info.protoVersion = seg->v2 ? 2 : 1;  // the framing we use with it, not only what it advertises
+    if (cfg_.sameHost) seg->shared = SharedMappings::open(desc, hostId());
     seg->info.buffers = std::move(desc.buffers);
     std::lock_guard<std::mutex> g(mu_);
     auto it = byName_.find(name);
@@ -210,6 +218,12 @@ class BuiltinEngine final : public Engine, public CompletionSink {
       b.name = cfg_.localServerName;
       b.addr = r.addr;
       b.length = r.length;
+      if (!r.shmPath.empty() && cfg_.sameHost) {
+        b.shmPath = r.shmPath;
+        b.shmOffset = r.shmOffset;
+        d.sameHost.hostId = hostId();
+        d.sameHost.pid = static_cast<uint32_t>(getpid());
+      }
       d.buffers.push_back(std::move(b));
     }
     return encodeSegmentDesc(d);
@@ -232,6 +246,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
         {"retries", static_cast<double>(s.retries)},
         {"registeredRegions", static_cast<double>(registry_.size())},
         {"activeBatches", static_cast<double>(activeCount())},
+        {"sameHostCopies", static_cast<double>(sameHostCopies_.load())},
+        {"sameHostBytes", static_cast<double>(sameHostBytes_.load())},
     };
   }
 
@@ -289,21 +305,67 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     return Status();
   }
 
+  // A memcpy through a same-host mapping instead of TCP.
+  struct Copy {
+    uint8_t* dst;
+    const uint8_t* src;
+    uint64_t length;
+    uint32_t task;
+  };
+
   void dispatch(const std::shared_ptr<Batch>& batch, size_t first, const TransferRequest* reqs, size_t n,
                 std::vector<Prepared>& prep) {
+    std::vector<uint8_t*> mapped(n, nullptr);
     for (size_t i = 0; i < n; ++i) {
       const TransferRequest& r = reqs[i];
-      uint32_t slices = tcp_.sliceCount(r.length);
+      const Segment& seg = *prep[i].seg;
+      const Region* local = prep[i].local.get();
+      if (seg.shared && local->device < 0) mapped[i] = seg.shared->translate(r.remote, r.length);
+      uint32_t slices = mapped[i] ? 1 : tcp_.sliceCount(r.length);
       batch->beginTask(first + i, r.length, slices, std::move(prep[i].local));
     }
+    std::vector<Copy> copies;
+    std::vector<std::shared_ptr<Segment>> keep;  // mappings stay until the copies are done
     for (size_t i = 0; i < n; ++i) {
       const TransferRequest& r = reqs[i];
-      Segment& seg = *prep[i].seg;
-      tcp_.dispatch(*seg.peer, batch, static_cast<uint32_t>(first + i), r.opcode == 1,
-                    reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(r.local)), r.remote, r.length, seg.v2,
-                    batch->task(first + i).localRef.get());
+      const std::shared_ptr<Segment>& seg = prep[i].seg;
+      uint32_t task = static_cast<uint32_t>(first + i);
+      uint8_t* local = reinterpret_cast<uint8_t*>(static_cast<uintptr_t>(r.local));
+      if (mapped[i]) {
+        if (!seg->shared->peerAlive()) {
+          batch->sliceDone(task, 0, Code::CONNECTION_LOST);
+          continue;
+        }
+        copies.push_back(r.opcode == 1 ? Copy{mapped[i], local, r.length, task} : Copy{local, mapped[i], r.length, task});
+        if (keep.empty() || keep.back() != seg) keep.push_back(seg);
+        continue;
+      }
+      tcp_.dispatch(*seg->peer, batch, task, r.opcode == 1, local, r.remote, r.length, seg->v2,
+                    batch->task(task).localRef.get());
+    }
+    if (copies.empty()) return;
+    sameHostCopies_.fetch_add(copies.size(), std::memory_order_relaxed);
+    std::vector<uint32_t> tasks;
+    for (const Copy& c : copies) tasks.push_back(c.task);
+    // Off the caller's (JS) thread: one loop runs the whole group of copies.
+    auto run = [batch, copies = std::move(copies), keep = std::move(keep), this]() {
+      for (const Copy& c : copies) {
+        std::memcpy(c.dst, c.src, c.length);
+        sameHostBytes_.fetch_add(c.length, std::memory_order_relaxed);
+        batch->sliceDone(c.task, c.length, Code::OK);
+      }
+    };
+    if (!tcp_.loopFor(tcp_.nextLoopIndex()).loop->post(std::move(run))) {
+      for (uint32_t t : tasks) batch->sliceDone(t, 0, Code::CLOSED);  // stopped: nothing may touch the memory now
     }
   }
+
+  const std::string& hostId() {
+    static const std::string id = localHostId();
+    return id;
+  }
+
+  std::atomic<uint64_t> sameHostCopies_{0}, sameHostBytes_{0};
 
   EngineConfig cfg_;
   CompletionSink* sink_;

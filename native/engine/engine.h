@@ -48,6 +48,7 @@ struct RegisterOptions {
 struct EngineConfig {
   std::string localServerName;
   std::string deviceLibrary;  // Ascend runtime override (else $MOONCAKE_ASCENDCL_LIBRARY, standard paths)
+  bool sameHost = true;       // memcpy to peers on this host that share their memory (see same_host.h)
   std::string advertiseHost;  // published as tcp_data_host when set
   tcp::Options tcp;
 };
