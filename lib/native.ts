@@ -124,8 +124,11 @@ export interface NativeBinding {
   setErrorFactory(factory: (status: number, message: string, index: number) => Error): void;
   codeNames(): Record<string, number>;
   hostId(): string;
-  /** Raw TCP socket reference for `bench --compare`: N blocking streams over 127.0.0.1. */
-  rawTcpBench(streams: number, blockSize: number, seconds: number): Promise<{ bytes: number; seconds: number }>;
+  /**
+   * References for `bench --compare`: N blocking TCP streams over 127.0.0.1 moving blocks from/into
+   * bufferSize-byte buffers, or (streams 0) single-threaded memcpy over the same buffers.
+   */
+  rawTcpBench(streams: number, blockSize: number, bufferSize: number, seconds: number): Promise<{ bytes: number; seconds: number }>;
   abiVersion: number;
 }
 

@@ -19,13 +19,15 @@ export interface CompareResult {
   upstream: RunResult[];
   raw: RunResult[];
   upstreamError?: string;
-  ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number };
+  memcpy?: RunResult;
+  ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number; vsMemcpy?: number };
 }
 
 export async function rawReference(blockSize: number, streams: number, seconds: number, o: BenchOptions): Promise<RunResult> {
-  const r = await loadNative().rawTcpBench(streams, blockSize, seconds);
+  // The same working set as the bench (o.bufferSize on each side), not one cache-hot block.
+  const r = await loadNative().rawTcpBench(streams, blockSize, o.bufferSize, seconds);
   return {
-    impl: `raw TCP socket, ${streams} stream${streams === 1 ? '' : 's'}`,
+    impl: streams === 0 ? 'memcpy, 1 thread' : `raw TCP bulk, ${streams} stream${streams === 1 ? '' : 's'}`,
     operation: o.operation, blockSize, batchSize: 1, concurrency: streams, seconds: r.seconds, bytes: r.bytes, batches: 0,
     bandwidth: r.bytes / r.seconds, opsPerSec: r.bytes / r.seconds / blockSize, latencyMs: { avg: 0, p50: 0, p99: 0, max: 0 }, cpuPercent: 0, errors: 0,
   };
@@ -36,10 +38,17 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s:
   const node = await runLoopback({ ...o, metadataServer: metadataUrl });
   const upstream: RunResult[] = [];
   let upstreamError: string | undefined;
+  // Upstream on the same parameters, and with one thread (its best setting on small machines, where
+  // more polling threads only compete): the baseline is the best of all of them.
+  const upstreamRuns: { mode: 'default' | 'pool'; concurrency: number }[] = [];
   for (const mode of ['default', 'pool'] as const) {
-    log(`  ${formatBytes(o.blockSize)}: upstream transfer_engine_bench (${mode}) ...`);
+    upstreamRuns.push({ mode, concurrency: o.concurrency });
+    if (o.concurrency !== 1) upstreamRuns.push({ mode, concurrency: 1 });
+  }
+  for (const run of upstreamRuns) {
+    log(`  ${formatBytes(o.blockSize)}: upstream transfer_engine_bench (${run.mode}, ${run.concurrency} thread${run.concurrency === 1 ? '' : 's'}) ...`);
     try {
-      upstream.push(await runUpstreamBench(o, metadataUrl, mode));
+      upstream.push(await runUpstreamBench({ ...o, concurrency: run.concurrency }, metadataUrl, run.mode));
     } catch (err) {
       upstreamError = (err as Error).message;
       log(`    upstream unavailable: ${upstreamError.split('\n')[0]}`);
@@ -49,6 +58,7 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s:
   log(`  ${formatBytes(o.blockSize)}: raw TCP reference ...`);
   const streams = Math.max(2, o.connectionsPerPeer ?? 2);
   const raw = [await rawReference(o.blockSize, 1, o.durationSec, o), await rawReference(o.blockSize, streams, o.durationSec, o)];
+  const memcpy = o.managed ? await rawReference(o.blockSize, 0, o.durationSec, o) : undefined;
   const best = (rs: RunResult[], f: (r: RunResult) => number) => (rs.length ? Math.max(...rs.map(f)) : undefined);
   const upBw = best(upstream, (r) => r.bandwidth);
   const upOps = best(upstream, (r) => r.opsPerSec);
@@ -58,10 +68,12 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s:
     upstream,
     raw,
     upstreamError,
+    memcpy,
     ratios: {
       vsUpstreamBest: upBw ? node.bandwidth / upBw : undefined,
       vsUpstreamBestOps: upOps ? node.opsPerSec / upOps : undefined,
       vsRawBest: node.bandwidth / best(raw, (r) => r.bandwidth)!,
+      vsMemcpy: memcpy ? node.bandwidth / memcpy.bandwidth : undefined,
     },
   };
 }
@@ -85,6 +97,10 @@ export function ratioLines(c: CompareResult): string[] {
     out.push(`  vs upstream: not measured (${c.upstreamError?.split('\n')[0] ?? 'unavailable'})`);
   }
   out.push(`  vs raw TCP best: ${(c.ratios.vsRawBest * 100).toFixed(0)}%${t?.rawMin ? `  (target >= ${t.rawMin * 100}%: ${mark(c.ratios.vsRawBest >= t.rawMin)})` : ''}`);
+  if (c.ratios.vsMemcpy !== undefined) {
+    const sameHost = c.node.impl.includes('memcpy');
+    out.push(`  vs memcpy: ${(c.ratios.vsMemcpy * 100).toFixed(0)}%${sameHost && c.blockSize === 1 << 20 ? `  (same-host target >= 50% at 1M: ${mark(c.ratios.vsMemcpy >= 0.5)})` : ''}`);
+  }
   if (c.node.loopDelayP99Ms !== undefined) out.push(`  event-loop delay p99: ${c.node.loopDelayP99Ms.toFixed(2)} ms (target < 10 ms: ${mark(c.node.loopDelayP99Ms < 10)})`);
   return out;
 }
@@ -110,7 +126,7 @@ export async function runCompare(o: BenchOptions, log: (s: string) => void): Pro
     } else {
       for (const c of results) {
         console.log(`\n${o.operation} ${formatBytes(c.blockSize)} blocks:`);
-        console.log(table([c.node, ...c.upstream, ...c.raw], o.reportUnit));
+        console.log(table([c.node, ...c.upstream, ...c.raw, ...(c.memcpy ? [c.memcpy] : [])], o.reportUnit));
         for (const l of ratioLines(c)) console.log(l);
       }
     }

@@ -53,7 +53,7 @@ export async function runUpstreamBench(o: BenchOptions, metadataUrl: string, mod
     const batches = Number(m[2]);
     const bytes = batches * o.batchSize * o.blockSize;
     return {
-      impl: `upstream ${up.version} (${mode === 'pool' ? 'connection pool' : 'default'})`,
+      impl: `upstream ${up.version} (${mode === 'pool' ? 'connection pool' : 'default'}, ${o.concurrency} thr)`,
       operation: o.operation,
       blockSize: o.blockSize,
       batchSize: o.batchSize,

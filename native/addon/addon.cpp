@@ -44,11 +44,13 @@ namespace {
 // A bounded blocking call (the run lasts `seconds`), so an AsyncWorker on the libuv pool is right.
 class RawTcpWorker : public Napi::AsyncWorker {
  public:
-  RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, double seconds)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), seconds_(seconds) {}
+  // streams == 0: the single-threaded memcpy reference instead of TCP.
+  RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, uint64_t buffer, double seconds)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), buffer_(buffer), seconds_(seconds) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
-    status_ = mc::bench::runRawTcp(streams_, block_, seconds_, &result_);
+    status_ = streams_ == 0 ? mc::bench::runMemcpy(block_, buffer_, seconds_, &result_)
+                            : mc::bench::runRawTcp(streams_, block_, buffer_, seconds_, &result_);
     if (!status_.ok()) SetError(status_.message);
   }
   void OnOK() override {
@@ -63,6 +65,7 @@ class RawTcpWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   unsigned streams_;
   uint64_t block_;
+  uint64_t buffer_;
   double seconds_;
   mc::bench::RawTcpResult result_;
   mc::Status status_;
@@ -70,13 +73,14 @@ class RawTcpWorker : public Napi::AsyncWorker {
 
 }  // namespace
 
-// rawTcpBench(streams, blockSize, seconds) -> Promise<{ bytes, seconds }>
+// rawTcpBench(streams, blockSize, bufferSize, seconds) -> Promise<{ bytes, seconds }>; streams 0 = memcpy
 Napi::Value Addon::RawTcpBench(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   unsigned streams = static_cast<unsigned>(toLength(env, info[0], "streams"));
   uint64_t block = toLength(env, info[1], "blockSize");
-  double seconds = info[2].IsNumber() ? info[2].As<Napi::Number>().DoubleValue() : 1;
-  auto* w = new RawTcpWorker(env, streams, block, seconds);
+  uint64_t buffer = toLength(env, info[2], "bufferSize");
+  double seconds = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 1;
+  auto* w = new RawTcpWorker(env, streams, block, buffer, seconds);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

@@ -13,8 +13,14 @@ struct RawTcpResult {
   double seconds = 0;
 };
 
-// Runs `streams` sender/receiver thread pairs over 127.0.0.1 for `seconds`; each send() and recv() moves
-// up to blockSize bytes. Blocking (call it off the JS thread).
-Status runRawTcp(unsigned streams, uint64_t blockSize, double seconds, RawTcpResult* out);
+// Runs `streams` sender/receiver thread pairs over 127.0.0.1 for `seconds`, as a ceiling: bulk
+// send()/recv() calls of max(blockSize, 8 MiB) bytes. Like the engine bench, the bytes come from and
+// land in `bufferSize`-byte buffers walked in order (the same working set, not one cache-hot block).
+// Blocking (call it off the JS thread).
+Status runRawTcp(unsigned streams, uint64_t blockSize, uint64_t bufferSize, double seconds, RawTcpResult* out);
+
+// Single-threaded memcpy bandwidth over `bufferSize`-byte buffers in `blockSize` pieces (the ceiling of
+// the same-host fast path).
+Status runMemcpy(uint64_t blockSize, uint64_t bufferSize, double seconds, RawTcpResult* out);
 
 }  // namespace mc::bench
