@@ -316,16 +316,19 @@ class BuiltinEngine final : public Engine, public CompletionSink {
   void dispatch(const std::shared_ptr<Batch>& batch, size_t first, const TransferRequest* reqs, size_t n,
                 std::vector<Prepared>& prep) {
     std::vector<uint8_t*> mapped(n, nullptr);
+    size_t totalSlices = 0;
     for (size_t i = 0; i < n; ++i) {
       const TransferRequest& r = reqs[i];
       const Segment& seg = *prep[i].seg;
       const Region* local = prep[i].local.get();
       if (seg.shared && local->device < 0) mapped[i] = seg.shared->translate(r.remote, r.length);
       uint32_t slices = mapped[i] ? 1 : tcp_.sliceCount(r.length);
+      if (!mapped[i]) totalSlices += slices;
       batch->beginTask(first + i, r.length, slices, std::move(prep[i].local));
     }
     std::vector<Copy> copies;
     std::vector<std::shared_ptr<Segment>> keep;  // mappings stay until the copies are done
+    tcp::Dispatcher tcp(tcp_, totalSlices);
     for (size_t i = 0; i < n; ++i) {
       const TransferRequest& r = reqs[i];
       const std::shared_ptr<Segment>& seg = prep[i].seg;
@@ -340,9 +343,9 @@ class BuiltinEngine final : public Engine, public CompletionSink {
         if (keep.empty() || keep.back() != seg) keep.push_back(seg);
         continue;
       }
-      tcp_.dispatch(*seg->peer, batch, task, r.opcode == 1, local, r.remote, r.length, seg->v2,
-                    batch->task(task).localRef.get());
+      tcp.add(*seg->peer, batch, task, r.opcode == 1, local, r.remote, r.length, seg->v2, batch->task(task).localRef.get());
     }
+    tcp.flush();
     if (copies.empty()) return;
     sameHostCopies_.fetch_add(copies.size(), std::memory_order_relaxed);
     std::vector<uint32_t> tasks;

@@ -35,6 +35,7 @@ ClientConn::~ClientConn() {
   for (Op* op : recvq_) delete op;
   for (Op* op : sendq_) if (!op->inRecvQ) delete op;
   for (Op* op : inbox_) delete op;
+  for (Op* op : recycle_) delete op;
 }
 
 void ClientConn::enqueue(std::vector<Op*>& ops, uint64_t bytes) {
@@ -55,6 +56,7 @@ void ClientConn::enqueue(std::vector<Op*>& ops, uint64_t bytes) {
       scheduled_ = false;
     }
     for (Op* op : orphans) finish(op, Code::CLOSED);
+    returnOps();  // the loop is gone, so nothing else uses recycle_
   }
 }
 
@@ -63,7 +65,12 @@ void ClientConn::scheduleScan() {
   ctx_.loop->post([this] {
     scanRequested_.store(false);
     scan(monotonicNs());
+    returnOps();
   });
+}
+
+void ClientConn::returnOps() {
+  if (!recycle_.empty()) t_.recycleOps(&recycle_);
 }
 
 void ClientConn::process() {
@@ -75,6 +82,7 @@ void ClientConn::process() {
   }
   if (!t_.running()) {
     for (Op* op : in) finish(op, Code::CLOSED);
+    returnOps();
     return;
   }
   for (Op* op : in) {
@@ -86,9 +94,11 @@ void ClientConn::process() {
     }
     sendq_.push_back(op);
   }
-  if (!hasWork()) return;
-  if (fd_ < 0) { startConnect(); return; }
-  if (!connecting_) flush();
+  if (hasWork()) {
+    if (fd_ < 0) startConnect();
+    else if (!connecting_) flush();
+  }
+  returnOps();
 }
 
 void ClientConn::startConnect() {
@@ -114,6 +124,11 @@ void ClientConn::onConnected() {
 }
 
 void ClientConn::onEvents(uint32_t events) {
+  handleEvents(events);
+  returnOps();
+}
+
+void ClientConn::handleEvents(uint32_t events) {
   if (fd_ < 0) return;
   if (connecting_) {
     int err = 0;
@@ -302,7 +317,8 @@ void ClientConn::finish(Op* op, Code code) {
     if (!op->runtime->copyToDevice(op->device, op->devPtr, op->local, op->length).ok()) code = Code::CONTEXT;
   }
   op->batch->sliceDone(op->task, code == Code::OK ? op->length : 0, code);
-  delete op;
+  op->reset();
+  recycle_.push_back(op);
 }
 
 void ClientConn::fail(Code code, Op* culprit, bool allowRetry) {
@@ -377,7 +393,10 @@ void ClientConn::scan(int64_t now) {
   }
 }
 
-void ClientConn::onTick(int64_t now) { scan(now); }
+void ClientConn::onTick(int64_t now) {
+  scan(now);
+  returnOps();
+}
 
 void ClientConn::shutdown() {
   std::vector<Op*> in;
@@ -387,6 +406,7 @@ void ClientConn::shutdown() {
   }
   for (Op* op : in) sendq_.push_back(op);
   fail(Code::CLOSED, nullptr, false);
+  returnOps();
   ctx_.loop->removeTicker(this);
 }
 

@@ -30,13 +30,15 @@ class ClientConn : public EventHandler, public Ticker {
 
  private:
   void process();
+  void handleEvents(uint32_t events);
   void startConnect();
   void onConnected();
   void flush();
   void onReadable();
   bool consume(const uint8_t* p, size_t n);  // false when the connection was failed
   void updateInterest();
-  void finish(Op* op, Code code);
+  void finish(Op* op, Code code);  // reports the slice and parks the op for the pool
+  void returnOps();                 // hands parked ops back to the transport's pool
   // Closes the socket. culprit ends with `code`; ops of cancelled batches end with their cancel code;
   // the rest are resent on a new connection (up to opts.retries times) or end with `code`.
   void fail(Code code, Op* culprit, bool allowRetry = true);
@@ -54,6 +56,7 @@ class ClientConn : public EventHandler, public Ticker {
   int64_t lastProgress_ = 0;
   std::deque<Op*> sendq_;  // not fully written yet
   std::deque<Op*> recvq_;  // awaiting a response, in order
+  std::vector<Op*> recycle_;  // finished ops, returned to the pool in bulk
   size_t v1WritesInSendq_ = 0;
 
   std::mutex mu_;

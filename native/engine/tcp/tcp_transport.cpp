@@ -15,7 +15,10 @@ constexpr size_t kScratchSize = 256 * 1024;
 
 TcpTransport::TcpTransport(MemoryRegistry& registry, Options opts) : registry_(registry), opts_(std::move(opts)) {}
 
-TcpTransport::~TcpTransport() { stop(); }
+TcpTransport::~TcpTransport() {
+  stop();
+  for (Op* op : pool_) delete op;
+}
 
 Status TcpTransport::start() {
   unsigned n = std::max(1u, opts_.ioThreads);
@@ -87,20 +90,74 @@ uint32_t TcpTransport::sliceCount(uint64_t length) const {
   return static_cast<uint32_t>(std::max<uint64_t>(1, n));
 }
 
-void TcpTransport::dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write,
-                            uint8_t* local, uint64_t remote, uint64_t length, bool v2, const Region* localRegion) {
-  const bool onDevice = localRegion != nullptr && localRegion->device >= 0 && localRegion->runtime != nullptr;
-  uint32_t slices = sliceCount(length);
-  uint64_t sliceLen = slices == 1 ? length : std::max<uint64_t>(opts_.sliceSize, 4096);
+void TcpTransport::takeOps(size_t n, std::vector<Op*>* out) {
+  {
+    std::lock_guard<std::mutex> g(poolMu_);
+    while (n > 0 && !pool_.empty()) {
+      out->push_back(pool_.back());
+      pool_.pop_back();
+      --n;
+    }
+  }
+  for (; n > 0; --n) out->push_back(new Op());
+}
+
+void TcpTransport::recycleOps(std::vector<Op*>* ops) {
+  constexpr size_t kMaxPooled = 1 << 14;
+  {
+    std::lock_guard<std::mutex> g(poolMu_);
+    while (!ops->empty() && pool_.size() < kMaxPooled) {
+      pool_.push_back(ops->back());
+      ops->pop_back();
+    }
+  }
+  for (Op* op : *ops) delete op;
+  ops->clear();
+}
+
+Dispatcher::Dispatcher(TcpTransport& t, size_t expectedOps) : t_(t) { t_.takeOps(expectedOps, &spare_); }
+
+Op* Dispatcher::newOp() {
+  if (spare_.empty()) t_.takeOps(16, &spare_);
+  Op* op = spare_.back();
+  spare_.pop_back();
+  return op;
+}
+
+Dispatcher::Lane& Dispatcher::lane(ClientConn* c) {
+  for (Lane& l : lanes_) if (l.conn == c) return l;
+  lanes_.push_back(Lane{c, {}, 0});
+  return lanes_.back();
+}
+
+// Least loaded connection, counting what this submission already gave it.
+ClientConn* Dispatcher::pick(Peer& peer) {
   auto& conns = peer.conns();
-  size_t first = 0;
-  ClientConn* start = &peer.pick();
-  for (size_t i = 0; i < conns.size(); ++i) if (conns[i].get() == start) first = i;
-  std::vector<Op*> one;
+  size_t n = conns.size();
+  ClientConn* rotated = &peer.pick();  // rotates the starting point between submissions
+  size_t start = 0;
+  for (size_t i = 0; i < n; ++i) if (conns[i].get() == rotated) { start = i; break; }
+  ClientConn* best = nullptr;
+  uint64_t bestLoad = UINT64_MAX;
+  for (size_t i = 0; i < n; ++i) {
+    ClientConn* c = conns[(start + i) % n].get();
+    uint64_t load = c->load();
+    for (const Lane& l : lanes_) if (l.conn == c) load += l.bytes;
+    if (load < bestLoad) { best = c; bestLoad = load; }
+  }
+  return best;
+}
+
+void Dispatcher::add(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write, uint8_t* local,
+                     uint64_t remote, uint64_t length, bool v2, const Region* localRegion) {
+  const bool onDevice = localRegion != nullptr && localRegion->device >= 0 && localRegion->runtime != nullptr;
+  const uint64_t sliceSize = std::max<uint64_t>(t_.options().sliceSize, 4096);
+  uint32_t slices = t_.sliceCount(length);
+  uint64_t sliceLen = slices == 1 ? length : sliceSize;
   for (uint32_t s = 0; s < slices; ++s) {
     uint64_t off = static_cast<uint64_t>(s) * sliceLen;
     uint64_t len = std::min(sliceLen, length - off);
-    Op* op = new Op();
+    Op* op = newOp();
     op->batch = batch;
     op->task = task;
     op->write = write;
@@ -120,9 +177,16 @@ void TcpTransport::dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uin
     h.addr = remote + off;
     h.opcode = static_cast<uint8_t>((write ? kOpWrite : kOpRead) | (v2 ? kV2Flag : 0));
     encodeHeader(op->hdr, h);
-    one.push_back(op);
-    conns[(first + s) % conns.size()]->enqueue(one, len);
+    Lane& l = lane(pick(peer));
+    l.ops.push_back(op);
+    l.bytes += len;
   }
+}
+
+void Dispatcher::flush() {
+  for (Lane& l : lanes_) if (!l.ops.empty()) l.conn->enqueue(l.ops, l.bytes);
+  lanes_.clear();
+  if (!spare_.empty()) t_.recycleOps(&spare_);
 }
 
 void TcpTransport::kick() {

@@ -74,6 +74,19 @@ struct Op {
   DeviceRuntime* runtime = nullptr;
   bool staged = false;
   std::unique_ptr<uint8_t[]> staging;
+
+  // Back to a blank op for the pool (drops the batch reference and any staging).
+  void reset() {
+    batch.reset();
+    staging.reset();
+    task = 0;
+    write = v2 = inRecvQ = staged = false;
+    retries = statusHave = 0;
+    local = devPtr = nullptr;
+    remote = length = sent = recvd = 0;
+    device = -1;
+    runtime = nullptr;
+  }
 };
 
 class Peer;
@@ -109,9 +122,10 @@ class TcpTransport {
   // Splits one task into slices and queues them on the peer's connections. Thread-safe. The batch task
   // must have been begun with sliceCount(length) slices.
   uint32_t sliceCount(uint64_t length) const;
-  // `localRegion` is the registered region holding `local` (device regions are staged through host).
-  void dispatch(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write, uint8_t* local,
-                uint64_t remote, uint64_t length, bool v2, const Region* localRegion = nullptr);
+
+  // Ops are recycled through a pool, so a request costs no allocation once the pool is warm.
+  void takeOps(size_t n, std::vector<Op*>* out);
+  void recycleOps(std::vector<Op*>* ops);  // ops must be reset; the vector is emptied
   // Wakes every loop to look for cancelled or expired batches now rather than at the next tick.
   void kick();
 
@@ -138,6 +152,38 @@ class TcpTransport {
   std::atomic<size_t> rr_{0};
   std::mutex peersMu_;
   std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;
+  std::mutex poolMu_;
+  std::vector<Op*> pool_;
+};
+
+// Collects one submission's slices per connection, then hands each connection its share with one
+// lock and at most one wake-up.
+class Dispatcher {
+ public:
+  Dispatcher(TcpTransport& t, size_t expectedOps);
+  ~Dispatcher() { flush(); }
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  // Splits one task into slices across the peer's connections. The batch task must have been begun
+  // with t.sliceCount(length) slices. `localRegion` holds `local` (device regions are staged).
+  void add(Peer& peer, const std::shared_ptr<Batch>& batch, uint32_t task, bool write, uint8_t* local,
+           uint64_t remote, uint64_t length, bool v2, const Region* localRegion = nullptr);
+  void flush();
+
+ private:
+  struct Lane {
+    ClientConn* conn;
+    std::vector<Op*> ops;
+    uint64_t bytes = 0;
+  };
+  Op* newOp();
+  Lane& lane(ClientConn* c);
+  ClientConn* pick(Peer& peer);
+
+  TcpTransport& t_;
+  std::vector<Op*> spare_;
+  std::vector<Lane> lanes_;
 };
 
 }  // namespace mc::tcp
