@@ -10,12 +10,10 @@
  * instance for the producer, and a promise that settles when every prefill rank that serves this rank has
  * written and notified (or the timeout passes, or a producer that started pushing stops answering probes).
  */
-import { EventEmitter } from 'node:events';
 import { MooncakeError, isMooncakeError } from '../errors';
 import { probe } from '../handshake';
+import { KvRankBase } from './rank-base';
 import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
-import type { KvCaches } from './caches';
-import type { KvLayout } from './layout';
 import type { KvMessage, KvRankRef } from './messages';
 import type { KvMetricsSnapshot, KvTransferOutcome, KvTransferPeer } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
@@ -78,8 +76,7 @@ interface Watch {
 
 const MEMORY = 10_000;
 
-export class KvConsumer extends EventEmitter<KvConsumerEvents> {
-  private core!: KvRankCore;
+export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly expectations = new Map<string, Expectation>();
   private readonly early = new Map<string, { messages: KvMessage[]; expires: number }>();
   private readonly watches = new Map<string, Watch>();
@@ -93,28 +90,6 @@ export class KvConsumer extends EventEmitter<KvConsumerEvents> {
     const c = new KvConsumer();
     c.core = await KvRankCore.open(o, options, 'decode', (m) => c.onMessage(m), (e) => c.warn(e));
     return c;
-  }
-
-  get engine(): KvRankCore['engine'] {
-    return this.core.engine;
-  }
-  get caches(): KvCaches {
-    return this.core.caches;
-  }
-  get layout(): KvLayout {
-    return this.core.options.layout;
-  }
-  get engineId(): string {
-    return this.core.options.engineId;
-  }
-  get dpRank(): number {
-    return this.core.options.dpRank;
-  }
-  get tpRank(): number {
-    return this.core.options.tpRank;
-  }
-  get registryKey(): string {
-    return this.core.registryKey;
   }
 
   /** The slices this rank gathers for a request (which prefill ranks, which heads). */
@@ -420,10 +395,6 @@ export class KvConsumer extends EventEmitter<KvConsumerEvents> {
     this.emit('transfer', outcome);
   }
 
-  private warn(e: MooncakeError): void {
-    if (this.listenerCount('warning') > 0) this.emit('warning', e);
-  }
-
   metrics(): KvMetricsSnapshot {
     return { ...this.core.metrics.snapshot(), expectations: { active: this.expectations.size } };
   }
@@ -432,9 +403,5 @@ export class KvConsumer extends EventEmitter<KvConsumerEvents> {
   async close(): Promise<void> {
     for (const x of [...this.expectations.values()]) this.settle(x, new MooncakeError('CLOSED', 'the consumer closed'));
     await this.core.close();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }

@@ -10,10 +10,9 @@
  * Push (layerwise / SGLang flow): `push(params, blockIds)` writes this rank's head slices into the blocks the
  * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank.
  */
-import { EventEmitter } from 'node:events';
 import { MooncakeError } from '../errors';
+import { KvRankBase } from './rank-base';
 import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
-import type { KvCaches } from './caches';
 import type { KvLayout } from './layout';
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome, KvTransferPeer } from './metrics';
@@ -76,11 +75,10 @@ export interface KvPushOptions {
 
 const MEMORY = 10_000;
 
-export class KvProducer extends EventEmitter<KvProducerEvents> {
+export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly holds = new Map<string, HoldState>();
   private readonly early = new Map<string, { messages: Extract<KvMessage, { type: 'done' }>[]; expires: number }>();
   private readonly recentlyReleased = new Map<string, number>();
-  private core!: KvRankCore;
 
   private constructor() {
     super();
@@ -92,29 +90,6 @@ export class KvProducer extends EventEmitter<KvProducerEvents> {
     const p = new KvProducer();
     p.core = await KvRankCore.open(o, options, 'prefill', (m) => p.onMessage(m), (e) => p.warn(e));
     return p;
-  }
-
-  get engine(): KvRankCore['engine'] {
-    return this.core.engine;
-  }
-  get caches(): KvCaches {
-    return this.core.caches;
-  }
-  get layout(): KvLayout {
-    return this.core.options.layout;
-  }
-  get engineId(): string {
-    return this.core.options.engineId;
-  }
-  get dpRank(): number {
-    return this.core.options.dpRank;
-  }
-  get tpRank(): number {
-    return this.core.options.tpRank;
-  }
-  /** This rank's key in the metadata backend. */
-  get registryKey(): string {
-    return this.core.registryKey;
   }
 
   /** The kv_transfer_params naming this producer (what `hold` returns), without holding anything. */
@@ -351,10 +326,6 @@ export class KvProducer extends EventEmitter<KvProducerEvents> {
     this.emit('released', r);
   }
 
-  private warn(e: MooncakeError): void {
-    if (this.listenerCount('warning') > 0) this.emit('warning', e);
-  }
-
   metrics(): KvMetricsSnapshot {
     const m = this.core.metrics;
     return { ...m.snapshot(), holds: { active: this.holds.size, released: { ...m.released }, lateDone: m.lateDone } };
@@ -364,10 +335,6 @@ export class KvProducer extends EventEmitter<KvProducerEvents> {
   async close(): Promise<void> {
     for (const s of [...this.holds.values()]) this.finish(s, 'closed');
     await this.core.close();
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.close();
   }
 }
 
