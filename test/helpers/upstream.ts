@@ -14,67 +14,21 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { findUpstream, upstreamEnv, UPSTREAM_PINNED_VERSION, type UpstreamInstall } from '../../lib/upstream-peer';
 
 export const SETUP_COMMAND = 'scripts/setup-upstream-peer.sh';
-export const UPSTREAM_VERSION = '0.3.13.post1';
-const MARKER = '.mooncake-upstream.json';
-
-export interface UpstreamPeer {
-  venv: string;
-  python: string;
-  /** The native `transfer_engine_bench` ELF inside the wheel (not the Python wrapper in bin/, which
-   * would leave the binary running when killed). */
-  bench: string;
-  /** The `mooncake_http_metadata_server` console script (run it with `python`). */
-  metadataServer: string;
-  version: string;
-}
+export const UPSTREAM_VERSION = UPSTREAM_PINNED_VERSION;
+export type UpstreamPeer = UpstreamInstall;
 
 export const repoRoot = path.resolve(__dirname, '..', '..');
 
-/** The upstream peer's paths, or why it is unavailable. */
+/** The upstream peer's paths, or why it is unavailable (the same lookup `bench --compare` uses). */
 export function upstreamPeer(): UpstreamPeer | { skipReason: string } {
-  const fromEnv = process.env.MOONCAKE_UPSTREAM_VENV;
-  const venv = path.resolve(fromEnv && fromEnv.length > 0 ? fromEnv : path.join(repoRoot, '.venv-upstream'));
-  const how = `run ${SETUP_COMMAND}${fromEnv ? ` (MOONCAKE_UPSTREAM_VENV=${fromEnv})` : ''}`;
-  if (!fs.existsSync(venv)) return { skipReason: `upstream Mooncake venv not found at ${venv}; ${how}` };
-  const python = path.join(venv, 'bin', 'python');
-  if (!isExecutable(python)) return { skipReason: `${python} is missing or not executable; ${how}` };
-  const metadataServer = path.join(venv, 'bin', 'mooncake_http_metadata_server');
-  if (!fs.existsSync(metadataServer)) return { skipReason: `${metadataServer} is missing; ${how}` };
-
-  const sitePackages = findSitePackages(venv);
-  if (!sitePackages) return { skipReason: `no site-packages with the mooncake package under ${venv}/lib; ${how}` };
-  const bench = path.join(sitePackages, 'mooncake', 'transfer_engine_bench');
-  if (!fs.existsSync(bench)) return { skipReason: `${bench} is missing; ${how}` };
-
-  let version: string | undefined;
-  try {
-    const marker = JSON.parse(fs.readFileSync(path.join(venv, MARKER), 'utf8')) as { version?: unknown };
-    if (typeof marker.version === 'string') version = marker.version;
-  } catch {
-    // No marker (a venv made by hand): read the version from the dist-info directory.
-  }
-  if (version === undefined) {
-    const distInfo = fs.readdirSync(sitePackages).find((n) => /^mooncake_transfer_engine[a-z0-9_]*-.+\.dist-info$/.test(n));
-    version = distInfo?.replace(/^mooncake_transfer_engine[a-z0-9_]*-/, '').replace(/\.dist-info$/, '');
-  }
-  if (version === undefined) return { skipReason: `cannot tell which Mooncake version is installed in ${venv}; ${how}` };
-  return { venv, python, bench, metadataServer, version };
+  return findUpstream(repoRoot);
 }
 
 /** Environment for upstream processes: loopback advertisement, classic engine, no proxies. */
-export function upstreamEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) {
-    if (/_proxy$/i.test(k)) continue;
-    if (k === 'MC_USE_TENT' || k === 'MC_USE_TEV1') continue;
-    env[k] = v;
-  }
-  env.MC_TCP_BIND_ADDRESS = '127.0.0.1';
-  env.PYTHONUNBUFFERED = '1';
-  return { ...env, ...extra };
-}
+export { upstreamEnv };
 
 /** A port that was free a moment ago on 127.0.0.1. */
 export function freePort(): Promise<number> {
@@ -186,23 +140,4 @@ async function waitForHttp(url: string, child: ChildProcess, timeoutMs: number):
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`mooncake_http_metadata_server did not answer at ${url} within ${timeoutMs} ms`);
-}
-
-function isExecutable(p: string): boolean {
-  try {
-    fs.accessSync(p, fs.constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function findSitePackages(venv: string): string | undefined {
-  const lib = path.join(venv, 'lib');
-  if (!fs.existsSync(lib)) return undefined;
-  for (const name of fs.readdirSync(lib).filter((n) => n.startsWith('python')).sort().reverse()) {
-    const sp = path.join(lib, name, 'site-packages');
-    if (fs.existsSync(path.join(sp, 'mooncake'))) return sp;
-  }
-  return undefined;
 }

@@ -133,7 +133,7 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
     const engine = await TransferEngine.create({ metadataServer: url, ...common });
     try {
       const spec = { ...layoutP, numBlocks: 8 };
-      const bytes = 2 * spec.numLayers * spec.numBlocks * spec.blockSize * spec.numHeads * spec.headBytes;
+      const bytes = 2 * spec.numLayers * spec.numBlocks * spec.blockSize * spec.numHeads! * spec.headBytes;
       const region = await engine.allocateManagedBuffer(bytes + 4096);
       const ranks = [
         await KvProducer.create({ engineId: 'pre', tpRank: 0, ...parallel, layout: spec, totalKvHeads, metadataServer: url, engine, caches: { regions: [region] } }),

@@ -44,11 +44,11 @@ describe('KvLayout', () => {
       [{ numLayers: 0 }, 'layout.numLayers'],
       [{ numLayers: 1.5 }, 'layout.numLayers'],
       [{ numBlocks: -1 }, 'layout.numBlocks'],
-      [{ blockSize: '16' }, 'layout.blockSize'],
+      [{ blockSize: '16' as never }, 'layout.blockSize'],
       [{ headBytes: 0 }, 'layout.headBytes'],
       [{ numHeads: undefined }, 'layout.numHeads'],
-      [{ attention: 'gqa' }, 'layout.attention'],
-      [{ headLayout: 'NDH' }, 'layout.headLayout'],
+      [{ attention: 'gqa' as never }, 'layout.attention'],
+      [{ headLayout: 'NDH' as never }, 'layout.headLayout'],
       [{ attention: 'mla', numHeads: 2 }, 'layout.numHeads'],
     ];
     for (const [patch, field] of cases) {

@@ -10,7 +10,7 @@ import { BlockPool, KvGroup, type RankOutcome } from './group';
 const layout: KvLayoutSpec = { numLayers: 4, numBlocks: 1024, blockSize: 16, headBytes: 64, numHeads: 2 };
 const totalKvHeads = 4;
 const parallel = { prefill: { dpSize: 2, tpSize: 2 }, decode: { dpSize: 2, tpSize: 2 } };
-const rowBytes = (blocks: number) => blocks * layout.numLayers * 2 * layout.blockSize * layout.numHeads * layout.headBytes;
+const rowBytes = (blocks: number) => blocks * layout.numLayers * 2 * layout.blockSize * layout.numHeads! * layout.headBytes;
 const REQUESTS = 48;
 
 interface Req {
