@@ -236,14 +236,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
    * memory the caller owns (e.g. device memory). The descriptor is republished before this resolves.
    */
   async registerMemory(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions = {}): Promise<MemoryRegion> {
-    const region = await this.registerOne(memory, options);
-    try {
-      await this.publishDescriptor();
-    } catch (err) {
-      await this.dropRegion(region);
-      throw err;
-    }
-    return region;
+    return (await this.adopt([await this.registerOne(memory, options)]))[0];
   }
 
   /** Registers several ranges with one metadata update (upstream's registerLocalMemoryBatch). */
@@ -251,12 +244,26 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const done: MemoryRegion[] = [];
     try {
       for (const m of memories) done.push(await this.registerOne(m, options));
-      await this.publishDescriptor();
     } catch (err) {
       for (const r of done) await this.dropRegion(r);
       throw err;
     }
-    return done;
+    return this.adopt(done);
+  }
+
+  /**
+   * Takes newly registered regions into the engine and republishes the descriptor; if that fails they
+   * are unregistered again, so a registration either is published or did not happen.
+   */
+  private async adopt(regions: MemoryRegion[]): Promise<MemoryRegion[]> {
+    for (const r of regions) this.regions.set(r.address, r);
+    try {
+      await this.publishDescriptor();
+    } catch (err) {
+      for (const r of regions) await this.dropRegion(r);
+      throw err;
+    }
+    return regions;
   }
 
   /**
@@ -269,15 +276,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
     const m = this.backend === 'mooncake' ? await this.native.allocateManaged(size, shareable, location, true) : this.native.allocateManaged(size, shareable, location);
-    const region = new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r));
-    this.regions.set(m.address, region);
-    try {
-      await this.publishDescriptor();
-    } catch (err) {
-      await this.dropRegion(region);
-      throw err;
-    }
-    return region;
+    return (await this.adopt([new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
   /**
@@ -290,15 +289,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     if (typeof location !== 'string' || !/^npu:\d+$/.test(location)) throw new MooncakeError('INVALID_ARGUMENT', `device location must look like 'npu:0', got '${String(location)}'`);
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
     const m = this.backend === 'mooncake' ? await this.native.allocateDevice(location, size, true) : this.native.allocateDevice(location, size);
-    const region = new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r));
-    this.regions.set(m.address, region);
-    try {
-      await this.publishDescriptor();
-    } catch (err) {
-      await this.dropRegion(region);
-      throw err;
-    }
-    return region;
+    return (await this.adopt([new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
   /** Frees device memory from allocateDeviceMemory (the same as unregistering it). */
@@ -662,7 +653,6 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     } else {
       throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
     }
-    this.regions.set(region.address, region);
     return region;
   }
 
@@ -683,7 +673,6 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     } else {
       throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
     }
-    this.regions.set(region.address, region);
     return region;
   }
 
