@@ -6,7 +6,7 @@ import { EventEmitter, addAbortListener } from 'node:events';
 import * as dns from 'node:dns';
 import * as net from 'node:net';
 import { MooncakeError, codeForStatus, isMooncakeError, type ErrorCode } from './errors';
-import { MemoryRegion, registerJsMemory, type RegisterOptions } from './memory';
+import { MemoryRegion, type RegisterOptions } from './memory';
 import { MetadataPublisher } from './metadata-publisher';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
 import { rpcMetaKey, segmentKey } from './metadata/keys';
@@ -275,7 +275,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
-    const m = this.backend === 'mooncake' ? await this.native.allocateManaged(size, shareable, location, true) : this.native.allocateManaged(size, shareable, location);
+    const m = await this.native.allocateManaged(size, shareable, location, this.blocking);
     return (await this.adopt([new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
@@ -288,7 +288,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     if (typeof location !== 'string' || !/^npu:\d+$/.test(location)) throw new MooncakeError('INVALID_ARGUMENT', `device location must look like 'npu:0', got '${String(location)}'`);
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
-    const m = this.backend === 'mooncake' ? await this.native.allocateDevice(location, size, true) : this.native.allocateDevice(location, size);
+    const m = await this.native.allocateDevice(location, size, this.blocking);
     return (await this.adopt([new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
@@ -322,8 +322,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const address = typeof region === 'bigint' ? region : region.address;
     if (region instanceof MemoryRegion && region.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'the region belongs to another engine');
-    if (this.backend === 'mooncake') await this.native.unregisterAsync(address);
-    else this.native.unregister(address);
+    await this.native.unregister(address, this.blocking);
     const r = this.regions.get(address);
     this.regions.delete(address);
     r?.markReleased();
@@ -503,7 +502,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const seg = typeof target === 'string' ? await this.openSegment(target) : target;
     if (this.backend === 'mooncake') {
-      await this.native.sendNotifyAsync(seg.handle, notify.name, notify.msg);
+      await this.native.sendNotify(seg.handle, notify.name, notify.msg, true);
       return;
     }
     if (!seg.rpcPort) throw new MooncakeError('SEGMENT_NOT_FOUND', `no handshake port known for ${seg.name}`);
@@ -632,54 +631,38 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   private async registerOne(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): Promise<MemoryRegion> {
     this.assertOpen();
-    if (/^npu:/.test(options.location ?? '')) {
+    const location = options.location ?? 'cpu:0';
+    const remote = options.remoteAccessible ?? true;
+    if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');
+    if (/^npu:/.test(location)) {
       // Ascend transports need 2 MiB-aligned device regions (allocateDeviceMemory guarantees it).
       const a = memory !== null && typeof memory === 'object' && 'address' in memory ? (memory as { address: unknown }).address : undefined;
       if (typeof a !== 'bigint') throw new MooncakeError('INVALID_ARGUMENT', 'npu memory is registered as { address, length } (or allocated with allocateDeviceMemory)');
       if (a % DEVICE_ALIGNMENT !== 0n) throw new MooncakeError('INVALID_ARGUMENT', `npu memory must start on a 2 MiB boundary (0x${a.toString(16)} does not)`);
     }
-    if (this.backend === 'mooncake') return this.registerOneUpstream(memory, options);
-    const location = options.location ?? 'cpu:0';
-    if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');
-    let region: MemoryRegion;
+    const release = (x: MemoryRegion) => this.unregisterMemory(x);
     if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) {
-      const r = registerJsMemory(this.native, memory, options);
-      region = new MemoryRegion(this, r.address, r.length, location, r.buffer, memory, (x) => this.unregisterMemory(x));
-    } else if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
+      const address = await this.native.registerBuffer(memory, location, remote, this.blocking);
+      const buffer = ArrayBuffer.isView(memory) ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength) : Buffer.from(memory);
+      return new MemoryRegion(this, address, buffer.length, location, buffer, memory, release);
+    }
+    if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
       const { address, length } = memory as { address: bigint; length: number };
       if (!Number.isSafeInteger(length) || length <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
-      this.native.registerAddress(address, length, location, options.remoteAccessible ?? true);
-      region = new MemoryRegion(this, address, length, location, undefined, undefined, (x) => this.unregisterMemory(x));
-    } else {
-      throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
+      await this.native.registerAddress(address, length, location, remote, this.blocking);
+      return new MemoryRegion(this, address, length, location, undefined, undefined, release);
     }
-    return region;
+    throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
   }
 
-  /** Upstream registers with a metadata round trip, off the event loop. */
-  private async registerOneUpstream(memory: ArrayBuffer | ArrayBufferView | { address: bigint; length: number }, options: RegisterOptions): Promise<MemoryRegion> {
-    const location = options.location ?? 'cpu:0';
-    const remote = options.remoteAccessible ?? true;
-    let region: MemoryRegion;
-    if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) {
-      const address = await this.native.registerBufferAsync(memory, location, remote);
-      const buffer = ArrayBuffer.isView(memory) ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength) : Buffer.from(memory);
-      region = new MemoryRegion(this, address, buffer.length, location, buffer, memory, (x) => this.unregisterMemory(x));
-    } else if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
-      const { address, length } = memory as { address: bigint; length: number };
-      if (!Number.isSafeInteger(length) || length <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
-      await this.native.registerAddressAsync(address, length, location, remote);
-      region = new MemoryRegion(this, address, length, location, undefined, undefined, (x) => this.unregisterMemory(x));
-    } else {
-      throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
-    }
-    return region;
+  /** The upstream backend's calls can block on its metadata store: they run on pool threads. */
+  private get blocking(): boolean {
+    return this.backend === 'mooncake';
   }
 
   private async dropRegion(region: MemoryRegion): Promise<void> {
     try {
-      if (this.backend === 'mooncake') await this.native.unregisterAsync(region.address);
-      else this.native.unregister(region.address);
+      await this.native.unregister(region.address, this.blocking);
     } catch {
       /* already gone */
     }
@@ -697,7 +680,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       ? await this.resolveSegment(name).catch(() => ({ descriptor: '', ip: '', rpcPort: 0 }))
       : await this.resolveSegment(name);
     this.assertOpen();
-    const handle = this.backend === 'mooncake' ? await this.native.openSegmentAsync(name, r.descriptor, r.ip) : this.native.openSegment(name, r.descriptor, r.ip);
+    const handle = await this.native.openSegment(name, r.descriptor, r.ip, this.blocking);
     const info = this.native.segmentInfo(handle);
     let seg = this.segments.get(name);
     if (seg) {

@@ -1,4 +1,3 @@
-import type { NativeEngine } from './native';
 import { MooncakeError } from './errors';
 
 /** Where memory lives: `cpu:<numa>`, `npu:<device>`, `cuda:<device>` or `*` (upstream's location strings). */
@@ -66,14 +65,4 @@ export class MemoryRegion {
   markReleased(): void {
     this.released = true;
   }
-}
-
-/** @internal Validates and registers JS memory with the native engine. */
-export function registerJsMemory(native: NativeEngine, memory: ArrayBuffer | ArrayBufferView, opts: RegisterOptions): { address: bigint; length: number; buffer: Buffer } {
-  const length = ArrayBuffer.isView(memory) ? memory.byteLength : memory.byteLength;
-  const address = native.registerBuffer(memory, opts.location ?? 'cpu:0', opts.remoteAccessible ?? true);
-  const buffer = ArrayBuffer.isView(memory)
-    ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength)
-    : Buffer.from(memory, 0, length);
-  return { address, length, buffer };
 }

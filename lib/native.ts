@@ -67,15 +67,15 @@ export interface DeviceAllocation {
 
 export interface NativeEngine {
   dataPort(): number;
-  registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): bigint;
-  registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean): void;
-  allocateManaged(size: number, shareable: boolean, location: string): ManagedAllocation;
-  allocateManaged(size: number, shareable: boolean, location: string, async: true): Promise<ManagedAllocation>;
-  allocateDevice(location: string, size: number): DeviceAllocation;
-  allocateDevice(location: string, size: number, async: true): Promise<DeviceAllocation>;
+  // Calls that may block inside the upstream backend take a trailing `async`: true runs them on a libuv
+  // pool thread and returns a Promise; false (the built-in backend) runs them inline.
+  registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean, async: boolean): bigint | Promise<bigint>;
+  registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean, async: boolean): void | Promise<void>;
+  allocateManaged(size: number, shareable: boolean, location: string, async: boolean): ManagedAllocation | Promise<ManagedAllocation>;
+  allocateDevice(location: string, size: number, async: boolean): DeviceAllocation | Promise<DeviceAllocation>;
   copyDevice(toDevice: boolean, deviceAddress: bigint, host: ArrayBufferView): Promise<void>;
-  unregister(address: bigint): void;
-  openSegment(name: string, descriptorJson: string, ip: string): number;
+  unregister(address: bigint, async: boolean): void | Promise<void>;
+  openSegment(name: string, descriptorJson: string, ip: string, async: boolean): number | Promise<number>;
   closeSegment(handle: number): void;
   segmentInfo(handle: number): NativeSegmentInfo;
   submit(
@@ -106,16 +106,12 @@ export interface NativeEngine {
   /** mooncake backend: upstream's getLocalIpAndPort ("ip:rpcPort"). */
   localEndpoint(): string;
   /** mooncake backend: upstream's notify channel. */
-  sendNotify(segment: number, name: string, msg: string): void;
+  sendNotify(segment: number, name: string, msg: string, async: boolean): void | Promise<void>;
   takeNotifies(): [name: string, msg: string][];
   close(): void;
-  /** Blocking calls on a pool thread (the upstream backend talks to its metadata store inside them). */
+  /** Upstream backend: creates the engine (on a pool thread; it talks to its metadata store). */
   start(): Promise<void>;
-  registerBufferAsync(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): Promise<bigint>;
-  registerAddressAsync(address: bigint, length: number, location: string, remoteAccessible: boolean): Promise<void>;
-  unregisterAsync(address: bigint): Promise<void>;
-  openSegmentAsync(name: string, descriptorJson: string, ip: string): Promise<number>;
-  sendNotifyAsync(segment: number, name: string, msg: string): Promise<void>;
+  /** Stops the engine on a pool thread, then settles what is pending (the upstream backend). */
   closeAsync(): Promise<void>;
 }
 

@@ -202,11 +202,6 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("takeNotifies", &EngineWrap::TakeNotifies),
                          InstanceMethod("close", &EngineWrap::Close),
                          InstanceMethod("start", &EngineWrap::Start),
-                         InstanceMethod("registerBufferAsync", &EngineWrap::RegisterBufferAsync),
-                         InstanceMethod("registerAddressAsync", &EngineWrap::RegisterAddressAsync),
-                         InstanceMethod("unregisterAsync", &EngineWrap::UnregisterAsync),
-                         InstanceMethod("openSegmentAsync", &EngineWrap::OpenSegmentAsync),
-                         InstanceMethod("sendNotifyAsync", &EngineWrap::SendNotifyAsync),
                          InstanceMethod("closeAsync", &EngineWrap::CloseAsync),
                      });
 }
@@ -268,66 +263,6 @@ Napi::Value EngineWrap::Start(const Napi::CallbackInfo& info) {
       [this](Napi::Env) { started_ = true; return Value().Env().Undefined(); },
       [this](Napi::Env env2) { shutdown(env2, true); });
   return call->queue();
-}
-
-Napi::Value EngineWrap::RegisterBufferAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  mc::Engine& e = live(env);
-  uint8_t* data = nullptr;
-  size_t len = 0;
-  mc::Status vs = viewOf(info[0], &data, &len);
-  if (!vs.ok()) throwStatus(env, vs);
-  mc::RegisterOptions o;
-  o.location = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "cpu:0";
-  o.remoteAccessible = !info[2].IsBoolean() || info[2].As<Napi::Boolean>().Value();
-  uint64_t addr = reinterpret_cast<uint64_t>(data);
-  auto view = std::make_shared<Napi::Reference<Napi::Value>>(Napi::Persistent(info[0]));
-  auto* call = new BlockingCall(
-      Value(), [&e, addr, len, o] { return e.registerMemory(addr, len, o); },
-      [this, addr, view](Napi::Env env2) {
-        if (!closed_) pinned_.emplace(addr, Napi::Persistent(view->Value()));
-        return Napi::BigInt::New(env2, addr).As<Napi::Value>();
-      });
-  call->keep(info[0]);
-  return call->queue();
-}
-
-Napi::Value EngineWrap::RegisterAddressAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  mc::Engine& e = live(env);
-  uint64_t addr = toU64(env, info[0], "address");
-  uint64_t len = toLength(env, info[1], "length");
-  mc::RegisterOptions o;
-  o.location = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu:0";
-  o.remoteAccessible = !info[3].IsBoolean() || info[3].As<Napi::Boolean>().Value();
-  return (new BlockingCall(Value(), [&e, addr, len, o] { return e.registerMemory(addr, len, o); }, nullptr))->queue();
-}
-
-Napi::Value EngineWrap::UnregisterAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  mc::Engine& e = live(env);
-  uint64_t addr = toU64(env, info[0], "address");
-  return (new BlockingCall(Value(), [&e, addr] { return e.unregisterMemory(addr); },
-                           [this, addr](Napi::Env env2) { pinned_.erase(addr); return env2.Undefined(); }))
-      ->queue();
-}
-
-Napi::Value EngineWrap::OpenSegmentAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  mc::Engine& e = live(env);
-  std::string name = toString(env, info[0], "name"), desc = toString(env, info[1], "descriptor"), ip = toString(env, info[2], "ip");
-  auto id = std::make_shared<int32_t>(-1);
-  return (new BlockingCall(Value(), [&e, name, desc, ip, id] { return e.openSegment(name, desc, ip, id.get()); },
-                           [id](Napi::Env env2) { return Napi::Number::New(env2, *id).As<Napi::Value>(); }))
-      ->queue();
-}
-
-Napi::Value EngineWrap::SendNotifyAsync(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  mc::Engine& e = live(env);
-  int32_t seg = static_cast<int32_t>(toLength(env, info[0], "segment"));
-  std::string name = toString(env, info[1], "name"), msg = toString(env, info[2], "msg");
-  return (new BlockingCall(Value(), [&e, seg, name, msg] { return e.sendNotify(seg, name, msg); }, nullptr))->queue();
 }
 
 // closeAsync(): stops the engine on a pool thread (upstream's shutdown talks to its metadata store),
@@ -401,44 +336,46 @@ Napi::Value EngineWrap::DataPort(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), live(info.Env()).dataPort());
 }
 
-// registerBuffer(view: ArrayBuffer | ArrayBufferView, location, remoteAccessible) -> bigint address
+// Runs an engine call inline, or with `async` on a libuv pool thread (a bounded blocking call: the
+// upstream backend talks to its metadata store inside) returning a Promise. `done` builds the result on
+// the JS thread either way.
+Napi::Value EngineWrap::run(Napi::Env env, bool async, std::function<mc::Status()> work,
+                            std::function<Napi::Value(Napi::Env)> done, Napi::Value keep) {
+  if (async) {
+    auto* call = new BlockingCall(Value(), std::move(work), std::move(done));
+    if (!keep.IsEmpty()) call->keep(keep);
+    return call->queue();
+  }
+  mc::Status st = work();
+  if (!st.ok()) throwStatus(env, st);
+  return done ? done(env) : env.Undefined();
+}
+
+static bool asyncArg(const Napi::CallbackInfo& info, size_t i) { return info[i].IsBoolean() && info[i].As<Napi::Boolean>().Value(); }
+
+// registerBuffer(view: ArrayBuffer | ArrayBufferView, location, remoteAccessible, async?) -> bigint address.
+// The view stays referenced (pinned) until unregistered.
 Napi::Value EngineWrap::RegisterBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
-  Napi::Value v = info[0];
   uint8_t* data = nullptr;
   size_t len = 0;
-  bool detached = false;
-  if (v.IsArrayBuffer()) {
-    Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
-    detached = ab.IsDetached();
-    if (!detached) { data = static_cast<uint8_t*>(ab.Data()); len = ab.ByteLength(); }
-  } else if (v.IsTypedArray()) {
-    Napi::TypedArray ta = v.As<Napi::TypedArray>();
-    Napi::ArrayBuffer ab = ta.ArrayBuffer();
-    detached = ab.IsDetached();
-    if (!detached) { data = static_cast<uint8_t*>(ab.Data()) + ta.ByteOffset(); len = ta.ByteLength(); }
-  } else if (v.IsDataView()) {
-    Napi::DataView dv = v.As<Napi::DataView>();
-    Napi::ArrayBuffer ab = dv.ArrayBuffer();
-    detached = ab.IsDetached();
-    if (!detached) { data = static_cast<uint8_t*>(ab.Data()) + dv.ByteOffset(); len = dv.ByteLength(); }
-  } else {
-    throwStatus(env, invalid("memory must be an ArrayBuffer, a TypedArray, a Buffer or a DataView"));
-  }
-  if (detached) throwStatus(env, invalid("the ArrayBuffer is detached"));
-  if (len == 0 || data == nullptr) throwStatus(env, invalid("cannot register empty memory"));
+  mc::Status vs = viewOf(info[0], &data, &len);
+  if (!vs.ok()) throwStatus(env, vs);
   mc::RegisterOptions o;
   o.location = info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "cpu:0";
   o.remoteAccessible = !info[2].IsBoolean() || info[2].As<Napi::Boolean>().Value();
   uint64_t addr = reinterpret_cast<uint64_t>(data);
-  mc::Status st = e.registerMemory(addr, len, o);
-  if (!st.ok()) throwStatus(env, st);
-  pinned_.emplace(addr, Napi::Persistent(v));
-  return Napi::BigInt::New(env, addr);
+  auto view = std::make_shared<Napi::Reference<Napi::Value>>(Napi::Persistent(info[0]));
+  return run(env, asyncArg(info, 3), [&e, addr, len, o] { return e.registerMemory(addr, len, o); },
+             [this, addr, view](Napi::Env env2) {
+               if (!closed_) pinned_.emplace(addr, Napi::Persistent(view->Value()));
+               return Napi::BigInt::New(env2, addr).As<Napi::Value>();
+             },
+             info[0]);
 }
 
-// registerAddress(address: bigint, length: number, location, remoteAccessible)
+// registerAddress(address: bigint, length: number, location, remoteAccessible, async?)
 Napi::Value EngineWrap::RegisterAddress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
@@ -447,9 +384,7 @@ Napi::Value EngineWrap::RegisterAddress(const Napi::CallbackInfo& info) {
   mc::RegisterOptions o;
   o.location = info[2].IsString() ? info[2].As<Napi::String>().Utf8Value() : "cpu:0";
   o.remoteAccessible = !info[3].IsBoolean() || info[3].As<Napi::Boolean>().Value();
-  mc::Status st = e.registerMemory(addr, len, o);
-  if (!st.ok()) throwStatus(env, st);
-  return env.Undefined();
+  return run(env, asyncArg(info, 4), [&e, addr, len, o] { return e.registerMemory(addr, len, o); }, nullptr);
 }
 
 // allocateManaged(size, shareable, location) -> { buffer: ArrayBuffer, address: bigint }
@@ -477,10 +412,7 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
     out.Set("shmPath", Napi::String::New(env2, mem->shmPath()));
     return out;
   };
-  if (async) return (new BlockingCall(Value(), [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result))->queue();
-  st = e.registerMemory(addr, size, o);
-  if (!st.ok()) throwStatus(env, st);
-  return result(env);
+  return run(env, async, [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result);
 }
 
 // allocateDevice(location "npu:N", size, async?) -> { address: bigint, length, device } (a Promise of
@@ -511,10 +443,7 @@ Napi::Value EngineWrap::AllocateDevice(const Napi::CallbackInfo& info) {
     out.Set("device", Napi::Number::New(env2, device));
     return out;
   };
-  if (async) return (new BlockingCall(Value(), [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result))->queue();
-  st = e.registerMemory(addr, size, o);
-  if (!st.ok()) throwStatus(env, st);  // the owner frees the allocation
-  return result(env);
+  return run(env, async, [&e, addr, size, o] { return e.registerMemory(addr, size, o); }, result);  // on failure the owner frees it
 }
 
 namespace {
@@ -583,24 +512,26 @@ Napi::Value EngineWrap::CopyDevice(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// unregister(address, async?)
 Napi::Value EngineWrap::Unregister(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
   uint64_t addr = toU64(env, info[0], "address");
-  mc::Status st = e.unregisterMemory(addr);
-  if (!st.ok()) throwStatus(env, st);
-  pinned_.erase(addr);
-  return env.Undefined();
+  return run(env, asyncArg(info, 1), [&e, addr] { return e.unregisterMemory(addr); },
+             [this, addr](Napi::Env env2) {
+               pinned_.erase(addr);
+               return env2.Undefined();
+             });
 }
 
+// openSegment(name, descriptorJson, ip, async?) -> handle
 Napi::Value EngineWrap::OpenSegment(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
-  int32_t id = -1;
-  mc::Status st = e.openSegment(toString(env, info[0], "name"), toString(env, info[1], "descriptor"),
-                                toString(env, info[2], "ip"), &id);
-  if (!st.ok()) throwStatus(env, st);
-  return Napi::Number::New(env, id);
+  std::string name = toString(env, info[0], "name"), desc = toString(env, info[1], "descriptor"), ip = toString(env, info[2], "ip");
+  auto id = std::make_shared<int32_t>(-1);
+  return run(env, asyncArg(info, 3), [&e, name, desc, ip, id] { return e.openSegment(name, desc, ip, id.get()); },
+             [id](Napi::Env env2) { return Napi::Number::New(env2, *id).As<Napi::Value>(); });
 }
 
 Napi::Value EngineWrap::CloseSegment(const Napi::CallbackInfo& info) {
@@ -762,13 +693,13 @@ Napi::Value EngineWrap::LocalEndpoint(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), ep);
 }
 
-// sendNotify(segment, name, msg): for backends with their own handshake daemon.
+// sendNotify(segment, name, msg, async?): for backends with their own handshake daemon.
 Napi::Value EngineWrap::SendNotify(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  mc::Status st = live(env).sendNotify(static_cast<int32_t>(toLength(env, info[0], "segment")), toString(env, info[1], "name"),
-                                       toString(env, info[2], "msg"));
-  if (!st.ok()) throwStatus(env, st);
-  return env.Undefined();
+  mc::Engine& e = live(env);
+  int32_t seg = static_cast<int32_t>(toLength(env, info[0], "segment"));
+  std::string name = toString(env, info[1], "name"), msg = toString(env, info[2], "msg");
+  return run(env, asyncArg(info, 3), [&e, seg, name, msg] { return e.sendNotify(seg, name, msg); }, nullptr);
 }
 
 // takeNotifies() -> [name, msg][]

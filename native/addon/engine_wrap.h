@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -89,11 +90,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   // Blocking engine calls (the upstream backend talks to its metadata store and peers inside them)
   // run on a libuv pool thread and return Promises; see BlockingCall in engine_wrap.cpp.
   Napi::Value Start(const Napi::CallbackInfo& info);
-  Napi::Value RegisterBufferAsync(const Napi::CallbackInfo& info);
-  Napi::Value RegisterAddressAsync(const Napi::CallbackInfo& info);
-  Napi::Value UnregisterAsync(const Napi::CallbackInfo& info);
-  Napi::Value OpenSegmentAsync(const Napi::CallbackInfo& info);
-  Napi::Value SendNotifyAsync(const Napi::CallbackInfo& info);
+  Napi::Value run(Napi::Env env, bool async, std::function<mc::Status()> work, std::function<Napi::Value(Napi::Env)> done,
+                  Napi::Value keep = Napi::Value());
   Napi::Value CloseAsync(const Napi::CallbackInfo& info);
   bool started_ = false;
   bool stopping_ = false;  // closeAsync in progress
