@@ -241,6 +241,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
         {"serverConnections", static_cast<double>(s.serverConnections)},
         {"serverConnectionsTotal", static_cast<double>(s.serverConnectionsTotal)},
         {"serverConnectionsRefused", static_cast<double>(s.serverConnectionsRefused)},
+        {"serverConnectionsTimedOut", static_cast<double>(s.serverConnectionsTimedOut)},
         {"clientConnections", static_cast<double>(s.clientConnections)},
         {"clientConnects", static_cast<double>(s.clientConnects)},
         {"retries", static_cast<double>(s.retries)},

@@ -2,7 +2,9 @@
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -357,4 +359,156 @@ TEST(Engine, RawClientCannotEscapeRegisteredMemory) {
   }
   // Still serving legal requests.
   EXPECT_EQ(b.engine->stats().size() > 0, true);
+}
+
+namespace {
+
+double statOf(Engine& e, const std::string& name) {
+  for (auto& kv : e.stats()) if (kv.first == name) return kv.second;
+  return -1;
+}
+
+int rawConnect(uint16_t port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(port);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) { close(fd); return -1; }
+  return fd;
+}
+
+uint16_t dataPortOf(Node& n) {
+  json::Value d;
+  json::parse(n.engine->localDescriptor(), &d);
+  uint64_t port = 0;
+  d.get("tcp_data_port")->getU64(&port);
+  return static_cast<uint16_t>(port);
+}
+
+}  // namespace
+
+// A peer that stops mid-request (it died without a FIN, the link was cut, or it stopped reading) must
+// not pin the target's region (REGION_BUSY forever) nor hold a connection slot: after idleTimeoutMs
+// without progress the target closes the connection.
+TEST(Engine, StalledServerConnectionReleasesItsRegion) {
+  tcp::Options o;
+  o.idleTimeoutMs = 300;
+  Node b("b", 1 << 20, o);
+  const uint16_t port = dataPortOf(b);
+  const uint64_t base = addr(b.mem.data());
+  for (int mode = 0; mode < 3; ++mode) {
+    int fd = rawConnect(port);
+    ASSERT_GE(fd, 0);
+    uint8_t hdr[tcp::kHeaderSize];
+    if (mode == 0) {  // WRITE whose body stops half-way
+      tcp::encodeHeader(hdr, tcp::Header{65536, base, 0x81});
+      std::vector<uint8_t> part(1000, 0x77);
+      ASSERT_EQ(send(fd, hdr, sizeof hdr, 0), static_cast<ssize_t>(sizeof hdr));
+      ASSERT_EQ(send(fd, part.data(), part.size(), 0), static_cast<ssize_t>(part.size()));
+    } else if (mode == 1) {  // READs the client never reads
+      int small = 4096;
+      setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+      tcp::encodeHeader(hdr, tcp::Header{1 << 20, base, 0x80});
+      for (int i = 0; i < 64; ++i) ASSERT_EQ(send(fd, hdr, sizeof hdr, 0), static_cast<ssize_t>(sizeof hdr));
+    } else {  // half a header
+      tcp::encodeHeader(hdr, tcp::Header{16, base, 0x81});
+      ASSERT_EQ(send(fd, hdr, 10, 0), 10);
+    }
+    bool released = false;
+    for (int i = 0; i < 500 && !released; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      released = statOf(*b.engine, "serverConnections") == 0;
+    }
+    EXPECT_TRUE(released) << "mode " << mode << ": the stalled connection is still open";
+    EXPECT_EQ(b.engine->unregisterMemory(base).code, Code::OK) << "mode " << mode;
+    ASSERT_TRUE(b.engine->registerMemory(base, b.mem.size(), RegisterOptions{}).ok());
+    close(fd);
+  }
+  // An idle connection between requests is legitimate (upstream pools them) and stays open.
+  int idle = rawConnect(port);
+  ASSERT_GE(idle, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  EXPECT_EQ(statOf(*b.engine, "serverConnections"), 1);
+  close(idle);
+}
+
+// Out of descriptors: connections beyond what the process can accept are refused (accepted with a
+// reserved descriptor and closed) instead of sitting in the backlog while the loop spins on EMFILE.
+TEST(Engine, OutOfDescriptorsRefusesInsteadOfSpinning) {
+  Node b("b", 1 << 20);
+  const uint16_t port = dataPortOf(b);
+  // The clients live in a forked child (its own descriptor table); it only makes system calls.
+  int go[2], result[2];
+  ASSERT_EQ(pipe(go), 0);
+  ASSERT_EQ(pipe(result), 0);
+  constexpr int kClients = 60;
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    char c;
+    if (read(go[0], &c, 1) != 1) _exit(2);
+    int fds[kClients];
+    int n = 0;
+    for (int i = 0; i < kClients; ++i) {
+      int fd = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in sa{};
+      sa.sin_family = AF_INET;
+      sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      sa.sin_port = htons(port);
+      if (fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0) fds[n++] = fd;
+    }
+    timespec pause{1, 500000000};
+    nanosleep(&pause, nullptr);
+    int refused = 0;
+    for (int i = 0; i < n; ++i) {
+      timeval tv{0, 100000};
+      setsockopt(fds[i], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      if (recv(fds[i], &c, 1, 0) == 0) ++refused;
+    }
+    int out[2] = {n, refused};
+    if (write(result[1], out, sizeof out) != sizeof out) _exit(3);
+    for (int i = 0; i < n; ++i) close(fds[i]);
+    _exit(0);
+  }
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  int probe = dup(0);
+  ASSERT_GE(probe, 0);
+  close(probe);
+  rlimit low = old;
+  low.rlim_cur = static_cast<rlim_t>(probe + 10);  // room for about 10 accepted connections
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  rusage r0{};
+  getrusage(RUSAGE_SELF, &r0);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(write(go[1], "g", 1), 1);
+  int out[2] = {0, 0};
+  ASSERT_EQ(read(result[0], out, sizeof out), static_cast<ssize_t>(sizeof out));
+  rusage r1{};
+  getrusage(RUSAGE_SELF, &r1);
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  int status = 0;
+  waitpid(child, &status, 0);
+  for (int fd : {go[0], go[1], result[0], result[1]}) close(fd);
+  auto secs = [](const timeval& tv) { return tv.tv_sec + tv.tv_usec / 1e6; };
+  double cpu = secs(r1.ru_utime) + secs(r1.ru_stime) - secs(r0.ru_utime) - secs(r0.ru_stime);
+  EXPECT_EQ(out[0], kClients);
+  EXPECT_GT(out[1], 0) << "connections beyond the descriptor limit were left in the backlog";
+  EXPECT_GT(statOf(*b.engine, "serverConnectionsRefused"), 0);
+  // A loop spinning on EMFILE burns a whole core; an idle one almost nothing.
+  EXPECT_LT(cpu, 0.5 * wall) << "cpu " << cpu << " s over " << wall << " s";
+  // Still serving once descriptors are available again.
+  bool drained = false;
+  for (int i = 0; i < 500 && !drained; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    drained = statOf(*b.engine, "serverConnections") == 0;
+  }
+  EXPECT_TRUE(drained);
+  Node a("a", 1 << 20);
+  int32_t seg = a.open(b);
+  std::memset(a.mem.data(), 0x3C, 4096);
+  EXPECT_EQ(a.run(1, {{1, seg, addr(a.mem.data()), addr(b.mem.data()), 4096}}).code, Code::OK);
+  EXPECT_EQ(b.mem[4095], 0x3C);
 }

@@ -91,6 +91,9 @@ class ServerConn : public EventHandler {
   bool start();
   void onEvents(uint32_t events) override;
   void close();
+  // Mid-request (part of a header or body received, a response not fully sent, or a rejection not yet
+  // closed by the client) with no byte moved for longer than limitNs. Idle between requests is fine.
+  bool stalled(int64_t now, int64_t limitNs) const;
 
  private:
   struct Out {
@@ -103,7 +106,7 @@ class ServerConn : public EventHandler {
   void onReadable();
   bool consume(const uint8_t* p, size_t n);  // false when the connection must close
   bool handleHeader();
-  bool reject(bool v2);  // queues a v2 rejection (and closes after it); false for v1 (close now)
+  bool reject(bool v2);  // queues a v2 rejection frame; half-closes once earlier answers are out
   bool finishBody();      // false when the connection must close
   bool flush();  // false when the connection must close
   void updateInterest();
@@ -127,20 +130,42 @@ class ServerConn : public EventHandler {
   bool readPaused_ = false;
   bool closeAfterFlush_ = false;
   bool wantWrite_ = false;
+  int64_t lastProgress_ = 0;
 };
 
-class Listener : public EventHandler {
+// Per loop: closes server connections that stalled mid-request for longer than idleTimeoutMs, so a
+// peer that vanished without a FIN (link cut, host crash) or stopped reading cannot pin a registered
+// region (unregister would say REGION_BUSY forever) nor hold a connection slot.
+class ServerReaper : public Ticker {
+ public:
+  ServerReaper(TcpTransport& t, LoopCtx& ctx) : t_(t), ctx_(ctx) {}
+  void onTick(int64_t now) override;
+
+ private:
+  TcpTransport& t_;
+  LoopCtx& ctx_;
+  int64_t nextScan_ = 0;
+};
+
+class Listener : public EventHandler, public Ticker {
  public:
   Listener(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
   ~Listener() override;
   bool start();
   void onEvents(uint32_t events) override;
+  void onTick(int64_t now) override;
   void close();
 
  private:
+  // Out of descriptors (EMFILE/ENFILE): refuse one pending connection with the reserved descriptor.
+  // Without it the level-triggered listener stays readable and the loop spins.
+  void refuseOne();
+
   TcpTransport& t_;
   LoopCtx& ctx_;
   int fd_;
+  int spare_ = -1;            // a reserved descriptor (/dev/null), given up to accept-and-close
+  int64_t pausedUntil_ = 0;   // listener unwatched until then (no spare left)
 };
 
 }  // namespace mc::tcp

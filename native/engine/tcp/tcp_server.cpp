@@ -1,4 +1,5 @@
 // Server side of the TCP transport: serves READ/WRITE requests strictly inside one registered region.
+#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -29,7 +30,26 @@ ServerConn::~ServerConn() {
 
 bool ServerConn::start() {
   net::setNoDelay(fd_);
+  lastProgress_ = monotonicNs();
   return ctx_.loop->add(fd_, EPOLLIN | EPOLLRDHUP, this);
+}
+
+bool ServerConn::stalled(int64_t now, int64_t limitNs) const {
+  if (fd_ < 0) return false;
+  const bool midRequest = hdrHave_ > 0 || inBody_ || !out_.empty() || closeAfterFlush_;
+  return midRequest && now - lastProgress_ > limitNs;
+}
+
+void ServerReaper::onTick(int64_t now) {
+  if (now < nextScan_) return;
+  const int64_t limit = static_cast<int64_t>(t_.options().idleTimeoutMs) * 1000000LL;
+  nextScan_ = now + std::min<int64_t>(100000000LL, std::max<int64_t>(limit / 4, 10000000LL));
+  std::vector<ServerConn*> stalled;
+  for (auto& kv : ctx_.servers) if (kv.first->stalled(now, limit)) stalled.push_back(kv.first);
+  for (ServerConn* s : stalled) {
+    t_.serverConnsTimedOut.fetch_add(1, std::memory_order_relaxed);
+    s->close();  // releases the region references it held; erased from ctx_.servers later
+  }
 }
 
 void ServerConn::close() {
@@ -63,6 +83,7 @@ void ServerConn::onReadable() {
     if (inBody_ && remaining_ >= kDirectRecv) {
       r = ::recv(fd_, dest_, remaining_, 0);
       if (r > 0) {
+        lastProgress_ = monotonicNs();
         t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
         dest_ += r;
         remaining_ -= static_cast<uint64_t>(r);
@@ -72,6 +93,7 @@ void ServerConn::onReadable() {
     } else {
       r = ::recv(fd_, ctx_.scratch.data(), ctx_.scratch.size(), 0);
       if (r > 0) {
+        lastProgress_ = monotonicNs();
         t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
         if (!consume(ctx_.scratch.data(), static_cast<size_t>(r))) { close(); return; }
         continue;
@@ -115,8 +137,11 @@ bool ServerConn::consume(const uint8_t* p, size_t n) {
 
 bool ServerConn::reject(bool v2) {
   t_.requestsRejected.fetch_add(1, std::memory_order_relaxed);
-  if (!v2) return false;  // v1 has no status frame: closing is the only signal
-  out_.push_back({kRejectedFrame, kStatusSize, 0, RegionRef(), nullptr});
+  // Answers to the requests before this one are still sent: upstream serves one request at a time, so a
+  // peer receives them before it learns of the rejection. v2 then gets the rejected frame; v1 has no
+  // status frame, so end-of-stream is its only signal. Either way the stream is half-closed once the
+  // queue is out (closing at once would drop queued answers) and the rest of the input is discarded.
+  if (v2) out_.push_back({kRejectedFrame, kStatusSize, 0, RegionRef(), nullptr});
   closeAfterFlush_ = true;
   return true;
 }
@@ -194,6 +219,7 @@ bool ServerConn::flush() {
       if (errno == EAGAIN || errno == EWOULDBLOCK) { blocked = true; break; }
       return false;
     }
+    if (w > 0) lastProgress_ = monotonicNs();
     t_.bytesSent.fetch_add(static_cast<uint64_t>(w), std::memory_order_relaxed);
     uint64_t left = static_cast<uint64_t>(w);
     while (left > 0) {
@@ -227,25 +253,61 @@ void ServerConn::updateInterest() {
 
 Listener::~Listener() {
   if (fd_ >= 0) ::close(fd_);
+  if (spare_ >= 0) ::close(spare_);
 }
 
-bool Listener::start() { return ctx_.loop->add(fd_, EPOLLIN, this); }
+bool Listener::start() {
+  spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ctx_.loop->addTicker(this);
+  return ctx_.loop->add(fd_, EPOLLIN, this);
+}
 
 void Listener::close() {
   if (fd_ < 0) return;
-  ctx_.loop->remove(fd_);
+  ctx_.loop->removeTicker(this);
+  if (pausedUntil_ == 0) ctx_.loop->remove(fd_);
   ::close(fd_);
   fd_ = -1;
+  if (spare_ >= 0) ::close(spare_);
+  spare_ = -1;
+}
+
+void Listener::refuseOne() {
+  if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (spare_ < 0) {
+    // Nothing to give up: stop watching the listener for a moment rather than spin on it.
+    ctx_.loop->remove(fd_);
+    pausedUntil_ = monotonicNs() + 100000000LL;
+    return;
+  }
+  ::close(spare_);
+  spare_ = -1;
+  int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd >= 0) {
+    t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
+    ::close(fd);
+  }
+  spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+void Listener::onTick(int64_t now) {
+  if (pausedUntil_ == 0 || now < pausedUntil_ || fd_ < 0) return;
+  pausedUntil_ = 0;
+  ctx_.loop->add(fd_, EPOLLIN, this);
 }
 
 void Listener::onEvents(uint32_t) {
-  for (int i = 0; i < 256 && fd_ >= 0; ++i) {
+  for (int i = 0; i < 256 && fd_ >= 0 && pausedUntil_ == 0; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     int fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      break;  // EAGAIN, or EMFILE: try again on the next readiness event
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        refuseOne();
+        continue;
+      }
+      break;  // EAGAIN
     }
     t_.onServerAccepted(fd, reinterpret_cast<sockaddr*>(&ss));
   }

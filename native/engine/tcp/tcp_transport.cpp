@@ -28,6 +28,9 @@ Status TcpTransport::start() {
     ctx->scratch.resize(kScratchSize);
     Status st = ctx->loop->start();
     if (!st.ok()) return st;
+    LoopCtx* c = ctx.get();
+    c->reaper = std::make_unique<ServerReaper>(*this, *c);
+    c->loop->runSync([c] { c->loop->addTicker(c->reaper.get()); });
     loops_.push_back(std::move(ctx));
   }
   int fd = -1;
@@ -208,6 +211,7 @@ Stats TcpTransport::stats() const {
   s.serverConnections = serverConns.load();
   s.serverConnectionsTotal = serverConnsTotal.load();
   s.serverConnectionsRefused = serverConnsRefused.load();
+  s.serverConnectionsTimedOut = serverConnsTimedOut.load();
   s.clientConnections = clientConns.load();
   s.clientConnects = clientConnects.load();
   s.retries = retriesDone.load();

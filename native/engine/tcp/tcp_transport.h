@@ -49,6 +49,7 @@ struct Stats {
   uint64_t bytesSent = 0, bytesReceived = 0;
   uint64_t requestsServed = 0, requestsRejected = 0;
   uint64_t serverConnections = 0, serverConnectionsTotal = 0, serverConnectionsRefused = 0;
+  uint64_t serverConnectionsTimedOut = 0;
   uint64_t clientConnections = 0, clientConnects = 0, retries = 0;
 };
 
@@ -100,6 +101,7 @@ struct LoopCtx {
   std::vector<uint8_t> scratch;
   std::unordered_map<ServerConn*, std::unique_ptr<ServerConn>> servers;
   std::vector<ClientConn*> clients;  // owned by their Peer
+  std::unique_ptr<Ticker> reaper;    // closes stalled server connections
 };
 
 class TcpTransport {
@@ -139,7 +141,7 @@ class TcpTransport {
   bool peerAllowed(const sockaddr* sa) const;
 
   std::atomic<uint64_t> bytesSent{0}, bytesReceived{0}, requestsServed{0}, requestsRejected{0};
-  std::atomic<uint64_t> serverConns{0}, serverConnsTotal{0}, serverConnsRefused{0};
+  std::atomic<uint64_t> serverConns{0}, serverConnsTotal{0}, serverConnsRefused{0}, serverConnsTimedOut{0};
   std::atomic<uint64_t> clientConns{0}, clientConnects{0}, retriesDone{0};
 
  private:
