@@ -26,7 +26,7 @@ export interface RunResult {
   /** Bytes this engine copied through same-host mappings instead of TCP. */
   sameHostBytes?: number;
   loopDelayP99Ms?: number;
-  rss?: { startMiB: number; endMiB: number; maxMiB: number };
+  rss?: { startMiB: number; endMiB: number; maxMiB: number; samples: number[] };
   errors: number;
 }
 
@@ -100,7 +100,7 @@ export async function runInitiator(
     latencyMs: lat.summary(),
     cpuPercent: cpu.percent(),
     loopDelayP99Ms: h.loopDelayP99Ms,
-    rss: { startMiB: h.rssStartMiB, endMiB: h.rssEndMiB, maxMiB: h.rssMaxMiB },
+    rss: { startMiB: h.rssStartMiB, endMiB: h.rssEndMiB, maxMiB: h.rssMaxMiB, samples: h.rssSamples },
     errors,
     sameHostBytes,
   };
