@@ -1,6 +1,7 @@
 #include "addon.h"
 
 #include <cmath>
+#include <random>
 
 #include "bench/raw_tcp.h"
 #include "engine_wrap.h"
@@ -9,6 +10,9 @@
 namespace mcaddon {
 
 Addon::Addon(Napi::Env env, Napi::Object exports) {
+  std::random_device rd;
+  engineTag.lower = (static_cast<uint64_t>(rd()) << 32) | rd();
+  engineTag.upper = (static_cast<uint64_t>(rd()) << 32) | rd();
   Napi::Function engine = EngineWrap::Define(env);
   engineCtor = Napi::Persistent(engine);
   DefineAddon(exports, {

@@ -13,6 +13,7 @@ class Addon : public Napi::Addon<Addon> {
 
   Napi::FunctionReference engineCtor;
   Napi::FunctionReference errorFactory;  // (status, message, index) => MooncakeError, set by lib/native.ts
+  napi_type_tag engineTag;               // random per load: two copies of the addon never mix objects
 
  private:
   Napi::Value SetErrorFactory(const Napi::CallbackInfo& info);

@@ -177,32 +177,32 @@ mc::Status viewOf(const Napi::Value& v, uint8_t** data, size_t* len) {
 Napi::Function EngineWrap::Define(Napi::Env env) {
   return DefineClass(env, "Engine",
                      {
-                         InstanceMethod("dataPort", &EngineWrap::DataPort),
-                         InstanceMethod("registerBuffer", &EngineWrap::RegisterBuffer),
-                         InstanceMethod("registerAddress", &EngineWrap::RegisterAddress),
-                         InstanceMethod("allocateManaged", &EngineWrap::AllocateManaged),
-                         InstanceMethod("allocateDevice", &EngineWrap::AllocateDevice),
-                         InstanceMethod("copyDevice", &EngineWrap::CopyDevice),
-                         InstanceMethod("unregister", &EngineWrap::Unregister),
-                         InstanceMethod("openSegment", &EngineWrap::OpenSegment),
-                         InstanceMethod("closeSegment", &EngineWrap::CloseSegment),
-                         InstanceMethod("segmentInfo", &EngineWrap::SegmentInfo),
-                         InstanceMethod("submit", &EngineWrap::Submit),
-                         InstanceMethod("cancel", &EngineWrap::Cancel),
-                         InstanceMethod("allocateBatch", &EngineWrap::AllocateBatch),
-                         InstanceMethod("submitBatch", &EngineWrap::SubmitBatch),
-                         InstanceMethod("taskStatus", &EngineWrap::TaskStatus),
-                         InstanceMethod("batchStatus", &EngineWrap::BatchStatus),
-                         InstanceMethod("freeBatch", &EngineWrap::FreeBatch),
-                         InstanceMethod("localDescriptor", &EngineWrap::LocalDescriptor),
-                         InstanceMethod("stats", &EngineWrap::Stats),
-                         InstanceMethod("backend", &EngineWrap::Backend),
-                         InstanceMethod("localEndpoint", &EngineWrap::LocalEndpoint),
-                         InstanceMethod("sendNotify", &EngineWrap::SendNotify),
-                         InstanceMethod("takeNotifies", &EngineWrap::TakeNotifies),
-                         InstanceMethod("close", &EngineWrap::Close),
-                         InstanceMethod("start", &EngineWrap::Start),
-                         InstanceMethod("closeAsync", &EngineWrap::CloseAsync),
+                         InstanceMethod("dataPort", &EngineWrap::Tagged<&EngineWrap::DataPort>),
+                         InstanceMethod("registerBuffer", &EngineWrap::Tagged<&EngineWrap::RegisterBuffer>),
+                         InstanceMethod("registerAddress", &EngineWrap::Tagged<&EngineWrap::RegisterAddress>),
+                         InstanceMethod("allocateManaged", &EngineWrap::Tagged<&EngineWrap::AllocateManaged>),
+                         InstanceMethod("allocateDevice", &EngineWrap::Tagged<&EngineWrap::AllocateDevice>),
+                         InstanceMethod("copyDevice", &EngineWrap::Tagged<&EngineWrap::CopyDevice>),
+                         InstanceMethod("unregister", &EngineWrap::Tagged<&EngineWrap::Unregister>),
+                         InstanceMethod("openSegment", &EngineWrap::Tagged<&EngineWrap::OpenSegment>),
+                         InstanceMethod("closeSegment", &EngineWrap::Tagged<&EngineWrap::CloseSegment>),
+                         InstanceMethod("segmentInfo", &EngineWrap::Tagged<&EngineWrap::SegmentInfo>),
+                         InstanceMethod("submit", &EngineWrap::Tagged<&EngineWrap::Submit>),
+                         InstanceMethod("cancel", &EngineWrap::Tagged<&EngineWrap::Cancel>),
+                         InstanceMethod("allocateBatch", &EngineWrap::Tagged<&EngineWrap::AllocateBatch>),
+                         InstanceMethod("submitBatch", &EngineWrap::Tagged<&EngineWrap::SubmitBatch>),
+                         InstanceMethod("taskStatus", &EngineWrap::Tagged<&EngineWrap::TaskStatus>),
+                         InstanceMethod("batchStatus", &EngineWrap::Tagged<&EngineWrap::BatchStatus>),
+                         InstanceMethod("freeBatch", &EngineWrap::Tagged<&EngineWrap::FreeBatch>),
+                         InstanceMethod("localDescriptor", &EngineWrap::Tagged<&EngineWrap::LocalDescriptor>),
+                         InstanceMethod("stats", &EngineWrap::Tagged<&EngineWrap::Stats>),
+                         InstanceMethod("backend", &EngineWrap::Tagged<&EngineWrap::Backend>),
+                         InstanceMethod("localEndpoint", &EngineWrap::Tagged<&EngineWrap::LocalEndpoint>),
+                         InstanceMethod("sendNotify", &EngineWrap::Tagged<&EngineWrap::SendNotify>),
+                         InstanceMethod("takeNotifies", &EngineWrap::Tagged<&EngineWrap::TakeNotifies>),
+                         InstanceMethod("close", &EngineWrap::Tagged<&EngineWrap::Close>),
+                         InstanceMethod("start", &EngineWrap::Tagged<&EngineWrap::Start>),
+                         InstanceMethod("closeAsync", &EngineWrap::Tagged<&EngineWrap::CloseAsync>),
                      });
 }
 
@@ -237,6 +237,7 @@ EngineWrap::EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Engine
   } else {
     throwStatus(env, invalid("unknown backend '" + backend + "'"));
   }
+  napi_type_tag_object(env, info.This(), &env.GetInstanceData<Addon>()->engineTag);
   napi_add_env_cleanup_hook(env_, &EngineWrap::CleanupHook, this);
   hookInstalled_ = true;
   if (backend == "builtin") {  // starts in microseconds: no Promise needed
@@ -324,6 +325,15 @@ void EngineWrap::shutdown(Napi::Env env, bool jsAllowed) {
   if (hookInstalled_) {
     napi_remove_env_cleanup_hook(env_, &EngineWrap::CleanupHook, this);
     hookInstalled_ = false;
+  }
+}
+
+void EngineWrap::checkTag(const Napi::CallbackInfo& info) {
+  bool ok = false;
+  Addon* addon = info.Env().GetInstanceData<Addon>();
+  if (addon == nullptr || !info.This().IsObject() ||
+      napi_check_object_type_tag(info.Env(), info.This(), &addon->engineTag, &ok) != napi_ok || !ok) {
+    throw Napi::TypeError::New(info.Env(), "not a mooncake-node engine (method called on another object)");
   }
 }
 

@@ -58,6 +58,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   static void CleanupHook(void* arg);
 
   mc::Engine& live(Napi::Env env);
+  // Methods run only on objects this addon (this load of it) created: napi_unwrap does not check types,
+  // so another addon's wrapped object passed as `this` would be reinterpreted (better-sqlite3's rule).
+  static void checkTag(const Napi::CallbackInfo& info);
+  template <Napi::Value (EngineWrap::*Method)(const Napi::CallbackInfo&)>
+  Napi::Value Tagged(const Napi::CallbackInfo& info) {
+    checkTag(info);  // before any member is touched
+    return (this->*Method)(info);
+  }
   // Stops the engine (joining its threads), delivers what is left when JS may run, releases the TSFN.
   void shutdown(Napi::Env env, bool jsAllowed);
   void afterDelivery(Napi::Env env, size_t delivered);

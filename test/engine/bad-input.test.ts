@@ -57,6 +57,13 @@ describe('bad input', () => {
     expect(loadNative().codeNames()).toEqual(StatusCodes);
   });
 
+  it('engine methods refuse receivers that are not engines', () => {
+    const { Engine } = loadNative();
+    for (const receiver of [{}, new (class Other {})(), Object.create(Engine.prototype)]) {
+      expect(() => (Engine.prototype as unknown as { stats(): unknown }).stats.call(receiver)).toThrow(TypeError);
+    }
+  });
+
   it('unknown segment', async () => {
     await expectCode(engine.openSegment('no-such-peer:1'), 'SEGMENT_NOT_FOUND');
     await stillWorks();
