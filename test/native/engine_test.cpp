@@ -512,3 +512,56 @@ TEST(Engine, OutOfDescriptorsRefusesInsteadOfSpinning) {
   EXPECT_EQ(a.run(1, {{1, seg, addr(a.mem.data()), addr(b.mem.data()), 4096}}).code, Code::OK);
   EXPECT_EQ(b.mem[4095], 0x3C);
 }
+
+// A client that half-closes right after its requests (shutdown(SHUT_WR)) still gets every answer it
+// asked for: the READ data, the v2 status frames, a rejection. Before, the server closed at the EOF and
+// dropped whatever it had queued.
+TEST(Engine, HalfClosedClientStillGetsItsAnswers) {
+  Node b("b", 1 << 20);
+  const uint16_t port = dataPortOf(b);
+  const uint64_t base = addr(b.mem.data());
+  for (size_t i = 0; i < 65536; ++i) b.mem[i] = static_cast<uint8_t>(i * 7);
+  for (int mode = 0; mode < 3; ++mode) {
+    int fd = rawConnect(port);
+    ASSERT_GE(fd, 0);
+    std::vector<uint8_t> req(tcp::kHeaderSize);
+    size_t expect = 0;
+    if (mode == 0) {  // v2 READ
+      tcp::encodeHeader(req.data(), tcp::Header{65536, base, 0x80});
+      expect = 8 + 65536;
+    } else if (mode == 1) {  // v1 READ
+      tcp::encodeHeader(req.data(), tcp::Header{65536, base, 0x00});
+      expect = 65536;
+    } else {  // v2 request outside the region
+      tcp::encodeHeader(req.data(), tcp::Header{16, base - 8, 0x80});
+      expect = 8;
+    }
+    ASSERT_EQ(send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+    shutdown(fd, SHUT_WR);
+    timeval tv{5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::vector<uint8_t> got;
+    uint8_t buf[65536];
+    for (;;) {
+      ssize_t r = recv(fd, buf, sizeof buf, 0);
+      if (r <= 0) break;
+      got.insert(got.end(), buf, buf + r);
+    }
+    close(fd);
+    ASSERT_EQ(got.size(), expect) << "mode " << mode;
+    if (mode == 0) {
+      EXPECT_EQ(tcp::decodeStatus(got.data()), tcp::StatusFrame::Ok);
+      EXPECT_EQ(std::memcmp(got.data() + 8, b.mem.data(), 65536), 0);
+    } else if (mode == 1) {
+      EXPECT_EQ(std::memcmp(got.data(), b.mem.data(), 65536), 0);
+    } else {
+      EXPECT_EQ(tcp::decodeStatus(got.data()), tcp::StatusFrame::Rejected);
+    }
+  }
+  bool drained = false;
+  for (int i = 0; i < 500 && !drained; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    drained = statOf(*b.engine, "serverConnections") == 0;
+  }
+  EXPECT_TRUE(drained);
+}

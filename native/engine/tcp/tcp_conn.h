@@ -129,6 +129,7 @@ class ServerConn : public EventHandler {
   uint64_t outBytes_ = 0;
   bool readPaused_ = false;
   bool closeAfterFlush_ = false;
+  bool peerClosed_ = false;  // EOF seen with answers still queued: close once they are sent
   bool wantWrite_ = false;
   int64_t lastProgress_ = 0;
 };

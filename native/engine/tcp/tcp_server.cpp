@@ -99,7 +99,14 @@ void ServerConn::onReadable() {
         continue;
       }
     }
-    if (r == 0) { close(); return; }  // EOF: quiet at a header boundary, abandoned mid-request otherwise
+    if (r == 0) {  // EOF
+      // Quiet at a header boundary, or abandoned mid-request: done. A client that half-closed after
+      // its requests still gets what it asked for: stop reading, send the rest, then close.
+      if (out_.empty() || inBody_ || hdrHave_ > 0) { close(); return; }
+      peerClosed_ = true;
+      readPaused_ = true;
+      break;
+    }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) break;
     close();
@@ -239,7 +246,8 @@ bool ServerConn::flush() {
     // keep discarding its input until it closes (consume() drops everything now).
     ::shutdown(fd_, SHUT_WR);
   }
-  if (readPaused_ && outBytes_ <= kMaxQueuedOut / 2) readPaused_ = false;
+  if (out_.empty() && peerClosed_) return false;  // everything asked for before the EOF is out
+  if (readPaused_ && !peerClosed_ && outBytes_ <= kMaxQueuedOut / 2) readPaused_ = false;
   wantWrite_ = blocked;
   updateInterest();
   return true;
