@@ -155,6 +155,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const handshake = new HandshakeServer({
       onMetadata: () => (engine ? new RawJson(engine.describe()) : null),
       onNotify: (n: Notify) => notifications.push(n),
+      // A peer the data port refuses gets neither the descriptor nor a say through notifies.
+      ...(o.allowedPeers !== undefined ? { allowedPeers: o.allowedPeers } : {}),
     });
     let native: NativeEngine | undefined;
     try {
@@ -571,6 +573,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       pendingTransfers: this.pending.size,
       openSegments: this.segments.size,
       metadataRepublished: this.publisher?.republished ?? 0,
+      ...(this.handshake ? handshakeCounters(this.handshake) : {}),
     };
   }
 
@@ -742,6 +745,13 @@ function descriptorField(text: string, field: string, name: string): unknown {
   } catch (err) {
     throw new MooncakeError('MALFORMED_JSON', `the descriptor of '${name}' is not JSON`, { cause: err, details: { name } });
   }
+}
+
+/** The handshake daemon's counters a caller may want next to the data port's. */
+function handshakeCounters(h: HandshakeServer): Record<string, number> {
+  const s = h.stats();
+  const dropped = Object.values(s.dropped).reduce((a, b) => a + b, 0);
+  return { handshakeConnections: s.active, handshakeAccepted: s.accepted, handshakeDropped: dropped, handshakeRefused: s.dropped.refused };
 }
 
 function zipRequests(locals: bigint[], remotes: bigint[], lengths: number[]): TransferRequest[] {

@@ -1,3 +1,4 @@
+import * as net from 'node:net';
 import * as os from 'node:os';
 import { MooncakeError } from './errors';
 
@@ -53,7 +54,11 @@ export interface TransferEngineOptions {
   connectTimeoutMs?: number;
   /** Highest TCP framing to use: 2 (default) or 1 (`MC_TCP_PROTO=1`). */
   tcpProtoVersion?: 1 | 2;
-  /** Numeric peer IPs allowed to connect to the data port. Default: anyone (upstream's behaviour). */
+  /**
+   * Numeric peer IPs allowed to connect to the data port and the handshake port; others are closed on
+   * accept (counted in stats() `serverConnectionsRefused` / `handshakeRefused`). Default: anyone
+   * (upstream's behaviour). An address filter, not authentication: see the README's threat model.
+   */
   allowedPeers?: string[];
   /**
    * Same-host fast path (default true): a peer on this host that shares its memory (engine-allocated,
@@ -157,8 +162,9 @@ export function validateOptions(o: TransferEngineOptions): void {
   if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
     throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
   }
-  if (o.allowedPeers !== undefined && (!Array.isArray(o.allowedPeers) || o.allowedPeers.some((p) => typeof p !== 'string'))) {
-    throw new MooncakeError('INVALID_CONFIG', 'allowedPeers must be an array of numeric IP strings');
+  if (o.allowedPeers !== undefined && (!Array.isArray(o.allowedPeers) || o.allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0))) {
+    const bad = Array.isArray(o.allowedPeers) ? o.allowedPeers.find((p) => typeof p !== 'string' || net.isIP(p) === 0) : o.allowedPeers;
+    throw new MooncakeError('INVALID_CONFIG', `allowedPeers must be an array of numeric IP addresses (no host names), got ${JSON.stringify(bad)}`);
   }
 }
 

@@ -92,6 +92,11 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
    * so many clients sending large frames at once cannot exhaust memory.
    */
   maxBufferedBytes?: number;
+  /**
+   * Numeric IPs allowed to connect (the engine passes its data port's `allowedPeers`). Others are
+   * closed at once, before a byte is read, and counted as dropped 'refused'. Default: anyone.
+   */
+  allowedPeers?: readonly string[];
 }
 
 export interface PortRange {
@@ -108,7 +113,7 @@ export interface HandshakeListenOptions {
   portRange?: PortRange | [number, number];
 }
 
-export type DropReason = 'timeout' | 'malformed' | 'protocol' | 'truncated' | 'handler' | 'socket' | 'overload' | 'closed';
+export type DropReason = 'timeout' | 'malformed' | 'protocol' | 'truncated' | 'handler' | 'socket' | 'overload' | 'closed' | 'refused';
 
 export interface DropInfo {
   reason: DropReason;
@@ -147,6 +152,12 @@ export function rpcPortRangeFromEnv(env: NodeJS.ProcessEnv = process.env): PortR
   const ok = (p: number): boolean => p >= 1024 && p <= 65535 && !(p >= 32768 && p <= 60999);
   if (!ok(min) || !ok(max) || min > max) return { min: 15000, max: 17000 };
   return { min, max };
+}
+
+/** An IPv4-mapped IPv6 address as plain IPv4, as the native data port compares them. */
+function normalizeIp(ip: string): string {
+  const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  return (m ? m[1]! : ip).toLowerCase();
 }
 
 function atoi(s: string): number {
@@ -190,7 +201,8 @@ export function decodeNotify(body: JsonValue): Notify | undefined {
 class Timeout extends Error {}
 
 export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
-  private readonly opts: Required<Omit<HandshakeServerOptions, keyof HandshakeHandlers>>;
+  private readonly opts: Required<Omit<HandshakeServerOptions, keyof HandshakeHandlers | 'allowedPeers'>>;
+  private readonly allowed: Set<string> | undefined;
   private readonly handlers: HandshakeHandlers;
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
@@ -208,7 +220,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     oldProtocol: 0,
     rejectedNotifies: 0,
     handlerErrors: 0,
-    dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0 },
+    dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0, refused: 0 },
     extraBytes: 0,
     closeWaitTimeouts: 0,
     bufferedBytes: 0,
@@ -216,7 +228,13 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
 
   constructor(options: HandshakeServerOptions = {}) {
     super();
-    const { onMetadata, onNotify, ...rest } = options;
+    const { onMetadata, onNotify, allowedPeers, ...rest } = options;
+    if (allowedPeers !== undefined) {
+      if (!Array.isArray(allowedPeers) || allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0)) {
+        throw new MooncakeError('INVALID_ARGUMENT', 'allowedPeers must be an array of numeric IP strings');
+      }
+      if (allowedPeers.length > 0) this.allowed = new Set(allowedPeers.map(normalizeIp));
+    }
     this.handlers = {};
     if (onMetadata) this.handlers.onMetadata = onMetadata;
     if (onNotify) this.handlers.onNotify = onNotify;
@@ -383,6 +401,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
 
   private onConnection(socket: net.Socket): void {
     if (this.closing) {
+      socket.destroy();
+      return;
+    }
+    if (this.allowed && !this.allowed.has(normalizeIp(socket.remoteAddress ?? ''))) {
+      this.drop('refused', new MooncakeError('REJECT_HANDSHAKE', `handshake connection from ${socket.remoteAddress ?? '?'} refused: not in allowedPeers`), socket);
       socket.destroy();
       return;
     }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "tcp_conn.h"
 
@@ -220,16 +221,36 @@ Stats TcpTransport::stats() const {
 
 bool TcpTransport::peerAllowed(const sockaddr* sa) const {
   if (opts_.allowedPeers.empty()) return true;
-  char buf[INET6_ADDRSTRLEN] = {0};
+  // Compared as binary addresses, so any spelling of an IPv6 address (and IPv4-mapped peers) match.
+  in_addr v4{};
+  in6_addr v6{};
+  bool isV4 = false;
   if (sa->sa_family == AF_INET) {
-    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, buf, sizeof buf);
+    v4 = reinterpret_cast<const sockaddr_in*>(sa)->sin_addr;
+    isV4 = true;
   } else if (sa->sa_family == AF_INET6) {
-    const auto* v6 = reinterpret_cast<const sockaddr_in6*>(sa);
-    if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], buf, sizeof buf);
-    else inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+    v6 = reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr;
+    if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+      std::memcpy(&v4, &v6.s6_addr[12], 4);
+      isV4 = true;
+    }
+  } else {
+    return false;
   }
-  std::string ip(buf);
-  return std::find(opts_.allowedPeers.begin(), opts_.allowedPeers.end(), ip) != opts_.allowedPeers.end();
+  for (const std::string& allowed : opts_.allowedPeers) {
+    in_addr a4{};
+    in6_addr a6{};
+    if (inet_pton(AF_INET, allowed.c_str(), &a4) == 1) {
+      if (isV4 && a4.s_addr == v4.s_addr) return true;
+    } else if (inet_pton(AF_INET6, allowed.c_str(), &a6) == 1) {
+      if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+        if (isV4 && std::memcmp(&a6.s6_addr[12], &v4, 4) == 0) return true;
+      } else if (!isV4 && std::memcmp(&a6, &v6, sizeof a6) == 0) {
+        return true;
+      }
+    }
+  }
+  return false;
 }
 
 void TcpTransport::onServerAccepted(int fd, const sockaddr* peerAddr) {
