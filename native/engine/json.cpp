@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace mc::json {
@@ -294,11 +295,16 @@ void writeValue(const Value& v, std::string* out) {
     case Type::Int: { int64_t x = 0; v.getI64(&x); *out += std::to_string(x); break; }
     case Type::UInt: { uint64_t x = 0; v.getU64(&x); *out += std::to_string(x); break; }
     case Type::Double: {
+      // As jsoncpp writes doubles, so that one reads back as the same double: infinities (a number
+      // too large for a double parses as one) as +-1e+9999, and a ".0" on integral values, which would
+      // otherwise come back as integers (and -0.0 as 0).
       double d = v.asDouble();
-      if (!std::isfinite(d)) { *out += "null"; break; }
+      if (std::isnan(d)) { *out += "null"; break; }
+      if (std::isinf(d)) { *out += d < 0 ? "-1e+9999" : "1e+9999"; break; }
       char buf[32];
       std::snprintf(buf, sizeof buf, "%.17g", d);
       *out += buf;
+      if (std::strpbrk(buf, ".e") == nullptr) *out += ".0";
       break;
     }
     case Type::String: writeString(v.str(), out); break;

@@ -1,5 +1,7 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "json.h"
 
 using mc::json::Value;
@@ -54,4 +56,23 @@ TEST(Json, DecodesEscapesAndNumbers) {
   EXPECT_FALSE(v.items()[1].getU64(&u));
   EXPECT_DOUBLE_EQ(v.items()[2].asDouble(), 1500.0);
   EXPECT_TRUE(v.items()[4].isNull());
+}
+
+// Found by fuzz/json_fuzz.cpp: doubles did not survive write -> parse. An overflowing number (1e400,
+// parsed as infinity) was written as null, -0.0 as "-0" (read back as the integer 0) and 2.0 as "2"
+// (an integer). The writer now does what jsoncpp does: +-1e+9999 and a ".0" on integral doubles.
+TEST(Json, DoublesSurviveARoundTrip) {
+  mc::json::Value v;
+  ASSERT_TRUE(mc::json::parse("[1e400,-1e400,-0.0,2.0,1e16,0.1,-1.5e-300]", &v));
+  std::string text = mc::json::write(v);
+  EXPECT_EQ(text, "[1e+9999,-1e+9999,-0.0,2.0,10000000000000000.0,0.10000000000000001,-1.5000000000000001e-300]");
+  mc::json::Value w;
+  ASSERT_TRUE(mc::json::parse(text, &w));
+  ASSERT_EQ(w.items().size(), v.items().size());
+  for (size_t i = 0; i < v.items().size(); ++i) {
+    EXPECT_EQ(w.items()[i].type(), mc::json::Type::Double) << i;
+    double a = v.items()[i].asDouble(), b = w.items()[i].asDouble();
+    EXPECT_EQ(std::memcmp(&a, &b, sizeof a), 0) << i;
+  }
+  EXPECT_EQ(mc::json::write(w), text);
 }
