@@ -22,6 +22,12 @@ std::string endpointToString(const sockaddr* sa);
 
 bool setNonBlocking(int fd);
 void setNoDelay(int fd);
+// TCP keepalive probes after idleMs of silence (whole seconds, at least 1), then every idle/3, 3
+// tries, and TCP_USER_TIMEOUT for unacknowledged data to match: a peer that vanished without a FIN
+// (link cut, host crash) is found in about twice idleMs, even on an idle connection or one whose last
+// bytes are stuck in the kernel's send queue. A live peer's kernel answers probes and acknowledges
+// data, so live connections stay.
+void setKeepAlive(int fd, int idleMs);
 void setCloseOnExec(int fd);
 
 // Binds a listening socket. bindAddress empty means dual-stack [::] (falling back to 0.0.0.0). With

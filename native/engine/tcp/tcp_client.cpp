@@ -106,6 +106,7 @@ void ClientConn::startConnect() {
   fd_ = ::socket(ep.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd_ < 0) { fail(Code::CONNECT_FAILED, nullptr, false); return; }
   net::setNoDelay(fd_);
+  net::setKeepAlive(fd_, t_.options().idleTimeoutMs);
   t_.clientConnects.fetch_add(1, std::memory_order_relaxed);
   connecting_ = true;
   connectDeadline_ = monotonicNs() + static_cast<int64_t>(t_.options().connectTimeoutMs) * 1000000LL;

@@ -30,6 +30,7 @@ ServerConn::~ServerConn() {
 
 bool ServerConn::start() {
   net::setNoDelay(fd_);
+  net::setKeepAlive(fd_, t_.options().idleTimeoutMs);
   lastProgress_ = monotonicNs();
   return ctx_.loop->add(fd_, EPOLLIN | EPOLLRDHUP, this);
 }
