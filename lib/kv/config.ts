@@ -89,8 +89,18 @@ export interface MooncakeConfig {
   warnings: string[];
 }
 
+/** A value for an error message. Never throws: configs given as objects may hold bigints or cycles. */
+function show(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  try {
+    return JSON.stringify(value, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}` : x)) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
 function fail(field: string, value: unknown, what: string, source: string): MooncakeError {
-  const shown = value === undefined ? 'nothing' : JSON.stringify(value) ?? String(value);
+  const shown = show(value);
   return new MooncakeError('INVALID_CONFIG', `${source}: ${field} must be ${what}, got ${shown}`, { details: { field, value, source } });
 }
 

@@ -136,6 +136,21 @@ describe('--kv-transfer-config', () => {
     expect(err(() => parseKvTransferConfig('{"kv_role": ')).code).toBe('INVALID_CONFIG');
     expect(err(() => parseKvTransferConfig('[1]')).message).toContain('JSON object');
   });
+
+  // Found by fuzz/js (kv_config): an invalid value that JSON.stringify cannot show (a bigint, as the
+  // handshake JSON reader makes of large integers, or a cycle) escaped as a TypeError instead of
+  // INVALID_CONFIG.
+  it('reports values it cannot serialize as INVALID_CONFIG', () => {
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    for (const bad of [9007199254740993n, [{ a: [1n] }], cyclic]) {
+      const e = err(() => parseMooncakeConfig({ protocol: bad }));
+      expect(e.code).toBe('INVALID_CONFIG');
+      expect(e.details?.field).toBe('protocol');
+      expect(err(() => parseKvTransferConfig({ ...JSON.parse(SEED_PREFILL), kv_role: bad })).code).toBe('INVALID_CONFIG');
+    }
+    expect(err(() => parseMooncakeConfig({ protocol: 12345678901234567890n })).message).toContain('12345678901234567890');
+  });
 });
 
 describe('mooncake.json', () => {
