@@ -153,7 +153,7 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
   const warnings: string[] = [];
   for (const k of Object.keys(o)) if (!KNOWN_TRANSFER_KEYS.has(k)) warnings.push(`unknown key '${k}' ignored`);
   const connector = o.kv_connector;
-  if (typeof connector !== 'string' || !(connector in KV_CONNECTORS)) {
+  if (typeof connector !== 'string' || !Object.hasOwn(KV_CONNECTORS, connector)) {
     throw fail('kv_connector', connector, `one of ${Object.keys(KV_CONNECTORS).join(', ')}`, source);
   }
   const role = o.kv_role;

@@ -151,6 +151,17 @@ describe('--kv-transfer-config', () => {
     }
     expect(err(() => parseMooncakeConfig({ protocol: 12345678901234567890n })).message).toContain('12345678901234567890');
   });
+
+  // Found by fuzz/js (kv_config): the connector check used `in`, so Object.prototype's names
+  // ("constructor", "toString", "__proto__", ...) were accepted as connectors, with a function or an
+  // object as their transfer mode.
+  it('accepts only the listed connectors, not inherited property names', () => {
+    for (const name of ['constructor', 'toString', '__proto__', 'hasOwnProperty', 'valueOf']) {
+      const e = err(() => parseKvTransferConfig({ ...JSON.parse(SEED_PREFILL), kv_connector: name }));
+      expect(e.code).toBe('INVALID_CONFIG');
+      expect(e.details?.field).toBe('kv_connector');
+    }
+  });
 });
 
 describe('mooncake.json', () => {
