@@ -69,6 +69,10 @@ function spawnFlood(cfg: Record<string, unknown>, nofile: number): { child: Chil
   };
 }
 
+afterAll(() => {
+  console.log(`[hostile] inputs tried: ${JSON.stringify(tally)}`);
+});
+
 describe('hostile input on the data port', () => {
   let target: NodeProc;
   let legit: NodeProc;
@@ -123,7 +127,6 @@ describe('hostile input on the data port', () => {
 
   afterAll(async () => {
     await closeAll([legit, target]);
-    console.log(`[hostile] inputs tried: ${JSON.stringify(tally)}`);
   });
 
   it('refuses every request that is not entirely inside one remote-accessible region (v1 and v2, READ, WRITE and odd opcodes) without touching memory', async () => {
