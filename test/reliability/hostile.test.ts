@@ -18,7 +18,17 @@ import { OK_FRAME, REJECT_FRAME, U64_MAX, exchange, header, pool, type RawResult
 const KiB = 1024;
 const FLOOD = path.join(__dirname, 'fixtures/flood.cjs');
 const CLI = path.join(__dirname, '../../dist/cli.js');
-const IS_ROOT = process.getuid?.() === 0;
+const HAS_PRLIMIT = (() => {
+  try {
+    execFileSync('prlimit', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+/** Root with prlimit (util-linux): fd limits of the flood and target processes can be set. */
+const IS_ROOT = process.getuid?.() === 0 && HAS_PRLIMIT;
+if (!IS_ROOT) console.warn(`[hostile] ${HAS_PRLIMIT ? 'not root' : 'no prlimit'}: fd limits cannot be raised or lowered; the floods adapt or skip (see below)`);
 
 /** Tallies for the report (printed at the end, quoted in docs/reliability.md). */
 const tally = { dataPortInputs: 0, connections: 0, handshakeInputs: 0, metadataInputs: 0 };
