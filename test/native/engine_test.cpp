@@ -70,8 +70,11 @@ bool landed(const uint8_t* at, const uint8_t* expect, size_t n, int version) {
 
 struct Node {
   Sink sink;
-  std::unique_ptr<Engine> engine;
+  // Declared before the engine so that it outlives it: the engine (its loop threads) stops before the
+  // registered memory is freed, as a v1 WRITE may still be landing in it (TSan found the free racing
+  // with the server's write).
   std::vector<uint8_t> mem;
+  std::unique_ptr<Engine> engine;
   explicit Node(const std::string& name, size_t bytes, tcp::Options o = {}) : mem(bytes) {
     EngineConfig cfg;
     cfg.localServerName = name;
