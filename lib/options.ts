@@ -48,7 +48,12 @@ export interface TransferEngineOptions {
   sliceSize?: number;
   /** Requests in flight per connection. Default 64. */
   maxInflightPerConnection?: number;
-  /** Fail a transfer when its connection makes no progress for this long. Default 30 s (`MC_TCP_STATUS_TIMEOUT_SEC`). */
+  /**
+   * Fail a transfer when its connection makes no progress for this long. Default 30 s
+   * (`MC_TCP_STATUS_TIMEOUT_SEC`). The data server closes a connection stalled mid-request for as long,
+   * and both sides probe silent connections (TCP keepalive, `TCP_USER_TIMEOUT`), so a peer that
+   * vanished without a FIN is dropped after about twice this.
+   */
   idleTimeoutMs?: number;
   /** Connect timeout to a peer's data port. Default 5 s. */
   connectTimeoutMs?: number;
