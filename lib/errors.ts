@@ -109,3 +109,15 @@ function defaultMessage(code: ErrorCode): string {
     default: return code.toLowerCase().replace(/_/g, ' ');
   }
 }
+
+/**
+ * A value for an error message, as JSON where possible. Never throws: values handed in by code may
+ * hold bigints or cycles, and a bad value must still produce its INVALID_CONFIG, not a TypeError.
+ */
+export function describeValue(value: unknown): string {
+  try {
+    return JSON.stringify(value, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}` : x)) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}

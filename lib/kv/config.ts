@@ -11,7 +11,7 @@
  * KvProducer/KvConsumer options.
  */
 import * as fs from 'node:fs';
-import { MooncakeError } from '../errors';
+import { MooncakeError, describeValue } from '../errors';
 import { MemoryRegion } from '../memory';
 import { parseMetadataConnectionString, P2P_HANDSHAKE } from '../metadata/store';
 import type { KvLayout, KvLayoutSpec } from './layout';
@@ -91,12 +91,7 @@ export interface MooncakeConfig {
 
 /** A value for an error message. Never throws: configs given as objects may hold bigints or cycles. */
 function show(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  try {
-    return JSON.stringify(value, (_k, x: unknown) => (typeof x === 'bigint' ? `${x}` : x)) ?? String(value);
-  } catch {
-    return String(value);
-  }
+  return value === undefined ? 'nothing' : describeValue(value);
 }
 
 function fail(field: string, value: unknown, what: string, source: string): MooncakeError {

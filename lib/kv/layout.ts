@@ -14,7 +14,7 @@
  *
  * Tensors are numbered layer-major: tensor `2*layer` is K and `2*layer + 1` is V (MLA: tensor `layer`).
  */
-import { MooncakeError } from '../errors';
+import { MooncakeError, describeValue } from '../errors';
 
 export type KvAttention = 'mha' | 'mla';
 export type KvHeadLayout = 'NHD' | 'HND';
@@ -72,7 +72,7 @@ export interface PairedRun {
 const MAX_BYTES = Number.MAX_SAFE_INTEGER;
 
 function bad(field: string, value: unknown, what: string): MooncakeError {
-  return new MooncakeError('INVALID_CONFIG', `layout.${field} must be ${what}, got ${JSON.stringify(value) ?? String(value)}`, {
+  return new MooncakeError('INVALID_CONFIG', `layout.${field} must be ${what}, got ${describeValue(value)}`, {
     details: { field: `layout.${field}`, value },
   });
 }

@@ -2,7 +2,7 @@
  * The options of KvProducer and KvConsumer (one object per rank), their defaults and validation.
  * `kvOptionsFromConfig` (config.ts) builds them from vLLM's `--kv-transfer-config` and `mooncake.json`.
  */
-import { MooncakeError } from '../errors';
+import { MooncakeError, describeValue } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
 import { KvLayout, type KvLayoutSpec } from './layout';
 import { validateTpMapping, type TpMapping } from './rank-map';
@@ -86,7 +86,7 @@ export interface ResolvedKvOptions {
 }
 
 function invalid(field: string, value: unknown, what: string): MooncakeError {
-  return new MooncakeError('INVALID_CONFIG', `${field} must be ${what}, got ${JSON.stringify(value) ?? String(value)}`, { details: { field, value } });
+  return new MooncakeError('INVALID_CONFIG', `${field} must be ${what}, got ${describeValue(value)}`, { details: { field, value } });
 }
 
 function int(field: string, v: unknown, min: number, max = Number.MAX_SAFE_INTEGER): number {

@@ -6,7 +6,7 @@
  * Fields follow vllm-ascend's MooncakeConnector; `remote_dp_rank`, `remote_tp_size` and
  * `remote_total_kv_heads` are mooncake-node additions that spare the receiver a guess.
  */
-import { MooncakeError } from '../errors';
+import { MooncakeError, describeValue } from '../errors';
 
 export interface KvTransferParams {
   do_remote_prefill: boolean;
@@ -32,7 +32,7 @@ export interface KvTransferParams {
 }
 
 function bad(field: string, value: unknown, what: string): MooncakeError {
-  return new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.${field} must be ${what}, got ${JSON.stringify(value) ?? String(value)}`, {
+  return new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.${field} must be ${what}, got ${describeValue(value)}`, {
     details: { field: `kv_transfer_params.${field}`, value },
   });
 }

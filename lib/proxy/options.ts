@@ -3,7 +3,7 @@
  * (the seed's `--host --port --prefiller-hosts ... --prefiller-ports ... --decoder-hosts ... --decoder-ports ...`,
  * space-separated lists, plus mooncake-node's own tuning flags).
  */
-import { MooncakeError } from '../errors';
+import { MooncakeError, describeValue } from '../errors';
 
 export type Role = 'prefill' | 'decode';
 export const ROLES: readonly Role[] = ['prefill', 'decode'];
@@ -125,7 +125,7 @@ export const DEFAULT_DECODER_PORT = 8200;
 const noLog: ProxyLogger = () => {};
 
 function invalid(name: string, value: unknown, why: string): MooncakeError {
-  return new MooncakeError('INVALID_CONFIG', `${name}=${JSON.stringify(value) ?? String(value)}: ${why}`, {
+  return new MooncakeError('INVALID_CONFIG', `${name}=${describeValue(value)}: ${why}`, {
     details: { option: name, value },
   });
 }
@@ -158,7 +158,7 @@ export function normalizeInstanceUrl(value: unknown, name = 'instance'): string 
   try {
     url = new URL(withScheme);
   } catch (cause) {
-    throw new MooncakeError('INVALID_CONFIG', `${name}=${JSON.stringify(value)}: not a valid address`, { cause, details: { option: name, value } });
+    throw new MooncakeError('INVALID_CONFIG', `${name}=${describeValue(value)}: not a valid address`, { cause, details: { option: name, value } });
   }
   if (url.protocol !== 'http:') throw invalid(name, value, 'only http:// upstreams are supported');
   if (url.username !== '' || url.password !== '') throw invalid(name, value, 'credentials in the address are not supported');

@@ -336,3 +336,14 @@ describe('kv_transfer_params', () => {
     expect(err(() => alignBlocks([1, 2], [1])).code).toBe('INVALID_ARGUMENT');
   });
 });
+
+describe('error messages never throw on odd values', () => {
+  it('bigints and cycles in layout, params and options values give their own coded errors', async () => {
+    const { KvLayout, parseKvTransferParams } = await import('../../lib/kv');
+    const cyclic: Record<string, unknown> = {};
+    cyclic.self = cyclic;
+    expect(() => KvLayout.from({ numLayers: 10n as never, numBlocks: 1, blockSize: 1, headBytes: 2, numHeads: 1 })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+    expect(() => KvLayout.from({ numLayers: cyclic as never, numBlocks: 1, blockSize: 1, headBytes: 2, numHeads: 1 })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+    expect(() => parseKvTransferParams({ remote_block_ids: cyclic } as never)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+  });
+});
