@@ -81,6 +81,8 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly early = new Map<string, { messages: KvMessage[]; expires: number }>();
   private readonly watches = new Map<string, Watch>();
 
+  protected readonly side = 'decode';
+
   private constructor() {
     super();
   }
@@ -217,22 +219,6 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     return this.core.warmUp(engineId, dps.flatMap((dpRank) => tps.map((tpRank) => ({ dpRank, tpRank }))));
   }
 
-  /** The kv_transfer_params naming this consumer (what `expect` returns). */
-  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
-    const o = this.core.options;
-    return {
-      do_remote_prefill: true,
-      do_remote_decode: false,
-      remote_engine_id: o.engineId,
-      remote_host: this.core.engine.advertiseAddress,
-      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * o.decode.tpSize : this.core.engine.rpcPort,
-      remote_block_ids: [...blockIds],
-      remote_request_id: requestId,
-      remote_dp_rank: o.dpRank,
-      remote_tp_size: o.decode.tpSize,
-      remote_total_kv_heads: o.totalKvHeads,
-    };
-  }
 
   /**
    * Push mode: waits for the producer to write a request's blocks into `blockIds` (call it on every TP rank

@@ -80,6 +80,8 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly early = new Map<string, { messages: Extract<KvMessage, { type: 'done' }>[]; expires: number }>();
   private readonly recentlyReleased = new Map<string, number>();
 
+  protected readonly side = 'prefill';
+
   private constructor() {
     super();
   }
@@ -92,22 +94,6 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     return p;
   }
 
-  /** The kv_transfer_params naming this producer (what `hold` returns), without holding anything. */
-  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
-    const o = this.core.options;
-    return {
-      do_remote_prefill: true,
-      do_remote_decode: false,
-      remote_engine_id: o.engineId,
-      remote_host: this.core.engine.advertiseAddress,
-      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * o.prefill.tpSize : this.core.engine.rpcPort,
-      remote_block_ids: [...blockIds],
-      remote_request_id: requestId,
-      remote_dp_rank: o.dpRank,
-      remote_tp_size: o.prefill.tpSize,
-      remote_total_kv_heads: o.totalKvHeads,
-    };
-  }
 
   /**
    * Keeps a request's blocks for the decode ranks to read (pull). Call it on every TP rank of the instance
