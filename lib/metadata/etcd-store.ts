@@ -14,6 +14,7 @@
  * newline to the JSON it stores, this store writes the value it is given, byte for byte.
  */
 import type { Etcd3, Lease } from 'etcd3';
+import { loadBackendModule, metadataAbortError, positiveOption } from './store-util';
 import { MooncakeError } from '../errors';
 import type { MetadataStore, SetOptions } from './store';
 
@@ -65,11 +66,11 @@ export class EtcdMetadataStore implements MetadataStore {
         });
       }
     }
-    this.timeoutMs = positive(options.timeoutMs, DEFAULT_TIMEOUT_MS, 'timeoutMs');
-    const attemptMs = positive(options.attemptTimeoutMs, Math.max(1, Math.ceil(this.timeoutMs / 2)), 'attemptTimeoutMs');
+    this.timeoutMs = positiveOption(options.timeoutMs, DEFAULT_TIMEOUT_MS, 'timeoutMs');
+    const attemptMs = positiveOption(options.attemptTimeoutMs, Math.max(1, Math.ceil(this.timeoutMs / 2)), 'attemptTimeoutMs');
     this.endpoints = list;
     this.url = options.connectionString ?? `etcd://${list.join(',')}`;
-    this.lib = loadEtcd3();
+    this.lib = loadBackendModule<Etcd3Module>('etcd3', 'etcd');
     this.client = new this.lib.Etcd3({
       hosts: list.map((e) => (/^https?:\/\//.test(e) ? e : `http://${e}`)),
       // Unary calls get a deadline per attempt; streams (lease keep-alive) must not have one.
@@ -154,13 +155,13 @@ export class EtcdMetadataStore implements MetadataStore {
     if (this.closed) {
       throw new MooncakeError('CLOSED', `the metadata store for ${this.url} is closed`, { details: { key, url: this.url } });
     }
-    if (signal?.aborted) throw abortError(op, key, this.url, signal);
+    if (signal?.aborted) throw metadataAbortError(op, key, this.url, signal);
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
     const guard = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DeadlineError()), this.timeoutMs);
       if (signal) {
-        onAbort = () => reject(abortError(op, key, this.url, signal));
+        onAbort = () => reject(metadataAbortError(op, key, this.url, signal));
         signal.addEventListener('abort', onAbort, { once: true });
       }
     });
@@ -215,24 +216,3 @@ function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, guard]).finally(() => clearTimeout(timer));
 }
 
-function loadEtcd3(): Etcd3Module {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('etcd3') as Etcd3Module;
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw cause;
-    throw new MooncakeError('INVALID_CONFIG', "the etcd metadata backend needs the 'etcd3' package: npm install etcd3", { cause });
-  }
-}
-
-function abortError(op: Op, key: string, url: string, signal: AbortSignal): MooncakeError {
-  return new MooncakeError('ABORT_ERR', `metadata ${op} '${key}' was aborted`, { cause: signal.reason, details: { key, url, op } });
-}
-
-function positive(value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value <= 0) {
-    throw new MooncakeError('INVALID_CONFIG', `${name} must be a positive number, got ${String(value)}`);
-  }
-  return value;
-}

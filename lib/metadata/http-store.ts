@@ -11,6 +11,7 @@
  */
 import * as http from 'node:http';
 import * as https from 'node:https';
+import { metadataAbortError, positiveOption } from './store-util';
 import { MooncakeError } from '../errors';
 import { escapeKeyForUrl } from './keys';
 import type { MetadataStore, SetOptions } from './store';
@@ -73,10 +74,10 @@ export class HttpMetadataStore implements MetadataStore {
       throw new MooncakeError('INVALID_CONFIG', `metadata server URL '${url}' must start with http:// or https://`, { details: { url } });
     }
     this.opts = {
-      timeoutMs: positive(options.timeoutMs, DEFAULTS.timeoutMs, 'timeoutMs'),
-      connectTimeoutMs: positive(options.connectTimeoutMs, DEFAULTS.connectTimeoutMs, 'connectTimeoutMs'),
-      maxResponseBytes: positive(options.maxResponseBytes, DEFAULTS.maxResponseBytes, 'maxResponseBytes'),
-      maxSockets: positive(options.maxSockets, DEFAULTS.maxSockets, 'maxSockets'),
+      timeoutMs: positiveOption(options.timeoutMs, DEFAULTS.timeoutMs, 'timeoutMs'),
+      connectTimeoutMs: positiveOption(options.connectTimeoutMs, DEFAULTS.connectTimeoutMs, 'connectTimeoutMs'),
+      maxResponseBytes: positiveOption(options.maxResponseBytes, DEFAULTS.maxResponseBytes, 'maxResponseBytes'),
+      maxSockets: positiveOption(options.maxSockets, DEFAULTS.maxSockets, 'maxSockets'),
     };
     this.url = url;
     this.target = target;
@@ -143,7 +144,7 @@ export class HttpMetadataStore implements MetadataStore {
   private attempt(method: Method, key: string, body: Buffer | undefined, signal: AbortSignal | undefined, deadline: number): Promise<Reply> {
     const url = this.requestUrl(key);
     const details = { key, url, method };
-    if (signal?.aborted) return Promise.reject(abortError(method, key, url, signal));
+    if (signal?.aborted) return Promise.reject(metadataAbortError(method, key, url, signal, 'method'));
     return new Promise<Reply>((resolve, reject) => {
       let settled = false;
       let gotResponse = false;
@@ -159,7 +160,7 @@ export class HttpMetadataStore implements MetadataStore {
           ),
         );
       }, Math.max(1, deadline - Date.now()));
-      const onAbort = (): void => fail(abortError(method, key, url, signal!));
+      const onAbort = (): void => fail(metadataAbortError(method, key, url, signal!, 'method'));
       signal?.addEventListener('abort', onAbort, { once: true });
 
       const cleanup = (): void => {
@@ -316,14 +317,3 @@ class StaleSocketError extends Error {
   }
 }
 
-function abortError(method: Method, key: string, url: string, signal: AbortSignal): MooncakeError {
-  return new MooncakeError('ABORT_ERR', `metadata ${method} '${key}' was aborted`, { cause: signal.reason, details: { key, url, method } });
-}
-
-function positive(value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value <= 0) {
-    throw new MooncakeError('INVALID_CONFIG', `${name} must be a positive number, got ${String(value)}`);
-  }
-  return value;
-}

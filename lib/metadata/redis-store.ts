@@ -16,6 +16,7 @@
  * it is given, byte for byte.
  */
 import type { RedisClientType } from 'redis';
+import { loadBackendModule, metadataAbortError, positiveOption } from './store-util';
 import { MooncakeError } from '../errors';
 import type { MetadataStore, SetOptions } from './store';
 
@@ -64,8 +65,8 @@ export class RedisMetadataStore implements MetadataStore {
     this.host = host;
     this.port = port;
     this.url = `redis://${address}`;
-    this.timeoutMs = positive(options.timeoutMs, DEFAULTS.timeoutMs, 'timeoutMs');
-    const connectTimeoutMs = Math.min(positive(options.connectTimeoutMs, DEFAULTS.connectTimeoutMs, 'connectTimeoutMs'), this.timeoutMs);
+    this.timeoutMs = positiveOption(options.timeoutMs, DEFAULTS.timeoutMs, 'timeoutMs');
+    const connectTimeoutMs = Math.min(positiveOption(options.connectTimeoutMs, DEFAULTS.connectTimeoutMs, 'connectTimeoutMs'), this.timeoutMs);
     const password = options.password ?? process.env[REDIS_PASSWORD_ENV] ?? '';
     const username = options.username ?? process.env[REDIS_USERNAME_ENV] ?? '';
     this.database = options.database ?? databaseFromEnv(options.warn ?? ((m) => console.warn(m)));
@@ -73,7 +74,7 @@ export class RedisMetadataStore implements MetadataStore {
       throw new MooncakeError('INVALID_CONFIG', `the redis database index must be an integer in [0, 255], got ${String(this.database)}`);
     }
     this.authenticated = password.length > 0;
-    const lib = (this.lib = loadRedis());
+    const lib = (this.lib = loadBackendModule<RedisModule>('redis', 'redis'));
     this.makeClient = () => {
       const client = lib.createClient({
         socket: {
@@ -127,7 +128,7 @@ export class RedisMetadataStore implements MetadataStore {
     if (this.closed) {
       throw new MooncakeError('CLOSED', `the metadata store for ${this.url} is closed`, { details: { key, url: this.url } });
     }
-    if (signal?.aborted) throw abortError(op, key, this.url, signal);
+    if (signal?.aborted) throw metadataAbortError(op, key, this.url, signal);
     const deadline = Date.now() + this.timeoutMs;
     if (!this.conn) this.conn = { client: this.makeClient() };
     const conn = this.conn;
@@ -154,7 +155,7 @@ export class RedisMetadataStore implements MetadataStore {
   private bounded<T>(p: Promise<T>, deadline: number, signal: AbortSignal | undefined, op: Op, key: string): Promise<T> {
     p.catch(() => undefined); // it may settle after we gave up on it
     return new Promise<T>((resolve, reject) => {
-      const onAbort = (): void => finish(() => reject(abortError(op, key, this.url, signal!)));
+      const onAbort = (): void => finish(() => reject(metadataAbortError(op, key, this.url, signal!)));
       const timer = setTimeout(() => finish(() => reject(new DeadlineError(this.lastError))), Math.max(1, deadline - Date.now()));
       const finish = (fn: () => void): void => {
         clearTimeout(timer);
@@ -196,7 +197,7 @@ export class RedisMetadataStore implements MetadataStore {
       const onReady = (): void => finish(resolve);
       // The first failed attempt is the answer (the client keeps retrying in the background).
       const onError = (err: Error): void => finish(() => reject(err));
-      const onAbort = (): void => finish(() => reject(abortError(op, key, this.url, signal!)));
+      const onAbort = (): void => finish(() => reject(metadataAbortError(op, key, this.url, signal!)));
       timer = setTimeout(() => finish(() => reject(new DeadlineError(this.lastError))), Math.max(1, deadline - Date.now()));
       client.on('ready', onReady);
       client.on('error', onError);
@@ -293,24 +294,3 @@ function databaseFromEnv(warn: (message: string) => void): number {
   return 0;
 }
 
-function loadRedis(): RedisModule {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('redis') as RedisModule;
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw cause;
-    throw new MooncakeError('INVALID_CONFIG', "the redis metadata backend needs the 'redis' package: npm install redis", { cause });
-  }
-}
-
-function abortError(op: Op, key: string, url: string, signal: AbortSignal): MooncakeError {
-  return new MooncakeError('ABORT_ERR', `metadata ${op} '${key}' was aborted`, { cause: signal.reason, details: { key, url, op } });
-}
-
-function positive(value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (!Number.isFinite(value) || value <= 0) {
-    throw new MooncakeError('INVALID_CONFIG', `${name} must be a positive number, got ${String(value)}`);
-  }
-  return value;
-}
