@@ -14,6 +14,7 @@
 
 #include "device/device_runtime.h"
 #include "engine.h"
+#include "sink.h"
 
 using namespace mc;
 
@@ -34,24 +35,7 @@ void standinCounters(uint64_t* setDevice, uint64_t* memcpys, uint64_t* noContext
   fn(setDevice, memcpys, noContext);
 }
 
-class Sink : public CompletionSink {
- public:
-  void onBatchDone(uint64_t token, Code code, uint64_t, std::vector<int32_t>) override {
-    std::lock_guard<std::mutex> g(mu_);
-    done_[token] = code;
-    cv_.notify_all();
-  }
-  Code wait(uint64_t token) {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, std::chrono::seconds(20), [&] { return done_.count(token) > 0; });
-    return done_.count(token) ? done_[token] : Code::TIMEOUT;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<uint64_t, Code> done_;
-};
+using mctest::Sink;
 
 uint64_t addr(const void* p) { return reinterpret_cast<uint64_t>(p); }
 

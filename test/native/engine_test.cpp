@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "engine.h"
+#include "sink.h"
 #include "json.h"
 #include "tcp/wire.h"
 
@@ -23,31 +24,9 @@ using namespace mc;
 
 namespace {
 
-struct Done {
-  Code code;
-  uint64_t bytes;
-  std::vector<int32_t> taskCodes;
-};
 
-class Sink : public CompletionSink {
- public:
-  void onBatchDone(uint64_t token, Code code, uint64_t bytes, std::vector<int32_t> codes) override {
-    std::lock_guard<std::mutex> g(mu_);
-    done_[token] = {code, bytes, std::move(codes)};
-    cv_.notify_all();
-  }
-  bool wait(uint64_t token, Done* out, int ms = 20000) {
-    std::unique_lock<std::mutex> lk(mu_);
-    if (!cv_.wait_for(lk, std::chrono::milliseconds(ms), [&] { return done_.count(token) > 0; })) return false;
-    *out = done_[token];
-    return true;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<uint64_t, Done> done_;
-};
+using mctest::Done;
+using mctest::Sink;
 
 std::vector<uint8_t> randomBytes(size_t n, uint32_t seed) {
   std::vector<uint8_t> v(n);

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "engine.h"
+#include "sink.h"
 #include "host_memory.h"
 #include "json.h"
 
@@ -16,24 +17,7 @@ using namespace mc;
 
 namespace {
 
-class Sink : public CompletionSink {
- public:
-  void onBatchDone(uint64_t token, Code code, uint64_t, std::vector<int32_t>) override {
-    std::lock_guard<std::mutex> g(mu_);
-    done_[token] = code;
-    cv_.notify_all();
-  }
-  Code wait(uint64_t token) {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait_for(lk, std::chrono::seconds(10), [&] { return done_.count(token) > 0; });
-    return done_.count(token) ? done_[token] : Code::TIMEOUT;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<uint64_t, Code> done_;
-};
+using mctest::Sink;
 
 double stat(Engine& e, const char* name) {
   for (auto& kv : e.stats()) if (kv.first == name) return kv.second;
