@@ -5,7 +5,7 @@ import { TransferEngine, type MooncakeError } from '../../lib';
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
 import { eventually, startEtcd } from '../helpers/etcd';
 import { metadataBackends, type RunningBackend } from '../helpers/metadata-backends';
-import { freePort } from '../helpers/upstream';
+import { freePort } from '../helpers/server-process';
 
 const MiB = 1 << 20;
 const opts = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' } as const;

@@ -6,9 +6,10 @@ import * as readline from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TransferEngine } from '../../lib';
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
-import { skipWithoutEtcd, startEtcd, watchdog, type EtcdCluster } from '../helpers/etcd';
+import { skipWithoutEtcd, startEtcd, type EtcdCluster } from '../helpers/etcd';
 import { pattern } from '../helpers/peer';
-import { SETUP_COMMAND, repoRoot, stopProcess, upstreamEnv, upstreamPeer } from '../helpers/upstream';
+import { stopProcess, watchdog } from '../helpers/server-process';
+import { SETUP_COMMAND, repoRoot, upstreamEnv, upstreamPeer } from '../helpers/upstream';
 
 const found = upstreamPeer();
 const noEtcd = skipWithoutEtcd('metadata-etcd-upstream');

@@ -14,7 +14,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { freePort } from './upstream';
+import { controls, freePort, OutputTail, retryPortRace, track, waitServing, type ProcessControls } from './server-process';
 
 export const METADATA_SERVERS_SETUP = 'scripts/setup-metadata-servers.sh';
 
@@ -39,7 +39,8 @@ export function skipWithoutEtcd(suite: string): boolean {
   return false;
 }
 
-export interface EtcdMember {
+/** `kill`, `stop`, `pause` and `resume` act on the member's current process. */
+export interface EtcdMember extends ProcessControls {
   readonly name: string;
   readonly clientPort: number;
   readonly peerPort: number;
@@ -48,13 +49,6 @@ export interface EtcdMember {
   readonly dataDir: string;
   process: ChildProcess | undefined;
   output(): string;
-  /** SIGKILL, and wait for the exit. */
-  kill(): Promise<void>;
-  /** SIGTERM, SIGKILL after `graceMs`. */
-  stop(graceMs?: number): Promise<void>;
-  /** SIGSTOP / SIGCONT: a member that accepts connections but never answers. */
-  pause(): void;
-  resume(): void;
   /** Starts the member again on the same ports (with its data unless `wipe`), waits for health. */
   restart(options?: { wipe?: boolean }): Promise<void>;
 }
@@ -67,55 +61,6 @@ export interface EtcdCluster {
   stop(): Promise<void>;
 }
 
-/**
- * Kills `child` (SIGKILL) if this test process dies first, even by SIGKILL (a vitest worker killed on
- * a timeout never runs its 'exit' handlers): a detached shell polls both pids once a second.
- */
-export function watchdog(child: ChildProcess): void {
-  if (!child.pid) return;
-  const dog = spawn(
-    'sh',
-    ['-c', 'while kill -0 "$1" 2>/dev/null && kill -0 "$2" 2>/dev/null; do sleep 1; done; kill -CONT "$2" 2>/dev/null; kill -9 "$2" 2>/dev/null', 'watchdog', String(process.pid), String(child.pid)],
-    { detached: true, stdio: 'ignore' },
-  );
-  dog.unref();
-}
-
-const live = new Set<ChildProcess>();
-let exitHook = false;
-function track(child: ChildProcess): void {
-  watchdog(child);
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHook) {
-    exitHook = true;
-    process.once('exit', () => {
-      for (const c of live) {
-        try {
-          if (c.pid) process.kill(c.pid, 'SIGCONT');
-          c.kill('SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-    });
-  }
-}
-
-async function exitOf(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  try {
-    if (child.pid) process.kill(child.pid, 'SIGCONT'); // a paused process cannot handle SIGTERM
-  } catch {
-    // gone
-  }
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
 /** Starts a one-member etcd. */
 export async function startEtcd(options: { timeoutMs?: number } = {}): Promise<EtcdCluster> {
   return startEtcdCluster(1, options);
@@ -126,8 +71,7 @@ export async function startEtcdCluster(n: number, options: { timeoutMs?: number 
   const found = etcdBinary();
   if ('skipReason' in found) throw new Error(found.skipReason);
   const timeoutMs = options.timeoutMs ?? 30_000;
-  let lastError: Error | undefined;
-  for (let attempt = 0; attempt < 3; attempt++) {
+  return retryPortRace(async (attempt) => {
     const root = fs.mkdtempSync(path.join(os.tmpdir(), 'mooncake-etcd-'));
     const token = `mooncake-test-${process.pid}-${Date.now()}-${attempt}`;
     const ports: { client: number; peer: number }[] = [];
@@ -149,11 +93,9 @@ export async function startEtcdCluster(n: number, options: { timeoutMs?: number 
     } catch (e) {
       const out = members.map((m) => `--- ${m.name} ---\n${m.output()}`).join('\n');
       await cluster.stop();
-      lastError = new Error(`${(e as Error).message}\n${out}`);
-      if (!/address already in use/i.test(out)) break; // only a port race is worth retrying
+      throw new Error(`${(e as Error).message}\n${out}`);
     }
-  }
-  throw lastError ?? new Error('etcd did not start');
+  });
 }
 
 interface MemberImpl extends EtcdMember {
@@ -161,7 +103,7 @@ interface MemberImpl extends EtcdMember {
 }
 
 function makeMember(binary: string, name: string, clientPort: number, peerPort: number, dataDir: string, initialCluster: string, token: string): MemberImpl {
-  let out = '';
+  const out = new OutputTail(32_768);
   let clusterToken = token;
   let cluster = initialCluster;
   const m: MemberImpl = {
@@ -171,7 +113,7 @@ function makeMember(binary: string, name: string, clientPort: number, peerPort: 
     endpoint: `127.0.0.1:${clientPort}`,
     dataDir,
     process: undefined,
-    output: () => out,
+    output: () => out.text,
     spawn() {
       const args = [
         '--name', name,
@@ -186,25 +128,10 @@ function makeMember(binary: string, name: string, clientPort: number, peerPort: 
       ];
       const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
       track(child);
-      const collect = (b: Buffer): void => {
-        out = (out + b.toString('utf8')).slice(-32_768);
-      };
-      child.stdout!.on('data', collect);
-      child.stderr!.on('data', collect);
+      out.attach(child);
       m.process = child;
     },
-    async kill() {
-      if (m.process) await exitOf(m.process, 'SIGKILL', 0);
-    },
-    async stop(graceMs = 5000) {
-      if (m.process) await exitOf(m.process, 'SIGTERM', graceMs);
-    },
-    pause() {
-      if (m.process?.pid) process.kill(m.process.pid, 'SIGSTOP');
-    },
-    resume() {
-      if (m.process?.pid) process.kill(m.process.pid, 'SIGCONT');
-    },
+    ...controls(() => m.process),
     async restart(options: { wipe?: boolean } = {}) {
       await m.stop(2000);
       if (options.wipe) {
@@ -221,23 +148,17 @@ function makeMember(binary: string, name: string, clientPort: number, peerPort: 
 }
 
 /** Polls `GET /health` on the member's client URL until it answers `"health":"true"`. */
-async function waitHealthy(m: EtcdMember, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const child = m.process;
-    if (!child || child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`etcd member ${m.name} exited early (code ${child?.exitCode}, signal ${child?.signalCode})`);
-    }
+function waitHealthy(m: EtcdMember, timeoutMs: number): Promise<void> {
+  const healthy = async (): Promise<boolean> => {
     try {
       const res = await fetch(`http://${m.endpoint}/health`, { signal: AbortSignal.timeout(1000) });
       const body = await res.text();
-      if (res.ok && /"health"\s*:\s*"true"/.test(body)) return;
+      return res.ok && /"health"\s*:\s*"true"/.test(body);
     } catch {
-      // not up yet
+      return false; // not up yet
     }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`etcd member ${m.name} was not healthy at ${m.endpoint} within ${timeoutMs} ms`);
+  };
+  return waitServing(m.process, healthy, timeoutMs, `etcd member ${m.name}`, m.endpoint);
 }
 
 /** Waits (bounded) until `check` returns true; returns its last value. */

@@ -14,8 +14,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { METADATA_SERVERS_SETUP, watchdog } from './etcd';
-import { freePort } from './upstream';
+import { METADATA_SERVERS_SETUP } from './etcd';
+import { controls, freePort, OutputTail, retryPortRace, track, waitServing, type ProcessControls } from './server-process';
 
 /** The redis-server binary, or why there is none. */
 export function redisBinary(): { binary: string; version: string } | { skipReason: string } {
@@ -45,64 +45,25 @@ export interface RedisServerOptions {
   timeoutMs?: number;
 }
 
-export interface RedisServer {
+/** `kill`, `stop`, `pause` and `resume` act on the server's current process. */
+export interface RedisServer extends ProcessControls {
   readonly port: number;
   /** `redis://127.0.0.1:<port>` */
   readonly connectionString: string;
   process: ChildProcess | undefined;
   output(): string;
-  kill(): Promise<void>;
-  stop(graceMs?: number): Promise<void>;
-  pause(): void;
-  resume(): void;
   /** Starts it again on the same port (empty: no persistence) and waits until it accepts commands. */
   restart(): Promise<void>;
-}
-
-const live = new Set<ChildProcess>();
-let exitHook = false;
-function track(child: ChildProcess): void {
-  watchdog(child);
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  if (!exitHook) {
-    exitHook = true;
-    process.once('exit', () => {
-      for (const c of live) {
-        try {
-          if (c.pid) process.kill(c.pid, 'SIGCONT');
-          c.kill('SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-    });
-  }
-}
-
-async function exitOf(child: ChildProcess, signal: NodeJS.Signals, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  try {
-    if (child.pid) process.kill(child.pid, 'SIGCONT');
-  } catch {
-    // gone
-  }
-  child.kill(signal);
-  const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
 }
 
 export async function startRedis(options: RedisServerOptions = {}): Promise<RedisServer & { dir: string; cleanup(): Promise<void> }> {
   const found = redisBinary();
   if ('skipReason' in found) throw new Error(found.skipReason);
   const timeoutMs = options.timeoutMs ?? 20_000;
-  let lastError: Error | undefined;
-  for (let attempt = 0; attempt < 3; attempt++) {
+  return retryPortRace(async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mooncake-redis-'));
     const port = await freePort();
-    let out = '';
+    const out = new OutputTail(16_384);
     // A config file: ACL `user` lines cannot be given as command-line arguments.
     const conf = [
       `port ${port}`,
@@ -122,19 +83,8 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
       dir,
       connectionString: `redis://127.0.0.1:${port}`,
       process: undefined,
-      output: () => out,
-      async kill() {
-        if (server.process) await exitOf(server.process, 'SIGKILL', 0);
-      },
-      async stop(graceMs = 5000) {
-        if (server.process) await exitOf(server.process, 'SIGTERM', graceMs);
-      },
-      pause() {
-        if (server.process?.pid) process.kill(server.process.pid, 'SIGSTOP');
-      },
-      resume() {
-        if (server.process?.pid) process.kill(server.process.pid, 'SIGCONT');
-      },
+      output: () => out.text,
+      ...controls(() => server.process),
       async restart() {
         await server.stop(2000);
         launch();
@@ -148,11 +98,7 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     const launch = (): void => {
       const child = spawn(found.binary, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
       track(child);
-      const collect = (b: Buffer): void => {
-        out = (out + b.toString('utf8')).slice(-16_384);
-      };
-      child.stdout!.on('data', collect);
-      child.stderr!.on('data', collect);
+      out.attach(child);
       server.process = child;
     };
     try {
@@ -161,21 +107,14 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
       return server;
     } catch (e) {
       await server.cleanup();
-      lastError = new Error(`${(e as Error).message}\n--- redis-server output ---\n${out}`);
-      if (!/address already in use/i.test(out)) break;
+      throw new Error(`${(e as Error).message}\n--- redis-server output ---\n${out.text}`);
     }
-  }
-  throw lastError ?? new Error('redis-server did not start');
+  });
 }
 
 /** Waits until the server answers an inline PING (any answer: +PONG or -NOAUTH both mean ready). */
-async function waitReady(server: RedisServer, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const child = server.process;
-    if (!child || child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`redis-server exited early (code ${child?.exitCode}, signal ${child?.signalCode})`);
-    }
+function waitReady(server: RedisServer, timeoutMs: number): Promise<void> {
+  const answers = async (): Promise<boolean> => {
     const answer = await new Promise<string | undefined>((resolve) => {
       const s = net.connect(server.port, '127.0.0.1');
       const t = setTimeout(() => {
@@ -193,8 +132,7 @@ async function waitReady(server: RedisServer, timeoutMs: number): Promise<void> 
         resolve(undefined);
       });
     });
-    if (answer !== undefined && /^[+-]/.test(answer) && !/LOADING/.test(answer)) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`redis-server did not answer on 127.0.0.1:${server.port} within ${timeoutMs} ms`);
+    return answer !== undefined && /^[+-]/.test(answer) && !/LOADING/.test(answer);
+  };
+  return waitServing(server.process, answers, timeoutMs, 'redis-server', `127.0.0.1:${server.port}`);
 }

@@ -19,12 +19,12 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HttpMetadataStore, MetadataServer, segmentKey } from '../../lib/metadata';
+import { stopProcess } from '../helpers/server-process';
 import {
   SETUP_COMMAND,
   UPSTREAM_VERSION,
   repoRoot,
   spawnUpstreamMetadataServer,
-  stopProcess,
   upstreamEnv,
   upstreamPeer,
   type UpstreamPeer,

@@ -22,10 +22,10 @@ import { HttpMetadataStore } from '../../lib/metadata/http-store';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { MooncakeError } from '../../lib/errors';
 import { rawRequest, type RawReply } from '../helpers/raw-http';
+import { stopProcess } from '../helpers/server-process';
 import {
   SETUP_COMMAND,
   spawnUpstreamMetadataServer,
-  stopProcess,
   upstreamEnv,
   upstreamPeer,
   type UpstreamMetadataServer,

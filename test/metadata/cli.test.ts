@@ -7,7 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
 import { METADATA_SERVER_USAGE, runMetadataServerCommand, type ListenInfo } from '../../lib/metadata/server';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { rawRequest } from '../helpers/raw-http';
-import { repoRoot, stopProcess } from '../helpers/upstream';
+import { stopProcess } from '../helpers/server-process';
+import { repoRoot } from '../helpers/upstream';
 
 const k = (key: string): string => `/metadata?key=${escapeKeyForUrl(key)}`;
 const dirs: string[] = [];

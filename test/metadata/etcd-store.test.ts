@@ -4,7 +4,7 @@ import { MooncakeError } from '../../lib/errors';
 import { EtcdMetadataStore } from '../../lib/metadata/etcd-store';
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
 import { eventually, skipWithoutEtcd, startEtcd, startEtcdCluster, type EtcdCluster } from '../helpers/etcd';
-import { freePort } from '../helpers/upstream';
+import { freePort } from '../helpers/server-process';
 
 const skip = skipWithoutEtcd('etcd-store');
 const stores: MetadataStore[] = [];

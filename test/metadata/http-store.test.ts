@@ -5,7 +5,7 @@ import { HttpMetadataStore } from '../../lib/metadata/http-store';
 import { MetadataServer } from '../../lib/metadata/server';
 import { rpcMetaKey, segmentKey } from '../../lib/metadata/keys';
 import { isMooncakeError, MooncakeError } from '../../lib/errors';
-import { freePort } from '../helpers/upstream';
+import { freePort } from '../helpers/server-process';
 
 const quiet = { info() {}, warn() {}, error() {} };
 

@@ -6,7 +6,7 @@ import { RedisMetadataStore, parseAddress } from '../../lib/metadata/redis-store
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
 import { eventually } from '../helpers/etcd';
 import { skipWithoutRedis, startRedis } from '../helpers/redis';
-import { freePort } from '../helpers/upstream';
+import { freePort } from '../helpers/server-process';
 
 const skip = skipWithoutRedis('redis-store');
 const ENV = ['MC_REDIS_USERNAME', 'MC_REDIS_PASSWORD', 'MC_REDIS_DB_INDEX'] as const;

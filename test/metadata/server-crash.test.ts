@@ -6,8 +6,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, test } from 'vitest';
 import { HttpMetadataStore } from '../../lib/metadata/http-store';
-import { watchdog } from '../helpers/etcd';
-import { repoRoot, stopProcess } from '../helpers/upstream';
+import { stopProcess, watchdog } from '../helpers/server-process';
+import { repoRoot } from '../helpers/upstream';
 
 const cli = path.join(repoRoot, 'dist', 'cli.js');
 const ready = fs.existsSync(cli);
