@@ -12,16 +12,15 @@
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import { probe } from '../handshake';
-import { KvRankBase } from './rank-base';
-import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
+import { batchOutcome, checkBlockIds, checkRequestId, EarlyMessages, KvRankBase } from './rank-base';
+import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage, KvRankRef } from './messages';
-import type { KvMetricsSnapshot, KvTransferOutcome, KvTransferPeer } from './metrics';
-import { resolveKvOptions, type KvRankOptions } from './options';
+import type { KvMetricsSnapshot, KvTransferOutcome } from './metrics';
+import type { KvRankOptions } from './options';
 import { alignBlocks, parseKvTransferParams, type KvTransferParams } from './params';
 import { planTransfer } from './plan';
-import { prefillRanksOf, sourcesForDecodeRank, type HeadSlice } from './rank-map';
+import { prefillRanksOf, slicesByRank, sourcesForDecodeRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
-import { checkBlockIds, checkRequestId } from './producer';
 
 export interface KvConsumerEvents {
   /** A pull or a push expectation finished (successfully or not). */
@@ -74,11 +73,9 @@ interface Watch {
   probing: boolean;
 }
 
-const MEMORY = 10_000;
-
 export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly expectations = new Map<string, Expectation>();
-  private readonly early = new Map<string, { messages: KvMessage[]; expires: number }>();
+  private readonly early = new EarlyMessages<KvMessage>();
   private readonly watches = new Map<string, Watch>();
 
   protected readonly side = 'decode';
@@ -88,9 +85,8 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   }
 
   static async create(options: KvRankOptions): Promise<KvConsumer> {
-    const o = resolveKvOptions(options, 'kv_consumer');
     const c = new KvConsumer();
-    c.core = await KvRankCore.open(o, options, 'decode', (m) => c.onMessage(m), (e) => c.warn(e));
+    await c.open(options);
     return c;
   }
 
@@ -115,22 +111,12 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
     const signal = options.signal;
     this.core.metrics.started++;
-    const groups = new Map<number, HeadSlice[]>();
-    for (const s of this.sources(requestId)) {
-      const list = groups.get(s.prefillRank) ?? [];
-      list.push(s);
-      groups.set(s.prefillRank, list);
-    }
+    const groups = slicesByRank(this.sources(requestId), 'prefillRank');
     const results: BatchResult[] = [];
     const peers: KvPeer[] = [];
     let setupError: MooncakeError | undefined;
     try {
-      if (p.remote_tp_size !== undefined && p.remote_tp_size !== o.prefill.tpSize) {
-        throw new MooncakeError('INVALID_CONFIG', `the prefill instance has tp_size ${p.remote_tp_size}, this consumer is configured for ${o.prefill.tpSize}`);
-      }
-      if (p.remote_total_kv_heads !== undefined && p.remote_total_kv_heads !== o.totalKvHeads) {
-        throw new MooncakeError('INVALID_CONFIG', `the prefill instance counts ${p.remote_total_kv_heads} KV heads, this consumer ${o.totalKvHeads}`);
-      }
+      this.checkParamsShape(p);
       const timeout = AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())));
       const lookupSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
       const dp = await this.core.dpRankOf(p, lookupSignal);
@@ -140,9 +126,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
           try {
             peer = await this.core.registry.lookup(p.remote_engine_id, dp, prefillRank, { signal: lookupSignal });
           } catch (err) {
-            const error = asMooncakeError(err, 'registry lookup failed');
-            const info: KvTransferPeer = { engineId: p.remote_engine_id, dpRank: dp, tpRank: prefillRank, segment: '', bytes: 0, ranges: 0, ok: false, error: error.code };
-            results.push({ peer: info, failed: local.map((_, i) => i), error });
+            results.push(failedBatch({ engineId: p.remote_engine_id, dpRank: dp, tpRank: prefillRank, segment: '' }, local.length, asMooncakeError(err, 'registry lookup failed')));
             return;
           }
           peers.push(peer);
@@ -152,24 +136,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     } catch (err) {
       setupError = asMooncakeError(err, 'pull failed');
     }
-    const failedIdx = new Set<number>();
-    for (const r of results) for (const i of r.failed) failedIdx.add(i);
-    if (setupError) for (let i = 0; i < local.length; i++) failedIdx.add(i);
-    const sorted = [...failedIdx].sort((a, b) => a - b);
-    const outcome: KvTransferOutcome = {
-      requestId,
-      mode: 'pull',
-      direction: 'read',
-      ok: sorted.length === 0,
-      blockIds: local,
-      failedBlockIds: sorted.map((i) => local[i]),
-      bytes: results.reduce((a, r) => a + r.peer.bytes, 0),
-      ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
-      durationMs: performance.now() - start,
-      peers: results.map((r) => r.peer),
-    };
-    const error = setupError ?? results.find((r) => r.error)?.error;
-    if (!outcome.ok && error) outcome.error = error;
+    const { outcome, failed } = batchOutcome(requestId, 'pull', 'read', local, results, setupError, start);
     // "done" whatever happened (vllm-ascend's finally): the producer frees its blocks.
     for (const peer of peers) {
       void this.core.sendMessage(peer.entry.host, peer.entry.rpc_port, {
@@ -177,7 +144,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
         request_id: requestId,
         from: this.core.ref,
         ok: outcome.ok,
-        failed_block_ids: sorted.map((i) => aligned.remote[i]),
+        failed_block_ids: failed.map((i) => aligned.remote[i]),
       });
     }
     this.core.metrics.record(outcome);
@@ -186,16 +153,11 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   }
 
   private async pullFrom(peer: KvPeer, slices: HeadSlice[], local: number[], remote: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
-    const o = this.core.options;
     const e = peer.entry;
-    const fail = (error: MooncakeError): BatchResult => ({
-      peer: { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code },
-      failed: local.map((_, i) => i),
-      error,
-    });
-    if (e.total_kv_heads !== o.totalKvHeads || e.tp_size !== o.prefill.tpSize) {
-      return fail(new MooncakeError('INVALID_CONFIG', `prefill rank ${e.engine_id}/${e.dp_rank}/${e.tp_rank} has tp_size ${e.tp_size} and ${e.total_kv_heads} KV heads; expected ${o.prefill.tpSize} and ${o.totalKvHeads}`));
-    }
+    const fail = (error: MooncakeError): BatchResult =>
+      failedBatch({ engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment }, local.length, error);
+    const mismatch = this.peerShapeError(e, `${e.engine_id}/${e.dp_rank}/${e.tp_rank}`);
+    if (mismatch) return fail(mismatch);
     try {
       const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
       const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
@@ -212,13 +174,11 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    */
   warmUp(engineId: string, options: { dpRanks?: readonly number[] } = {}): Promise<{ peers: number; failed: number }> {
     const o = this.core.options;
-    const dps = options.dpRanks ?? [...Array(o.prefill.dpSize).keys()];
     const tps = o.layout.attention === 'mla' || o.mapping.prefillTp > o.mapping.totalHeads
       ? [...Array(o.prefill.tpSize).keys()]
       : prefillRanksOf(sourcesForDecodeRank('warm-up', o.mapping, this.tpRank));
-    return this.core.warmUp(engineId, dps.flatMap((dpRank) => tps.map((tpRank) => ({ dpRank, tpRank }))));
+    return this.warmUpRanks(engineId, options.dpRanks, tps);
   }
-
 
   /**
    * Push mode: waits for the producer to write a request's blocks into `blockIds` (call it on every TP rank
@@ -248,11 +208,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     } else {
       x.timer = setTimeout(() => this.settle(x, new MooncakeError('TIMEOUT', `no complete push for ${requestId} within ${timeoutMs} ms`)), timeoutMs);
       x.timer.unref();
-      const early = this.early.get(requestId);
-      if (early) {
-        this.early.delete(requestId);
-        for (const m of early.messages) this.onPushMessage(x, m);
-      }
+      for (const m of this.early.take(requestId)) this.onPushMessage(x, m);
     }
     return {
       requestId,
@@ -262,20 +218,14 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     };
   }
 
-  private onMessage(m: KvMessage): void {
+  protected onMessage(m: KvMessage): void {
     if (m.type !== 'push_start' && m.type !== 'push_done') return;
     const x = this.expectations.get(m.request_id);
     if (x) {
       this.onPushMessage(x, m);
       return;
     }
-    const now = performance.now();
-    if (this.early.size >= MEMORY) {
-      for (const [k, v] of this.early) if (v.expires < now || this.early.size >= MEMORY) this.early.delete(k);
-    }
-    const e = this.early.get(m.request_id) ?? { messages: [], expires: now + this.core.options.transferTimeoutMs };
-    e.messages.push(m);
-    this.early.set(m.request_id, e);
+    this.early.keep(m.request_id, m, this.core.options.transferTimeoutMs);
   }
 
   private onPushMessage(x: Expectation, m: KvMessage): void {

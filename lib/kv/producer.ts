@@ -11,15 +11,14 @@
  * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank.
  */
 import { MooncakeError } from '../errors';
-import { KvRankBase } from './rank-base';
-import { asMooncakeError, KvRankCore, mergePlans, type BatchResult } from './rank';
-import type { KvLayout } from './layout';
+import { batchOutcome, checkBlockIds, checkRequestId, EarlyMessages, KvRankBase, MEMORY } from './rank-base';
+import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
-import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome, KvTransferPeer } from './metrics';
-import { resolveKvOptions, type KvRankOptions } from './options';
+import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome } from './metrics';
+import type { KvRankOptions } from './options';
 import { parseKvTransferParams, type KvTransferParams } from './params';
 import { planTransfer } from './plan';
-import { targetsForPrefillRank, type HeadSlice } from './rank-map';
+import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
 
 /** What a consumer rank reported in its "done". */
@@ -73,11 +72,9 @@ export interface KvPushOptions {
   signal?: AbortSignal;
 }
 
-const MEMORY = 10_000;
-
 export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly holds = new Map<string, HoldState>();
-  private readonly early = new Map<string, { messages: Extract<KvMessage, { type: 'done' }>[]; expires: number }>();
+  private readonly early = new EarlyMessages<Extract<KvMessage, { type: 'done' }>>();
   private readonly recentlyReleased = new Map<string, number>();
 
   protected readonly side = 'prefill';
@@ -88,12 +85,10 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
 
   /** Creates the rank: engine, caches registered once, registry entry published. */
   static async create(options: KvRankOptions): Promise<KvProducer> {
-    const o = resolveKvOptions(options, 'kv_producer');
     const p = new KvProducer();
-    p.core = await KvRankCore.open(o, options, 'prefill', (m) => p.onMessage(m), (e) => p.warn(e));
+    await p.open(options);
     return p;
   }
-
 
   /**
    * Keeps a request's blocks for the decode ranks to read (pull). Call it on every TP rank of the instance
@@ -117,11 +112,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     } else {
       state.timer = setTimeout(() => this.finish(state, 'abort-timeout'), abortMs);
       state.timer.unref();
-      const early = this.early.get(requestId);
-      if (early) {
-        this.early.delete(requestId);
-        for (const m of early.messages) this.onDone(state, m);
-      }
+      for (const m of this.early.take(requestId)) this.onDone(state, m);
     }
     return { requestId, params: this.transferParams(requestId, ids), released };
   }
@@ -140,10 +131,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * region; KV blocks are never touched. Resolves with how many peers failed.
    */
   warmUp(engineId: string, options: { dpRanks?: readonly number[] } = {}): Promise<{ peers: number; failed: number }> {
-    const o = this.core.options;
-    const dps = options.dpRanks ?? [...Array(o.decode.dpSize).keys()];
-    const tps = [...Array(o.decode.tpSize).keys()];
-    return this.core.warmUp(engineId, dps.flatMap((dpRank) => tps.map((tpRank) => ({ dpRank, tpRank }))));
+    return this.warmUpRanks(engineId, options.dpRanks, [...Array(this.core.options.decode.tpSize).keys()]);
   }
 
   /** Requests held now. */
@@ -171,21 +159,11 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     const start = performance.now();
     const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
     this.core.metrics.started++;
-    const targets = new Map<number, HeadSlice[]>();
-    for (const s of targetsForPrefillRank(requestId, o.mapping, this.tpRank)) {
-      const list = targets.get(s.decodeRank) ?? [];
-      list.push(s);
-      targets.set(s.decodeRank, list);
-    }
+    const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
     const results: BatchResult[] = [];
     let setupError: MooncakeError | undefined;
     try {
-      if (p.remote_tp_size !== undefined && p.remote_tp_size !== o.decode.tpSize) {
-        throw new MooncakeError('INVALID_CONFIG', `the decode instance has tp_size ${p.remote_tp_size}, this producer is configured for ${o.decode.tpSize}`);
-      }
-      if (p.remote_total_kv_heads !== undefined && p.remote_total_kv_heads !== o.totalKvHeads) {
-        throw new MooncakeError('INVALID_CONFIG', `the decode instance counts ${p.remote_total_kv_heads} KV heads, this producer ${o.totalKvHeads}`);
-      }
+      this.checkParamsShape(p);
       const dp = await this.core.dpRankOf(p, options.signal);
       await Promise.all(
         [...targets].map(async ([decodeRank, slices]) => {
@@ -195,24 +173,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     } catch (err) {
       setupError = asMooncakeError(err, 'push failed');
     }
-    const failedIdx = new Set<number>();
-    for (const r of results) for (const i of r.failed) failedIdx.add(i);
-    if (setupError) for (let i = 0; i < pairedLocal.length; i++) failedIdx.add(i);
-    const failedBlockIds = [...failedIdx].sort((a, b) => a - b).map((i) => pairedLocal[i]);
-    const outcome: KvTransferOutcome = {
-      requestId,
-      mode: 'push',
-      direction: 'write',
-      ok: failedBlockIds.length === 0,
-      blockIds: pairedLocal,
-      failedBlockIds,
-      bytes: results.reduce((a, r) => a + r.peer.bytes, 0),
-      ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
-      durationMs: performance.now() - start,
-      peers: results.map((r) => r.peer),
-    };
-    const error = setupError ?? results.find((r) => r.error)?.error;
-    if (!outcome.ok && error) outcome.error = error;
+    const { outcome } = batchOutcome(requestId, 'push', 'write', pairedLocal, results, setupError, start);
     this.core.metrics.record(outcome);
     this.emit('transfer', outcome);
     return outcome;
@@ -233,17 +194,15 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     try {
       peer = await this.core.registry.lookup(engineId, dp, decodeRank, { signal });
     } catch (err) {
-      const error = asMooncakeError(err, 'registry lookup failed');
-      const info: KvTransferPeer = { engineId, dpRank: dp, tpRank: decodeRank, segment: '', bytes: 0, ranges: 0, ok: false, error: error.code };
-      return { peer: info, failed: local.map((_, i) => i), error };
+      return failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: '' }, local.length, asMooncakeError(err, 'registry lookup failed'));
     }
     const e = peer.entry;
     void this.core.sendMessage(e.host, e.rpc_port, { type: 'push_start', request_id: requestId, from: this.core.ref });
     let result: BatchResult;
-    const o = this.core.options;
-    if (e.total_kv_heads !== o.totalKvHeads || e.tp_size !== o.decode.tpSize) {
-      const error = new MooncakeError('INVALID_CONFIG', `decode rank ${engineId}/${dp}/${decodeRank} has tp_size ${e.tp_size} and ${e.total_kv_heads} KV heads; expected ${o.decode.tpSize} and ${o.totalKvHeads}`);
-      result = { peer: { engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code }, failed: local.map((_, i) => i), error };
+    const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error);
+    const mismatch = this.peerShapeError(e, `${engineId}/${dp}/${decodeRank}`);
+    if (mismatch) {
+      result = fail(mismatch);
     } else {
       try {
         const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
@@ -251,8 +210,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
         const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count)));
         result = await this.core.run('write', peer, plan, deadline, signal);
       } catch (err) {
-        const error = asMooncakeError(err, 'planning the push failed');
-        result = { peer: { engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment, bytes: 0, ranges: 0, ok: false, error: error.code }, failed: local.map((_, i) => i), error };
+        result = fail(asMooncakeError(err, 'planning the push failed'));
       }
     }
     await this.core.sendMessage(e.host, e.rpc_port, {
@@ -267,7 +225,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     return result;
   }
 
-  private onMessage(m: KvMessage): void {
+  protected onMessage(m: KvMessage): void {
     if (m.type !== 'done') return;
     const s = this.holds.get(m.request_id);
     if (s) {
@@ -279,13 +237,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       return;
     }
     // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
-    const now = performance.now();
-    if (this.early.size >= MEMORY) {
-      for (const [k, v] of this.early) if (v.expires < now || this.early.size >= MEMORY) this.early.delete(k);
-    }
-    const e = this.early.get(m.request_id) ?? { messages: [], expires: now + this.core.options.abortTimeoutMs };
-    e.messages.push(m);
-    this.early.set(m.request_id, e);
+    this.early.keep(m.request_id, m, this.core.options.abortTimeoutMs);
   }
 
   private onDone(s: HoldState, m: Extract<KvMessage, { type: 'done' }>): void {
@@ -322,16 +274,4 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     for (const s of [...this.holds.values()]) this.finish(s, 'closed');
     await this.core.close();
   }
-}
-
-export function checkRequestId(requestId: unknown): asserts requestId is string {
-  if (typeof requestId !== 'string' || requestId === '' || requestId.length > 1024) {
-    throw new MooncakeError('INVALID_ARGUMENT', `request id must be a non-empty string of at most 1024 characters, got ${JSON.stringify(requestId)}`);
-  }
-}
-
-export function checkBlockIds(layout: KvLayout, ids: unknown): number[] {
-  if (!Array.isArray(ids)) throw new MooncakeError('INVALID_ARGUMENT', 'block ids must be an array of integers');
-  for (const id of ids) layout.checkBlock(id as number);
-  return [...(ids as number[])];
 }

@@ -1,15 +1,112 @@
 import { EventEmitter } from 'node:events';
-import type { MooncakeError } from '../errors';
+import { MooncakeError } from '../errors';
 import type { KvCaches } from './caches';
 import type { KvLayout } from './layout';
+import type { KvMessage } from './messages';
+import type { KvTransferOutcome } from './metrics';
+import { resolveKvOptions, type KvRankOptions } from './options';
 import type { KvTransferParams } from './params';
-import type { KvRankCore } from './rank';
+import { KvRankCore, type BatchResult } from './rank';
+import type { KvRankEntry } from './registry';
+
+/** How many requests a rank remembers (early messages, recently released holds) at the most. */
+export const MEMORY = 10_000;
+
+export function checkRequestId(requestId: unknown): asserts requestId is string {
+  if (typeof requestId !== 'string' || requestId === '' || requestId.length > 1024) {
+    throw new MooncakeError('INVALID_ARGUMENT', `request id must be a non-empty string of at most 1024 characters, got ${JSON.stringify(requestId)}`);
+  }
+}
+
+export function checkBlockIds(layout: KvLayout, ids: unknown): number[] {
+  if (!Array.isArray(ids)) throw new MooncakeError('INVALID_ARGUMENT', 'block ids must be an array of integers');
+  for (const id of ids) layout.checkBlock(id as number);
+  return [...(ids as number[])];
+}
+
+/**
+ * Messages for requests this rank does not know yet (a peer may be faster than this rank's hold() or
+ * expect()), kept until the request shows up or for `ttlMs`; at most MEMORY requests.
+ */
+export class EarlyMessages<M> {
+  private readonly byRequest = new Map<string, { messages: M[]; expires: number }>();
+
+  keep(requestId: string, m: M, ttlMs: number): void {
+    const now = performance.now();
+    if (this.byRequest.size >= MEMORY) {
+      for (const [k, v] of this.byRequest) if (v.expires < now || this.byRequest.size >= MEMORY) this.byRequest.delete(k);
+    }
+    const e = this.byRequest.get(requestId) ?? { messages: [], expires: now + ttlMs };
+    e.messages.push(m);
+    this.byRequest.set(requestId, e);
+  }
+
+  /** The messages kept for a request (forgotten here), in arrival order. */
+  take(requestId: string): M[] {
+    const e = this.byRequest.get(requestId);
+    if (!e) return [];
+    this.byRequest.delete(requestId);
+    return e.messages;
+  }
+}
+
+/**
+ * The outcome of a pull or push run as one batch per peer: a block failed when a batch failed its pair,
+ * or every block when the set-up failed (`setupError`). Also returns the failed pair indices, sorted.
+ */
+export function batchOutcome(
+  requestId: string,
+  mode: 'pull' | 'push',
+  direction: 'read' | 'write',
+  blockIds: number[],
+  results: readonly BatchResult[],
+  setupError: MooncakeError | undefined,
+  start: number,
+): { outcome: KvTransferOutcome; failed: number[] } {
+  const failedIdx = new Set<number>();
+  for (const r of results) for (const i of r.failed) failedIdx.add(i);
+  if (setupError) for (let i = 0; i < blockIds.length; i++) failedIdx.add(i);
+  const failed = [...failedIdx].sort((a, b) => a - b);
+  const outcome: KvTransferOutcome = {
+    requestId,
+    mode,
+    direction,
+    ok: failed.length === 0,
+    blockIds,
+    failedBlockIds: failed.map((i) => blockIds[i]),
+    bytes: results.reduce((a, r) => a + r.peer.bytes, 0),
+    ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
+    durationMs: performance.now() - start,
+    peers: results.map((r) => r.peer),
+  };
+  const error = setupError ?? results.find((r) => r.error)?.error;
+  if (!outcome.ok && error) outcome.error = error;
+  return { outcome, failed };
+}
 
 /** What KvProducer and KvConsumer share: the rank core behind them, its identity, warnings, disposal. */
 export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> & { warning: [error: MooncakeError] }> extends EventEmitter<Events> {
   protected core!: KvRankCore;
   /** Which group this rank belongs to: prefill (producer) or decode (consumer). */
   protected abstract readonly side: 'prefill' | 'decode';
+
+  /** Opens the rank core (engine, caches, registry entry); its KV messages go to onMessage. */
+  protected async open(options: KvRankOptions): Promise<void> {
+    const o = resolveKvOptions(options, this.side === 'prefill' ? 'kv_producer' : 'kv_consumer');
+    this.core = await KvRankCore.open(o, options, this.side, (m) => this.onMessage(m), (e) => this.warn(e));
+  }
+
+  protected abstract onMessage(m: KvMessage): void;
+
+  /** The group this rank moves KV with: decode for a producer, prefill for a consumer. */
+  private get otherSide(): 'prefill' | 'decode' {
+    return this.side === 'prefill' ? 'decode' : 'prefill';
+  }
+
+  /** 'producer' or 'consumer', as messages name this rank. */
+  private get kind(): string {
+    return this.side === 'prefill' ? 'producer' : 'consumer';
+  }
 
   get engine(): KvRankCore['engine'] {
     return this.core.engine;
@@ -53,6 +150,32 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
       remote_tp_size: tpSize,
       remote_total_kv_heads: o.totalKvHeads,
     };
+  }
+
+  /** Throws INVALID_CONFIG when kv_transfer_params of the other side give another tp_size or KV head count than configured. */
+  protected checkParamsShape(p: KvTransferParams): void {
+    const o = this.core.options;
+    const tpSize = o[this.otherSide].tpSize;
+    if (p.remote_tp_size !== undefined && p.remote_tp_size !== tpSize) {
+      throw new MooncakeError('INVALID_CONFIG', `the ${this.otherSide} instance has tp_size ${p.remote_tp_size}, this ${this.kind} is configured for ${tpSize}`);
+    }
+    if (p.remote_total_kv_heads !== undefined && p.remote_total_kv_heads !== o.totalKvHeads) {
+      throw new MooncakeError('INVALID_CONFIG', `the ${this.otherSide} instance counts ${p.remote_total_kv_heads} KV heads, this ${this.kind} ${o.totalKvHeads}`);
+    }
+  }
+
+  /** INVALID_CONFIG when the peer rank `name` (engine/dp/tp) registered another tp_size or KV head count than configured. */
+  protected peerShapeError(e: KvRankEntry, name: string): MooncakeError | undefined {
+    const o = this.core.options;
+    const tpSize = o[this.otherSide].tpSize;
+    if (e.total_kv_heads === o.totalKvHeads && e.tp_size === tpSize) return undefined;
+    return new MooncakeError('INVALID_CONFIG', `${this.otherSide} rank ${name} has tp_size ${e.tp_size} and ${e.total_kv_heads} KV heads; expected ${tpSize} and ${o.totalKvHeads}`);
+  }
+
+  /** KvRankCore.warmUp with `tpRanks` of each of the other side's dp groups `dpRanks` (default all). */
+  protected warmUpRanks(engineId: string, dpRanks: readonly number[] | undefined, tpRanks: readonly number[]): Promise<{ peers: number; failed: number }> {
+    const dps = dpRanks ?? [...Array(this.core.options[this.otherSide].dpSize).keys()];
+    return this.core.warmUp(engineId, dps.flatMap((dpRank) => tpRanks.map((tpRank) => ({ dpRank, tpRank }))));
   }
 
   /** Background problems go to 'warning' listeners when there are any (never an unhandled 'error'). */

@@ -132,3 +132,14 @@ export function targetsForPrefillRank(requestId: string, m: TpMapping, prefillRa
 export function prefillRanksOf(slices: readonly HeadSlice[]): number[] {
   return [...new Set(slices.map((s) => s.prefillRank))];
 }
+
+/** The slices grouped by the rank (of the other side) they are moved with, in first-seen order. */
+export function slicesByRank(slices: readonly HeadSlice[], rank: 'prefillRank' | 'decodeRank'): Map<number, HeadSlice[]> {
+  const groups = new Map<number, HeadSlice[]>();
+  for (const s of slices) {
+    const list = groups.get(s[rank]) ?? [];
+    list.push(s);
+    groups.set(s[rank], list);
+  }
+  return groups;
+}

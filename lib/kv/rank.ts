@@ -24,6 +24,15 @@ export interface BatchResult {
   error?: MooncakeError;
 }
 
+/** A batch with one peer that moved nothing: every one of its `pairs` block pairs failed with `error`. */
+export function failedBatch(peer: Pick<KvTransferPeer, 'engineId' | 'dpRank' | 'tpRank' | 'segment'>, pairs: number, error: MooncakeError): BatchResult {
+  return {
+    peer: { engineId: peer.engineId, dpRank: peer.dpRank, tpRank: peer.tpRank, segment: peer.segment, bytes: 0, ranges: 0, ok: false, error: error.code },
+    failed: [...Array(pairs).keys()],
+    error,
+  };
+}
+
 export function asMooncakeError(err: unknown, fallback: string): MooncakeError {
   if (isMooncakeError(err)) return err;
   if (err instanceof Error && err.name === 'AbortError') return new MooncakeError('ABORT_ERR', err.message, { cause: err });
