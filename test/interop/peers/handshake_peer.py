@@ -26,16 +26,11 @@ mooncake_http_metadata_server): initialize() holds the GIL, so a server inside t
 not answer the engine's own PUTs.
 """
 
-import json
-import os
 import sys
 import time
-import traceback
 
-
-def reply(obj):
-    sys.stdout.write("@@" + json.dumps(obj) + "\n")
-    sys.stdout.flush()
+sys.dont_write_bytecode = True  # importing peer_common must not leave a __pycache__ in the source tree
+from peer_common import finish, init, reply, serve  # noqa: E402 (this directory is on sys.path)
 
 
 def http(method, url, key, data=None):
@@ -57,62 +52,48 @@ def main():
 
     engine = TransferEngine()
     reply({"ok": True, "ready": True})
-    while True:
-        line = sys.stdin.readline()
-        if not line:
-            break  # stdin closed: the test is done with us
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            cmd = json.loads(line)
-            c = cmd["cmd"]
-            if c == "init":
-                if cmd["mode"] == "p2p":
-                    ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
-                    port = engine.get_rpc_port()
-                    reply({"ok": ret == 0, "ret": ret, "rpc_port": port, "segment": "127.0.0.1:%d" % port})
-                else:
-                    ret = engine.initialize(cmd["name"], cmd["metadata_url"], "tcp", "")
-                    reply({"ok": ret == 0, "ret": ret, "rpc_port": engine.get_rpc_port(), "segment": cmd["name"]})
-            elif c == "put_metadata":
-                status, body = http("PUT", cmd["url"], cmd["key"], cmd["value"].encode())
-                reply({"ok": status == 200, "status": status, "body": body.decode(errors="replace")})
-            elif c == "get_metadata":
-                status, body = http("GET", cmd["url"], cmd["key"])
-                reply({"ok": status in (200, 404), "status": status, "value": body.decode() if status == 200 else None})
-            elif c == "alloc":
-                addr = engine.allocate_managed_buffer(cmd["size"])
-                reply({"ok": addr != 0, "addr": addr})
-            elif c == "write":
-                data = bytes.fromhex(cmd["hex"])
-                ret = engine.write_bytes_to_buffer(cmd["addr"], data, len(data))
-                reply({"ok": ret == 0, "ret": ret})
-            elif c == "read":
-                data = engine.read_bytes_from_buffer(cmd["addr"], cmd["length"])
-                reply({"ok": True, "hex": bytes(data).hex()})
-            elif c == "probe":
-                ret = engine.send_probe(cmd["peer"])
-                reply({"ok": True, "ret": ret})
-            elif c == "notifies":
-                reply({"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]})
-            elif c == "transfer":
-                op = TransferOpcode.Write if cmd["op"] == "write" else TransferOpcode.Read
-                n = cmd.get("notify")
-                notify = TransferNotify(n["name"], n["msg"]) if n else None
-                t0 = time.time()
-                ret = engine.transfer_sync(cmd["target"], cmd["addr"], cmd["peer_addr"], cmd["length"], op, notify)
-                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
-            elif c == "exit":
-                reply({"ok": True})
-                break
-            else:
-                reply({"ok": False, "error": "unknown command " + c})
-        except Exception as e:  # noqa: BLE001 - report everything to the test
-            reply({"ok": False, "error": "%s: %s" % (type(e).__name__, e), "trace": traceback.format_exc()})
-    sys.stdout.flush()
-    # Skip interpreter teardown of the native engine; the test only needs the process gone.
-    os._exit(0)
+
+    def put_metadata(cmd):
+        status, body = http("PUT", cmd["url"], cmd["key"], cmd["value"].encode())
+        return {"ok": status == 200, "status": status, "body": body.decode(errors="replace")}
+
+    def get_metadata(cmd):
+        status, body = http("GET", cmd["url"], cmd["key"])
+        return {"ok": status in (200, 404), "status": status, "value": body.decode() if status == 200 else None}
+
+    def alloc(cmd):
+        addr = engine.allocate_managed_buffer(cmd["size"])
+        return {"ok": addr != 0, "addr": addr}
+
+    def write(cmd):
+        data = bytes.fromhex(cmd["hex"])
+        ret = engine.write_bytes_to_buffer(cmd["addr"], data, len(data))
+        return {"ok": ret == 0, "ret": ret}
+
+    def read(cmd):
+        data = engine.read_bytes_from_buffer(cmd["addr"], cmd["length"])
+        return {"ok": True, "hex": bytes(data).hex()}
+
+    def transfer(cmd):
+        op = TransferOpcode.Write if cmd["op"] == "write" else TransferOpcode.Read
+        n = cmd.get("notify")
+        notify = TransferNotify(n["name"], n["msg"]) if n else None
+        t0 = time.time()
+        ret = engine.transfer_sync(cmd["target"], cmd["addr"], cmd["peer_addr"], cmd["length"], op, notify)
+        return {"ok": True, "ret": ret, "seconds": time.time() - t0}
+
+    serve({
+        "init": lambda cmd: init(engine, cmd),
+        "put_metadata": put_metadata,
+        "get_metadata": get_metadata,
+        "alloc": alloc,
+        "write": write,
+        "read": read,
+        "probe": lambda cmd: {"ok": True, "ret": engine.send_probe(cmd["peer"])},
+        "notifies": lambda cmd: {"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]},
+        "transfer": transfer,
+    })
+    finish()
 
 
 if __name__ == "__main__":

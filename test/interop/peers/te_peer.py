@@ -29,16 +29,12 @@ reliably); Python turns them back into ints.
 
 import ctypes
 import hashlib
-import json
 import os
 import sys
 import time
-import traceback
 
-
-def reply(obj):
-    sys.stdout.write("@@" + json.dumps(obj) + "\n")
-    sys.stdout.flush()
+sys.dont_write_bytecode = True  # importing peer_common must not leave a __pycache__ in the source tree
+from peer_common import finish, init, reply, serve  # noqa: E402 (this directory is on sys.path)
 
 
 def main():
@@ -58,70 +54,57 @@ def main():
     def sha(addr, length):
         return hashlib.sha256(bytes(engine.read_bytes_from_buffer(addr, length))).hexdigest()
 
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            cmd = json.loads(line)
-            c = cmd["cmd"]
-            if c == "init":
-                if cmd["mode"] == "p2p":
-                    ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
-                    port = engine.get_rpc_port()
-                    reply({"ok": ret == 0, "ret": ret, "rpc_port": port, "segment": "127.0.0.1:%d" % port})
-                else:
-                    ret = engine.initialize(cmd["name"], cmd["metadata_url"], "tcp", "")
-                    reply({"ok": ret == 0, "ret": ret, "rpc_port": engine.get_rpc_port(), "segment": cmd["name"]})
-            elif c == "alloc":
-                addr = engine.allocate_managed_buffer(cmd["size"])
-                reply({"ok": addr != 0, "addr": str(addr)})
-            elif c == "register":
-                buf = ctypes.create_string_buffer(cmd["size"])
-                addr = ctypes.addressof(buf)
-                ret = engine.register_memory(addr, cmd["size"])
-                keep.append(buf)
-                reply({"ok": ret == 0, "ret": ret, "addr": str(addr)})
-            elif c == "fill":
-                rets = [engine.write_bytes_to_buffer(int(a), os.urandom(n), n) for a, n in cmd["ranges"]]
-                reply({"ok": all(r == 0 for r in rets), "rets": rets, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]})
-            elif c == "sha256":
-                reply({"ok": True, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]})
-            elif c == "write":
-                data = bytes.fromhex(cmd["hex"])
-                ret = engine.write_bytes_to_buffer(int(cmd["addr"]), data, len(data))
-                reply({"ok": ret == 0, "ret": ret})
-            elif c == "read":
-                reply({"ok": True, "hex": bytes(engine.read_bytes_from_buffer(int(cmd["addr"]), cmd["length"])).hex()})
-            elif c == "first_buffer":
-                reply({"ok": True, "addr": str(engine.get_first_buffer_address(cmd["segment"]))})
-            elif c == "probe":
-                reply({"ok": True, "ret": engine.send_probe(cmd["peer"])})
-            elif c == "transfer":
-                t0 = time.time()
-                ret = engine.transfer_sync(cmd["target"], int(cmd["local"]), int(cmd["remote"]), cmd["length"],
-                                           opcode(cmd), notify_of(cmd))
-                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
-            elif c == "batch":
-                t0 = time.time()
-                ret = engine.batch_transfer_sync(cmd["target"], [int(a) for a in cmd["locals"]],
-                                                 [int(a) for a in cmd["remotes"]], cmd["lengths"],
-                                                 opcode(cmd), notify_of(cmd))
-                reply({"ok": True, "ret": ret, "seconds": time.time() - t0})
-            elif c == "notifies":
-                reply({"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]})
-            elif c == "exit":
-                reply({"ok": True})
-                break
-            else:
-                reply({"ok": False, "error": "unknown command " + c})
-        except Exception as e:  # noqa: BLE001 - every failure goes back to the test
-            reply({"ok": False, "error": "%s: %s" % (type(e).__name__, e), "trace": traceback.format_exc()})
+    def alloc(cmd):
+        addr = engine.allocate_managed_buffer(cmd["size"])
+        return {"ok": addr != 0, "addr": str(addr)}
+
+    def register(cmd):
+        buf = ctypes.create_string_buffer(cmd["size"])
+        addr = ctypes.addressof(buf)
+        ret = engine.register_memory(addr, cmd["size"])
+        keep.append(buf)
+        return {"ok": ret == 0, "ret": ret, "addr": str(addr)}
+
+    def fill(cmd):
+        rets = [engine.write_bytes_to_buffer(int(a), os.urandom(n), n) for a, n in cmd["ranges"]]
+        return {"ok": all(r == 0 for r in rets), "rets": rets, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]}
+
+    def write(cmd):
+        data = bytes.fromhex(cmd["hex"])
+        ret = engine.write_bytes_to_buffer(int(cmd["addr"]), data, len(data))
+        return {"ok": ret == 0, "ret": ret}
+
+    def transfer(cmd):
+        t0 = time.time()
+        ret = engine.transfer_sync(cmd["target"], int(cmd["local"]), int(cmd["remote"]), cmd["length"],
+                                   opcode(cmd), notify_of(cmd))
+        return {"ok": True, "ret": ret, "seconds": time.time() - t0}
+
+    def batch(cmd):
+        t0 = time.time()
+        ret = engine.batch_transfer_sync(cmd["target"], [int(a) for a in cmd["locals"]],
+                                         [int(a) for a in cmd["remotes"]], cmd["lengths"],
+                                         opcode(cmd), notify_of(cmd))
+        return {"ok": True, "ret": ret, "seconds": time.time() - t0}
+
+    serve({
+        "init": lambda cmd: init(engine, cmd),
+        "alloc": alloc,
+        "register": register,
+        "fill": fill,
+        "sha256": lambda cmd: {"ok": True, "sha256": [sha(int(a), n) for a, n in cmd["ranges"]]},
+        "write": write,
+        "read": lambda cmd: {"ok": True, "hex": bytes(engine.read_bytes_from_buffer(int(cmd["addr"]), cmd["length"])).hex()},
+        "first_buffer": lambda cmd: {"ok": True, "addr": str(engine.get_first_buffer_address(cmd["segment"]))},
+        "probe": lambda cmd: {"ok": True, "ret": engine.send_probe(cmd["peer"])},
+        "transfer": transfer,
+        "batch": batch,
+        "notifies": lambda cmd: {"ok": True, "notifies": [{"name": n.name, "msg": n.msg} for n in engine.get_notifies()]},
+    })
     # Drop the engine first: its destructor deletes this peer's metadata entries (rpc_meta, ram).
     # Then skip the interpreter's own teardown, which has nothing left to do.
     engine = None  # noqa: F841
-    sys.stdout.flush()
-    os._exit(0)
+    finish()
 
 
 if __name__ == "__main__":
