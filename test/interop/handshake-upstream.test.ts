@@ -273,7 +273,7 @@ describe.skipIf(!python)('handshake interop: upstream → Node notify through a 
     const exited = await Promise.race([victim.peer.exit.then(() => true), new Promise<boolean>((res) => setTimeout(() => res(false), 10_000))]);
     console.info(
       `[handshake-upstream] upstream after {"name":{}} notify: reply ${r.data.length} bytes, process ${exited ? 'died' : 'survived'}` +
-        (exited ? ` (${/terminate called[^\n]*\n[^\n]*/.exec(victim.peer.stderr)?.[0] ?? 'no message'})` : ''),
+        (exited ? ` (${/terminate called[^\n]*\n[^\n]*/.exec(victim.peer.output)?.[0] ?? 'no message'})` : ''),
     );
     expect(r.data.length).toBe(0);
   });

@@ -5,13 +5,14 @@
  * Every wait is bounded; every peer started here is stopped by `stopAllTePeers()` (call it from
  * afterEach/afterAll), and SIGKILLed when the test worker exits if something still slipped through.
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as path from 'node:path';
-import { upstreamEnv, upstreamPeer } from '../../helpers/upstream';
+import { upstreamPeer } from '../../helpers/upstream';
+import { LinePeer, type PeerReply } from './line-peer';
 
 export const TE_PEER_SCRIPT = path.join(__dirname, 'te_peer.py');
 
-export type Reply = { ok: boolean; error?: string; [k: string]: unknown };
+export type Reply = PeerReply;
 export type Op = 'write' | 'read';
 export interface NotifyMsg {
   name: string;
@@ -19,78 +20,35 @@ export interface NotifyMsg {
 }
 
 const live = new Set<TePeer>();
-process.once('exit', () => {
-  for (const p of live) p.kill();
-});
 
 /** Stops every peer still running (bounded; SIGKILL as the last resort). */
 export async function stopAllTePeers(): Promise<void> {
   await Promise.all([...live].map((p) => p.stop()));
 }
 
-export class TePeer {
+export class TePeer extends LinePeer {
   /** The segment name other engines open (set by `init`). */
   segment = '';
   rpcPort = 0;
   readonly pid: number;
-  readonly exit: Promise<number | null>;
-  private buf = '';
-  private readonly lines: string[] = [];
-  private waiter: ((line: string | null) => void) | undefined;
-  private errText = '';
-  private exited = false;
-  private chain: Promise<unknown> = Promise.resolve();
 
-  private constructor(private readonly child: ChildProcessWithoutNullStreams) {
+  private constructor(child: ChildProcessWithoutNullStreams) {
+    super(child, TE_PEER_SCRIPT);
     this.pid = child.pid ?? -1;
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stdout.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n')) >= 0) {
-        const line = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 1);
-        if (!line.startsWith('@@')) {
-          this.log(line + '\n');
-          continue;
-        }
-        if (this.waiter) {
-          const w = this.waiter;
-          this.waiter = undefined;
-          w(line.slice(2));
-        } else this.lines.push(line.slice(2));
-      }
-    });
-    child.stderr.on('data', (d: string) => this.log(d));
-    child.stdin.on('error', () => {});
-    this.exit = new Promise((resolve) => {
-      child.on('exit', (code) => {
-        live.delete(this);
-        this.exited = true;
-        const w = this.waiter;
-        this.waiter = undefined;
-        w?.(null);
-        resolve(code);
-      });
-    });
+    live.add(this);
+    void this.exit.then(() => live.delete(this));
   }
 
   /** Starts the peer (not yet initialized). `env` is added to upstreamEnv(), e.g. `{ MC_TCP_PROTO: '1' }`. */
   static async start(env: Record<string, string> = {}, timeoutMs = 60_000): Promise<TePeer> {
     const up = upstreamPeer();
     if ('skipReason' in up) throw new Error(up.skipReason);
-    const child = spawn(up.python, [TE_PEER_SCRIPT], { env: upstreamEnv(env), stdio: ['pipe', 'pipe', 'pipe'] });
-    const peer = new TePeer(child);
-    live.add(peer);
-    try {
-      const hello = await peer.read(timeoutMs);
-      if (!hello.ok) throw new Error(`te_peer.py did not start: ${JSON.stringify(hello)}`);
-      return peer;
-    } catch (e) {
+    const { peer, hello } = await LinePeer.launch((child) => new TePeer(child), up.python, TE_PEER_SCRIPT, { env, timeoutMs });
+    if (!hello.ok) {
       await peer.stop();
-      throw e;
+      throw new Error(`te_peer.py did not start: ${JSON.stringify(hello)}`);
     }
+    return peer;
   }
 
   /** Starts and initializes a peer: P2PHANDSHAKE, or HTTP metadata at `metadataUrl` under `name`. */
@@ -108,52 +66,6 @@ export class TePeer {
       await peer.stop();
       throw e;
     }
-  }
-
-  /** The peer's log output so far (tail). */
-  get output(): string {
-    return this.errText;
-  }
-
-  private log(s: string): void {
-    this.errText += s;
-    if (this.errText.length > 200_000) this.errText = this.errText.slice(-100_000);
-  }
-
-  private read(timeoutMs: number): Promise<Reply> {
-    const queued = this.lines.shift();
-    if (queued !== undefined) return Promise.resolve(JSON.parse(queued) as Reply);
-    if (this.exited) return Promise.reject(new Error(`te_peer.py exited; output tail:\n${this.errText.slice(-3000)}`));
-    return new Promise((resolve, reject) => {
-      const t = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`te_peer.py did not answer within ${timeoutMs} ms; output tail:\n${this.errText.slice(-3000)}`));
-      }, timeoutMs);
-      this.waiter = (line) => {
-        clearTimeout(t);
-        if (line === null) reject(new Error(`te_peer.py exited; output tail:\n${this.errText.slice(-3000)}`));
-        else resolve(JSON.parse(line) as Reply);
-      };
-    });
-  }
-
-  /** Sends one command and returns its answer, ok or not. Commands are serialized. */
-  send(cmd: Record<string, unknown>, timeoutMs = 60_000): Promise<Reply> {
-    const run = async (): Promise<Reply> => {
-      if (this.exited) throw new Error(`te_peer.py has exited; output tail:\n${this.errText.slice(-3000)}`);
-      this.child.stdin.write(JSON.stringify(cmd) + '\n');
-      return this.read(timeoutMs);
-    };
-    const p = this.chain.then(run, run);
-    this.chain = p.catch(() => undefined);
-    return p;
-  }
-
-  /** Sends one command; throws unless the answer is ok. */
-  async call(cmd: Record<string, unknown>, timeoutMs = 60_000): Promise<Reply> {
-    const r = await this.send(cmd, timeoutMs);
-    if (!r.ok) throw new Error(`te_peer.py ${String(cmd.cmd)} failed: ${JSON.stringify(r)}\noutput tail:\n${this.errText.slice(-3000)}`);
-    return r;
   }
 
   // ---- typed helpers -----------------------------------------------------------------------------
@@ -249,18 +161,7 @@ export class TePeer {
    * Asks the peer to exit (its engine then deletes its metadata entries), then closes stdin, then
    * SIGTERM, then SIGKILL; resolves once the process is gone. Always bounded.
    */
-  async stop(): Promise<void> {
-    if (this.exited) return;
-    const waitExit = (ms: number): Promise<boolean> => Promise.race([this.exit.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
-    this.child.stdin.end(JSON.stringify({ cmd: 'exit' }) + '\n');
-    if (await waitExit(5000)) return;
-    this.child.kill('SIGTERM');
-    if (await waitExit(3000)) return;
-    this.child.kill('SIGKILL');
-    await waitExit(5000);
-  }
-
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
+  override stop(): Promise<void> {
+    return super.stop(JSON.stringify({ cmd: 'exit' }) + '\n', 5000);
   }
 }
