@@ -93,13 +93,5 @@ export class Peer {
   }
 }
 
-/** The same deterministic pattern the peer fixture uses. */
-export function pattern(seed: number, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let x = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    out[i] = x & 0xff;
-  }
-  return out;
-}
+/** The same deterministic pattern the peer fixtures use (one implementation: test/fixtures/pattern.cjs). */
+export { pattern } from '../fixtures/pattern.cjs';
