@@ -1,8 +1,8 @@
 /** Spawns test/fixtures/kv-group.cjs (a group of KV ranks in one process) and talks to it. */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import type { KvLayoutSpec, KvParallelSize, KvRankOptions } from '../../lib/kv';
+import { FixtureProcess, type FixtureReply } from '../helpers/fixture-process';
 
 export interface GroupConfig {
   role: 'producer' | 'consumer';
@@ -41,50 +41,24 @@ export interface RankOutcome {
   mismatches?: number;
 }
 
-export class KvGroup {
-  private nextId = 1;
-  private readonly waiting = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void }>();
+export class KvGroup extends FixtureProcess {
   readonly events: GroupEvent[] = [];
   private readonly eventWaiters: { match: (e: GroupEvent) => boolean; resolve: (e: GroupEvent) => void }[] = [];
-  readonly exited: Promise<number | null>;
 
-  private constructor(readonly child: ChildProcess, readonly keys: string[]) {
-    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-    child.once('exit', () => {
-      for (const w of this.waiting.values()) w.reject(new Error('group process exited'));
-      this.waiting.clear();
-    });
+  private constructor(child: ChildProcess, readonly keys: string[]) {
+    super(child, 'group');
   }
 
   static async spawn(cfg: GroupConfig, timeoutMs = 30_000): Promise<KvGroup> {
-    const child = spawn(process.execPath, [path.join(__dirname, '../fixtures/kv-group.cjs'), JSON.stringify(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const rl = readline.createInterface({ input: child.stdout! });
-    const first = await new Promise<string>((resolve, reject) => {
-      const t = setTimeout(() => {
-        child.kill('SIGKILL');
-        reject(new Error('group did not start'));
-      }, timeoutMs);
-      child.once('exit', (code) => {
-        clearTimeout(t);
-        reject(new Error(`group exited (${code}) before it was ready`));
-      });
-      rl.once('line', (l) => {
-        clearTimeout(t);
-        resolve(l);
-      });
-    });
-    const hello = JSON.parse(first) as { ready: boolean; keys?: string[]; error?: { code: string; message: string } };
-    if (!hello.ready) {
-      child.kill('SIGKILL');
-      throw Object.assign(new Error(hello.error?.message ?? 'group failed'), { code: hello.error?.code });
-    }
-    const g = new KvGroup(child, hello.keys ?? []);
-    rl.on('line', (l) => g.onLine(l));
+    const { child, lines, hello } = await FixtureProcess.startFixture(path.join(__dirname, '../fixtures/kv-group.cjs'), cfg, 'group', timeoutMs);
+    const g = new KvGroup(child, (hello.keys as string[] | undefined) ?? []);
+    lines.on('line', (l) => g.onLine(l));
     return g;
   }
 
+  /** A reply, or an event (`{ event, ... }`) the fixture sent on its own. */
   private onLine(line: string): void {
-    const msg = JSON.parse(line) as { id?: number; event?: string; ok?: boolean; result?: unknown; error?: { code: string; message: string } };
+    const msg = JSON.parse(line) as FixtureReply & { event?: string };
     if (msg.event !== undefined) {
       const e = msg as unknown as GroupEvent;
       this.events.push(e);
@@ -93,19 +67,7 @@ export class KvGroup {
       }
       return;
     }
-    const w = this.waiting.get(msg.id!);
-    if (!w) return;
-    this.waiting.delete(msg.id!);
-    if (msg.ok) w.resolve(msg.result);
-    else w.reject(Object.assign(new Error(msg.error?.message), { code: msg.error?.code }));
-  }
-
-  call<T = unknown>(cmd: string, args: Record<string, unknown> = {}): Promise<T> {
-    const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
-      this.waiting.set(id, { resolve: resolve as (v: unknown) => void, reject });
-      this.child.stdin!.write(JSON.stringify({ id, cmd, args }) + '\n');
-    });
+    this.settle(msg);
   }
 
   /** The first event (past or future) matching, within timeoutMs. */
@@ -125,13 +87,8 @@ export class KvGroup {
   }
 
   /** Closes the ranks (registry entries removed), then waits (bounded) for the process to exit. */
-  async close(timeoutMs = 15_000): Promise<void> {
-    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
-    this.call('close').catch(() => undefined);
-    this.child.stdin!.end();
-    const t = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs);
-    await this.exited;
-    clearTimeout(t);
+  override async close(timeoutMs = 15_000): Promise<number | null> {
+    return super.close(timeoutMs);
   }
 
   signal(sig: NodeJS.Signals): void {
