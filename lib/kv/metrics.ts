@@ -1,6 +1,7 @@
 /**
  * Per-request transfer outcomes and the counters behind `metrics()`.
  */
+import { summarizeSorted } from '../bench/stats';
 import type { ErrorCode, MooncakeError } from '../errors';
 
 /** One peer of a request: the rank it moved blocks with. */
@@ -95,10 +96,8 @@ export class KvMetrics {
   }
 
   summary(): KvDurationSummary {
-    const d = [...this.durations].sort((a, b) => a - b);
-    if (d.length === 0) return { count: 0, meanMs: 0, p50Ms: 0, p99Ms: 0, maxMs: 0 };
-    const at = (q: number) => d[Math.min(d.length - 1, Math.floor(q * d.length))];
-    return { count: d.length, meanMs: d.reduce((a, b) => a + b, 0) / d.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: d[d.length - 1] };
+    const s = summarizeSorted([...this.durations].sort((a, b) => a - b));
+    return { count: this.durations.length, meanMs: s.mean, p50Ms: s.p50, p99Ms: s.p99, maxMs: s.max };
   }
 
   snapshot(): KvMetricsSnapshot {
