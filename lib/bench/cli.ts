@@ -1,4 +1,5 @@
 import { TransferEngine } from '../engine';
+import { benchBuffer, benchEngineOptions } from './engine';
 import { runInitiator, type RunResult } from './initiator';
 import { runLoopback } from './loopback';
 import { BENCH_USAGE, parseBenchArgs, type BenchOptions } from './options';
@@ -37,12 +38,10 @@ export async function runBenchCommand(argv: string[]): Promise<void> {
     const engine = await TransferEngine.create({
       metadataServer: o.metadataServer!,
       localServerName: o.localServerName,
-      ioThreads: o.ioThreads,
-      connectionsPerPeer: o.connectionsPerPeer,
-      sameHostFastPath: o.sameHost,
+      ...benchEngineOptions(o),
     });
     try {
-      const region = o.managed ? await engine.allocateManagedBuffer(o.bufferSize) : await engine.registerMemory(Buffer.alloc(o.bufferSize));
+      const region = await benchBuffer(engine, o);
       const segment = await engine.openSegment(o.segmentId!);
       result = await runInitiator(engine, segment, region, o, progress(o));
     } finally {

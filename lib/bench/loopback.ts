@@ -4,6 +4,7 @@ import * as readline from 'node:readline';
 import { TransferEngine } from '../engine';
 import { MooncakeError } from '../errors';
 import { MetadataServer } from '../metadata/server';
+import { benchBuffer, benchEngineOptions } from './engine';
 import { runInitiator, type RunResult } from './initiator';
 import type { BenchOptions } from './options';
 
@@ -68,11 +69,9 @@ export async function runLoopback(o: BenchOptions, onProgress?: (bytes: number, 
       metadataServer: url,
       bindAddress: '127.0.0.1',
       advertiseAddress: '127.0.0.1',
-      ioThreads: o.ioThreads,
-      connectionsPerPeer: o.connectionsPerPeer,
-      sameHostFastPath: o.sameHost,
+      ...benchEngineOptions(o),
     });
-    const region = o.managed ? await engine.allocateManagedBuffer(o.bufferSize) : await engine.registerMemory(Buffer.alloc(o.bufferSize));
+    const region = await benchBuffer(engine, o);
     const segment = await engine.openSegment(target.segment);
     const result = await runInitiator(engine, segment, region, o, onProgress);
     await engine.close();

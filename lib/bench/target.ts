@@ -1,4 +1,5 @@
 import { TransferEngine } from '../engine';
+import { benchBuffer, benchEngineOptions } from './engine';
 import type { BenchOptions } from './options';
 import { CpuMeter } from './stats';
 
@@ -10,12 +11,10 @@ export async function runTarget(o: BenchOptions, log: (s: string) => void): Prom
   const engine = await TransferEngine.create({
     metadataServer: o.metadataServer!,
     localServerName: o.localServerName,
-    ioThreads: o.ioThreads,
-    connectionsPerPeer: o.connectionsPerPeer,
-    sameHostFastPath: o.sameHost,
+    ...benchEngineOptions(o),
     ...(process.env.MC_TCP_BIND_ADDRESS ? {} : { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' }),
   });
-  const region = o.managed ? await engine.allocateManagedBuffer(o.bufferSize) : await engine.registerMemory(Buffer.alloc(o.bufferSize));
+  const region = await benchBuffer(engine, o);
   const cpu = new CpuMeter();
   const ready = { ready: true, segment: engine.localServerName, address: region.address.toString(), bufferSize: region.length, dataPort: engine.dataPort, pid: process.pid };
   if (o.json) process.stdout.write(JSON.stringify(ready) + '\n');

@@ -1,0 +1,14 @@
+import type { TransferEngine } from '../engine';
+import type { MemoryRegion } from '../memory';
+import type { TransferEngineOptions } from '../options';
+import type { BenchOptions } from './options';
+
+/** The engine knobs every bench side (initiator, target, loopback) takes from the command line. */
+export function benchEngineOptions(o: BenchOptions): Pick<TransferEngineOptions, 'ioThreads' | 'connectionsPerPeer' | 'sameHostFastPath'> {
+  return { ioThreads: o.ioThreads, connectionsPerPeer: o.connectionsPerPeer, sameHostFastPath: o.sameHost };
+}
+
+/** The buffer a bench side moves bytes in and out of: engine-allocated shared memory with --managed, else a registered Buffer. */
+export function benchBuffer(engine: TransferEngine, o: BenchOptions): Promise<MemoryRegion> {
+  return o.managed ? engine.allocateManagedBuffer(o.bufferSize) : engine.registerMemory(Buffer.alloc(o.bufferSize));
+}
