@@ -3,11 +3,11 @@
 #include <dlfcn.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
+#include "../shared_library.h"
 #include "device_runtime.h"
 
 namespace mc {
@@ -121,12 +121,6 @@ class AscendRuntime final : public DeviceRuntime {
   std::unordered_map<void*, void*> unaligned_;
 };
 
-template <typename F>
-bool resolve(void* h, const char* sym, F* out) {
-  *out = reinterpret_cast<F>(dlsym(h, sym));
-  return *out != nullptr;
-}
-
 }  // namespace
 
 bool parseDeviceLocation(const std::string& location, std::string* kind, int* device) {
@@ -150,33 +144,24 @@ Status ascendRuntime(const std::string& libraryPath, DeviceRuntime** out) {
   static std::mutex mu;
   static std::vector<std::unique_ptr<AscendRuntime>> loaded;  // one per library path, for the process
   std::lock_guard<std::mutex> g(mu);
-  std::vector<std::string> candidates;
-  if (!libraryPath.empty()) {
-    candidates.push_back(libraryPath);
-  } else if (const char* env = std::getenv("MOONCAKE_ASCENDCL_LIBRARY"); env && *env) {
-    candidates.push_back(env);
-  } else {
-    candidates = {"libascendcl.so", "/usr/local/Ascend/ascend-toolkit/latest/lib64/libascendcl.so",
-                  "/usr/local/Ascend/latest/lib64/libascendcl.so"};
-  }
+  const std::vector<std::string> candidates =
+      libraryCandidates(libraryPath, "MOONCAKE_ASCENDCL_LIBRARY",
+                        {"libascendcl.so", "/usr/local/Ascend/ascend-toolkit/latest/lib64/libascendcl.so",
+                         "/usr/local/Ascend/latest/lib64/libascendcl.so"});
   for (auto& r : loaded) {
     for (const auto& c : candidates) if (r->libraryPath() == c) { *out = r.get(); return Status(); }
   }
-  std::string errors;
+  LibraryAttempts attempts;
   for (const auto& c : candidates) {
-    void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* e = dlerror();
-      errors += "\n  " + c + ": " + (e ? e : "not found");
-      continue;
-    }
+    void* h = attempts.open(c);
+    if (!h) continue;
     AclApi api;
-    bool ok = resolve(h, "aclInit", &api.aclInit) && resolve(h, "aclrtSetDevice", &api.aclrtSetDevice) &&
-              resolve(h, "aclrtGetDeviceCount", &api.aclrtGetDeviceCount) && resolve(h, "aclrtMalloc", &api.aclrtMalloc) &&
-              resolve(h, "aclrtFree", &api.aclrtFree) && resolve(h, "aclrtMemcpy", &api.aclrtMemcpy);
+    bool ok = resolveSymbol(h, "aclInit", &api.aclInit) && resolveSymbol(h, "aclrtSetDevice", &api.aclrtSetDevice) &&
+              resolveSymbol(h, "aclrtGetDeviceCount", &api.aclrtGetDeviceCount) &&
+              resolveSymbol(h, "aclrtMalloc", &api.aclrtMalloc) && resolveSymbol(h, "aclrtFree", &api.aclrtFree) &&
+              resolveSymbol(h, "aclrtMemcpy", &api.aclrtMemcpy);
     if (!ok) {
-      dlclose(h);
-      errors += "\n  " + c + ": not an Ascend runtime (missing ACL symbols)";
+      attempts.reject(h, c, "not an Ascend runtime (missing ACL symbols)");
       continue;
     }
     aclError e = api.aclInit(nullptr);
@@ -190,7 +175,7 @@ Status ascendRuntime(const std::string& libraryPath, DeviceRuntime** out) {
   }
   return Status(Code::LIBRARY_NOT_FOUND,
                 "cannot load the Ascend runtime libascendcl.so (CANN); install CANN and source its set_env.sh, or point "
-                "MOONCAKE_ASCENDCL_LIBRARY at the library. Tried:" + errors);
+                "MOONCAKE_ASCENDCL_LIBRARY at the library. Tried:" + attempts.tried());
 }
 
 }  // namespace mc

@@ -1,22 +1,12 @@
 #include "upstream_api.h"
 
-#include <dlfcn.h>
-
-#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
 
+#include "../shared_library.h"
+
 namespace mc::upstream {
-
-namespace {
-
-template <typename F>
-void sym(void* h, const char* name, F* out) {
-  *out = reinterpret_cast<F>(dlsym(h, name));
-}
-
-}  // namespace
 
 Code mapError(int rc) {
   switch (rc) {
@@ -46,39 +36,33 @@ Status loadApi(const std::string& path, const Api** out) {
   static std::mutex mu;
   static std::vector<std::unique_ptr<Api>> loaded;
   std::lock_guard<std::mutex> g(mu);
-  std::vector<std::string> candidates;
-  if (!path.empty()) candidates.push_back(path);
-  else if (const char* env = std::getenv("MOONCAKE_TE_LIBRARY"); env && *env) candidates.push_back(env);
-  else candidates = {"libtransfer_engine.so", "/usr/local/lib/libtransfer_engine.so", "/usr/lib/libtransfer_engine.so"};
+  const std::vector<std::string> candidates = libraryCandidates(
+      path, "MOONCAKE_TE_LIBRARY", {"libtransfer_engine.so", "/usr/local/lib/libtransfer_engine.so", "/usr/lib/libtransfer_engine.so"});
   for (auto& a : loaded) for (const auto& c : candidates) if (a->path == c) { *out = a.get(); return Status(); }
-  std::string errors;
+  LibraryAttempts attempts;
   for (const auto& c : candidates) {
-    void* h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* e = dlerror();
-      errors += "\n  " + c + ": " + (e ? e : "not found");
-      continue;
-    }
+    void* h = attempts.open(c);
+    if (!h) continue;
     auto api = std::make_unique<Api>();
     api->handle = h;
     api->path = c;
-    sym(h, "createTransferEngine", &api->createTransferEngine);
-    sym(h, "destroyTransferEngine", &api->destroyTransferEngine);
-    sym(h, "getLocalIpAndPort", &api->getLocalIpAndPort);
-    sym(h, "installTransport", &api->installTransport);
-    sym(h, "openSegment", &api->openSegment);
-    sym(h, "openSegmentNoCache", &api->openSegmentNoCache);
-    sym(h, "closeSegment", &api->closeSegment);
-    sym(h, "registerLocalMemory", &api->registerLocalMemory);
-    sym(h, "unregisterLocalMemory", &api->unregisterLocalMemory);
-    sym(h, "allocateBatchID", &api->allocateBatchID);
-    sym(h, "submitTransfer", &api->submitTransfer);
-    sym(h, "submitTransferWithNotify", &api->submitTransferWithNotify);
-    sym(h, "getTransferStatus", &api->getTransferStatus);
-    sym(h, "freeBatchID", &api->freeBatchID);
-    sym(h, "getNotifsFromEngine", &api->getNotifsFromEngine);
-    sym(h, "freeNotifsMsgBuf", &api->freeNotifsMsgBuf);
-    sym(h, "genNotifyInEngine", &api->genNotifyInEngine);
+    resolveSymbol(h, "createTransferEngine", &api->createTransferEngine);
+    resolveSymbol(h, "destroyTransferEngine", &api->destroyTransferEngine);
+    resolveSymbol(h, "getLocalIpAndPort", &api->getLocalIpAndPort);
+    resolveSymbol(h, "installTransport", &api->installTransport);
+    resolveSymbol(h, "openSegment", &api->openSegment);
+    resolveSymbol(h, "openSegmentNoCache", &api->openSegmentNoCache);
+    resolveSymbol(h, "closeSegment", &api->closeSegment);
+    resolveSymbol(h, "registerLocalMemory", &api->registerLocalMemory);
+    resolveSymbol(h, "unregisterLocalMemory", &api->unregisterLocalMemory);
+    resolveSymbol(h, "allocateBatchID", &api->allocateBatchID);
+    resolveSymbol(h, "submitTransfer", &api->submitTransfer);
+    resolveSymbol(h, "submitTransferWithNotify", &api->submitTransferWithNotify);
+    resolveSymbol(h, "getTransferStatus", &api->getTransferStatus);
+    resolveSymbol(h, "freeBatchID", &api->freeBatchID);
+    resolveSymbol(h, "getNotifsFromEngine", &api->getNotifsFromEngine);
+    resolveSymbol(h, "freeNotifsMsgBuf", &api->freeNotifsMsgBuf);
+    resolveSymbol(h, "genNotifyInEngine", &api->genNotifyInEngine);
     std::string missing;
     auto need = [&](const void* p, const char* n) { if (!p) missing += std::string(missing.empty() ? "" : ", ") + n; };
     need(reinterpret_cast<const void*>(api->createTransferEngine), "createTransferEngine");
@@ -93,8 +77,7 @@ Status loadApi(const std::string& path, const Api** out) {
     need(reinterpret_cast<const void*>(api->getTransferStatus), "getTransferStatus");
     need(reinterpret_cast<const void*>(api->freeBatchID), "freeBatchID");
     if (!missing.empty()) {
-      dlclose(h);
-      errors += "\n  " + c + ": not Mooncake's transfer engine C API (missing " + missing + ")";
+      attempts.reject(h, c, "not Mooncake's transfer engine C API (missing " + missing + ")");
       continue;
     }
     loaded.push_back(std::move(api));
@@ -103,7 +86,7 @@ Status loadApi(const std::string& path, const Api** out) {
   }
   return Status(Code::LIBRARY_NOT_FOUND,
                 "cannot load upstream Mooncake's libtransfer_engine.so (a Mooncake build that ships the shared library "
-                "with the transports you need); point MOONCAKE_TE_LIBRARY (or the `library` option) at it. Tried:" + errors);
+                "with the transports you need); point MOONCAKE_TE_LIBRARY (or the `library` option) at it. Tried:" + attempts.tried());
 }
 
 }  // namespace mc::upstream

@@ -1,0 +1,27 @@
+#include "shared_library.h"
+
+#include <cstdlib>
+
+namespace mc {
+
+std::vector<std::string> libraryCandidates(const std::string& path, const char* envVar, std::vector<std::string> defaults) {
+  if (!path.empty()) return {path};
+  if (const char* env = std::getenv(envVar); env && *env) return {env};
+  return defaults;
+}
+
+void* LibraryAttempts::open(const std::string& path) {
+  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!h) {
+    const char* e = dlerror();
+    tried_ += "\n  " + path + ": " + (e ? e : "not found");
+  }
+  return h;
+}
+
+void LibraryAttempts::reject(void* handle, const std::string& path, const std::string& why) {
+  dlclose(handle);
+  tried_ += "\n  " + path + ": " + why;
+}
+
+}  // namespace mc
