@@ -1,4 +1,5 @@
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
+import { summarizeSorted } from '../latency';
 
 /** Latency samples (ms) with percentiles. */
 export class Samples {
@@ -22,18 +23,6 @@ export class Samples {
     const { mean, p50, p99, max } = summarizeSorted(this.data.slice(0, this.n).sort());
     return { avg: mean, p50, p99, max };
   }
-}
-
-/**
- * Mean, median, p99 and max of samples sorted ascending; a percentile q is the sample at index
- * min(n - 1, ⌊q·n⌋). All 0 when there are none.
- */
-export function summarizeSorted(s: ArrayLike<number>): { mean: number; p50: number; p99: number; max: number } {
-  if (s.length === 0) return { mean: 0, p50: 0, p99: 0, max: 0 };
-  let sum = 0;
-  for (let i = 0; i < s.length; i++) sum += s[i];
-  const at = (q: number) => s[Math.min(s.length - 1, Math.floor(q * s.length))];
-  return { mean: sum / s.length, p50: at(0.5), p99: at(0.99), max: s[s.length - 1] };
 }
 
 /** CPU time of this process over an interval, as % of one core. */

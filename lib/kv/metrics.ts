@@ -1,7 +1,7 @@
 /**
  * Per-request transfer outcomes and the counters behind `metrics()`.
  */
-import { summarizeSorted } from '../bench/stats';
+import { summarizeSorted } from '../latency';
 import type { ErrorCode, MooncakeError } from '../errors';
 
 /** One peer of a request: the rank it moved blocks with. */
