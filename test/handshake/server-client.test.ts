@@ -1,7 +1,8 @@
 import { promises as dnsp } from 'node:dns';
 import * as net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isMooncakeError, type MooncakeError } from '../../lib/errors';
+import type { MooncakeError } from '../../lib/errors';
+import { timedRejection } from '../helpers/rejection';
 import {
   HandshakeServer,
   HandshakeType,
@@ -33,13 +34,7 @@ async function startServer(options: HandshakeServerOptions = {}): Promise<{ serv
 }
 
 async function rejection(p: Promise<unknown>): Promise<MooncakeError> {
-  try {
-    await p;
-  } catch (e) {
-    if (isMooncakeError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a rejection');
+  return (await timedRejection(p)).error;
 }
 
 /** Waits (bounded) until `cond` holds. */

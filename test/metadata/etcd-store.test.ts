@@ -4,6 +4,7 @@ import { MooncakeError } from '../../lib/errors';
 import { EtcdMetadataStore } from '../../lib/metadata/etcd-store';
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
 import { eventually, skipWithoutEtcd, startEtcd, startEtcdCluster, type EtcdCluster } from '../helpers/etcd';
+import { timedRejection } from '../helpers/rejection';
 import { freePort } from '../helpers/server-process';
 
 const skip = skipWithoutEtcd('etcd-store');
@@ -31,15 +32,6 @@ async function raw(endpoint: string, key: string): Promise<{ value: string; leas
   return { value: Buffer.from(kv.value ?? '', 'base64').toString('utf8'), lease: kv.lease ?? '0' };
 }
 
-async function rejection(p: Promise<unknown>): Promise<{ error: MooncakeError; ms: number }> {
-  const t0 = Date.now();
-  try {
-    await p;
-  } catch (e) {
-    return { error: e as MooncakeError, ms: Date.now() - t0 };
-  }
-  throw new Error('expected a rejection');
-}
 
 describe.skipIf(skip)('etcd metadata store (one member)', () => {
   let etcd: EtcdCluster;
@@ -115,14 +107,14 @@ describe.skipIf(skip)('etcd metadata store under faults', () => {
   test('nothing listening: METADATA naming the endpoints, fast', async () => {
     const port = await freePort();
     const s = store(`etcd://127.0.0.1:${port}`, { timeoutMs: 3000 });
-    const { error, ms } = await rejection(s.get('mooncake/ram/x'));
+    const { error, ms } = await timedRejection(s.get('mooncake/ram/x'));
     expect(error).toBeInstanceOf(MooncakeError);
     expect(error.code).toBe('METADATA');
     expect(error.message).toMatch(new RegExp(`cannot reach etcd at 127\\.0\\.0\\.1:${port}`));
     expect(error.details).toMatchObject({ backend: 'etcd', endpoints: [`127.0.0.1:${port}`], key: 'mooncake/ram/x', op: 'GET' });
     expect(ms).toBeLessThan(3000 + 2000);
     // Later calls (circuit breaker open) still say why.
-    const again = await rejection(s.set('mooncake/ram/x', '{}'));
+    const again = await timedRejection(s.set('mooncake/ram/x', '{}'));
     expect(again.error.code).toBe('METADATA');
     expect(again.error.message).toMatch(/ECONNREFUSED|No connection established/);
   });
@@ -130,7 +122,7 @@ describe.skipIf(skip)('etcd metadata store under faults', () => {
   test('a scheme-less string that is really an HTTP server: the error says what upstream does with it', async () => {
     const port = await freePort();
     const s = store(`127.0.0.1:${port}`, { timeoutMs: 1500 });
-    const { error } = await rejection(s.get('k'));
+    const { error } = await timedRejection(s.get('k'));
     expect(error.code).toBe('METADATA');
     expect(error.message).toContain(`for an HTTP metadata server write http://127.0.0.1:${port}/metadata`);
   });
@@ -141,7 +133,7 @@ describe.skipIf(skip)('etcd metadata store under faults', () => {
       const s = store(etcd.connectionString, { timeoutMs: 1500 });
       await s.set('k', 'v');
       etcd.members[0].pause();
-      const { error, ms } = await rejection(s.get('k'));
+      const { error, ms } = await timedRejection(s.get('k'));
       expect(error.code).toBe('METADATA');
       expect(error.message).toMatch(/did not answer GET 'k' within 1500 ms/);
       expect(error.details).toMatchObject({ backend: 'etcd', timeoutMs: 1500 });
@@ -159,7 +151,7 @@ describe.skipIf(skip)('etcd metadata store under faults', () => {
       const s = store(etcd.connectionString, { timeoutMs: 2000 });
       await s.set('mooncake/ram/kept', '{"k":1}');
       await etcd.members[0].stop();
-      expect((await rejection(s.get('mooncake/ram/kept'))).error.code).toBe('METADATA');
+      expect((await timedRejection(s.get('mooncake/ram/kept'))).error.code).toBe('METADATA');
       await etcd.members[0].restart();
       expect(await eventually(async () => (await s.get('mooncake/ram/kept')) === '{"k":1}', 20_000, 200)).toBe(true);
     } finally {

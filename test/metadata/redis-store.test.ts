@@ -6,6 +6,7 @@ import { RedisMetadataStore, parseAddress } from '../../lib/metadata/redis-store
 import { createMetadataStore, type MetadataStore } from '../../lib/metadata/store';
 import { eventually } from '../helpers/etcd';
 import { skipWithoutRedis, startRedis } from '../helpers/redis';
+import { timedRejection } from '../helpers/rejection';
 import { freePort } from '../helpers/server-process';
 
 const skip = skipWithoutRedis('redis-store');
@@ -38,15 +39,6 @@ async function inspect(port: number, options: { password?: string; database?: nu
   };
 }
 
-async function rejection(p: Promise<unknown>): Promise<{ error: MooncakeError; ms: number }> {
-  const t0 = Date.now();
-  try {
-    await p;
-  } catch (e) {
-    return { error: e as MooncakeError, ms: Date.now() - t0 };
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('redis addresses', () => {
   test('host:port, [v6]:port, host alone (6379); anything else is INVALID_CONFIG', () => {
@@ -126,7 +118,7 @@ describe.skipIf(skip)('redis credentials and database from MC_REDIS_* (upstream 
   test('no MC_REDIS_PASSWORD against a server that requires one: METADATA saying so', async () => {
     delete process.env.MC_REDIS_PASSWORD;
     delete process.env.MC_REDIS_USERNAME;
-    const { error } = await rejection(store(server.connectionString).get('k'));
+    const { error } = await timedRejection(store(server.connectionString).get('k'));
     expect(error.code).toBe('METADATA');
     expect(error.message).toMatch(/NOAUTH/);
     expect(error.message).toMatch(/no password is set/);
@@ -139,7 +131,7 @@ describe.skipIf(skip)('redis credentials and database from MC_REDIS_* (upstream 
     await good.set('mooncake/ram/auth', '{"a":1}');
     expect(await good.get('mooncake/ram/auth')).toBe('{"a":1}');
     process.env.MC_REDIS_PASSWORD = 'nope';
-    const { error, ms } = await rejection(store(server.connectionString).get('mooncake/ram/auth'));
+    const { error, ms } = await timedRejection(store(server.connectionString).get('mooncake/ram/auth'));
     expect(error.code).toBe('METADATA');
     expect(error.message).toMatch(/WRONGPASS/);
     expect(error.message).toMatch(/MC_REDIS_USERNAME \/ MC_REDIS_PASSWORD/);
@@ -153,10 +145,10 @@ describe.skipIf(skip)('redis credentials and database from MC_REDIS_* (upstream 
     await s.set('mooncake/ram/alice', '{"u":"alice"}');
     expect(await s.get('mooncake/ram/alice')).toBe('{"u":"alice"}');
     process.env.MC_REDIS_PASSWORD = 'default-pw'; // alice's name with the default user's password
-    expect((await rejection(store(server.connectionString).get('k'))).error.message).toMatch(/WRONGPASS/);
+    expect((await timedRejection(store(server.connectionString).get('k'))).error.message).toMatch(/WRONGPASS/);
     // Upstream sends no AUTH at all without a password, even with a username.
     process.env.MC_REDIS_PASSWORD = '';
-    expect((await rejection(store(server.connectionString).get('k'))).error.message).toMatch(/NOAUTH/);
+    expect((await timedRejection(store(server.connectionString).get('k'))).error.message).toMatch(/NOAUTH/);
   });
 
   test('MC_REDIS_DB_INDEX selects the database; out of range is warned about and 0 is used, as upstream', async () => {
@@ -188,7 +180,7 @@ describe.skipIf(skip)('redis credentials and database from MC_REDIS_* (upstream 
   test('a database the server does not have: METADATA naming MC_REDIS_DB_INDEX', async () => {
     process.env.MC_REDIS_PASSWORD = 'default-pw';
     process.env.MC_REDIS_DB_INDEX = '99'; // redis-server has 16 databases by default
-    const { error } = await rejection(store(server.connectionString).get('k'));
+    const { error } = await timedRejection(store(server.connectionString).get('k'));
     expect(error.code).toBe('METADATA');
     expect(error.message).toMatch(/cannot select database 99/);
     expect(error.message).toMatch(/MC_REDIS_DB_INDEX/);
@@ -199,12 +191,12 @@ describe.skipIf(skip)('redis metadata store under faults', () => {
   test('nothing listening: METADATA "refused the connection", fast', async () => {
     const port = await freePort();
     const s = store(`redis://127.0.0.1:${port}`);
-    const { error, ms } = await rejection(s.get('mooncake/ram/x'));
+    const { error, ms } = await timedRejection(s.get('mooncake/ram/x'));
     expect(error.code).toBe('METADATA');
     expect(error.message).toMatch(new RegExp(`redis at 127\\.0\\.0\\.1:${port} refused the connection`));
     expect(error.details).toMatchObject({ backend: 'redis', errno: 'ECONNREFUSED', key: 'mooncake/ram/x', op: 'GET' });
     expect(ms).toBeLessThan(3000);
-    expect((await rejection(s.set('k', 'v'))).error.code).toBe('METADATA');
+    expect((await timedRejection(s.set('k', 'v'))).error.code).toBe('METADATA');
   });
 
   test('a hung server (SIGSTOP): METADATA within the deadline; works again once it resumes', async () => {
@@ -213,14 +205,14 @@ describe.skipIf(skip)('redis metadata store under faults', () => {
       const s = store(server.connectionString, { timeoutMs: 1000 });
       await s.set('k', 'v');
       server.pause();
-      const { error, ms } = await rejection(s.get('k'));
+      const { error, ms } = await timedRejection(s.get('k'));
       expect(error.code).toBe('METADATA');
       expect(error.message).toMatch(/did not answer GET 'k' within 1000 ms/);
       expect(error.details).toMatchObject({ timeoutMs: 1000 });
       expect(ms).toBeLessThan(1000 + 2000);
       // A fresh store cannot even finish connecting (the kernel accepts, the server never answers).
       const fresh = store(server.connectionString, { timeoutMs: 800 });
-      expect((await rejection(fresh.get('k'))).error.code).toBe('METADATA');
+      expect((await timedRejection(fresh.get('k'))).error.code).toBe('METADATA');
       server.resume();
       expect(await eventually(async () => (await s.get('k')) === 'v', 15_000, 100)).toBe(true);
     } finally {
@@ -234,7 +226,7 @@ describe.skipIf(skip)('redis metadata store under faults', () => {
       const s = store(server.connectionString);
       await s.set('k', 'v');
       await server.stop();
-      const down = await rejection(s.get('k'));
+      const down = await timedRejection(s.get('k'));
       expect(down.error.code).toBe('METADATA');
       expect(down.ms).toBeLessThan(3000 + 1000);
       await server.restart();
