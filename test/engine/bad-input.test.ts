@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, MooncakeError, StatusCodes, TransferEngine, type MemoryRegion, type Segment } from '../../lib';
 import { loadNative } from '../../lib/native';
 import { Peer } from '../helpers/peer';
+import { startPeerPair, type PeerPair } from '../helpers/peer-pair';
 
 const MiB = 1 << 20;
 
@@ -21,7 +22,6 @@ async function expectCode(p: Promise<unknown> | (() => unknown), code: string): 
 }
 
 describe('bad input', () => {
-  let meta: MetadataServer;
   let url: string;
   let peer: Peer;
   let engine: TransferEngine;
@@ -38,20 +38,14 @@ describe('bad input', () => {
     expect(await peer.call('bytes', { offset: 0, length: 16 })).toBe(data.subarray(0, 16).toString('hex'));
   };
 
+  let pair: PeerPair | undefined;
+
   beforeAll(async () => {
-    meta = new MetadataServer({ logger: null });
-    url = (await meta.listen()).url;
-    peer = await Peer.spawn({ metadataServer: url, memory: 4 * MiB });
-    engine = await TransferEngine.create({ metadataServer: url, bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
-    region = await engine.registerMemory(Buffer.alloc(4 * MiB));
-    seg = await engine.openSegment(peer.info.name);
+    pair = await startPeerPair({ memory: 4 * MiB });
+    ({ url, peer, engine, region, seg } = pair);
   });
 
-  afterAll(async () => {
-    await engine?.close();
-    await peer?.close();
-    await meta?.close();
-  });
+  afterAll(() => pair?.close());
 
   it('keeps the native status enum and the TypeScript codes in sync', () => {
     expect(loadNative().codeNames()).toEqual(StatusCodes);

@@ -4,32 +4,25 @@ import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, TransferEngine, type MemoryRegion, type Segment } from '../../lib';
 import { Peer, pattern } from '../helpers/peer';
+import { startPeerPair, type PeerPair } from '../helpers/peer-pair';
 
 const MiB = 1 << 20;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 describe('transfers between processes', () => {
-  let meta: MetadataServer;
-  let url: string;
   let peer: Peer;
   let engine: TransferEngine;
   let region: MemoryRegion;
   let seg: Segment;
 
+  let pair: PeerPair | undefined;
+
   beforeAll(async () => {
-    meta = new MetadataServer({ logger: null });
-    url = (await meta.listen()).url;
-    peer = await Peer.spawn({ metadataServer: url, memory: 80 * MiB, pattern: 7 });
-    engine = await TransferEngine.create({ metadataServer: url, bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
-    region = await engine.registerMemory(Buffer.alloc(80 * MiB));
-    seg = await engine.openSegment(peer.info.name);
+    pair = await startPeerPair({ memory: 80 * MiB, pattern: 7 });
+    ({ peer, engine, region, seg } = pair);
   });
 
-  afterAll(async () => {
-    await engine?.close();
-    await peer?.close();
-    await meta?.close();
-  });
+  afterAll(() => pair?.close());
 
   it('opens the peer segment from the metadata it published', () => {
     expect(seg.buffers).toHaveLength(1);
