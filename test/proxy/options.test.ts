@@ -86,10 +86,13 @@ describe('parseProxyArgs', () => {
     expect(configError(() => parseProxyArgs(['--policy', 'random'])).message).toMatch(/^--policy="random": expected one of round-robin/);
     expect(configError(() => parseProxyArgs(['--max-retries', '-1'])).message).toMatch(/^--max-retries=-1: expected an integer from 0/);
     expect(configError(() => parseProxyArgs(['--health-interval-ms', '0'])).message).toMatch(/^--health-interval-ms=0:/);
-    expect(configError(() => parseProxyArgs(['--bogus'])).message).toBe('flag="--bogus": unknown flag (see --help)');
-    expect(configError(() => parseProxyArgs(['--port'])).message).toMatch(/^--port="": needs a value/);
-    expect(configError(() => parseProxyArgs(['--port', '1', '--port', '2'])).message).toMatch(/given more than once/);
-    expect(configError(() => parseProxyArgs(['stray'])).message).toMatch(/unexpected positional argument/);
+    expect(configError(() => parseProxyArgs(['--bogus'])).message).toBe("--bogus: unknown option for 'proxy' (see 'mooncake-node proxy --help')");
+    expect(configError(() => parseProxyArgs(['--prefiller-prots', '1'])).message).toMatch(/^--prefiller-prots: unknown option for 'proxy'; did you mean --prefiller-ports\?/);
+    expect(configError(() => parseProxyArgs(['--port'])).message).toMatch(/^--port: needs a value/);
+    expect(configError(() => parseProxyArgs(['--port', '1', '--port', '2'])).message).toMatch(/^--port: given more than once/);
+    expect(configError(() => parseProxyArgs(['stray'])).message).toMatch(/^"stray": unexpected argument/);
+    expect(configError(() => parseProxyArgs(['--no-admin=yes'])).message).toMatch(/^--no-admin="yes": takes no value/);
+    expect(configError(() => parseProxyArgs(['--stream'])).message).toMatch(/^--stream: unknown option/);
     expect(configError(() => parseProxyArgs(['--log-level', 'loud'])).message).toMatch(/^--log-level="loud"/);
     expect(configError(() => parseProxyArgs(['--health-path', 'health'])).message).toMatch(/^--health-path="health": expected a path/);
   });
