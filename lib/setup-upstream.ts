@@ -46,7 +46,8 @@ export const setupUpstreamCommand = defineCommand({
     ctx.signal.removeEventListener('abort', onAbort);
     ctx.signal.throwIfAborted();
     if (code !== 0) {
-      const why = tail.split('\n').map((l) => l.replace(/^setup-upstream-peer: (ERROR: )?/, '').trim()).filter((l) => l !== '').pop() ?? `exit code ${code}`;
+      const lines = tail.replace(/\x1b\[[0-9;]*m/g, '').split('\n');
+      const why = lines.map((l) => l.replace(/^setup-upstream-peer: (ERROR: )?/, '').trim()).filter((l) => l !== '').pop() ?? `exit code ${code}`;
       throw new MooncakeError('LIBRARY_NOT_FOUND', `setting up upstream Mooncake in ${venv} failed: ${why}`, { details: { venv, exit: code } });
     }
   },
