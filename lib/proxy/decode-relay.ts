@@ -20,7 +20,7 @@ export interface RelayHooks {
 export type RelayOutcome =
   /** The answer went to the client (`complete`: all of it; false when the upstream failed mid-answer). */
   | { kind: 'sent'; complete: boolean }
-  /** Decode gave up: nothing of its last event went out. `text` was generated (and sent), `tokens` counted as vllm-ascend counts. */
+  /** Decode gave up (its last event went out without its stop reason). `text` was generated and sent; `tokens` counted as vllm-ascend counts. */
   | { kind: 'recomputed'; text: string; tokens: number };
 
 /** Events kept for a possible re-dispatch are bounded: past this, "recomputed" is passed through. */
@@ -81,10 +81,18 @@ export function relaySse(up: http.IncomingMessage, res: http.ServerResponse, hoo
       const mayRecompute = kept !== undefined && event.includes(RECOMPUTED);
       const cached = event.includes(USAGE) ? hooks.cachedTokens() : undefined;
       const json = mayRecompute || cached !== undefined ? eventJson(event) : undefined;
-      if (kept !== undefined && json !== undefined && firstChoice(json)?.stopReason === 'recomputed') {
+      const last = json === undefined ? undefined : firstChoice(json);
+      if (kept !== undefined && json !== undefined && last?.stopReason === 'recomputed') {
         const all = [...kept.map(eventJson), json];
         const text = all.map((j) => firstChoice(j)?.text ?? '').join('');
         const tokens = all.filter((j) => firstChoice(j) !== undefined).length;
+        // Text that came with the give-up is part of what the next dispatch continues from: the client gets
+        // it too, as an ordinary chunk (no finish, no stop reason), so its text has no gap.
+        if (last.text !== '') {
+          last.choice.finish_reason = null;
+          delete last.choice.stop_reason;
+          write(Buffer.from(`data: ${JSON.stringify(json)}\n\n`));
+        }
         finish({ kind: 'recomputed', text, tokens });
         up.destroy();
         return false;

@@ -236,7 +236,7 @@ export function normalizeInstanceUrl(value: unknown, name = 'instance'): string 
   return url.origin;
 }
 
-/** Builds the origin of a host and port the way the seed's flags pair them. */
+/** Builds the origin of a host and port the way the proxy's --*-hosts / --*-ports flags pair them. */
 export function hostPortToUrl(host: string, port: number): string {
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   return `http://${h}:${port}`;

@@ -1,8 +1,8 @@
 /**
- * Request rewriting for prefill/decode disaggregation, as vllm-ascend's proxies do it (reference section C and
- * B.4): the prefill request is the client's body capped to one token, not streamed, with
- * `kv_transfer_params.do_remote_decode = true`; the decode request is the client's body plus the
- * `kv_transfer_params` the prefill response returned.
+ * Request rewriting for prefill/decode disaggregation, as vllm-ascend's proxies do it: the prefill request is the
+ * client's body capped to one token, not streamed, with `kv_transfer_params.do_remote_decode = true`; the decode
+ * request is the client's body plus the `kv_transfer_params` the prefill response returned. Also what the proxy
+ * reads and writes in answers (`cached_tokens`, the first choice) and the continuation after "recomputed".
  */
 
 export type JsonObject = Record<string, unknown>;

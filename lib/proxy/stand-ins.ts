@@ -237,7 +237,7 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     if (role === 'prefill' && options.cachedTokens !== undefined) usage.prompt_tokens_details = { cached_tokens: options.cachedTokens };
     // The last token of a "recomputed" answer is where decode gave up: it carries stop_reason "recomputed".
     const finish = (i: number): JsonObject => (behavior.kind === 'recompute' && i === tokens - 1 ? { finish_reason: 'stop', stop_reason: 'recomputed' } : { finish_reason: 'length' });
-    // What vLLM's Mooncake connector returns from a prefill asked for a remote decode (reference B.4).
+    // What vLLM's Mooncake connector returns from a prefill asked for a remote decode.
     const kvOut =
       role === 'prefill' && kvIn?.do_remote_decode === true
         ? {

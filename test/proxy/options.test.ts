@@ -97,6 +97,37 @@ describe('parseProxyArgs', () => {
     expect(configError(() => parseProxyArgs(['--health-path', 'health'])).message).toMatch(/^--health-path="health": expected a path/);
   });
 
+  it("maps each vllm-ascend behaviour's switch, vllm-ascend's own flag spellings, and the layerwise mode", () => {
+    const defaults = resolveProxyOptions(parseProxyArgs([]).options);
+    expect(defaults).toMatchObject({
+      mode: 'pull',
+      prefillMinTokens: true,
+      copyCachedTokens: true,
+      authorization: 'api-key',
+      resetPrefixCache: true,
+      recompute: { enabled: true, maxRedispatches: 3 },
+      retries: { maxRetries: 3, baseDelayMs: 1, onHttpError: true },
+    });
+    const { options, logLevel } = parseProxyArgs([
+      '--mode', 'layerwise', '--metaserver-url', 'http://10.0.0.1:8000/v1/metaserver', '--no-retry-http-errors',
+      '--no-prefill-min-tokens', '--no-cached-tokens', '--no-recompute', '--max-recomputes', '5',
+      '--pass-client-authorization', '--no-reset-prefix-cache', '--retry-delay', '0.25', '--log-level', 'WARNING',
+    ]);
+    expect(logLevel).toBe('warn');
+    expect(resolveProxyOptions(options)).toMatchObject({
+      mode: 'layerwise',
+      metaserverUrl: 'http://10.0.0.1:8000/v1/metaserver',
+      prefillMinTokens: false,
+      copyCachedTokens: false,
+      authorization: 'client',
+      resetPrefixCache: false,
+      recompute: { enabled: false, maxRedispatches: 5 },
+      retries: { baseDelayMs: 250, onHttpError: false },
+    });
+    expect(configError(() => parseProxyArgs(['--mode', 'push'])).message).toMatch(/^--mode="push": expected one of pull, layerwise/);
+    expect(configError(() => parseProxyArgs(['--mode', 'layerwise', '--host', '0.0.0.0'])).message).toMatch(/^--host="0\.0\.0\.0": layerwise decode instances must reach/);
+  });
+
   it('recognises --help', () => {
     expect(parseProxyArgs(['--help']).help).toBe(true);
     expect(parseProxyArgs(['-h']).help).toBe(true);
