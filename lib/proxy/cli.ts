@@ -79,6 +79,7 @@ async function serveProxy(options: ProxyOptions, logLevel: ProxyLogLevel | 'sile
       process.on('SIGTERM', onSignal);
     }
     io.signal?.addEventListener('abort', onAbort, { once: true });
+    if (io.signal?.aborted === true) onAbort(); // aborted while it started listening
   });
   try {
     await proxy.close();
