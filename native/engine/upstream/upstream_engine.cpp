@@ -434,6 +434,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
         submitting_ = true;
       }
       Active& a = p.active;
+      if (a.batch->deadlineNs() != 0 && monotonicNs() >= a.batch->deadlineNs()) a.batch->requestCancel(Code::TIMEOUT);
       Code cancelled = a.batch->cancelCode();
       if (cancelled != Code::OK) {
         for (size_t i = 0; i < a.n; ++i) a.batch->failTask(i, cancelled);
@@ -473,7 +474,11 @@ class UpstreamEngine final : public Engine, public CompletionSink {
         for (auto& kv : active_) work.emplace_back(kv.first, &kv.second);
       }
       bool progressed = false;
+      const int64_t now = monotonicNs();
       for (auto& [token, a] : work) {
+        // A passed deadline cannot recall upstream's transfer either: the batch settles with TIMEOUT
+        // once upstream reports its tasks terminal (failed ones; a batch that still completes succeeds).
+        if (a->batch->deadlineNs() != 0 && now >= a->batch->deadlineNs()) a->batch->requestCancel(Code::TIMEOUT);
         if (a->runtime && a->device != lastDevice) {  // upstream's transports may need the device current
           a->runtime->setDevice(a->device);
           lastDevice = a->device;
