@@ -90,29 +90,22 @@ describe.skipIf(skipReason !== undefined)('backend mooncake against a real upstr
     expect(segA.buffers.some((b) => b.address === upMem.address)).toBe(true);
   });
 
-  it('upstream backend -> built-in: write then read back, 1 B … 16 MiB', async () => {
+  // `from` writes `remoteMem` through `seg` (checked there), then reads it back (checked locally).
+  async function roundTrips(from: TransferEngine, seg: Segment, local: MemoryRegion, remoteMem: MemoryRegion, lOff: number, rOff: number): Promise<void> {
     for (const n of SIZES) {
       const data = randomBytes(n);
-      data.copy(upMem.buffer!, 3);
-      await up.write(segB, [{ local: upMem, localOffset: 3, remote: segB.address(0, 4099, n), length: n }]);
-      expect(sha(nodeMem.buffer!.subarray(4099, 4099 + n))).toBe(sha(data));
-      upMem.buffer!.fill(0, 20 * MiB, 20 * MiB + n);
-      await up.read(segB, [{ local: upMem, localOffset: 20 * MiB, remote: segB.address(0, 4099, n), length: n }]);
-      expect(sha(upMem.buffer!.subarray(20 * MiB, 20 * MiB + n))).toBe(sha(data));
+      data.copy(local.buffer!, lOff);
+      await from.write(seg, [{ local, localOffset: lOff, remote: seg.address(0, rOff, n), length: n }]);
+      expect(sha(remoteMem.buffer!.subarray(rOff, rOff + n))).toBe(sha(data));
+      local.buffer!.fill(0, 20 * MiB, 20 * MiB + n);
+      await from.read(seg, [{ local, localOffset: 20 * MiB, remote: seg.address(0, rOff, n), length: n }]);
+      expect(sha(local.buffer!.subarray(20 * MiB, 20 * MiB + n))).toBe(sha(data));
     }
-  });
+  }
 
-  it('built-in -> upstream backend: write then read back, 1 B … 16 MiB', async () => {
-    for (const n of SIZES) {
-      const data = randomBytes(n);
-      data.copy(nodeMem.buffer!, 11);
-      await node.write(segA, [{ local: nodeMem, localOffset: 11, remote: segA.address(0, 77, n), length: n }]);
-      expect(sha(upMem.buffer!.subarray(77, 77 + n))).toBe(sha(data));
-      nodeMem.buffer!.fill(0, 20 * MiB, 20 * MiB + n);
-      await node.read(segA, [{ local: nodeMem, localOffset: 20 * MiB, remote: segA.address(0, 77, n), length: n }]);
-      expect(sha(nodeMem.buffer!.subarray(20 * MiB, 20 * MiB + n))).toBe(sha(data));
-    }
-  });
+  it('upstream backend -> built-in: write then read back, 1 B … 16 MiB', () => roundTrips(up, segB, upMem, nodeMem, 3, 4099));
+
+  it('built-in -> upstream backend: write then read back, 1 B … 16 MiB', () => roundTrips(node, segA, nodeMem, upMem, 11, 77));
 
   it('batches of 100 scattered requests both ways', async () => {
     const lens = Array.from({ length: 100 }, (_, i) => 1 + ((i * 2654435761) % 70_000));
