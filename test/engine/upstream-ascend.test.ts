@@ -2,7 +2,8 @@
 // wheel, run end to end through mooncake-node on CANN STAND-INS (test/native/standin/: ACL with device
 // memory unaddressable from the host, ADXL moving bytes between processes over TCP). This process holds
 // npu:0; a peer process (test/fixtures/peer.cjs) holds npu:1 with ASCEND_RT_VISIBLE_DEVICES=4,5 (so its
-// physical id is 5). Every ADXL call the transport makes is logged by the stand-in and checked here.
+// physical id is 5), and a Python peer runs the same wheel's `mooncake.engine` as vllm-ascend does. Every
+// ADXL call the transport makes is logged by the stand-in and checked here.
 import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -14,6 +15,7 @@ import type { Segment } from '../../lib/segment';
 import { cannStandinDir } from '../helpers/ascend-standin';
 import { Peer } from '../helpers/peer';
 import { upstreamNpu } from '../helpers/upstream';
+import { TePeer } from '../interop/peers/te-peer';
 
 const MiB = 1 << 20;
 const SIZES = [1, 7, 4096, 65_536 + 3, MiB, 16 * MiB];
@@ -169,6 +171,32 @@ describe.skipIf(skipReason !== undefined)("upstream's Ascend Direct transport on
       expect(mine.some((e) => e.event === 'connect' && e.status === 0)).toBe(true);
     } finally {
       await explicit.close();
+    }
+  });
+
+  it("a Python peer on the npu wheel (vllm-ascend's side: mooncake.engine, protocol 'ascend') exchanges NPU memory with mooncake-node", async () => {
+    const py = await TePeer.start({ LD_LIBRARY_PATH: path.dirname(lib) }, 60_000, npu.python);
+    try {
+      await py.call({ cmd: 'npu_set_device', device: 1 }); // as torch.npu.set_device before initialize
+      await py.call({ cmd: 'init', mode: 'http', name: '127.0.0.6', metadata_url: url, protocol: 'ascend' });
+      const pyDev = BigInt((await py.call({ cmd: 'npu_alloc', size: 20 * MiB })).addr as string);
+      const s = await engine.openSegment('127.0.0.6');
+      expect(s.protocol).toBe('ascend');
+      const data = randomBytes(9 * MiB + 5);
+      await engine.copyToDevice(dev, 0, data);
+      await engine.write(s, [{ local: dev, remote: pyDev + 77n, length: data.length }]);
+      expect((await py.call({ cmd: 'npu_sha256', ranges: [[(pyDev + 77n).toString(), data.length]] })).sha256).toEqual([sha(data)]);
+      const [theirs] = (await py.call({ cmd: 'npu_fill', ranges: [[(pyDev + BigInt(10 * MiB)).toString(), 3 * MiB]] })).sha256 as string[];
+      expect(await py.transfer('127.0.0.2', 'write', pyDev + BigInt(10 * MiB), dev.address + BigInt(12 * MiB), 3 * MiB)).toBe(0);
+      const got = Buffer.alloc(3 * MiB);
+      await engine.copyFromDevice(dev, 12 * MiB, got);
+      expect(sha(got)).toBe(theirs);
+      expect(await py.transfer('127.0.0.2', 'read', pyDev, dev.address, 4096)).toBe(0);
+      expect((await py.call({ cmd: 'npu_sha256', ranges: [[pyDev.toString(), 4096]] })).sha256).toEqual([sha(data.subarray(0, 4096))]);
+      const pids = new Set(events().filter((e) => e.event === 'transfer' && e.status === 0).map((e) => e.pid));
+      expect(pids.size).toBeGreaterThanOrEqual(3); // this process, the Node peer and the Python peer all moved bytes through ADXL
+    } finally {
+      await py.stop();
     }
   });
 
