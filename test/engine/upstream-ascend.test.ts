@@ -175,7 +175,7 @@ describe.skipIf(skipReason !== undefined)("upstream's Ascend Direct transport on
   });
 
   it("a Python peer on the npu wheel (vllm-ascend's side: mooncake.engine, protocol 'ascend') exchanges NPU memory with mooncake-node", async () => {
-    const py = await TePeer.start({ LD_LIBRARY_PATH: path.dirname(lib) }, 60_000, npu.python);
+    const py = await TePeer.start({ LD_LIBRARY_PATH: path.dirname(lib) }, 60_000, (npu as { python: string }).python);
     try {
       await py.call({ cmd: 'npu_set_device', device: 1 }); // as torch.npu.set_device before initialize
       await py.call({ cmd: 'init', mode: 'http', name: '127.0.0.6', metadata_url: url, protocol: 'ascend' });
