@@ -138,6 +138,18 @@ describe.skipIf(skipReason !== undefined)("upstream's Ascend Direct transport on
     expect(events().some((e) => e.event === 'register' && e.type === 'host' && e.status === 0)).toBe(true);
   });
 
+  it("a transfer to the engine's own segment takes upstream's local copy path (ACL stream copies), not ADXL", async () => {
+    const self = await engine.openSegment('127.0.0.2');
+    const data = randomBytes(3 * MiB + 1);
+    await engine.copyToDevice(dev, 0, data);
+    const before = events().length;
+    await engine.write(self, [{ local: dev, remote: dev.address + BigInt(32 * MiB), length: data.length }]);
+    const back = Buffer.alloc(data.length);
+    await engine.copyFromDevice(dev, 32 * MiB, back);
+    expect(sha(back)).toBe(sha(data));
+    expect(events().slice(before).filter((e) => e.event === 'transfer')).toEqual([]);
+  });
+
   it('needs the device context: an ascend engine without `device` is refused, and unaligned NPU memory is not registered', async () => {
     const err = await TransferEngine.create({ ...common, localServerName: '127.0.0.4' } as never).catch((e: MooncakeError) => e);
     expect(err).toMatchObject({ code: 'CONTEXT' });
