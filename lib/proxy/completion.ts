@@ -73,6 +73,23 @@ export interface PrefillResult {
 }
 
 /**
+ * Runs `attempt` on an instance of `role` with the retry policy; an error comes out marked with the role (or,
+ * when the request itself was failed, as the request's reason).
+ */
+async function onInstance<T>(deps: CompletionDeps, ctx: CompletionContext, role: Role, tokens: number, attempt: (inst: Instance) => Promise<T>): Promise<Routed<T>> {
+  try {
+    return await withRetries(deps.pools[role], tokens, deps.o.retries, ctx.signal, attempt, (inst, e) => deps.onRetry(role, inst, e, ctx.requestId));
+  } catch (e) {
+    throw withRole(ctx.signal.aborted ? ctx.signal.reason : e, role);
+  }
+}
+
+/** POSTs `raw` to the request's path on `inst`; resolves at the answer's headers. */
+function post(deps: CompletionDeps, ctx: CompletionContext, inst: Instance, headers: http.OutgoingHttpHeaders, raw: Buffer, idleTimeoutMs: number, onLateError?: (e: MooncakeError) => void): Promise<http.IncomingMessage> {
+  return sendUpstream({ agent: deps.agent, origin: inst.url, method: 'POST', path: ctx.path, headers, body: raw, signal: ctx.signal, connectTimeoutMs: deps.o.timeouts.connectMs, idleTimeoutMs, onLateError });
+}
+
+/**
  * Sends a prefill request (within `timeouts.prefillMs`; a timeout fails the whole request) and reads its JSON
  * answer. Rejects with the HTTP answer to forward (answerOf) when prefill refused, or a coded error.
  */
@@ -87,22 +104,13 @@ export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payl
   const headers = { ...ctx.headers, 'x-request-id': upstreamId, accept: 'application/json', 'accept-encoding': 'identity' };
   let routed: Routed<Buffer>;
   try {
-    routed = await withRetries(
-      deps.pools.prefill,
-      ctx.promptTokens,
-      o.retries,
-      ctx.signal,
-      async (inst) => {
-        const up = await sendUpstream({ agent: deps.agent, origin: inst.url, method: 'POST', path: ctx.path, headers, body: raw, signal: ctx.signal, connectTimeoutMs: o.timeouts.connectMs, idleTimeoutMs: 0 });
-        const body = await readBody(up, o.maxPrefillResponseBytes, `prefill response from ${inst.url}`);
-        const status = up.statusCode ?? 502;
-        if (status >= 300) throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError);
-        return body;
-      },
-      (inst, e) => deps.onRetry('prefill', inst, e, ctx.requestId),
-    );
-  } catch (e) {
-    throw withRole(ctx.signal.aborted ? ctx.signal.reason : e, 'prefill');
+    routed = await onInstance(deps, ctx, 'prefill', ctx.promptTokens, async (inst) => {
+      const up = await post(deps, ctx, inst, headers, raw, 0);
+      const body = await readBody(up, o.maxPrefillResponseBytes, `prefill response from ${inst.url}`);
+      const status = up.statusCode ?? 502;
+      if (status >= 300) throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError && status >= 400);
+      return body;
+    });
   } finally {
     clearTimeout(timer);
   }
@@ -125,32 +133,19 @@ export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payl
 export async function openDecode(deps: CompletionDeps, ctx: CompletionContext, payload: JsonObject, upstreamId: string): Promise<OpenDecode> {
   const { o } = deps;
   let late: MooncakeError | undefined;
-  const onLateError = (e: MooncakeError): void => {
-    late = e;
-  };
   const raw = Buffer.from(JSON.stringify(payload));
   const headers = { ...ctx.headers, 'x-request-id': upstreamId };
-  let routed: Routed<http.IncomingMessage>;
-  try {
-    routed = await withRetries(
-      deps.pools.decode,
-      ctx.decodeTokens,
-      o.retries,
-      ctx.signal,
-      async (inst) => {
-        const up = await sendUpstream({ agent: deps.agent, origin: inst.url, method: 'POST', path: ctx.path, headers, body: raw, signal: ctx.signal, connectTimeoutMs: o.timeouts.connectMs, idleTimeoutMs: o.timeouts.decodeIdleMs, onLateError });
-        const status = up.statusCode ?? 502;
-        if (status >= 400) {
-          const body = await readBody(up, o.maxPrefillResponseBytes, `decode error answer from ${inst.url}`);
-          throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError);
-        }
-        return up;
-      },
-      (inst, e) => deps.onRetry('decode', inst, e, ctx.requestId),
-    );
-  } catch (e) {
-    throw withRole(ctx.signal.aborted ? ctx.signal.reason : e, 'decode');
-  }
+  const routed = await onInstance(deps, ctx, 'decode', ctx.decodeTokens, async (inst) => {
+    const up = await post(deps, ctx, inst, headers, raw, o.timeouts.decodeIdleMs, (e) => {
+      late = e;
+    });
+    const status = up.statusCode ?? 502;
+    if (status >= 400) {
+      const body = await readBody(up, o.maxPrefillResponseBytes, `decode error answer from ${inst.url}`);
+      throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError);
+    }
+    return up;
+  });
   ctx.route.decode = routed.instance.url;
   return { ...routed, lateError: () => late };
 }

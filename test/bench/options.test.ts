@@ -69,6 +69,7 @@ describe('the mooncake-node command', () => {
       [['proxy', '--bogus'], /^mooncake-node: \[INVALID_CONFIG\] --bogus: unknown option for 'proxy'/],
       [['proxy-bench', '--bogus'], /^mooncake-node: \[INVALID_CONFIG\] --bogus: unknown option for 'proxy-bench'/],
       [['setup-upstream', '--bogus'], /^mooncake-node: \[INVALID_CONFIG\] --bogus: unknown option for 'setup-upstream'/],
+      [['doctor', '--json=yes'], /^mooncake-node: \[INVALID_CONFIG\] --json="yes": a switch/],
       [['proxy', '--port', 'x'], /^mooncake-node: \[INVALID_CONFIG\] --port="x": expected an integer$/],
       [['nope'], /^mooncake-node: \[INVALID_CONFIG\] "nope": unknown command/],
     ];
@@ -82,7 +83,7 @@ describe('the mooncake-node command', () => {
   });
 
   it('every command answers --help on stdout', async () => {
-    for (const cmd of ['bench', 'metadata-server', 'proxy', 'proxy-bench', 'setup-upstream']) {
+    for (const cmd of ['bench', 'metadata-server', 'proxy', 'proxy-bench', 'doctor', 'setup-upstream']) {
       const r = await runCli([cmd, '--help'], { timeoutMs: 20_000 });
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(new RegExp(`^Usage: mooncake-node ${cmd} `));
