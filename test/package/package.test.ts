@@ -113,6 +113,14 @@ describe('the npm package', () => {
     // ESM and CommonJS see the same classes (no dual-package hazard).
     const same = run(process.execPath, ['--input-type=module', '-e', "import { MooncakeError } from 'mooncake-node'; import { createRequire } from 'node:module'; const r = createRequire(import.meta.url)('mooncake-node'); console.log(r.MooncakeError === MooncakeError);"], app, env);
     expect(same.trim()).toBe('true');
+    // Where no prebuild matches (LIBC=musl makes node-gyp-build look for a musl binary, as on Alpine):
+    // NATIVE_LOAD_FAILED, saying what the compile fallback needs.
+    const noMatch = JSON.parse(
+      run(process.execPath, ['-e', "require('mooncake-node').TransferEngine.create({ metadataServer: 'P2PHANDSHAKE' }).then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))"], app, { ...env, PREBUILDS_ONLY: '1', LIBC: 'musl' }),
+    ) as { code: string; message: string };
+    expect(noMatch.code).toBe('NATIVE_LOAD_FAILED');
+    expect(noMatch.message).toContain('glibc');
+    expect(noMatch.message).toMatch(/Python 3, make and a C\+\+17 compiler/);
     // The CLI bin is installed.
     expect(run(path.join(app, 'node_modules/.bin/mooncake-node'), ['help'], app, env)).toContain('bench');
 
