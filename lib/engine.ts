@@ -694,17 +694,20 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const handle = await this.native.openSegment(name, r.descriptor, r.ip, this.blocking);
     const info = this.native.segmentInfo(handle);
+    const state = {
+      handle: info.id,
+      buffers: info.buffers,
+      protocol: info.protocol,
+      protoVersion: info.protoVersion >= 2 ? 2 : 1,
+      ip: info.ip,
+      dataPort: info.dataPort,
+      rpcPort: r.rpcPort,
+    };
     let seg = this.segments.get(name);
     if (seg) {
-      seg.handle = info.id;
-      seg.buffers = info.buffers;
-      seg.protocol = info.protocol;
-      seg.protoVersion = info.protoVersion >= 2 ? 2 : 1;
-      seg.ip = info.ip;
-      seg.dataPort = info.dataPort;
-      seg.rpcPort = r.rpcPort;
+      seg.refresh(state);
     } else {
-      seg = new Segment(this, name, info.id, info.buffers, info.protocol, info.protoVersion >= 2 ? 2 : 1, info.ip, info.dataPort, r.rpcPort);
+      seg = new Segment(this, name, state);
       this.segments.set(name, seg);
     }
     return seg;

@@ -16,7 +16,7 @@ export interface RegisterOptions {
  * pages the engine owns.
  */
 export class MemoryRegion {
-  /** @internal */
+  /** Made by `TransferEngine.registerMemory` and its siblings, not by callers. */
   constructor(
     /** @internal */ readonly owner: object,
     readonly address: bigint,
@@ -24,8 +24,8 @@ export class MemoryRegion {
     readonly location: MemoryLocation,
     /** The JS view over the memory, when it is host memory JS can see (undefined for device memory). */
     readonly buffer: Buffer | undefined,
-    /** @internal */ private readonly source: ArrayBuffer | ArrayBufferView | undefined,
-    /** @internal */ private readonly release: (region: MemoryRegion) => Promise<void>,
+    private readonly source: ArrayBuffer | ArrayBufferView | undefined,
+    private readonly release: (region: MemoryRegion) => Promise<void>,
   ) {}
 
   private released = false;
