@@ -96,6 +96,15 @@ export function requestHash(requestId: string): number {
   return createHash('sha256').update(requestId, 'utf8').digest().readUInt32BE(0);
 }
 
+let lastSample: { key: string; chosen: number[] } | undefined;
+
+/** The groups vllm-ascend samples for a request (the last answer is kept: every rank of a request asks). */
+function vllmAscendSample(requestId: string, groups: number, k: number): number[] {
+  const key = `${groups}|${k}|${requestId}`;
+  if (lastSample?.key !== key) lastSample = { key, chosen: new PyRandom(stringToInt64Hash(requestId)).sample(groups, k) };
+  return lastSample.chosen;
+}
+
 /**
  * Which of `n` replicas (prefill ranks holding the same head) decode rank `decodeRank` reads. vllm-ascend:
  * `random.Random(h).sample(range(groups), max(decodeTp / heads, 1))[decodeRank % k]`, where each head's
@@ -107,7 +116,7 @@ function replicaChooser(requestId: string, m: TpMapping, decodeRank: number): (n
     const heads = m.attention === 'mla' ? 1 : m.totalHeads;
     const groups = Math.max(1, Math.floor(m.prefillTp / heads));
     const k = Math.max(Math.floor(m.decodeTp / heads), 1);
-    const chosen = new PyRandom(stringToInt64Hash(requestId)).sample(groups, k);
+    const chosen = vllmAscendSample(requestId, groups, k);
     return () => chosen[decodeRank % k];
   }
   const hash = requestHash(requestId);
