@@ -133,6 +133,11 @@ class _StandIn(types.ModuleType):
     def __getattr__(self, attr):
         if attr.startswith("__"):
             raise AttributeError(attr)
+        sub = "%s.%s" % (self.__name__, attr)
+        if sub in REAL:  # `from vllm import envs` asks the package for its module
+            import importlib
+
+            return importlib.import_module(sub)
         value = type(attr, (), {}) if attr[:1].isupper() else mock.MagicMock(name="%s.%s" % (self.__name__, attr))
         setattr(self, attr, value)
         return value
