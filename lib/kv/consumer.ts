@@ -101,7 +101,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    * `blockIds` (tail-aligned with `params.remote_block_ids` when fewer: a prefix-cache hit), then sends
    * "done" to every producer rank it used. Rejects only for invalid arguments (INVALID_ARGUMENT).
    */
-  async pull(params: KvTransferParams | KvTransferParamsWire, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
+  async pull(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
     const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);

@@ -40,7 +40,7 @@ export interface KvTransferParams {
 }
 
 /** kv_transfer_params as a side channel emits them: vllm-ascend >= 0.23 lists block ids per KV-cache group. */
-export type KvTransferParamsWire = Omit<KvTransferParams, 'remote_block_ids'> & { remote_block_ids: number[] | number[][] };
+export type KvTransferParamsWire = { [K in keyof KvTransferParams as K extends 'remote_block_ids' ? never : K]: KvTransferParams[K] } & { remote_block_ids: number[] | number[][] };
 
 function bad(field: string, value: unknown, what: string): MooncakeError {
   return new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.${field} must be ${what}, got ${describeValue(value)}`, {

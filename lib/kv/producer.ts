@@ -153,7 +153,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * failed blocks are listed, never reported as success. `blockIds` are this rank's blocks of the prompt
    * (tail-aligned with the decode's when it has fewer).
    */
-  async push(params: KvTransferParams | KvTransferParamsWire, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
+  async push(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
     const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);

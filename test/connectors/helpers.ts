@@ -2,35 +2,13 @@
  * What the real-connector suites share: free port ranges for kv_port (vllm-ascend addresses rank r at
  * kv_port + r), Node ranks on the vllm-ascend side channel, and byte checks per layer, block and head.
  */
-import * as net from 'node:net';
 import { expect } from 'vitest';
 import { KvConsumer, KvProducer, type KvLayoutSpec } from '../../lib';
 import type { KvRankOptions } from '../../lib/kv/options';
+import { freePortRange } from '../helpers/ports';
 import type { Profile } from './peers/vllm-ascend-peer';
 
-/** A base port with `n` free consecutive ports after it (ephemeral range, bound and released to check). */
-export async function freePortRange(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    const servers: net.Server[] = [];
-    try {
-      for (let i = 0; i < n; i++) {
-        const s = net.createServer();
-        await new Promise<void>((resolve, reject) => {
-          s.once('error', reject);
-          s.listen(base + i, '127.0.0.1', () => resolve());
-        });
-        servers.push(s);
-      }
-      return base;
-    } catch {
-      // taken: try another base
-    } finally {
-      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-    }
-  }
-  throw new Error(`no ${n} consecutive free ports found`);
-}
+export { freePortRange };
 
 export interface NodeRankSpec {
   profile: Profile;

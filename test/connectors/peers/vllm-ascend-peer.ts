@@ -95,11 +95,6 @@ export class AscendPeer extends LinePeer {
     return (r.hex as string[]).map((h) => Buffer.from(h, 'hex'));
   }
 
-  /** SIGKILL: the rank dies without a word. */
-  kill(): void {
-    this.child.kill('SIGKILL');
-  }
-
   stopped(): Promise<void> {
     return this.stop(JSON.stringify({ cmd: 'exit' }) + '\n');
   }
