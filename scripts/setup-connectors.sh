@@ -30,7 +30,7 @@ for arg in "$@"; do
   esac
 done
 
-say() { echo "setup-connectors: $*"; }
+say() { echo "setup-connectors: $*" >&2; }  # stderr: stdout of the setup_* functions is their JSON
 die() { echo "setup-connectors: ERROR: $*" >&2; exit 1; }
 
 [ -x "$venv/bin/python" ] || die "no venv at $venv: run scripts/setup-upstream-peer.sh first"
@@ -68,7 +68,7 @@ fetch_sdist() {
     || die "pip could not install the sdist build tools"
   local tmp
   tmp=$(mktemp -d)
-  say "downloading $name==$version (sdist)" >&2
+  say "downloading $name==$version (sdist)"
   SOC_VERSION=ascend910b1 "$bv/bin/python" -m pip download --disable-pip-version-check -q --no-deps --no-build-isolation \
     --no-binary "$name" -d "$tmp" "$name==$version" >&2 || { rm -rf "$tmp"; die "pip download $name==$version failed"; }
   [ -f "$tmp/$file" ] || { ls "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $file"; }
@@ -123,6 +123,8 @@ ensure_runtime
 connectors=$(setup_vllm_ascend)
 printf '{"venv":"%s","python":"%s","loader":"%s",%s}\n' "$venv" "$venv/bin/python" \
   "$repo/test/connectors/peers/connector_loader.py" "$connectors" > "$root/connectors.json.tmp"
+"$venv/bin/python" -c 'import json, sys; json.load(open(sys.argv[1]))' "$root/connectors.json.tmp" \
+  || die "internal error: $root/connectors.json.tmp is not JSON"
 mv "$root/connectors.json.tmp" "$root/connectors.json"
 
 # Check: the real modules load with the stubs (and the real mooncake engine).
