@@ -204,11 +204,6 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
   if (sideChannel === 'vllm-ascend' && kvPort === undefined) {
     throw fail('kv_port', o.kv_port, 'set with side_channel "vllm-ascend" (peers compute every rank\'s port from it)', source);
   }
-  if (sideChannel === 'vllm-ascend' && KV_CONNECTORS[connector] === 'push') {
-    throw new MooncakeError('INVALID_CONFIG', `${source}: kv_connector ${connector} (layerwise push) is not available with side_channel "vllm-ascend"; use MooncakeConnectorV1`, {
-      details: { field: 'kv_connector', value: connector, source },
-    });
-  }
   if (kvPort !== undefined) {
     const span = Math.max(prefill.dpSize * prefill.tpSize, decode.dpSize * decode.tpSize);
     if (kvPort + span - 1 > 65535) throw fail('kv_port', o.kv_port, `at most ${65536 - span} (kv_port + dp_size × tp_size − 1 must be a port)`, source);

@@ -239,7 +239,9 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       return;
     }
     if (m.type !== 'push_done') return;
-    x.reports.set(m.from.tp_rank, { ok: m.ok, failed: m.failed_block_ids, bytes: m.bytes, ranges: m.ranges, from: m.from });
+    // A failure report without block ids (vllm-ascend's failed_sending_msg) spoils every block.
+    const failed = !m.ok && m.failed_block_ids.length === 0 ? [...x.blockIds] : m.failed_block_ids;
+    x.reports.set(m.from.tp_rank, { ok: m.ok, failed, bytes: m.bytes, ranges: m.ranges, from: m.from });
     this.unwatch(x, m.from.tp_rank);
     if (x.reports.size === x.expected.size) this.settle(x);
   }

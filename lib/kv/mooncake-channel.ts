@@ -126,7 +126,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
   /** vllm-ascend's params carry remote_ptp_size / num_prompt_blocks and none of mooncake-node's additions. */
   checkParams(p: KvTransferParams): void {
     const fromAscend = p.remote_total_kv_heads === undefined && p.remote_dp_rank === undefined &&
-      (p.remote_ptp_size !== undefined || p.num_prompt_blocks !== undefined || p.remote_multi_nodes_meta_mapping !== undefined);
+      (p.remote_ptp_size !== undefined || p.num_prompt_blocks !== undefined || p.remote_multi_nodes_meta_mapping !== undefined || p.remote_cached_tokens !== undefined);
     if (fromAscend) {
       throw new MooncakeError('INVALID_CONFIG', `kv_transfer_params of ${p.remote_request_id} come from a vllm-ascend MooncakeConnector (remote_ptp_size, no remote_total_kv_heads); this rank speaks mooncake-node's side channel: create it with sideChannel 'vllm-ascend'`, {
         details: { field: 'sideChannel', expected: 'vllm-ascend' },

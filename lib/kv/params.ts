@@ -95,7 +95,9 @@ export function parseKvTransferParams(input: unknown): KvTransferParams {
   const ptp = optInt(o, 'remote_ptp_size', 1);
   const tp = optInt(o, 'remote_tp_size', 1) ?? ptp;
   const heads = optInt(o, 'remote_total_kv_heads', 1);
-  const blockSize = optInt(o, 'remote_block_size', 1);
+  // vllm-ascend's layerwise decode lists it per KV-cache group.
+  const bs = Array.isArray(o.remote_block_size) && o.remote_block_size.length === 1 ? { remote_block_size: o.remote_block_size[0] } : o;
+  const blockSize = optInt(bs, 'remote_block_size', 1);
   const out: KvTransferParams = {
     ...o,
     do_remote_prefill: o.do_remote_prefill === undefined ? true : Boolean(o.do_remote_prefill),

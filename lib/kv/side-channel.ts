@@ -94,4 +94,6 @@ export interface KvParamsExtra {
   promptTokens?: number;
   /** The token prefill produced (`last_token_id`). */
   lastTokenId?: number;
+  /** Push: tokens the decode's prefix cache already holds (`remote_cached_tokens`). */
+  cachedTokens?: number;
 }

@@ -62,6 +62,52 @@ describe('Node <-> Node on the vllm-ascend side channel (MLA, prefill TP 4 -> de
   });
 });
 
+describe('Node <-> Node layerwise push on the vllm-ascend side channel (TP 2 -> TP 2, GQA)', () => {
+  const layoutG = { numLayers: 3, numBlocks: 16, blockSize: 4, headBytes: 16, numHeads: 2 };
+  const tp2 = { prefill: { dpSize: 1, tpSize: 2 }, decode: { dpSize: 1, tpSize: 2 } };
+
+  it('each prefill rank writes its decode rank, DONE_SENDING completes the expectation; a failed push fails it', async () => {
+    const pPort = await freePortRange(2);
+    const dPort = await freePortRange(2);
+    const common = { sideChannel: 'vllm-ascend' as const, host: '127.0.0.1', ...tp2, layout: layoutG, totalKvHeads: 4 };
+    const ps = [0, 1].map((r) => KvProducer.create({ ...common, engineId: 'lp', kvPort: pPort, tpRank: r }));
+    const ds = [0, 1].map((r) => KvConsumer.create({ ...common, engineId: 'ld', kvPort: dPort, tpRank: r }));
+    const producers = await Promise.all(ps);
+    const consumers = await Promise.all(ds);
+    try {
+      producers.forEach((p, r) => {
+        for (let t = 0; t < p.layout.tensorCount; t++) p.caches.tensorView(t)!.fill(0x20 + 8 * r + t);
+      });
+      const xs = consumers.map((c) => c.expect('req-lw', [9, 10], { timeoutMs: 5000 }));
+      expect(xs[0].params).toMatchObject({ request_id: 'req-lw', do_remote_decode: true, remote_block_ids: [[9, 10]], remote_port: dPort, remote_tp_size: 2, remote_block_size: [4] });
+      const pushed = await Promise.all(producers.map((p) => p.push(xs[0].params, [1, 2])));
+      for (const o of pushed) expect(o.ok, o.error?.message).toBe(true);
+      const outcomes = await Promise.all(xs.map((x) => x.done));
+      outcomes.forEach((o, r) => {
+        expect(o.ok, o.error?.message).toBe(true);
+        for (let l = 0; l < 3; l++) expect(consumers[r].caches.blockView(l, 'v', 10)!.every((b) => b === 0x20 + 8 * r + 2 * l + 1)).toBe(true);
+      });
+      // The push fails on the prefill (a block the decode does not have): FAILED_SENDING, and every block
+      // of the decode's expectation is reported failed.
+      const x = consumers[0].expect('req-fail', [3], { timeoutMs: 5000 });
+      const failedPush = await producers[0].push({ ...x.params, remote_block_ids: [[20]] }, [15]);
+      expect(failedPush.ok).toBe(false);
+      const failedOutcome = await x.done;
+      expect(failedOutcome.ok).toBe(false);
+      expect(failedOutcome.failedBlockIds).toEqual([3]);
+      const unequal = await KvProducer.create({ ...common, prefill: { dpSize: 1, tpSize: 4 }, layout: { ...layoutG, numHeads: 1 }, engineId: 'lq', kvPort: await freePortRange(4), tpRank: 0 });
+      const y = consumers[1].expect('req-unequal', [4], { timeoutMs: 5000 });
+      const o = await unequal.push(y.params, [1]);
+      expect(o.ok).toBe(false);
+      expect(o.error).toMatchObject({ code: 'INVALID_CONFIG' });
+      await unequal.close();
+      y.cancel();
+    } finally {
+      await Promise.all([...producers, ...consumers].map((c) => c.close()));
+    }
+  });
+});
+
 describe('choosing the side channel', () => {
   let meta: MetadataServer;
   let url: string;
@@ -83,7 +129,7 @@ describe('choosing the side channel', () => {
     expect(bad({ side_channel: 'nixl' })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', details: expect.objectContaining({ field: 'kv_connector_extra_config.side_channel' }) }));
     expect(bad({ side_channel: 'vllm-ascend', vllm_ascend_profile: '0.20' })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
     expect(bad({ side_channel: 'vllm-ascend' }, { kv_port: undefined })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', details: expect.objectContaining({ field: 'kv_port' }) }));
-    expect(bad({ side_channel: 'vllm-ascend' }, { kv_connector: 'MooncakeLayerwiseConnector' })).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG', details: expect.objectContaining({ field: 'kv_connector' }) }));
+    expect(bad({ side_channel: 'vllm-ascend' }, { kv_connector: 'MooncakeLayerwiseConnector' })()).toMatchObject({ mode: 'push', sideChannel: 'vllm-ascend' });
   });
 
   it('params of the other side channel are a clear INVALID_CONFIG at once, and nothing is sent', async () => {

@@ -1,6 +1,6 @@
 /**
- * vllm-ascend's MooncakeConnector side channel (pull: the decode reads the prefill), so a mooncake-node
- * rank pairs with a real vllm-ascend node:
+ * vllm-ascend's MooncakeConnector side channels, so a mooncake-node rank pairs with a real vllm-ascend
+ * node. Pull (MooncakeConnectorV1, the decode reads the prefill):
  *
  * - A prefill rank binds a ZMQ ROUTER on its handshake port, kv_port + dp_rank × tp_size + tp_rank
  *   (pp = pcp = 1), and answers `[b"get_meta_msg", ""]` with its MooncakeAgentMetadata and
@@ -9,6 +9,10 @@
  * - A decode rank asks rank r of the prefill instance at `remote_host : remote_port + r` (REQ, 1 s
  *   timeouts, 3 tries), caches the answer per (engine id, port), reads `host:te_rpc_port` in one batch per
  *   prefill rank, then sends DONE to every prefill rank it was to read from, whatever happened.
+ *
+ * Push (MooncakeLayerwiseConnector, layerwise.ts): a decode rank binds the same ROUTER and answers the
+ * prefill's GET_META with its layer metadata and its DONE_SENDING / FAILED_SENDING with ACK; a prefill rank
+ * asks it, writes, and sends DONE_SENDING with the number of prefill ranks writing to that decode rank.
  *
  * Anything malformed (a str tag, a DONE without its third element, an unknown tag) is counted, reported as
  * a warning and not answered, as upstream does.
@@ -20,12 +24,13 @@ import { KvLayout } from '../layout';
 import { ANY_RANK } from '../messages';
 import type { KvRankOptions, ResolvedKvOptions } from '../options';
 import { parseKvTransferParams, type KvTransferParams, type KvTransferParamsWire } from '../params';
-import { heldHeads } from '../rank-map';
+import { heldHeads, prefillRanksOf, sourcesForDecodeRank } from '../rank-map';
 import { KV_REGISTRY_VERSION, type KvPeer } from '../registry';
-import type { KvDoneResult, KvParamsExtra, KvSideChannel, KvSideChannelContext } from '../side-channel';
+import type { KvParamsExtra, KvPushSignal, KvSideChannel, KvSideChannelContext } from '../side-channel';
 import { ReqClient, RouterServer } from '../zmq/sockets';
 import { messageTag, pack, unpack } from '../zmq/wire';
 import { agentMetadata, parseAgentMetadata, peerLayout } from './metadata';
+import { DONE_SENDING_MSG, FAILED_SENDING_MSG, layerMetadata, layerwiseParams, parseLayerMetadata, SenderPaths } from './layerwise';
 
 export const GET_META_MSG = 'get_meta_msg';
 export const DONE_RECVING_MSG = 'done_recving_msg';
@@ -40,6 +45,7 @@ export class VllmAscendChannel implements KvSideChannel {
   private readonly client = new ReqClient();
   private readonly peers = new Map<string, Promise<KvPeer>>();
   private host = '';
+  private readonly senders = new SenderPaths();
 
   private constructor(private readonly o: ResolvedKvOptions, private readonly side: 'prefill' | 'decode') {}
 
@@ -85,9 +91,12 @@ export class VllmAscendChannel implements KvSideChannel {
   async start(ctx: KvSideChannelContext): Promise<void> {
     this.ctx = ctx;
     this.host = ctx.engine.advertiseAddress;
-    if (this.side !== 'prefill') return; // pull: the decode only asks
-    const meta = pack(
-      agentMetadata({
+    const o = this.o;
+    // The prefill answers pull requests; the decode answers layerwise pushes (and pull decodes never bind
+    // upstream, but the port is theirs by the same arithmetic).
+    const meta = this.side === 'decode'
+      ? pack(layerMetadata(ctx.engine.rpcPort, o.layout, ctx.caches.tensorAddresses, o.vllmAscend.layerNames))
+      : pack(agentMetadata({
         profile: this.o.vllmAscend.profile,
         engineId: this.o.engineId,
         teRpcPort: ctx.engine.rpcPort,
@@ -97,8 +106,7 @@ export class VllmAscendChannel implements KvSideChannel {
         tensors: ctx.caches.tensorAddresses,
         layerNames: this.o.vllmAscend.layerNames,
         dtypeBytes: this.o.vllmAscend.dtypeBytes,
-      }),
-    );
+      }));
     this.router = await RouterServer.bind(this.host, this.handshakePort, (payload) => this.onRequest(payload, meta), {
       onError: (err) => ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${(err as Error).message}`, { cause: err })),
     });
@@ -121,6 +129,7 @@ export class VllmAscendChannel implements KvSideChannel {
     if (tag === undefined) return this.malformed(`a request without a bin tag (${Array.isArray(msg) && typeof msg[0] === 'string' ? 'a str tag' : 'not an array'})`);
     const m = msg as unknown[];
     if (tag === GET_META_MSG) return meta;
+    if (this.side === 'decode') return this.onPushSignal(tag, m);
     if (tag !== DONE_RECVING_MSG) return this.malformed(`unknown tag ${JSON.stringify(tag)}`);
     if (m.length < 3) return this.malformed(`a DONE of ${m.length} elements (3 expected)`);
     if (typeof m[1] !== 'string' || m[1] === '') return this.malformed('a DONE without a request id');
@@ -136,10 +145,52 @@ export class VllmAscendChannel implements KvSideChannel {
     return ACK;
   }
 
-  /** Exactly the keys vllm-ascend's request_finished returns, in its profile's shape. */
+  /**
+   * Layerwise pushes between unequal TP sizes go through vllm-ascend's staging buffers and an on-device
+   * re-layout (pd_head_ratio), which have no counterpart here: equal TP only.
+   */
+  private checkLayerwiseTp(): void {
+    if (this.o.prefill.tpSize !== this.o.decode.tpSize) {
+      throw new MooncakeError('INVALID_CONFIG', `layerwise push on the vllm-ascend side channel needs equal prefill and decode tp_size (got ${this.o.prefill.tpSize} and ${this.o.decode.tpSize})`, {
+        details: { field: 'tp_size' },
+      });
+    }
+  }
+
+  /** DONE_SENDING / FAILED_SENDING from a prefill rank that pushed (layerwise): a push_done for the consumer. */
+  private onPushSignal(tag: string, m: unknown[]): Buffer | undefined {
+    if (tag !== DONE_SENDING_MSG && tag !== FAILED_SENDING_MSG) return this.malformed(`unknown tag ${JSON.stringify(tag)}`);
+    const [, rid, count, path] = m;
+    if (typeof rid !== 'string' || rid === '' || typeof path !== 'string') return this.malformed(`a ${tag} without request id or sender path`);
+    const expected = prefillRanksOf(sourcesForDecodeRank(rid, this.o.mapping, this.o.tpRank));
+    if (typeof count === 'number' && count !== expected.length) {
+      this.ctx.onWarning(new MooncakeError('INVALID_CONFIG', `${tag} for ${rid} counts ${count} prefill ranks; this decode rank expects ${expected.length} (prefill tp_size ${this.o.prefill.tpSize})`));
+    }
+    const rank = this.senders.rank(rid, path, expected);
+    this.ctx.metrics.notifiesReceived++;
+    if (rank !== undefined) {
+      const [host, port] = path.split(':');
+      this.ctx.onMessage({
+        type: 'push_done',
+        request_id: rid,
+        from: { engine_id: '', dp_rank: 0, tp_rank: rank, tp_size: this.o.prefill.tpSize, host: host ?? '', rpc_port: Number(port) || 0 },
+        ok: tag === DONE_SENDING_MSG,
+        failed_block_ids: [],
+        bytes: 0,
+        ranges: 0,
+      });
+    }
+    return ACK;
+  }
+
+  /**
+   * Prefill (pull): exactly the keys vllm-ascend's request_finished returns, in its profile's shape.
+   * Decode (push): what the layerwise decode posts to the proxy's metaserver.
+   */
   transferParams(requestId: string, blockIds: readonly number[], extra: KvParamsExtra = {}): KvTransferParamsWire {
-    if (this.side !== 'prefill') {
-      throw new MooncakeError('NOT_IMPLEMENTED', "push mode (MooncakeLayerwiseConnector) is not available on the 'vllm-ascend' side channel");
+    if (this.side === 'decode') {
+      this.checkLayerwiseTp();
+      return layerwiseParams({ requestId, blockIds, blockSize: this.o.layout.blockSize, engineId: this.o.engineId, host: this.host, port: this.sideChannelPort, tpSize: this.o.decode.tpSize, cachedTokens: extra.cachedTokens ?? 0 });
     }
     const L = this.o.layout;
     const v023 = this.o.vllmAscend.profile === '0.23';
@@ -163,10 +214,13 @@ export class VllmAscendChannel implements KvSideChannel {
     return params;
   }
 
-  /** As parseKvTransferParams, but remote_request_id is required: the prefill ranks are chosen from it. */
+  /**
+   * As parseKvTransferParams; a decode (pull) requires remote_request_id, since the prefill ranks are
+   * chosen from it (a layerwise decode's params name the request by request_id).
+   */
   parseParams(input: unknown): KvTransferParams {
     const rid = (input as { remote_request_id?: unknown } | null)?.remote_request_id;
-    if (input !== null && typeof input === 'object' && (typeof rid !== 'string' || rid === '')) {
+    if (this.side === 'decode' && input !== null && typeof input === 'object' && (typeof rid !== 'string' || rid === '')) {
       throw new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.remote_request_id must be a non-empty string on the vllm-ascend side channel (the prefill ranks are chosen from it), got ${JSON.stringify(rid)}`, {
         details: { field: 'kv_transfer_params.remote_request_id', value: rid },
       });
@@ -187,14 +241,11 @@ export class VllmAscendChannel implements KvSideChannel {
   }
 
   async lookup(p: KvTransferParams, tpRank: number, signal?: AbortSignal): Promise<KvPeer> {
-    if (this.side !== 'decode') {
-      throw new MooncakeError('NOT_IMPLEMENTED', "push mode (MooncakeLayerwiseConnector) is not available on the 'vllm-ascend' side channel");
-    }
     const port = p.remote_port + tpRank;
     const key = `${p.remote_engine_id}|${p.remote_host}:${port}`;
     let peer = this.peers.get(key);
     if (!peer) {
-      peer = this.fetchPeer(p, tpRank, port, key);
+      peer = this.side === 'decode' ? this.fetchPeer(p, tpRank, port, key) : this.fetchDecode(p, tpRank, port, key);
       this.peers.set(key, peer);
       if (this.peers.size > MAX_PEERS) this.peers.delete(this.peers.keys().next().value as string);
       peer.catch(() => this.peers.delete(key));
@@ -219,32 +270,54 @@ export class VllmAscendChannel implements KvSideChannel {
     const heads = heldHeads(o.layout.attention, o.totalKvHeads, o.prefill.tpSize, tpRank).count;
     const expected = KvLayout.from({ ...layoutSpec(o.layout), numHeads: heads });
     const layout = peerLayout(m, expected);
+    return this.peer(key, layout, m.tensors, 'kv_producer', tpRank, p.remote_tp_size ?? o.prefill.tpSize, o.prefill.dpSize, `${p.remote_host}:${m.teRpcPort}`, p.remote_host, port, p.remote_port, `${m.engineId}@${m.teRpcPort}`, m.engineId);
+  }
+
+  /** A peer in registry-entry form (what the shared transfer code reads). */
+  private peer(key: string, layout: KvLayout, tensors: bigint[], role: 'kv_producer' | 'kv_consumer', tpRank: number, tpSize: number, dpSize: number, segment: string, host: string, port: number, kvPort: number, instance: string, engineId: string): KvPeer {
     return {
       key,
       layout,
-      tensors: m.tensors,
+      tensors,
       entry: {
         version: KV_REGISTRY_VERSION,
-        engine_id: m.engineId,
-        role: 'kv_producer',
+        engine_id: engineId,
+        role,
         dp_rank: 0,
         tp_rank: tpRank,
-        dp_size: o.prefill.dpSize,
-        tp_size: p.remote_tp_size ?? o.prefill.tpSize,
-        segment: `${p.remote_host}:${m.teRpcPort}`,
-        host: p.remote_host,
+        dp_size: dpSize,
+        tp_size: tpSize,
+        segment,
+        host,
         rpc_port: port,
-        kv_port: p.remote_port,
-        total_kv_heads: o.totalKvHeads,
+        kv_port: kvPort,
+        total_kv_heads: this.o.totalKvHeads,
         layout: layout.toJSON(),
-        tensors: m.tensors.map(String),
+        tensors: tensors.map(String),
         regions: [],
         pid: 0,
-        instance: `${m.engineId}@${m.teRpcPort}`,
+        instance,
         started_at: 0,
         heartbeat: 0,
       },
     };
+  }
+
+  /** Layerwise: the decode rank's layer metadata (GET_META with the request id, as upstream asks). */
+  private async fetchDecode(p: KvTransferParams, tpRank: number, port: number, key: string): Promise<KvPeer> {
+    this.checkLayerwiseTp();
+    const who = `vllm-ascend decode ${p.remote_engine_id}/${tpRank} at ${p.remote_host}:${port}`;
+    let answer: Buffer;
+    try {
+      answer = await this.client.request(p.remote_host, port, pack([Buffer.from(GET_META_MSG), p.remote_request_id]));
+    } catch (err) {
+      const e = err as MooncakeError;
+      throw new MooncakeError(e.code ?? 'CONNECT_FAILED', `GET_META to ${who} got no answer: ${e.message}`, { cause: err, details: { host: p.remote_host, port } });
+    }
+    const o = this.o;
+    const heads = heldHeads(o.layout.attention, o.totalKvHeads, o.decode.tpSize, tpRank).count;
+    const m = parseLayerMetadata(unpack(answer), o.vllmAscend.layerNames, KvLayout.from({ ...layoutSpec(o.layout), numHeads: heads }), who);
+    return this.peer(key, m.layout, m.tensors, 'kv_consumer', tpRank, p.remote_tp_size ?? o.decode.tpSize, o.decode.dpSize, `${p.remote_host}:${m.teRpcPort}`, p.remote_host, port, p.remote_port, `${p.remote_engine_id}@${m.teRpcPort}`, p.remote_engine_id);
   }
 
   invalidate(peer: KvPeer): void {
@@ -266,8 +339,31 @@ export class VllmAscendChannel implements KvSideChannel {
     }
   }
 
-  sendPush(): Promise<boolean> {
-    return Promise.reject(new MooncakeError('NOT_IMPLEMENTED', "push mode (MooncakeLayerwiseConnector) is not available on the 'vllm-ascend' side channel"));
+  /**
+   * Layerwise: nothing announces a push upstream; when it is over, DONE_SENDING (or FAILED_SENDING, which
+   * 0.18 does not know: then nothing, and the decode times out) with the number of prefill ranks writing
+   * to that decode rank and this rank's `host:port`.
+   */
+  async sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean> {
+    if (signal.type === 'push_start') return true;
+    const e = peer.entry;
+    const rid = signal.request_id;
+    const senders = prefillRanksOf(sourcesForDecodeRank(rid, this.o.mapping, e.tp_rank)).length;
+    if (!signal.ok && this.o.vllmAscend.profile === '0.18') {
+      this.ctx.onWarning(new MooncakeError('REMOTE_REJECTED', `push of ${rid} to ${e.host}:${e.rpc_port} failed; vllm-ascend 0.18 has no failed_sending_msg, the decode will time out`));
+      return false;
+    }
+    const tag = signal.ok ? DONE_SENDING_MSG : FAILED_SENDING_MSG;
+    try {
+      const reply = await this.client.request(e.host, e.rpc_port, pack([Buffer.from(tag), rid, senders, this.address]));
+      if (!reply.equals(ACK)) throw new MooncakeError('PROTOCOL_ERROR', `${tag} answered ${JSON.stringify(reply.toString('latin1').slice(0, 32))}, not ACK`);
+      this.ctx.metrics.notifiesSent++;
+      return true;
+    } catch (err) {
+      this.ctx.metrics.notifiesFailed++;
+      this.ctx.onWarning(new MooncakeError('CONNECTION_LOST', `${tag} for ${rid} to ${e.host}:${e.rpc_port} was not acknowledged: ${(err as Error).message}`, { cause: err }));
+      return false;
+    }
   }
 
   async close(): Promise<void> {
