@@ -4,8 +4,9 @@ without torch, torch_npu, vllm or an NPU, the way vllm-ascend's own CPU unit tes
 stand-in modules for those packages. The connector code itself, msgspec, pyzmq, numpy and `mooncake.engine`
 (the upstream wheel's engine) are the real ones.
 
-Stand-in modules: any attribute whose name starts with a capital letter is a real, empty class (so the
-connector can subclass it and isinstance() works); any other attribute is a MagicMock. What the side channel
+Stand-in modules: any attribute whose name starts with a capital letter is a real, empty class taking any
+constructor arguments (so the connector can subclass it and isinstance() works); any other attribute is a
+MagicMock. What the side channel
 and the transfer path actually call gets a real implementation below (REAL), so a stand-in never decides an
 outcome silently.
 
@@ -125,6 +126,10 @@ REAL = {
 }
 
 
+def _accept_anything(self, *args, **kwargs):
+    """Stand-in classes take any constructor arguments (httpx.Limits(max_connections=...), ...)."""
+
+
 class _StandIn(types.ModuleType):
     def __init__(self, name):
         super().__init__(name)
@@ -138,7 +143,7 @@ class _StandIn(types.ModuleType):
             import importlib
 
             return importlib.import_module(sub)
-        value = type(attr, (), {}) if attr[:1].isupper() else mock.MagicMock(name="%s.%s" % (self.__name__, attr))
+        value = type(attr, (), {"__init__": _accept_anything}) if attr[:1].isupper() else mock.MagicMock(name="%s.%s" % (self.__name__, attr))
         setattr(self, attr, value)
         return value
 

@@ -26,6 +26,16 @@ Also usable outside the tests (the KV benchmark times the real decode path with 
    "request_id", "prompt_tokens", "output_token_ids", "status", "kv_transfer_params", "block_ids"}
   {"cmd": "ranks", "cases": [{"prefill_tp", "decode_tp", "heads", "mla"}], "ids": [...]}
       -> for each case, for each id, _get_remote_ranks_for_req(id) (one list of prefill ranks per decode rank)
+
+MooncakeLayerwiseConnector (push):
+  {"cmd": "start_layer_receiver", "engine_id", "tp_rank", "decode_tp", "side_channel_port"}
+      KVCacheRecvingLayerThread: the decode's ROUTER (GET_META with layer metadata, DONE/FAILED_SENDING)
+  {"cmd": "layer_done", "request_id", "timeout"}   -> done / failed (as its get_finished sees them)
+  {"cmd": "layer_params", "engine_id", "kv_port", "tp_size", "block_size", "request_id", "block_ids",
+   "prompt_tokens"}   the decode scheduler's update_state_after_alloc -> the params it posts to the metaserver
+  {"cmd": "layer_push", "engine_id", "tp_rank", "prefill_tp", "side_channel_port", "request_id", "params",
+   "local_block_ids"}   the prefill: update_decoder_info (GET_META), then KVCacheSendingLayerThread's
+   _transfer_kv_cache for every layer in order (batch_transfer_sync_write), DONE_SENDING after the last
 """
 
 import ctypes
@@ -278,6 +288,110 @@ class Rank:
             params["remote_block_ids"] = [list(g) for g in params["remote_block_ids"]]
         return {"ok": True, "delay_free": delay, "params": params}
 
+    # --- layerwise (push) ----------------------------------------------------------------------------
+    def lw(self):
+        import importlib
+
+        return importlib.import_module("vllm_ascend.distributed.kv_transfer.kv_p2p.mooncake_layerwise_connector")
+
+    def layer_names(self):
+        return ["model.layers.%d.self_attn.attn" % i for i in range(len(self.tensors))]
+
+    def layer_metadata(self):
+        lw = self.lw()
+        return {name: lw.LayerMetadata([0] * len(layer), list(layer), [self.block_len] * len(layer), [1] * len(layer))
+                for name, layer in zip(self.layer_names(), self.tensors)}
+
+    def start_layer_receiver(self, cmd):
+        lw = self.lw()
+        self.parallel.tp_rank, self.parallel.tp_size = cmd["tp_rank"], cmd["decode_tp"]
+        meta = lw.MooncakeAgentMetadata(te_rpc_port=self.engine.get_rpc_port(), layer_metadata=self.layer_metadata())
+        ready = threading.Event()
+        self.layer_receiver = lw.KVCacheRecvingLayerThread(cmd["tp_rank"], cmd["side_channel_port"], cmd["decode_tp"], 1,
+                                                           cmd["engine_id"], meta, ready)
+        self.layer_receiver.start()
+        if not ready.wait(10):
+            return {"ok": False, "error": "KVCacheRecvingLayerThread did not start"}
+        self.layer_seen = {"done": set(), "failed": set()}
+        return {"ok": True, "handshake_port": cmd["side_channel_port"] + cmd["tp_rank"]}
+
+    def layer_done(self, cmd):
+        deadline = time.time() + cmd.get("timeout", 30)
+        r, seen = self.layer_receiver, self.layer_seen
+        while True:
+            if hasattr(r, "get_and_clear_done_requests"):
+                seen["done"] |= r.get_and_clear_done_requests()
+                seen["failed"] |= r.get_and_clear_failed_requests()
+            else:
+                seen["done"] |= r.get_and_clear_finished_requests()
+            rid = cmd["request_id"]
+            if rid in seen["done"] or rid in seen["failed"] or time.time() >= deadline:
+                return {"ok": True, "done": rid in seen["done"], "failed": rid in seen["failed"]}
+            time.sleep(0.02)
+
+    def layer_params(self, cmd):
+        lw = self.lw()
+        cfg = self.vllm_config(dict(cmd, kv_port=cmd["kv_port"], role="kv_consumer"), cmd["tp_size"])
+        cfg.kv_transfer_config.is_kv_consumer = True
+        cfg.kv_transfer_config.is_kv_producer = False
+        cfg.kv_transfer_config.get_from_extra_config = lambda key, default=None: default
+        spec = lw.FullAttentionSpec()
+        spec.block_size = cmd.get("block_size", 16)
+        sched = lw.MooncakeLayerwiseConnectorScheduler(cfg, NS(kv_cache_groups=[NS(kv_cache_spec=spec, layer_names=self.layer_names())]), cmd["engine_id"])
+        posted = []
+        sched._access_metaserver = lambda url, message: posted.append((url, message))
+        req = NS(request_id=cmd["request_id"], kv_transfer_params={"do_remote_prefill": True, "metaserver": "http://127.0.0.1:1/v1/metaserver"},
+                 prompt_token_ids=list(range(cmd["prompt_tokens"])), num_computed_tokens=0, prompt_embeds=None)
+        blocks = NS(get_block_ids=lambda: (list(cmd["block_ids"]),), get_unhashed_block_ids=lambda: list(cmd["block_ids"]))
+        sched.update_state_after_alloc(req, blocks, len(cmd["block_ids"]) * cmd.get("block_size", 16))
+        sched.executor.shutdown(wait=True)
+        if len(posted) != 1:
+            return {"ok": False, "error": "the scheduler posted %d messages" % len(posted)}
+        message = posted[0][1]
+        message["remote_block_ids"] = [list(g) for g in message["remote_block_ids"]]
+        return {"ok": True, "params": message, "metaserver": posted[0][0]}
+
+    def layer_push(self, cmd):
+        lw = self.lw()
+        import collections
+        import msgspec
+        import zmq
+
+        self.parallel.tp_rank, self.parallel.tp_size = cmd["tp_rank"], cmd["prefill_tp"]
+        p = cmd["params"]
+        w = object.__new__(lw.MooncakeLayerwiseConnectorWorker)
+        w.engine, w.engine_id, w.local_engine_id, w.pd_head_ratio, w.timeout = self.engine, cmd["engine_id"], cmd["engine_id"], 1, 1.0
+        w.layer_metadata = self.layer_metadata()
+        w.remote_layer_metadata, w.remote_te_port = lw.SizedDict(), lw.SizedDict()
+        w.encoder, w.decoder = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(lw.MooncakeAgentMetadata)
+        w.remote_sockets_lock, w.remote_sockets, w.remote_poller = threading.Lock(), collections.defaultdict(collections.deque), zmq.Poller()
+        w.side_channel_host, w.handshake_port = self.host, cmd["side_channel_port"] + cmd["tp_rank"]
+        decode_rank = cmd["tp_rank"]  # equal TP: prefill rank r writes decode rank r (remote_port + tp_rank // tp_ratio)
+        req_meta = lw.ReqMeta(
+            local_block_ids=[list(cmd["local_block_ids"])], token_ids=None, remote_block_ids=[list(g) for g in p["remote_block_ids"]],
+            remote_block_size=p["remote_block_size"], remote_engine_id=p["remote_engine_id"], remote_host=p["remote_host"],
+            remote_port=p["remote_port"] + decode_rank, remote_te_rpc_port=None, remote_layer_metadata=None, metaserver=None,
+            remote_tp_size=p["remote_tp_size"], remote_pcp_size=1, remote_dcp_size=1, chunk_finish=True, trans_count=[1])
+        internal_id = p["request_id"] + "-" + "0" * 8  # vLLM's engine-core suffix (9 characters), stripped on the wire
+        w.update_decoder_info(internal_id, req_meta)
+        cfg = self.vllm_config(dict(cmd, role="kv_producer"), cmd["prefill_tp"])
+        cfg.cache_config.mamba_cache_mode = "none"
+        spec = lw.FullAttentionSpec()
+        kwargs = dict(engine=self.engine, vllm_config=cfg, kv_cache_config=NS(kv_cache_groups=[]), kv_cache_specs=[spec],
+                      attn_resharding_group_idx=set(), total_layers=len(self.tensors), ready_event=threading.Event(),
+                      tp_size=cmd["prefill_tp"], tp_rank=cmd["tp_rank"], pd_head_ratio=1, num_head_replica=1,
+                      layer_metadata=w.layer_metadata, use_mla=False, use_attn_mamba_hybrid=False, k_buffer=None, v_buffer=None,
+                      enable_kv_quant=False, resharding_stream=None, callback_func=w.send_done_send_signal)
+        if self.profile == "0.18":
+            kwargs.update(k_quant_buffer=None, v_quant_buffer=None)
+        else:
+            kwargs.update(enable_c8_quant=False)
+        sender = lw.KVCacheSendingLayerThread(**kwargs)
+        waited = NS(synchronize=lambda: None)  # the layer's compute event: nothing to wait for on a CPU
+        for i, name in enumerate(self.layer_names()):
+            sender._transfer_kv_cache(lw.SendTask(send_request={internal_id: req_meta}, wait_event=waited, layer_idx=i, layer_name=name))
+        return {"ok": True, "te_rpc_port": req_meta.remote_te_rpc_port}
+
     def ranks(self, cmd):
         table = []
         for case in cmd["cases"]:
@@ -291,7 +405,7 @@ def main():
     reply({"ok": True, "ready": True, "pid": os.getpid()})
     serve({name: getattr(r, name) for name in (
         "init", "alloc_kv", "read", "write", "start_sender", "hold", "finished", "start_receiver", "pull", "wait_done",
-        "request_finished", "ranks")})
+        "request_finished", "ranks", "start_layer_receiver", "layer_done", "layer_params", "layer_push")})
     finish()
 
 
