@@ -79,7 +79,7 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         const outcome = await c.pull(params, local);
         expect(outcome.ok, outcome.error?.message).toBe(true);
         expect(outcome.bytes).toBe(LAYERS * 2 * remote.length * p.blockLen);
-        const src = await readBlocks(p.peers[0], p.tensors[0], remote, p.blockLen);
+        const src = await p.peers[0].readBlocks(p.tensors[0], remote, p.blockLen);
         const pieces = expectHeadsEqual({
           layers: LAYERS, kinds: 2, pairs: remote.map((b, i) => [b, local[i]]), heads: [0, 1], blockSize: BLOCK_SIZE, headBytes: HEAD_BYTES,
           src: (l, k, b, g) => ({ block: src.get(`${l}/${k}/${b}`)!, head: g, heads }),
@@ -93,7 +93,7 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         const o2 = await c.pull(second.params, [2]);
         expect(o2.ok).toBe(true);
         expect(o2.bytes).toBe(LAYERS * 2 * p.blockLen);
-        const s2 = await readBlocks(p.peers[0], p.tensors[0], [3], p.blockLen);
+        const s2 = await p.peers[0].readBlocks(p.tensors[0], [3], p.blockLen);
         for (let l = 0; l < LAYERS; l++) expect(c.caches.blockView(l, 'v', 2)!.equals(s2.get(`${l}/1/3`)!)).toBe(true);
         await eventually(async () => (await finished(p.peers[0])).includes('cmpl-b-0'), 5000, 'the prefill to free cmpl-b-0');
         expect(c.metrics().notifies.sent).toBe(2);
@@ -110,7 +110,7 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         const outcome = await c.pull(params, local);
         expect(outcome.ok, outcome.error?.message).toBe(true);
         expect(outcome.peers.map((x) => x.tpRank).sort()).toEqual([0, 1]);
-        const src = [await readBlocks(p.peers[0], p.tensors[0], remote, p.blockLen), await readBlocks(p.peers[1], p.tensors[1], remote, p.blockLen)];
+        const src = [await p.peers[0].readBlocks(p.tensors[0], remote, p.blockLen), await p.peers[1].readBlocks(p.tensors[1], remote, p.blockLen)];
         expectHeadsEqual({
           layers: LAYERS, kinds: 2, pairs: remote.map((b, i) => [b, local[i]]), heads: [0, 1, 2, 3], blockSize: BLOCK_SIZE, headBytes: HEAD_BYTES,
           src: (l, k, b, g) => ({ block: src[g >> 1].get(`${l}/${k}/${b}`)!, head: g & 1, heads: 2 }),
@@ -135,7 +135,7 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
           const outcome = await c.pull(params, [2, 3]);
           expect(outcome.ok, outcome.error?.message).toBe(true);
           expect(outcome.peers.map((x) => x.tpRank)).toEqual([rank]);
-          const src = await readBlocks(p.peers[rank], p.tensors[rank], [6, 7], p.blockLen);
+          const src = await p.peers[rank].readBlocks(p.tensors[rank], [6, 7], p.blockLen);
           for (let l = 0; l < LAYERS; l++) {
             expect(c.caches.blockView(l, 'k', 2)!.equals(src.get(`${l}/0/6`)!)).toBe(true);
             expect(c.caches.blockView(l, 'v', 3)!.equals(src.get(`${l}/1/7`)!)).toBe(true);
@@ -186,15 +186,3 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
     });
   }
 });
-
-/** Blocks of every (layer, K/V) of a real rank, keyed `layer/kind/block`. */
-async function readBlocks(peer: AscendPeer, tensors: bigint[][], blocks: number[], blockLen: number): Promise<Map<string, Buffer>> {
-  const keys: string[] = [];
-  const ranges: [bigint, number][] = [];
-  tensors.forEach((layer, l) => layer.forEach((base, k) => blocks.forEach((b) => {
-    keys.push(`${l}/${k}/${b}`);
-    ranges.push([base + BigInt(b * blockLen), blockLen]);
-  })));
-  const data = await peer.readRanges(ranges);
-  return new Map(keys.map((k, i) => [k, data[i]]));
-}

@@ -24,12 +24,6 @@ function layout(tp: number) {
   return { numLayers: LAYERS, numBlocks: BLOCKS, blockSize: BLOCK_SIZE, headBytes: HEAD_BYTES, numHeads: HEADS / tp };
 }
 
-async function readBlocks(peer: AscendPeer, tensors: bigint[][], blocks: number[], blockLen: number): Promise<Buffer[]> {
-  const ranges: [bigint, number][] = [];
-  tensors.forEach((layer) => layer.forEach((base) => blocks.forEach((b) => ranges.push([base + BigInt(b * blockLen), blockLen]))));
-  return peer.readRanges(ranges);
-}
-
 describe.skipIf(!setup)('layerwise push with the released MooncakeLayerwiseConnector', () => {
   const live: (KvProducer | KvConsumer)[] = [];
   afterEach(async () => {
@@ -68,12 +62,11 @@ describe.skipIf(!setup)('layerwise push with the released MooncakeLayerwiseConne
         }
         for (const [r, d] of decodes.entries()) {
           expect(await d.peer.call({ cmd: 'layer_done', request_id: 'cmpl-lw-0', timeout: 10 })).toMatchObject({ done: true, failed: false });
-          const got = await readBlocks(d.peer, d.tensors, dBlocks, blockLen);
-          let i = 0;
+          const got = await d.peer.readBlocks(d.tensors, dBlocks, blockLen);
           for (let l = 0; l < LAYERS; l++) {
-            for (const kind of ['k', 'v'] as const) {
-              pBlocks.forEach((b, j) => expect(got[i++].equals(producers[r].caches.blockView(l, kind, b)!), `rank ${r} layer ${l} ${kind} block ${b}->${dBlocks[j]}`).toBe(true));
-            }
+            (['k', 'v'] as const).forEach((kind, k) => pBlocks.forEach((b, j) => {
+              expect(got.get(`${l}/${k}/${dBlocks[j]}`)!.equals(producers[r].caches.blockView(l, kind, b)!), `rank ${r} layer ${l} ${kind} block ${b}->${dBlocks[j]}`).toBe(true);
+            }));
           }
         }
       }, 90_000);
@@ -108,12 +101,11 @@ describe.skipIf(!setup)('layerwise push with the released MooncakeLayerwiseConne
         expect(pushed.te_rpc_port).toBe(c.engine.rpcPort);
         const outcome = await x.done;
         expect(outcome.ok, outcome.error?.message).toBe(true);
-        const src = await readBlocks(peer, tensors, pBlocks, blockLen);
-        let i = 0;
+        const src = await peer.readBlocks(tensors, pBlocks, blockLen);
         for (let l = 0; l < LAYERS; l++) {
-          for (const kind of ['k', 'v'] as const) {
-            dBlocks.forEach((b, j) => expect(c.caches.blockView(l, kind, b)!.equals(src[i++]), `layer ${l} ${kind} block ${pBlocks[j]}->${b}`).toBe(true));
-          }
+          (['k', 'v'] as const).forEach((kind, k) => dBlocks.forEach((b, j) => {
+            expect(c.caches.blockView(l, kind, b)!.equals(src.get(`${l}/${k}/${pBlocks[j]}`)!), `layer ${l} ${kind} block ${pBlocks[j]}->${b}`).toBe(true);
+          }));
         }
         expect(c.metrics().notifies.received).toBe(1);
       }, 60_000);

@@ -85,16 +85,11 @@ describe.skipIf(!setup)('a real vllm-ascend decode pulls from Node prefill ranks
         expect(done.invalid_block_ids ?? []).toEqual([]);
         const rel = await hold.released;
         expect(rel.reason).toBe('done');
-        const ranges: [bigint, number][] = [];
-        d.tensors.forEach((layer) => layer.forEach((base) => local.forEach((b) => ranges.push([base + BigInt(b * d.blockLen), d.blockLen]))));
-        const got = await d.peer.readRanges(ranges);
-        let i = 0;
+        const got = await d.peer.readBlocks(d.tensors, local, d.blockLen);
         for (let l = 0; l < LAYERS; l++) {
-          for (const kind of ['k', 'v'] as const) {
-            blocks.forEach((b) => {
-              expect(got[i++].equals(ranks[0].caches.blockView(l, kind, b)!), `layer ${l} ${kind} block ${b}`).toBe(true);
-            });
-          }
+          (['k', 'v'] as const).forEach((kind, k) => blocks.forEach((b, j) => {
+            expect(got.get(`${l}/${k}/${local[j]}`)!.equals(ranks[0].caches.blockView(l, kind, b)!), `layer ${l} ${kind} block ${b}`).toBe(true);
+          }));
         }
         expect(ranks[0].metrics().notifies.received).toBe(1);
       }, 60_000);
@@ -112,17 +107,12 @@ describe.skipIf(!setup)('a real vllm-ascend decode pulls from Node prefill ranks
         for (const h of holds) expect((await h.released).reason).toBe('done');
         // vllm-ascend lands prefill rank i's whole block at offset i × block_len/2 of its own block (it
         // re-lays the heads on the NPU afterwards, which has no CPU counterpart).
-        const ranges: [bigint, number][] = [];
-        d.tensors.forEach((layer) => layer.forEach((base) => local.forEach((b) => ranges.push([base + BigInt(b * d.blockLen), d.blockLen]))));
-        const got = await d.peer.readRanges(ranges);
-        let i = 0;
+        const got = await d.peer.readBlocks(d.tensors, local, d.blockLen);
         for (let l = 0; l < LAYERS; l++) {
-          for (const kind of ['k', 'v'] as const) {
-            for (const b of blocks) {
-              const want = Buffer.concat(ranks.map((p) => p.caches.blockView(l, kind, b)!));
-              expect(got[i++].equals(want), `layer ${l} ${kind} block ${b}`).toBe(true);
-            }
-          }
+          (['k', 'v'] as const).forEach((kind, k) => blocks.forEach((b, j) => {
+            const want = Buffer.concat(ranks.map((p) => p.caches.blockView(l, kind, b)!));
+            expect(got.get(`${l}/${k}/${local[j]}`)!.equals(want), `layer ${l} ${kind} block ${b}`).toBe(true);
+          }));
         }
       }, 60_000);
 

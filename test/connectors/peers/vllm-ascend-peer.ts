@@ -95,6 +95,18 @@ export class AscendPeer extends LinePeer {
     return (r.hex as string[]).map((h) => Buffer.from(h, 'hex'));
   }
 
+  /** Blocks `blocks` of every (layer, K/V) tensor, keyed `layer/kind/block` (kind 0 = K, 1 = V). */
+  async readBlocks(tensors: bigint[][], blocks: number[], blockLen: number): Promise<Map<string, Buffer>> {
+    const keys: string[] = [];
+    const ranges: [bigint, number][] = [];
+    tensors.forEach((layer, l) => layer.forEach((base, k) => blocks.forEach((b) => {
+      keys.push(`${l}/${k}/${b}`);
+      ranges.push([base + BigInt(b * blockLen), blockLen]);
+    })));
+    const data = await this.readRanges(ranges);
+    return new Map(keys.map((key, i) => [key, data[i]]));
+  }
+
   stopped(): Promise<void> {
     return this.stop(JSON.stringify({ cmd: 'exit' }) + '\n');
   }
