@@ -12,6 +12,17 @@
  *
  * A new one (vLLM's own MooncakeConnector, say) implements KvSideChannel, adds its name to
  * KV_SIDE_CHANNELS and a case to createSideChannel (channels.ts); KvProducer/KvConsumer need no change.
+ * Where the pieces a channel may need plug in:
+ * - a peer that announces itself instead of being asked (vLLM's decode sends its MooncakeXferMetadata to
+ *   the prefill): `lookup` may wait, bounded by its signal, for that message keyed by something in the
+ *   params (a transfer id), and `start` binds what receives it;
+ * - per-request facts in the params (a hold token, a transfer id): `transferParams` is the one place
+ *   params are made, and `sendDone` gets back the params the consumer was given, so whatever went out can
+ *   be echoed; an incoming "done" reaches KvProducer as a KvMessage, whose hold state it can be checked
+ *   against;
+ * - early messages (a "done" before `hold`) are kept by EarlyMessages (rank-base.ts), count-bounded with a
+ *   time limit; released holds are remembered in KvProducer (`recentlyReleased`), where a late "done" is
+ *   counted: the place to answer it with "your blocks were force-freed".
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
