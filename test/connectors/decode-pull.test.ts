@@ -145,6 +145,40 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         expect(picked.size).toBe(2); // these ids exercise both choices
       }, 90_000);
 
+      it('MLA as vllm-ascend caches it (nope and rope tensors), prefill TP 2 -> decode TP 1: the chosen rank is read, the other freed at once', async () => {
+        const NOPE = 64;
+        const ROPE = 16;
+        const kvPort = await freePortRange(2);
+        const peers: AscendPeer[] = [];
+        const tensors: bigint[][][] = [];
+        for (let r = 0; r < 2; r++) {
+          const peer = await AscendPeer.create(setup!, profile);
+          peers.push(peer);
+          tensors.push(await peer.allocKv(LAYERS, 2, BLOCKS, [BLOCK_SIZE * NOPE, BLOCK_SIZE * ROPE]));
+          await peer.call({ cmd: 'start_sender', engine_id: 'prefill-mla', tp_rank: r, prefill_tp: 2, decode_tp: 1, heads: 1, mla: true, side_channel_port: kvPort, block_size: BLOCK_SIZE });
+        }
+        const p: Prefill = { peers, tensors, kvPort, blockLen: 0, headsPerRank: 1 };
+        const c = await nodeConsumer({ profile, engineId: 'decode-mla', kvPort: await freePortRange(1), prefillTp: 2, decodeTp: 1, tpRank: 0, layout: { attention: 'mla', numLayers: LAYERS, numBlocks: BLOCKS, blockSize: BLOCK_SIZE, headBytes: NOPE, ropeBytes: ROPE }, totalKvHeads: 1 });
+        consumers.push(c);
+        for (const rid of ['cmpl-mla-1', 'cmpl-mla-2']) {
+          const { params, chosen } = await finishPrefill(p, rid, [2, 3, 4], 2);
+          const rank = chosen.indexOf(true);
+          expect(chosen.filter(Boolean)).toHaveLength(1);
+          expect(await finished(peers[1 - rank])).toContain(rid);
+          const outcome = await c.pull(params, [5, 6, 7]);
+          expect(outcome.ok, outcome.error?.message).toBe(true);
+          expect(outcome.bytes).toBe(LAYERS * 3 * BLOCK_SIZE * (NOPE + ROPE));
+          const src = await peers[rank].readBlocks(tensors[rank], [2, 3, 4], [BLOCK_SIZE * NOPE, BLOCK_SIZE * ROPE]);
+          for (let l = 0; l < LAYERS; l++) {
+            [2, 3, 4].forEach((b, j) => {
+              expect(c.caches.blockView(l, 'latent', 5 + j)!.equals(src.get(`${l}/0/${b}`)!), `layer ${l} nope block ${b}`).toBe(true);
+              expect(c.caches.blockView(l, 'rope', 5 + j)!.equals(src.get(`${l}/1/${b}`)!), `layer ${l} rope block ${b}`).toBe(true);
+            });
+          }
+          await eventually(async () => (await finished(peers[rank])).includes(rid), 5000, `rank ${rank} to free ${rid}`);
+        }
+      }, 60_000);
+
       it('negative: a str tag and a 2-element DONE get no answer; missing remote_request_id is rejected before any message', async () => {
         const p = await realPrefill(profile, 1, 1, 2);
         const { params } = await finishPrefill(p, 'cmpl-neg', [1, 2], 1);

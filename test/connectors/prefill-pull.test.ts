@@ -116,6 +116,34 @@ describe.skipIf(!setup)('a real vllm-ascend decode pulls from Node prefill ranks
         }
       }, 60_000);
 
+      it('Node MLA prefill (nope and rope tensors) TP 2 -> real decode TP 1: the decode reads the rank its RNG picks; the other rank released at once', async () => {
+        const NOPE = 64;
+        const ROPE = 16;
+        const kvPort = await freePortRange(2);
+        const mla = { attention: 'mla' as const, numLayers: LAYERS, numBlocks: BLOCKS, blockSize: BLOCK_SIZE, headBytes: NOPE, ropeBytes: ROPE };
+        const ranks = await Promise.all([0, 1].map((r) => nodeProducer({ profile, engineId: 'node-mla', kvPort, prefillTp: 2, decodeTp: 1, tpRank: r, layout: mla, totalKvHeads: 1 })));
+        live.push(...ranks);
+        ranks.forEach((p, r) => {
+          for (let t = 0; t < p.layout.tensorCount; t++) p.caches.tensorView(t)!.fill(0x30 + 16 * r + t);
+        });
+        const peer = await AscendPeer.create(setup!, profile);
+        const tensors = await peer.allocKv(LAYERS, 2, BLOCKS, [BLOCK_SIZE * NOPE, BLOCK_SIZE * ROPE], false);
+        await peer.call({ cmd: 'start_receiver', engine_id: 'vllm-decode', tp_rank: 0, prefill_tp: 2, decode_tp: 1, heads: 1, mla: true, side_channel_port: await freePortRange(1), block_size: BLOCK_SIZE });
+        const holds = ranks.map((p) => p.hold('cmpl-mla-p', [1, 2]));
+        const r = await peer.call({ cmd: 'pull', request_id: 'd-mla', remote_request_id: 'cmpl-mla-p', local_block_ids: [4, 5], remote_block_ids: [1, 2], remote_engine_id: 'node-mla', remote_host: '127.0.0.1', remote_port: kvPort, prefill_tp: 2 });
+        const rank = (r.prefill_ranks as number[])[0];
+        expect((await holds[1 - rank].released).reason).toBe('not-selected');
+        expect((await peer.call({ cmd: 'wait_done', request_id: 'd-mla', timeout: 20 })).done).toBe(true);
+        expect((await holds[rank].released).reason).toBe('done');
+        const got = await peer.readBlocks(tensors, [4, 5], [BLOCK_SIZE * NOPE, BLOCK_SIZE * ROPE]);
+        for (let l = 0; l < LAYERS; l++) {
+          for (const b of [4, 5]) {
+            expect(got.get(`${l}/0/${b}`)!.every((x) => x === 0x30 + 16 * rank + 2 * l), `layer ${l} nope block ${b}`).toBe(true);
+            expect(got.get(`${l}/1/${b}`)!.every((x) => x === 0x30 + 16 * rank + 2 * l + 1), `layer ${l} rope block ${b}`).toBe(true);
+          }
+        }
+      }, 60_000);
+
       it('a decode that never sends DONE: the hold is force-freed after the abort timeout; a late DONE is counted, not fatal', async () => {
         const { ranks } = await producers(profile, 1, 1, 2, { abortTimeoutMs: 400 });
         live.push(...ranks);

@@ -374,5 +374,5 @@ export class VllmAscendChannel implements KvSideChannel {
 }
 
 function layoutSpec(l: KvLayout): Parameters<typeof KvLayout.from>[0] {
-  return { attention: l.attention, numLayers: l.numLayers, numBlocks: l.numBlocks, blockSize: l.blockSize, headBytes: l.headBytes, numHeads: l.numHeads, headLayout: l.headLayout };
+  return { attention: l.attention, numLayers: l.numLayers, numBlocks: l.numBlocks, blockSize: l.blockSize, headBytes: l.headBytes, numHeads: l.numHeads, headLayout: l.headLayout, ...(l.ropeBytes > 0 ? { ropeBytes: l.ropeBytes } : {}) };
 }

@@ -28,7 +28,7 @@ export function layerMetadata(teRpcPort: number, layout: KvLayout, tensors: read
     layers[name] = {
       tensor_group_idx: idx.map(() => 0),
       kv_caches_base_addr: idx.map((k) => tensors[l * per + k]),
-      block_len: idx.map(() => layout.blockBytes),
+      block_len: idx.map((k) => layout.tensorBlockBytes(l * per + k)),
       block_size_scale: idx.map(() => 1),
     };
   });

@@ -56,8 +56,8 @@ export function agentMetadata(m: AgentMetadataInput): Record<string, unknown> {
     kv_caches_base_addr: perLayer((t) => m.tensors[t]),
     block_size_scale: perLayer(() => 1),
     num_blocks: L.numBlocks,
-    block_lens: perLayer(() => L.blockBytes),
-    block_strides: perLayer(() => L.blockBytes),
+    block_lens: perLayer((t) => L.tensorBlockBytes(t)),
+    block_strides: perLayer((t) => L.tensorBlockBytes(t)),
     ...(m.localIp ? { local_ip: m.localIp } : {}),
     ...(m.handshakePort ? { handshake_port: m.handshakePort } : {}),
   };
@@ -139,6 +139,7 @@ export function peerLayout(m: ParsedAgentMetadata, expected: KvLayout): KvLayout
     headBytes: expected.headBytes,
     numHeads: expected.numHeads,
     headLayout: expected.headLayout,
+    ...(expected.ropeBytes > 0 ? { ropeBytes: expected.ropeBytes } : {}),
   });
   const mismatch = (what: string): MooncakeError =>
     new MooncakeError('INVALID_CONFIG', `vllm-ascend rank ${m.engineId}: ${what}`, { details: { engineId: m.engineId } });
@@ -147,8 +148,9 @@ export function peerLayout(m: ParsedAgentMetadata, expected: KvLayout): KvLayout
   const lens = m.blockLens ?? [];
   const strides = m.blockStrides ?? [];
   const scales = m.blockSizeScale ?? [];
-  if (lens.some((l) => l !== layout.blockBytes)) throw mismatch(`block_lens ${JSON.stringify([...new Set(lens)])} bytes, expected ${layout.blockBytes}`);
-  if (strides.some((s) => s !== layout.blockBytes)) throw mismatch(`block_strides ${JSON.stringify([...new Set(strides)])}: only contiguous blocks (stride = block length) are supported`);
+  const want = [...Array(layout.tensorCount).keys()].map((t) => layout.tensorBlockBytes(t));
+  if (lens.length > 0 && lens.some((l, t) => l !== want[t])) throw mismatch(`block_lens ${JSON.stringify(lens.slice(0, 4))}... bytes, expected ${JSON.stringify(want.slice(0, 4))}...`);
+  if (strides.some((s, t) => s !== want[t])) throw mismatch(`block_strides ${JSON.stringify(strides.slice(0, 4))}...: only contiguous blocks (stride = block length) are supported`);
   if (scales.some((s) => s !== 1)) throw mismatch(`block_size_scale ${JSON.stringify([...new Set(scales)])}: kernel blocks smaller than vLLM blocks are not supported`);
   return layout;
 }

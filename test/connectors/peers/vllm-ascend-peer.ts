@@ -83,9 +83,13 @@ export class AscendPeer extends LinePeer {
     }
   }
 
-  /** Allocates and registers `layers` × `perLayer` tensors of `numBlocks` blocks (random bytes). */
-  async allocKv(layers: number, perLayer: number, numBlocks: number, blockLen: number, fill = true): Promise<bigint[][]> {
-    const r = await this.call({ cmd: 'alloc_kv', layers, per_layer: perLayer, num_blocks: numBlocks, block_len: blockLen, fill });
+  /**
+   * Allocates and registers `layers` × `perLayer` tensors of `numBlocks` blocks (random bytes); `blockLen`
+   * per cache of a layer when they differ (MLA: nope, rope).
+   */
+  async allocKv(layers: number, perLayer: number, numBlocks: number, blockLen: number | number[], fill = true): Promise<bigint[][]> {
+    const lens = typeof blockLen === 'number' ? [...Array(perLayer).keys()].map(() => blockLen) : blockLen;
+    const r = await this.call({ cmd: 'alloc_kv', layers, per_layer: perLayer, num_blocks: numBlocks, block_len: lens[0], block_lens: lens, fill });
     return (r.tensors as string[][]).map((l) => l.map((a) => BigInt(a)));
   }
 
@@ -95,13 +99,14 @@ export class AscendPeer extends LinePeer {
     return (r.hex as string[]).map((h) => Buffer.from(h, 'hex'));
   }
 
-  /** Blocks `blocks` of every (layer, K/V) tensor, keyed `layer/kind/block` (kind 0 = K, 1 = V). */
-  async readBlocks(tensors: bigint[][], blocks: number[], blockLen: number): Promise<Map<string, Buffer>> {
+  /** Blocks `blocks` of every (layer, cache) tensor, keyed `layer/cache/block` (cache 0 = K or nope, 1 = V or rope). */
+  async readBlocks(tensors: bigint[][], blocks: number[], blockLen: number | number[]): Promise<Map<string, Buffer>> {
     const keys: string[] = [];
     const ranges: [bigint, number][] = [];
     tensors.forEach((layer, l) => layer.forEach((base, k) => blocks.forEach((b) => {
+      const len = typeof blockLen === 'number' ? blockLen : blockLen[k];
       keys.push(`${l}/${k}/${b}`);
-      ranges.push([base + BigInt(b * blockLen), blockLen]);
+      ranges.push([base + BigInt(b * len), len]);
     })));
     const data = await this.readRanges(ranges);
     return new Map(keys.map((key, i) => [key, data[i]]));

@@ -9,8 +9,9 @@ their inputs the way vLLM would and reports what they did; it never answers a me
 Also usable outside the tests (the KV benchmark times the real decode path with it).
 
   {"cmd": "init", "dir": d, "profile": "0.18"|"0.23", "host": "127.0.0.1"}   -> rpc_port (te_rpc_port)
-  {"cmd": "alloc_kv", "layers": L, "per_layer": 2, "num_blocks": B, "block_len": n, "fill": true}
-      registered ctypes memory, one region per tensor -> tensors [[addr]] per layer (decimal strings)
+  {"cmd": "alloc_kv", "layers": L, "per_layer": 2, "num_blocks": B, "block_len": n, "block_lens": [n, m], "fill": true}
+      registered ctypes memory, one region per tensor (block_lens: per cache of a layer, e.g. MLA's
+      nope and rope; default block_len for each) -> tensors [[addr]] per layer (decimal strings)
   {"cmd": "read", "ranges": [[addr, n], ...]}                 -> hex of each range
   {"cmd": "write", "addr": a, "hex": h}
   {"cmd": "start_sender", "engine_id", "tp_rank", "prefill_tp", "decode_tp", "heads", "mla",
@@ -85,13 +86,14 @@ class Rank:
         return {"ok": ret == 0, "ret": ret, "rpc_port": self.engine.get_rpc_port(), "pid": os.getpid()}
 
     def alloc_kv(self, cmd):
-        self.block_len = cmd["block_len"]
+        self.block_lens = cmd.get("block_lens") or [cmd["block_len"]] * cmd.get("per_layer", 2)
+        self.block_len = self.block_lens[0]
         self.num_blocks = cmd["num_blocks"]
-        size = self.block_len * self.num_blocks
         self.tensors = []
         for _ in range(cmd["layers"]):
             layer = []
-            for _ in range(cmd.get("per_layer", 2)):
+            for k in range(len(self.block_lens)):
+                size = self.block_lens[k] * self.num_blocks
                 buf = ctypes.create_string_buffer(size)
                 if cmd.get("fill", True):
                     ctypes.memmove(buf, os.urandom(size), size)
@@ -165,8 +167,8 @@ class Rank:
             kv_group2layeridx=self.group2layeridx(cmd), block_size=cmd.get("block_size", 16),
             kv_caches_base_addr=[list(layer) for layer in self.tensors],
             block_size_scale=[[1] * len(layer) for layer in self.tensors], num_blocks=self.num_blocks,
-            block_lens=[[self.block_len] * len(layer) for layer in self.tensors],
-            block_strides=[[self.block_len] * len(layer) for layer in self.tensors],
+            block_lens=[list(self.block_lens) for _ in self.tensors],
+            block_strides=[list(self.block_lens) for _ in self.tensors],
             local_ip=get_ip(), handshake_port=handshake_port)
 
     def group2layeridx(self, cmd):
@@ -222,10 +224,12 @@ class Rank:
         if self.profile == "0.18":
             flat = [a for layer in self.tensors for a in layer]
             caches = {"model.layers.%d.self_attn.attn" % i: tuple(None for _ in layer) for i, layer in enumerate(self.tensors)}
+            # register_kv_caches' block_len: one entry (MHA), or nope and rope (MLA: the "use_mla" signal)
+            block_len = list(self.block_lens) if cmd.get("mla") else [self.block_len]
             self.receiver = mc.KVCacheRecvingThread(cmd["tp_rank"], cmd["decode_tp"], 1, self.engine, cmd["engine_id"], port,
-                                                    cmd["side_channel_port"], flat, [self.block_len], ready, cfg, caches, None)
+                                                    cmd["side_channel_port"], flat, block_len, ready, cfg, caches, None)
         else:
-            lens = [[self.block_len] * len(layer) for layer in self.tensors]
+            lens = [list(self.block_lens) for _ in self.tensors]
             self.receiver = mc.KVCacheRecvingThread(cmd["tp_rank"], cmd["decode_tp"], 1, self.engine, cmd["engine_id"], port,
                                                     cmd["side_channel_port"], [list(layer) for layer in self.tensors], lens, lens,
                                                     False, ready, cfg, {}, None, self.group2layeridx(cmd),
