@@ -22,7 +22,7 @@ Also usable outside the tests (the KV benchmark times the real decode path with 
    "side_channel_port", "block_size"}
   {"cmd": "pull", "request_id", "remote_request_id", "local_block_ids", "remote_block_ids",
    "remote_engine_id", "remote_host", "remote_port", "prefill_tp"}       as start_load_kv on decode
-  {"cmd": "wait_done", "request_id", "timeout"}  -> done (bool), invalid_block_ids (0.23)
+  {"cmd": "wait_done", "request_id", "timeout"}  -> done (bool), invalid_block_ids (0.23), seconds (since pull)
   {"cmd": "request_finished", "engine_id", "kv_port", "tp_size", "dp_size", "dp_rank", "block_size",
    "request_id", "prompt_tokens", "output_token_ids", "status", "kv_transfer_params", "block_ids"}
   {"cmd": "ranks", "cases": [{"prefill_tp", "decode_tp", "heads", "mla"}], "ids": [...]}
@@ -69,6 +69,7 @@ class Rank:
         self.sender = None
         self.receiver = None
         self.worker = None
+        self.pull_started = {}  # request id -> perf_counter at pull (timings for benchmarks)
 
     # --- set-up ------------------------------------------------------------------------------------
     def init(self, cmd):
@@ -248,6 +249,7 @@ class Rank:
         chosen = w._get_remote_rank(cmd["remote_request_id"], ptp)
         n = w._get_tp_num_need_pulls(ptp)
         self.receiver.task_tracker.add_req_to_process(rid)
+        self.pull_started[rid] = time.perf_counter()
         for i in range(n):
             common = dict(request_id=rid, remote_request_id=cmd["remote_request_id"], remote_engine_id=cmd["remote_engine_id"],
                           remote_host=cmd["remote_host"], remote_handshake_port=cmd["remote_port"] + chosen[i])
@@ -269,7 +271,9 @@ class Rank:
             if hasattr(self.receiver, "get_and_clear_invalid_block_ids"):
                 invalid |= self.receiver.get_and_clear_invalid_block_ids()
             if cmd["request_id"] in done:
-                return {"ok": True, "done": True, "invalid_block_ids": sorted(invalid)}
+                started = self.pull_started.pop(cmd["request_id"], None)
+                seconds = None if started is None else time.perf_counter() - started
+                return {"ok": True, "done": True, "invalid_block_ids": sorted(invalid), "seconds": seconds}
             time.sleep(0.02)
         return {"ok": True, "done": False, "invalid_block_ids": sorted(invalid)}
 
