@@ -274,7 +274,7 @@ class Rank:
                 started = self.pull_started.pop(cmd["request_id"], None)
                 seconds = None if started is None else time.perf_counter() - started
                 return {"ok": True, "done": True, "invalid_block_ids": sorted(invalid), "seconds": seconds}
-            time.sleep(0.02)
+            time.sleep(0.002)  # fine enough for timings
         return {"ok": True, "done": False, "invalid_block_ids": sorted(invalid)}
 
     # --- scheduler -----------------------------------------------------------------------------------
