@@ -207,9 +207,11 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       x.timer.unref();
       for (const m of this.early.take(requestId)) this.onPushMessage(x, m);
     }
+    const params = this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId, cachedTokens: options.cachedTokens });
+    this.core.channel.announce?.(requestId, ids, params);
     return {
       requestId,
-      params: this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId }),
+      params,
       done,
       cancel: () => this.settle(x, new MooncakeError('ABORT_ERR', `expectation of ${requestId} cancelled`)),
     };

@@ -88,6 +88,11 @@ export interface KvSideChannel {
    * rank `tpRank` (`peer` when the lookup succeeded). Resolves false when it could not be delivered.
    */
   sendDone(params: KvTransferParams, tpRank: number, peer: KvPeer | undefined, result: KvDoneResult): Promise<boolean>;
+  /**
+   * Consumer, push: a request is now expected into `blockIds` (KvConsumer.expect). For a protocol in which
+   * the decode announces itself to the prefill (vLLM's MooncakeXferMetadata); the channels here need not.
+   */
+  announce?(requestId: string, blockIds: readonly number[], params: KvTransferParamsWire): void;
   /** Producer -> consumer (push): push_start / push_done for `peer`. Resolves false when not delivered. */
   sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean>;
   /** Stops serving and forgets peers. Idempotent. */
