@@ -187,6 +187,8 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const ids = checkBlockIds(this.layout, blockIds);
     if (this.expectations.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already expected`);
     const timeoutMs = options.timeoutMs ?? this.core.options.transferTimeoutMs;
+    // Params first: a side channel that cannot serve the request throws before anything is registered.
+    const params = this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId, cachedTokens: options.cachedTokens });
     let resolve!: (o: KvTransferOutcome) => void;
     const done = new Promise<KvTransferOutcome>((r) => (resolve = r));
     const x: Expectation = {
@@ -207,7 +209,6 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       x.timer.unref();
       for (const m of this.early.take(requestId)) this.onPushMessage(x, m);
     }
-    const params = this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId, cachedTokens: options.cachedTokens });
     this.core.channel.announce?.(requestId, ids, params);
     return {
       requestId,
