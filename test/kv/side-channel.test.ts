@@ -102,6 +102,11 @@ describe('Node <-> Node layerwise push on the vllm-ascend side channel (TP 2 -> 
       expect(o.error).toMatchObject({ code: 'INVALID_CONFIG' });
       await unequal.close();
       y.cancel();
+      // A decode of unequal TP refuses to expect a layerwise push, and keeps nothing pending.
+      const narrow = await KvConsumer.create({ ...common, prefill: { dpSize: 1, tpSize: 4 }, engineId: 'lr', kvPort: await freePortRange(2), tpRank: 0 });
+      expect(() => narrow.expect('req-narrow', [1])).toThrow(expect.objectContaining({ code: 'INVALID_CONFIG' }));
+      expect(narrow.metrics().expectations?.active).toBe(0);
+      await narrow.close();
     } finally {
       await Promise.all([...producers, ...consumers].map((c) => c.close()));
     }
