@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { KvProducer } from '../../lib';
 import { RouterServer } from '../../lib/kv/zmq/sockets';
 import { pack, unpack } from '../../lib/kv/zmq/wire';
-import { freePortRange, nodeProducer, type NodeRankSpec } from './helpers';
+import { eventually, freePortRange, nodeProducer, type NodeRankSpec } from './helpers';
 import { AscendPeer, connectorsOrSkip, PROFILES, stopAllAscendPeers, type Profile } from './peers/vllm-ascend-peer';
 
 const setup = connectorsOrSkip('test/connectors/prefill-pull.test.ts');
@@ -155,7 +155,8 @@ describe.skipIf(!setup)('a real vllm-ascend decode pulls from Node prefill ranks
         const d = await realDecode(profile, 1, 1, 2);
         await d.peer.call({ cmd: 'pull', request_id: 'd-late', remote_request_id: 'cmpl-abandoned', local_block_ids: [1, 2], remote_block_ids: [1, 2], remote_engine_id: 'node-prefill', remote_host: '127.0.0.1', remote_port: hold.params.remote_port, prefill_tp: 1 });
         expect((await d.peer.call({ cmd: 'wait_done', request_id: 'd-late', timeout: 20 })).done).toBe(true);
-        expect(ranks[0].metrics().holds?.lateDone).toBe(1);
+        // The real decode marks the request done before it sends DONE: wait for the DONE itself.
+        await eventually(() => ranks[0].metrics().holds?.lateDone === 1, 5000, 'the late DONE to be counted');
       }, 60_000);
 
       // The flat profile has no integer-keyed map.
@@ -180,6 +181,7 @@ describe.skipIf(!setup)('a real vllm-ascend decode pulls from Node prefill ranks
           expect(done.done).toBe(true);
           expect(done.invalid_block_ids).toEqual([1]); // the real decode marks the blocks for recompute
           expect(d.peer.output).toMatch(/Expected `int`, got `str`/);
+          await eventually(() => dones.length > 0, 5000, 'DONE from the real decode');
           expect(dones).toEqual(['cmpl-strkeys']);
         } finally {
           await router.close();
