@@ -96,7 +96,14 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         const s2 = await p.peers[0].readBlocks(p.tensors[0], [3], p.blockLen);
         for (let l = 0; l < LAYERS; l++) expect(c.caches.blockView(l, 'v', 2)!.equals(s2.get(`${l}/1/3`)!)).toBe(true);
         await eventually(async () => (await finished(p.peers[0])).includes('cmpl-b-0'), 5000, 'the prefill to free cmpl-b-0');
-        expect(c.metrics().notifies.sent).toBe(2);
+
+        // A request the decode will not read (full prefix hit, or rejected before admission): an empty
+        // receive still sends DONE, so the prefill frees its blocks at once.
+        const third = await finishPrefill(p, 'cmpl-c-0', [6, 7], 1);
+        const o3 = await c.pull(third.params, []);
+        expect(o3).toMatchObject({ ok: true, bytes: 0, failedBlockIds: [] });
+        await eventually(async () => (await finished(p.peers[0])).includes('cmpl-c-0'), 5000, 'the prefill to free cmpl-c-0');
+        expect(c.metrics().notifies.sent).toBe(3);
       }, 60_000);
 
       it('prefill TP 2 -> decode TP 1 (GQA, 4 heads): each head slice from the rank that holds it', async () => {
