@@ -2,6 +2,7 @@
  * TransferEngine: the public facade. It owns validation, Promises, AbortSignal, metadata publication
  * and the handshake daemon (control plane, TypeScript); bytes move in the native engine (data plane).
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter, addAbortListener } from 'node:events';
 import * as dns from 'node:dns';
 import * as net from 'node:net';
@@ -279,6 +280,10 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   async allocateManagedBuffer(size: number, options: RegisterOptions & { shareable?: boolean } = {}): Promise<MemoryRegion> {
     this.assertOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
+    // The region is handed back as a Buffer over the memory: no larger than the biggest Buffer Node makes.
+    if (size > bufferConstants.MAX_LENGTH) {
+      throw new MooncakeError('INVALID_ARGUMENT', `size ${size} is larger than the biggest Buffer this Node can make (${bufferConstants.MAX_LENGTH} bytes); register several regions instead`);
+    }
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
     const m = await this.native.allocateManaged(size, shareable, location, this.blocking);

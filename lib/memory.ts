@@ -61,6 +61,21 @@ export class MemoryRegion {
     await this.release(this);
   }
 
+  private disposing: Promise<void> | undefined;
+
+  /**
+   * `await using region = await engine.registerMemory(...)`: unregisters the region when the scope ends.
+   * Idempotent: a region already unregistered (or whose engine is closed) is left as it is.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.released) return;
+    this.disposing ??= this.release(this).catch((e: unknown) => {
+      this.disposing = undefined; // a busy region can be disposed again once its transfers are done
+      throw e;
+    });
+    await this.disposing;
+  }
+
   /** @internal */
   markReleased(): void {
     this.released = true;

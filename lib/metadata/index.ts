@@ -27,8 +27,6 @@ export {
   type MetadataServerLogger,
   type ListenInfo,
   type RequestEvent,
-  type MetadataServerCommandIO,
-  METADATA_SERVER_USAGE,
-  runMetadataServerCommand,
 } from './server';
+export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './command';
 export { CLUSTER_ID_ENV, metadataKeyPrefix, rpcMetaKey, segmentKey, escapeKeyForUrl } from './keys';
