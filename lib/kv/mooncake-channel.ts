@@ -12,10 +12,18 @@ import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { parseKvTransferParams, type KvTransferParams } from './params';
 import { KvRegistry, type KvPeer } from './registry';
-import type { KvDoneResult, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
+import type { KvDoneResult, KvParamsExtra, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
+import { TOKEN_PARAM } from './tokens';
+
+/** The token of `params`, to echo in a signal about them. */
+function echo(p: KvTransferParams): { token?: string } {
+  const t = p[TOKEN_PARAM];
+  return typeof t === 'string' ? { token: t } : {};
+}
 
 export class MooncakeNodeChannel implements KvSideChannel {
   readonly name = 'mooncake-node' as const;
+  readonly tokens = true;
   private registry!: KvRegistry;
   private ctx!: KvSideChannelContext;
   private key = '';
@@ -66,8 +74,9 @@ export class MooncakeNodeChannel implements KvSideChannel {
     const o = this.o;
     this.ref = { engine_id: o.engineId, dp_rank: o.dpRank, tp_rank: o.tpRank, tp_size: this.own.tpSize, host: engine.advertiseAddress, rpc_port: engine.rpcPort };
     this.onNotify = (n: Notify) => {
-      const { message, malformed } = decodeKvMessage(n);
-      if (malformed) ctx.metrics.malformed++;
+      const { message, failure } = decodeKvMessage(n, o.layout.numBlocks);
+      if (failure === 'malformed') ctx.metrics.malformed++;
+      if (failure) ctx.onRefused({ reason: failure });
       if (!message) return;
       ctx.metrics.notifiesReceived++;
       ctx.onMessage(message);
@@ -95,6 +104,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
         pid: process.pid,
         instance: KvRegistry.instanceId(),
         started_at: Date.now(),
+        ...(ctx.fence !== undefined ? { fence: ctx.fence.toString() } : {}),
       });
     } catch (err) {
       await this.close();
@@ -102,7 +112,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     }
   }
 
-  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
+  transferParams(requestId: string, blockIds: readonly number[], extra: KvParamsExtra = {}): KvTransferParams {
     const o = this.o;
     const engine: TransferEngine = this.ctx.engine;
     return {
@@ -116,6 +126,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
       remote_dp_rank: o.dpRank,
       remote_tp_size: this.own.tpSize,
       remote_total_kv_heads: o.totalKvHeads,
+      ...(extra.token !== undefined ? { [TOKEN_PARAM]: extra.token } : {}),
     };
   }
 
@@ -170,9 +181,11 @@ export class MooncakeNodeChannel implements KvSideChannel {
       from: this.ref,
       ok: result.ok,
       failed_block_ids: result.failedBlockIds,
+      ...echo(p),
     });
   }
 
+  /** `signal.token` is the token of the consumer's params (KvProducer.push sets it). */
   sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean> {
     return this.send(peer.entry.host, peer.entry.rpc_port, { ...signal, from: this.ref });
   }

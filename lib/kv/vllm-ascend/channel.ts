@@ -40,6 +40,8 @@ const MAX_PEERS = 4096;
 
 export class VllmAscendChannel implements KvSideChannel {
   readonly name = 'vllm-ascend' as const;
+  /** vllm-ascend's params and DONE have no room for a token (the released peers would not echo it). */
+  readonly tokens = false;
   private ctx!: KvSideChannelContext;
   private router: RouterServer | undefined;
   private readonly client = new ReqClient();
@@ -114,6 +116,7 @@ export class VllmAscendChannel implements KvSideChannel {
 
   private malformed(what: string): undefined {
     this.ctx.metrics.malformed++;
+    this.ctx.onRefused({ reason: 'malformed' });
     this.ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${what}; not answered`));
     return undefined;
   }
