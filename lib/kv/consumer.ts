@@ -160,7 +160,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
       const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
       const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.decodeHead }, { ...theirs, head: s.prefillHead }, s.count)));
-      return await this.core.run('read', peer, plan, deadline, signal, { requestId, blocks: remote });
+      return await this.core.run('read', peer, plan, deadline, signal, this.core.options.detectStaleKv ? { requestId, blocks: remote } : undefined);
     } catch (err) {
       return fail(asMooncakeError(err, 'planning the pull failed'));
     }
