@@ -1,10 +1,14 @@
 // Stray and forged KV messages, in one process: a "done" releases only the hold it names (request token,
 // paired rank, tp size, its own blocks), early messages are bounded and expire, oversized messages are
-// refused unread, and duplicate destination blocks are refused before anything moves.
+// refused unread, and duplicate destination blocks are refused before anything moves. Then what the
+// vllm-ascend side channel can and cannot check.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, isMooncakeError } from '../../lib';
 import { sendNotify } from '../../lib/handshake';
 import { KV_NOTIFY_NAME, KvConsumer, KvProducer, encodeKvMessage, type KvMessage, type KvRankRef, type KvRefusal, type KvTransferParams } from '../../lib/kv';
+import { ReqClient } from '../../lib/kv/zmq/sockets';
+import { pack } from '../../lib/kv/zmq/wire';
+import { freePortRange } from '../helpers/ports';
 
 const common = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' };
 const layout = { numLayers: 2, numBlocks: 64, blockSize: 4, headBytes: 16, numHeads: 1 };
@@ -154,5 +158,60 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
     await expect(producers[0].push(pushParams, [1, 2])).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
     // Source blocks may repeat (two local blocks get the same remote block): that is allowed.
     for (const p of producers) p.release('dup');
+  });
+});
+
+describe('what the vllm-ascend side channel can check (its DONE carries a request id and nothing else)', () => {
+  const one = { prefill: { dpSize: 1, tpSize: 1 }, decode: { dpSize: 1, tpSize: 1 } };
+  let producer: KvProducer;
+  let consumer: KvConsumer;
+  let kvPort: number;
+  const client = new ReqClient({ timeoutMs: 300, tries: 1 });
+  /** A DONE as a vllm-ascend decode sends it, from anywhere; the answer's text, or the error code. */
+  const done = (rid: string): Promise<string> =>
+    client.request('127.0.0.1', kvPort, pack([Buffer.from('done_recving_msg'), rid, null])).then((b) => b.toString(), (e: { code?: string }) => e.code ?? 'ERROR');
+
+  beforeAll(async () => {
+    kvPort = await freePortRange(1);
+    const common = { sideChannel: 'vllm-ascend' as const, host: '127.0.0.1', ...one, layout };
+    producer = await KvProducer.create({ ...common, engineId: 'vp', kvPort, earlyMessages: { ttlMs: 300 } });
+    consumer = await KvConsumer.create({ ...common, engineId: 'vd', kvPort: await freePortRange(1) });
+  });
+
+  afterAll(async () => {
+    client.close();
+    await Promise.all([producer, consumer].map((r) => r?.close()));
+  });
+
+  it('a DONE for a held request releases it, whoever sends it: the protocol has no token and no sender rank', async () => {
+    const h = producer.hold('va-held', [1, 2]);
+    expect(h.params).not.toHaveProperty('remote_token');
+    expect(await done('va-held')).toBe('ACK');
+    expect((await h.released).reason).toBe('done');
+  });
+
+  it('a DONE before hold() counts only within earlyMessages.ttlMs; a malformed one is not answered', async () => {
+    expect(await done('va-early')).toBe('ACK');
+    expect((await producer.hold('va-early', [3]).released).reason).toBe('done');
+    expect(await done('va-stale-done')).toBe('ACK');
+    await new Promise((r) => setTimeout(r, 400));
+    const h = producer.hold('va-stale-done', [4]);
+    await tick();
+    expect(producer.heldRequests().map((x) => x.requestId)).toContain('va-stale-done');
+    producer.release('va-stale-done');
+    const malformed = producer.metrics().refused.malformed;
+    expect(await done('x'.repeat(1025))).toBe('TIMEOUT');
+    expect(producer.metrics().refused.malformed).toBe(malformed + 1);
+    await h.released;
+  });
+
+  it('between mooncake-node ranks on this wire the hold fence still works (an extra metadata key vllm-ascend ignores): a late pull is STALE_KV', async () => {
+    const h = producer.hold('va-late', [5, 6], { abortTimeoutMs: 10 });
+    expect((await h.released).reason).toBe('abort-timeout');
+    const o = await consumer.pull(h.params, [7, 8]);
+    expect(o.ok).toBe(false);
+    expect(o.error?.code).toBe('STALE_KV');
+    const fresh = producer.hold('va-fresh', [9]);
+    expect((await consumer.pull(fresh.params, [10])).ok).toBe(true);
   });
 });
