@@ -201,8 +201,12 @@ export class MooncakeNodeChannel implements KvSideChannel {
         metrics.notifiesSent++;
         return true;
       } catch (err) {
-        // A refused connection means the rank is gone: no point retrying.
+        // A refused connection means the rank is gone, and a refused message would be refused again.
         if (isMooncakeError(err, 'CONNECT_FAILED') && !(err.details as { timedOut?: boolean } | undefined)?.timedOut) break;
+        if (isMooncakeError(err, 'REJECT_HANDSHAKE')) {
+          this.ctx.onWarning(new MooncakeError('REMOTE_REJECTED', `${host}:${port} refused the KV "${message.type}" for ${message.request_id} (its 'refused' event says why: a token, rank or size it does not accept, or a full early-message buffer)`, { cause: err }));
+          break;
+        }
         if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
       }
     }
