@@ -165,7 +165,9 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
     const o = resolveKvOptions(options, this.side === 'prefill' ? 'kv_producer' : 'kv_consumer');
     this.tokens = new RequestTokens(o.holdKey, o.engineId, o.dpRank);
     this.early = new EarlyMessages(o.earlyMessages, kvMessageBytes);
-    this.core = await KvRankCore.open(o, options, this.side, (m) => this.onMessage(m), (e) => this.warn(e), (r) => this.refused(r));
+    // A message can arrive while the side channel starts, before `core` is set: nothing was issued yet
+    // that it could be about, so it is refused (uncounted).
+    this.core = await KvRankCore.open(o, options, this.side, (m) => this.core !== undefined && this.onMessage(m), (e) => this.warn(e), (r) => this.core !== undefined && this.refused(r));
   }
 
   /** A signal from the other side; false when it is refused (refuse()). */
@@ -182,10 +184,11 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
     return false;
   }
 
-  private refused(r: KvRefusal): void {
+  private refused(r: KvRefusal): true {
     this.core.metrics.refused[r.reason]++;
     const emitter = this as unknown as EventEmitter;
     if (emitter.listenerCount('refused') > 0) emitter.emit('refused', r);
+    return true;
   }
 
   /** The metrics both sides share (early messages included). */
