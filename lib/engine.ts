@@ -22,7 +22,7 @@ import {
 } from './options';
 import { Segment } from './segment';
 import { packRequests, type BatchRequest, type Opcode, type PackedRequests, type TransferRequest } from './transfer-batch';
-import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, probe, sendNotify, type Notify } from './handshake';
+import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, notifyBytes, probe, sendNotify, type Notify, type NotifyRejectReason } from './handshake';
 
 export type { TransferEngineOptions } from './options';
 export type { TransferRequest, BatchRequest, Opcode } from './transfer-batch';
@@ -53,9 +53,23 @@ export interface TaskStatusInfo {
   error?: ErrorCode;
 }
 
+/** A received notify that did not make it into (or out of) the `getNotifies()` buffer. */
+export interface NotifyDropInfo {
+  /**
+   * 'overflow': discarded from the full buffer to make room (it was emitted as 'notify' first);
+   * 'too-large' / 'full' / 'closed': refused, and the sender was told (its `sendNotify` failed).
+   */
+  reason: 'overflow' | NotifyRejectReason;
+  name: string;
+  /** UTF-8 bytes of name + message. */
+  bytes: number;
+}
+
 export interface TransferEngineEvents {
   /** A notification from a peer (upstream's notify messages). */
   notify: [notify: Notify];
+  /** A notify was dropped from the buffer or refused (counted in stats() `notifiesDropped` / `notifiesRejected`). */
+  notifyDropped: [info: NotifyDropInfo];
   /** A background metadata operation failed (the engine keeps retrying). */
   metadataError: [error: MooncakeError];
 }
@@ -137,6 +151,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.rpcPort = init.rpcPort;
     this.dataPort = init.native.dataPort();
     this.notifications.on('notify', (n: Notify) => this.emit('notify', n));
+    this.notifications.on('overflow', (n: Notify) => this.emit('notifyDropped', { reason: 'overflow', name: n.name, bytes: notifyBytes(n) }));
+    this.notifications.on('reject', (r) => this.emit('notifyDropped', { reason: r.reason, name: r.name, bytes: r.bytes }));
   }
 
   /** Creates an engine: starts its data and handshake listeners and publishes it in the metadata store. */
@@ -148,13 +164,15 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const store = p2p ? undefined : createMetadataStore(o.metadataServer, { timeoutMs: o.metadataTimeoutMs });
     const range = portRange();
     const advertise = o.advertiseAddress ?? defaultAdvertiseAddress(o.bindAddress);
-    const notifications = new NotificationQueue();
+    const notifications = new NotificationQueue(o.notifies);
     if (o.backend === 'mooncake') return TransferEngine.createUpstream(binding, o, store, advertise, notifications);
 
     let engine: TransferEngine | undefined;
     const handshake = new HandshakeServer({
       onMetadata: () => (engine ? new RawJson(engine.describe()) : null),
+      // Acknowledged only when accepted: a refused notify fails the sender's sendNotify.
       onNotify: (n: Notify) => notifications.push(n),
+      ...(o.firstByteTimeoutMs !== undefined ? { firstByteTimeoutMs: o.firstByteTimeoutMs } : {}),
       // A peer the data port refuses gets neither the descriptor nor a say through notifies.
       ...(o.allowedPeers !== undefined ? { allowedPeers: o.allowedPeers } : {}),
     });
@@ -179,6 +197,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           minPort: range.min,
           maxPort: range.max,
           maxServerConnections: o.maxServerConnections,
+          maxServerConnectionsPerPeer: o.maxServerConnectionsPerPeer,
+          firstByteTimeoutMs: o.firstByteTimeoutMs,
           protoVersion: o.tcpProtoVersion,
           allowedPeers: o.allowedPeers,
           sameHost: o.sameHostFastPath,
@@ -574,6 +594,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       openSegments: this.segments.size,
       metadataRepublished: this.publisher?.republished ?? 0,
       ...(this.handshake ? handshakeCounters(this.handshake) : {}),
+      notifiesReceived: this.notifications.received,
+      notifiesQueued: this.notifications.size,
+      notifiesQueuedBytes: this.notifications.bytes,
+      notifiesDropped: this.notifications.dropped,
+      notifiesRejected: this.notifications.rejected,
     };
   }
 
@@ -751,7 +776,15 @@ function descriptorField(text: string, field: string, name: string): unknown {
 function handshakeCounters(h: HandshakeServer): Record<string, number> {
   const s = h.stats();
   const dropped = Object.values(s.dropped).reduce((a, b) => a + b, 0);
-  return { handshakeConnections: s.active, handshakeAccepted: s.accepted, handshakeDropped: dropped, handshakeRefused: s.dropped.refused };
+  return {
+    handshakeConnections: s.active,
+    handshakeAccepted: s.accepted,
+    handshakeDropped: dropped,
+    handshakeRefused: s.dropped.refused,
+    handshakeEvicted: s.dropped.evicted,
+    handshakeOverload: s.dropped.overload,
+    handshakeTimedOut: s.dropped.timeout,
+  };
 }
 
 function zipRequests(locals: bigint[], remotes: bigint[], lengths: number[]): TransferRequest[] {

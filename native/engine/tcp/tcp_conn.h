@@ -4,6 +4,9 @@
 #include <sys/uio.h>
 
 #include <deque>
+#include <map>
+#include <string>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -86,7 +89,8 @@ class Peer {
 // One accepted data connection.
 class ServerConn : public EventHandler {
  public:
-  ServerConn(TcpTransport& t, LoopCtx& ctx, int fd);
+  // `source` is the peer's sourceKey(), released when the connection closes ("" for none).
+  ServerConn(TcpTransport& t, LoopCtx& ctx, int fd, std::string source = std::string());
   ~ServerConn() override;
   bool start();
   void onEvents(uint32_t events) override;
@@ -111,9 +115,12 @@ class ServerConn : public EventHandler {
   bool flush();  // false when the connection must close
   void updateInterest();
 
+  void releaseSlot();
+
   TcpTransport& t_;
   LoopCtx& ctx_;
   int fd_;
+  std::string source_;
   uint8_t hdr_[kHeaderSize];
   size_t hdrHave_ = 0;
   // WRITE body in progress.
@@ -148,6 +155,11 @@ class ServerReaper : public Ticker {
   int64_t nextScan_ = 0;
 };
 
+// The data listener. It also holds every accepted connection until its first bytes arrive: such a
+// "silent" connection has not asked for anything yet, so it is the one to give up when slots run out
+// (the oldest silent one, of the same source when that source is at its cap), and it is closed after
+// firstByteTimeoutMs. Only then is it handed to a loop as a ServerConn. Everything here runs on the
+// listener's loop, so silent connections need no locking.
 class Listener : public EventHandler, public Ticker {
  public:
   Listener(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
@@ -158,15 +170,31 @@ class Listener : public EventHandler, public Ticker {
   void close();
 
  private:
+  struct Silent : EventHandler {
+    Listener* owner = nullptr;
+    int fd = -1;
+    uint64_t seq = 0;
+    int64_t acceptedAt = 0;
+    std::string source;
+    void onEvents(uint32_t events) override;
+  };
   // Out of descriptors (EMFILE/ENFILE): refuse one pending connection with the reserved descriptor.
   // Without it the level-triggered listener stays readable and the loop spins.
   void refuseOne();
+  void admit(int fd, const sockaddr* peer);
+  // Takes a silent connection out of the bookkeeping; its object is deleted after this round of events.
+  void forget(Silent* s);
+  void drop(Silent* s);      // closes it and gives back its slot
+  void handOver(Silent* s);  // its first bytes arrived: becomes a ServerConn
 
   TcpTransport& t_;
   LoopCtx& ctx_;
   int fd_;
   int spare_ = -1;            // a reserved descriptor (/dev/null), given up to accept-and-close
   int64_t pausedUntil_ = 0;   // listener unwatched until then (no spare left)
+  uint64_t nextSeq_ = 0;
+  std::map<uint64_t, Silent*> silent_;                                      // all, oldest first
+  std::unordered_map<std::string, std::map<uint64_t, Silent*>> silentBySource_;  // per source, oldest first
 };
 
 }  // namespace mc::tcp

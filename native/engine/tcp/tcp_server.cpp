@@ -19,13 +19,20 @@ constexpr uint64_t kMaxQueuedOut = 16ull << 20;  // stop reading requests while 
 constexpr int kMaxReadsPerEvent = 64;
 }  // namespace
 
-ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
+ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd, std::string source)
+    : t_(t), ctx_(ctx), fd_(fd), source_(std::move(source)) {}
 
 ServerConn::~ServerConn() {
   if (fd_ >= 0) {
     ::close(fd_);
-    t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+    releaseSlot();
   }
+}
+
+void ServerConn::releaseSlot() {
+  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  t_.sourceRelease(source_);
+  source_.clear();
 }
 
 bool ServerConn::start() {
@@ -58,7 +65,7 @@ void ServerConn::close() {
   ctx_.loop->remove(fd_);
   ::close(fd_);
   fd_ = -1;
-  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  releaseSlot();
   out_.clear();
   bodyRef_.release();
   LoopCtx* ctx = &ctx_;
@@ -263,6 +270,10 @@ void ServerConn::updateInterest() {
 Listener::~Listener() {
   if (fd_ >= 0) ::close(fd_);
   if (spare_ >= 0) ::close(spare_);
+  for (auto& kv : silent_) {  // only when close() never ran (the loop never started)
+    if (kv.second->fd >= 0) ::close(kv.second->fd);
+    delete kv.second;
+  }
 }
 
 bool Listener::start() {
@@ -279,6 +290,7 @@ void Listener::close() {
   fd_ = -1;
   if (spare_ >= 0) ::close(spare_);
   spare_ = -1;
+  while (!silent_.empty()) drop(silent_.begin()->second);
 }
 
 void Listener::refuseOne() {
@@ -300,6 +312,12 @@ void Listener::refuseOne() {
 }
 
 void Listener::onTick(int64_t now) {
+  // Silent connections past their deadline (the oldest first; the map is in accept order).
+  const int64_t limit = static_cast<int64_t>(t_.options().firstByteTimeoutMs) * 1000000LL;
+  while (!silent_.empty() && now - silent_.begin()->second->acceptedAt > limit) {
+    t_.serverConnsSilent.fetch_add(1, std::memory_order_relaxed);
+    drop(silent_.begin()->second);
+  }
   if (pausedUntil_ == 0 || now < pausedUntil_ || fd_ < 0) return;
   pausedUntil_ = 0;
   ctx_.loop->add(fd_, EPOLLIN, this);
@@ -318,8 +336,92 @@ void Listener::onEvents(uint32_t) {
       }
       break;  // EAGAIN
     }
-    t_.onServerAccepted(fd, reinterpret_cast<sockaddr*>(&ss));
+    admit(fd, reinterpret_cast<sockaddr*>(&ss));
   }
+}
+
+void Listener::admit(int fd, const sockaddr* peer) {
+  if (!t_.peerAllowed(peer)) {
+    t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
+    ::close(fd);
+    return;
+  }
+  std::string source = sourceKey(peer);
+  const bool sourceFull = t_.sourceCount(source) >= t_.perPeerCap();
+  const bool full = t_.serverConns.load() >= t_.options().maxServerConnections;
+  if (sourceFull || full) {
+    // No room: take it from the oldest connection that has not asked for anything yet (of this
+    // source, when this source is at its cap). A peer that sends its request promptly keeps its slot;
+    // one that connects and waits is the one to go. Without such a connection, refuse the new one.
+    Silent* victim = nullptr;
+    if (sourceFull) {
+      auto it = silentBySource_.find(source);
+      if (it != silentBySource_.end() && !it->second.empty()) victim = it->second.begin()->second;
+    } else if (!silent_.empty()) {
+      victim = silent_.begin()->second;
+    }
+    if (victim == nullptr) {
+      t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
+      ::close(fd);
+      return;
+    }
+    t_.serverConnsEvicted.fetch_add(1, std::memory_order_relaxed);
+    t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
+    drop(victim);
+  }
+  t_.serverConns.fetch_add(1, std::memory_order_relaxed);
+  t_.serverConnsTotal.fetch_add(1, std::memory_order_relaxed);
+  t_.sourceAdd(source);
+  auto* s = new Silent();
+  s->owner = this;
+  s->fd = fd;
+  s->seq = nextSeq_++;
+  s->acceptedAt = monotonicNs();
+  s->source = std::move(source);
+  if (!ctx_.loop->add(fd, EPOLLIN | EPOLLRDHUP, s)) {
+    // Cannot watch it here: let a connection loop wait for its bytes instead (the reaper has no
+    // deadline for silence, but this only happens when epoll itself fails).
+    t_.onServerAccepted(fd, s->source);
+    delete s;
+    return;
+  }
+  silent_.emplace(s->seq, s);
+  silentBySource_[s->source].emplace(s->seq, s);
+}
+
+void Listener::forget(Silent* s) {
+  silent_.erase(s->seq);
+  auto it = silentBySource_.find(s->source);
+  if (it != silentBySource_.end()) {
+    it->second.erase(s->seq);
+    if (it->second.empty()) silentBySource_.erase(it);
+  }
+  s->fd = -1;
+  // This round of events may still name it: delete it afterwards.
+  if (!ctx_.loop->post([s] { delete s; })) delete s;
+}
+
+void Listener::drop(Silent* s) {
+  int fd = s->fd;
+  ctx_.loop->remove(fd);
+  ::close(fd);
+  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  t_.sourceRelease(s->source);
+  forget(s);
+}
+
+void Listener::handOver(Silent* s) {
+  int fd = s->fd;
+  std::string source = s->source;
+  ctx_.loop->remove(fd);
+  forget(s);
+  t_.onServerAccepted(fd, std::move(source));  // its slot and source count go with it
+}
+
+void Listener::Silent::onEvents(uint32_t) {
+  if (fd < 0) return;  // dropped earlier in this round of events
+  // Data, EOF or an error: in every case the connection is no longer silent; the ServerConn reads it.
+  owner->handOver(this);
 }
 
 }  // namespace mc::tcp
