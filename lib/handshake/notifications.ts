@@ -86,7 +86,8 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
   readonly maxBytes: number;
   readonly maxMessageBytes: number;
   readonly whenFull: 'drop-oldest' | 'reject';
-  private buf: Notify[] = [];
+  /** Buffered notifies from `head` on; slots before it are cleared so taken notifies can be collected. */
+  private buf: (Notify | undefined)[] = [];
   /** Byte size of each buffered notify, parallel to `buf`. */
   private sizes: number[] = [];
   private head = 0;
@@ -168,7 +169,7 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
     this.buf.push(item);
     this.sizes.push(size);
     this.bufferedBytes += size;
-    if (this.head > 1024 && this.head * 2 > this.buf.length) {
+    if (this.head > 64 && this.head * 2 > this.buf.length) {
       this.buf = this.buf.slice(this.head);
       this.sizes = this.sizes.slice(this.head);
       this.head = 0;
@@ -184,6 +185,7 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
 
   private takeHead(): Notify {
     const n = this.buf[this.head]!;
+    this.buf[this.head] = undefined; // a dropped or taken notify must not stay reachable from here
     this.bufferedBytes -= this.sizes[this.head]!;
     this.head++;
     if (this.head === this.buf.length) {
@@ -196,7 +198,7 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
 
   /** Everything buffered, oldest first; the buffer is left empty (upstream `getNotifies()`). */
   drain(): Notify[] {
-    const out = this.head === 0 ? this.buf : this.buf.slice(this.head);
+    const out = (this.head === 0 ? this.buf : this.buf.slice(this.head)) as Notify[];
     this.buf = [];
     this.sizes = [];
     this.head = 0;

@@ -231,8 +231,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   private readonly silent = new Set<net.Socket>();
   private readonly silentBySource = new Map<string, Set<net.Socket>>();
   private readonly perSource = new Map<string, number>();
-  /** Closes a silent connection to make room for a new one. */
-  private readonly evictors = new Map<net.Socket, () => void>();
+  /** Closes a silent connection to make room for a new one; when and in which turn it was accepted. */
+  private readonly evictors = new Map<net.Socket, { evict: () => void; turn: number; at: number }>();
+  /** Event-loop turns in which connections arrived (see makeRoom). */
+  private turn = 0;
+  private turnPending = false;
   private readonly timers = new Set<NodeJS.Timeout>();
   private refed = true;
   /** Request bytes currently buffered across connections. */
@@ -499,7 +502,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       phase = 'done';
       release();
     });
-    this.evictors.set(socket, () => fail('evicted', new MooncakeError('TOO_MANY_REQUESTS', 'a silent handshake connection gave its slot to a new one')));
+    this.evictors.set(socket, {
+      evict: () => fail('evicted', new MooncakeError('TOO_MANY_REQUESTS', 'a silent handshake connection gave its slot to a new one')),
+      turn: this.turn,
+      at: performance.now(),
+    });
 
     const acceptedAt = performance.now();
     const receiveDeadline = (): void => {
@@ -581,13 +588,24 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
    * same source when that source is at its cap) if there is no free slot.
    */
   private makeRoom(source: string): boolean {
+    if (!this.turnPending) {
+      this.turnPending = true;
+      setImmediate(() => {
+        this.turn++;
+        this.turnPending = false;
+      });
+    }
     const sourceFull = (this.perSource.get(source) ?? 0) >= this.opts.maxConnectionsPerPeer;
     const full = this.sockets.size >= this.opts.maxConnections;
     if (!sourceFull && !full) return true;
     const pool = sourceFull ? this.silentBySource.get(source) : this.silent;
     const victim = pool?.values().next().value;
-    if (victim === undefined) return false;
-    this.evictors.get(victim)?.();
+    const v = victim === undefined ? undefined : this.evictors.get(victim);
+    // Only a connection that has had a whole turn of the event loop to deliver its first bytes (or
+    // 100 ms) can be called silent: a burst of accepts must not evict a peer that connected a moment
+    // earlier, before its request was even read.
+    if (!v || (v.turn + 2 > this.turn && performance.now() - v.at < 100)) return false;
+    v.evict();
     return true;
   }
 

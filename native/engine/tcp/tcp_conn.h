@@ -182,6 +182,8 @@ class Listener : public EventHandler, public Ticker {
   // Without it the level-triggered listener stays readable and the loop spins.
   void refuseOne();
   void admit(int fd, const sockaddr* peer);
+  // The silent connection to give up for a new one (of `source`, if given), or nullptr.
+  Silent* findVictim(const std::string* source);
   // Takes a silent connection out of the bookkeeping; its object is deleted after this round of events.
   void forget(Silent* s);
   void drop(Silent* s);      // closes it and gives back its slot
@@ -193,6 +195,7 @@ class Listener : public EventHandler, public Ticker {
   int spare_ = -1;            // a reserved descriptor (/dev/null), given up to accept-and-close
   int64_t pausedUntil_ = 0;   // listener unwatched until then (no spare left)
   uint64_t nextSeq_ = 0;
+  uint64_t roundFirstSeq_ = 0;  // first sequence number of the current round of accepts
   std::map<uint64_t, Silent*> silent_;                                      // all, oldest first
   std::unordered_map<std::string, std::map<uint64_t, Silent*>> silentBySource_;  // per source, oldest first
 };

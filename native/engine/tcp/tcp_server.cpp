@@ -324,6 +324,7 @@ void Listener::onTick(int64_t now) {
 }
 
 void Listener::onEvents(uint32_t) {
+  roundFirstSeq_ = nextSeq_;
   for (int i = 0; i < 256 && fd_ >= 0 && pausedUntil_ == 0; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -353,13 +354,7 @@ void Listener::admit(int fd, const sockaddr* peer) {
     // No room: take it from the oldest connection that has not asked for anything yet (of this
     // source, when this source is at its cap). A peer that sends its request promptly keeps its slot;
     // one that connects and waits is the one to go. Without such a connection, refuse the new one.
-    Silent* victim = nullptr;
-    if (sourceFull) {
-      auto it = silentBySource_.find(source);
-      if (it != silentBySource_.end() && !it->second.empty()) victim = it->second.begin()->second;
-    } else if (!silent_.empty()) {
-      victim = silent_.begin()->second;
-    }
+    Silent* victim = findVictim(sourceFull ? &source : nullptr);
     if (victim == nullptr) {
       t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
       ::close(fd);
@@ -387,6 +382,29 @@ void Listener::admit(int fd, const sockaddr* peer) {
   }
   silent_.emplace(s->seq, s);
   silentBySource_[s->source].emplace(s->seq, s);
+}
+
+Listener::Silent* Listener::findVictim(const std::string* source) {
+  // A connection whose bytes are already in the kernel is not silent, only not read yet: hand it over
+  // instead. Connections accepted in this round of accepts are spared: their first bytes may be on
+  // the wire, and the round can be longer than the slots (a flood must not evict a peer that
+  // connected a moment earlier before its request is even looked at).
+  for (int handed = 0; handed < 16; ++handed) {
+    std::map<uint64_t, Silent*>* pool = &silent_;
+    if (source != nullptr) {
+      auto it = silentBySource_.find(*source);
+      if (it == silentBySource_.end()) return nullptr;
+      pool = &it->second;
+    }
+    if (pool->empty()) return nullptr;
+    Silent* s = pool->begin()->second;
+    if (s->seq >= roundFirstSeq_) return nullptr;
+    char c;
+    ssize_t r = ::recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return s;
+    handOver(s);  // data, EOF or an error: the ServerConn deals with it
+  }
+  return nullptr;
 }
 
 void Listener::forget(Silent* s) {
