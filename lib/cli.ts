@@ -23,7 +23,7 @@ async function main(argv: string[]): Promise<void> {
       return runBenchCommand(rest);
     }
     case 'metadata-server': {
-      const { runMetadataServerCommand } = await import('./metadata/server');
+      const { runMetadataServerCommand } = await import('./metadata/server-cli');
       return runMetadataServerCommand(rest);
     }
     case 'proxy': {

@@ -1,5 +1,5 @@
-import * as net from 'node:net';
 import * as os from 'node:os';
+import { allowList } from './allow-list';
 import { MooncakeError } from './errors';
 import type { NotificationQueueOptions } from './handshake/notifications';
 
@@ -202,10 +202,7 @@ export function validateOptions(o: TransferEngineOptions): void {
   if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
     throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
   }
-  if (o.allowedPeers !== undefined && (!Array.isArray(o.allowedPeers) || o.allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0))) {
-    const bad = Array.isArray(o.allowedPeers) ? o.allowedPeers.find((p) => typeof p !== 'string' || net.isIP(p) === 0) : o.allowedPeers;
-    throw new MooncakeError('INVALID_CONFIG', `allowedPeers must be an array of numeric IP addresses (no host names), got ${JSON.stringify(bad)}`);
-  }
+  allowList(o.allowedPeers, 'allowedPeers'); // throws INVALID_CONFIG naming a bad entry
 }
 
 /** Upstream env knobs that map onto our options (explicit options win). */

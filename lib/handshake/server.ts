@@ -19,6 +19,7 @@
 
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { allowList } from '../allow-list';
 import { MooncakeError, isMooncakeError } from '../errors';
 import {
   FrameDecoder,
@@ -170,7 +171,7 @@ export function rpcPortRangeFromEnv(env: NodeJS.ProcessEnv = process.env): PortR
   return { min, max };
 }
 
-/** An IPv4-mapped IPv6 address as plain IPv4, as the native data port compares them. */
+/** An IPv4-mapped IPv6 address as plain IPv4 (one source address, however it connected). */
 function normalizeIp(ip: string): string {
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
   return (m ? m[1]! : ip).toLowerCase();
@@ -223,7 +224,7 @@ class Timeout extends Error {}
 
 export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   private readonly opts: Required<Omit<HandshakeServerOptions, keyof HandshakeHandlers | 'allowedPeers'>>;
-  private readonly allowed: Set<string> | undefined;
+  private readonly allowed: ((address: string | undefined) => boolean) | undefined;
   private readonly handlers: HandshakeHandlers;
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
@@ -259,12 +260,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   constructor(options: HandshakeServerOptions = {}) {
     super();
     const { onMetadata, onNotify, allowedPeers, ...rest } = options;
-    if (allowedPeers !== undefined) {
-      if (!Array.isArray(allowedPeers) || allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0)) {
-        throw new MooncakeError('INVALID_ARGUMENT', 'allowedPeers must be an array of numeric IP strings');
-      }
-      if (allowedPeers.length > 0) this.allowed = new Set(allowedPeers.map(normalizeIp));
-    }
+    this.allowed = allowList(allowedPeers, 'allowedPeers', 'INVALID_ARGUMENT');
     this.handlers = {};
     if (onMetadata) this.handlers.onMetadata = onMetadata;
     if (onNotify) this.handlers.onNotify = onNotify;
@@ -441,7 +437,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       socket.destroy();
       return;
     }
-    if (this.allowed && !this.allowed.has(normalizeIp(socket.remoteAddress ?? ''))) {
+    if (this.allowed && !this.allowed(socket.remoteAddress)) {
       this.drop('refused', new MooncakeError('REJECT_HANDSHAKE', `handshake connection from ${socket.remoteAddress ?? '?'} refused: not in allowedPeers`), socket);
       socket.destroy();
       return;

@@ -25,10 +25,9 @@ export {
   MetadataServer,
   type MetadataServerOptions,
   type MetadataServerLogger,
+  type MetadataServerStats,
   type ListenInfo,
   type RequestEvent,
-  type MetadataServerCommandIO,
-  METADATA_SERVER_USAGE,
-  runMetadataServerCommand,
 } from './server';
+export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './server-cli';
 export { CLUSTER_ID_ENV, metadataKeyPrefix, rpcMetaKey, segmentKey, escapeKeyForUrl } from './keys';

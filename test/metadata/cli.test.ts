@@ -4,7 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { METADATA_SERVER_USAGE, runMetadataServerCommand, type ListenInfo } from '../../lib/metadata/server';
+import type { ListenInfo } from '../../lib/metadata/server';
+import { METADATA_SERVER_USAGE, runMetadataServerCommand } from '../../lib/metadata/server-cli';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { rawRequest } from '../helpers/raw-http';
 import { stopProcess } from '../helpers/server-process';
@@ -115,13 +116,13 @@ describe('runMetadataServerCommand (child process, real signals)', () => {
     const tsc = path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
     await promisify(execFile)(
       process.execPath,
-      [tsc, '--outDir', outDir, '--rootDir', path.join(repoRoot, 'lib'), '--module', 'commonjs', '--target', 'ES2022', '--strict', '--esModuleInterop', '--skipLibCheck', '--types', 'node', path.join(repoRoot, 'lib/metadata/server.ts')],
+      [tsc, '--outDir', outDir, '--rootDir', path.join(repoRoot, 'lib'), '--module', 'commonjs', '--target', 'ES2022', '--strict', '--esModuleInterop', '--skipLibCheck', '--types', 'node', path.join(repoRoot, 'lib/metadata/server-cli.ts')],
       { cwd: repoRoot, timeout: 120_000 },
     );
     runner = path.join(outDir, 'runner.js');
     fs.writeFileSync(
       runner,
-      `require(${JSON.stringify(path.join(outDir, 'metadata', 'server.js'))}).runMetadataServerCommand(process.argv.slice(2))` +
+      `require(${JSON.stringify(path.join(outDir, 'metadata', 'server-cli.js'))}).runMetadataServerCommand(process.argv.slice(2))` +
         `.then(() => console.log('<clean exit>'), (e) => { console.error(e.message); process.exitCode = 2; });\n`,
     );
   }, 120_000);
