@@ -85,11 +85,15 @@ def text_seeds():
                        'numbers': '[-0.0,1.0,1e+9999,0.10000000000000001,9007199254740993,-9223372036854775808]',
                        'proto_key': '{"__proto__":{"x":1},"constructor":null,"a":[{},[]]}'}.items():
         write('handshake_json', name, text + '\n')
-    # descriptor target: byte 0 picks the decoder (even: segment descriptor, odd: rpc_meta).
-    write('descriptor', 'live_descriptor', '\x00' + LIVE_DESC)
-    write('descriptor', 'node_descriptor', '\x00' + NODE_DESC)
-    write('descriptor', 'multi_protocol', '\x00' + OLD_DESC)
-    write('descriptor', 'live_rpc_meta', '\x01' + LIVE_RPC)
+    # descriptor target: the descriptor's text.
+    write('descriptor', 'live_descriptor', LIVE_DESC)
+    write('descriptor', 'node_descriptor', NODE_DESC)
+    write('descriptor', 'multi_protocol', OLD_DESC)
+    # rpc_meta (JS target, lib/metadata/rpc-meta.ts): upstream's, ours (IPv6, a host name), odd numbers.
+    write('rpc_meta', 'live_rpc_meta', LIVE_RPC)
+    write('rpc_meta', 'ipv6', '{"ip_or_host_name":"::1","rpc_port":15001}')
+    write('rpc_meta', 'host_name', '{"ip_or_host_name":"prefill-0.svc.cluster.local","rpc_port":65535}')
+    write('rpc_meta', 'odd_numbers', '{"ip_or_host_name":"10.0.0.1","rpc_port":15001.0,"extra":[1e400,-0]}')
 
 
 def frame(type_, text):

@@ -10,6 +10,7 @@ import { MemoryRegion, type RegisterOptions } from './memory';
 import { MetadataPublisher } from './metadata-publisher';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
 import { rpcMetaKey, segmentKey } from './metadata/keys';
+import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
 import { createUpstreamNative, pollUpstreamNotifies } from './upstream-backend';
 import {
@@ -210,7 +211,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
         native, backend: 'builtin', protocol: 'tcp', handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
       });
       if (store) {
-        const rpcMeta = JSON.stringify({ ip_or_host_name: advertise, rpc_port: rpcPort });
+        const rpcMeta = encodeRpcMeta({ ipOrHostName: advertise, rpcPort });
         const owner = engine;
         engine.publisher = new MetadataPublisher({
           store,
@@ -746,19 +747,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const rkey = rpcMetaKey(peerName);
     const rpcText = await this.store.get(rkey);
     if (rpcText === undefined) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment '${name}' has no rpc_meta entry (key ${rkey})`, { details: { name, key: rkey } });
-    let rpc: { ip_or_host_name?: unknown; rpc_port?: unknown };
-    try {
-      rpc = JSON.parse(rpcText) as typeof rpc;
-    } catch (err) {
-      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' is not JSON`, { cause: err, details: { key: rkey } });
-    }
-    if (typeof rpc.ip_or_host_name !== 'string' || typeof rpc.rpc_port !== 'number') {
-      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' lacks ip_or_host_name or rpc_port`, { details: { key: rkey } });
-    }
+    const rpc = decodeRpcMeta(rpcText, `'${peerName}' (key ${rkey})`);
     // Upstream 0.3.13+ publishes the data listener's host; older peers share rpc_meta's.
     const dataHost = descriptorField(descriptor, 'tcp_data_host', name);
-    const ip = await lookupIp(typeof dataHost === 'string' && dataHost ? dataHost : rpc.ip_or_host_name);
-    return { descriptor, ip, rpcPort: rpc.rpc_port };
+    const ip = await lookupIp(typeof dataHost === 'string' && dataHost ? dataHost : rpc.ipOrHostName);
+    return { descriptor, ip, rpcPort: rpc.rpcPort };
   }
 }
 
@@ -824,9 +817,8 @@ async function lookupIp(host: string): Promise<string> {
 /** An rpc_meta entry is stale when nothing answers a handshake probe at its address. */
 async function staleRpcMeta(existing: string): Promise<boolean> {
   try {
-    const m = JSON.parse(existing) as { ip_or_host_name?: string; rpc_port?: number };
-    if (typeof m.ip_or_host_name !== 'string' || typeof m.rpc_port !== 'number') return true;
-    await probe(await lookupIp(m.ip_or_host_name), m.rpc_port, { connectTimeoutMs: 1000, timeoutMs: 2000 });
+    const m = decodeRpcMeta(existing); // unreadable: stale
+    await probe(await lookupIp(m.ipOrHostName), m.rpcPort, { connectTimeoutMs: 1000, timeoutMs: 2000 });
     return false;
   } catch {
     return true;

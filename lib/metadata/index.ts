@@ -30,4 +30,5 @@ export {
   type RequestEvent,
 } from './server';
 export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './server-cli';
+export { decodeRpcMeta, encodeRpcMeta, type RpcMeta } from './rpc-meta';
 export { CLUSTER_ID_ENV, metadataKeyPrefix, rpcMetaKey, segmentKey, escapeKeyForUrl } from './keys';
