@@ -72,6 +72,8 @@ class ClientConn : public EventHandler, public Ticker {
 class Peer {
  public:
   Peer(TcpTransport& t, std::string key, const net::Endpoint& ep);
+  // With `connections` connections on one given loop (a harness driving that loop itself).
+  Peer(TcpTransport& t, std::string key, const net::Endpoint& ep, LoopCtx& ctx, unsigned connections);
   ~Peer();
   const std::string& key() const { return key_; }
   const net::Endpoint& endpoint() const { return ep_; }
