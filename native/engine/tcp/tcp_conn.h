@@ -107,13 +107,19 @@ class ServerConn : public EventHandler {
     uint64_t len;
     uint64_t off;
     RegionRef ref;  // keeps a READ's region registered until its bytes are sent
-    std::unique_ptr<uint8_t[]> owned;  // staging copy of device memory
+    std::unique_ptr<uint8_t[]> owned;  // staging copy of device memory (one chunk at a time)
+    uint8_t* dev = nullptr;            // device READ: the device address of byte 0
+    uint64_t chunkStart = 0;           // device READ: bytes [chunkStart, chunkEnd) are in `owned`
+    uint64_t chunkEnd = 0;
   };
   void onReadable();
   bool consume(const uint8_t* p, size_t n);  // false when the connection must close
   bool handleHeader();
   bool reject(bool v2);  // queues a v2 rejection frame; half-closes once earlier answers are out
   bool finishBody();      // false when the connection must close
+  uint64_t bodyRoom() const;  // body bytes that can land at dest_ now (device: room in the staging chunk)
+  void stageOut();            // device WRITE: a full (or the last) staging chunk goes to the device
+  bool stageNext(Out& o);     // device READ: stages the entry's next chunk; false if the copy failed
   bool flush();  // false when the connection must close
   void updateInterest();
 
@@ -132,8 +138,9 @@ class ServerConn : public EventHandler {
   uint64_t remaining_ = 0;
   RegionRef bodyRef_;
   std::unique_ptr<uint8_t[]> bodyStaging_;  // device WRITE: bytes land here, then go to the device
-  uint8_t* bodyDevDest_ = nullptr;
-  uint64_t bodyLen_ = 0;
+  uint64_t bodyStagingCap_ = 0;
+  uint8_t* bodyDevDest_ = nullptr;           // where the next staged chunk goes
+  bool bodyDevFailed_ = false;               // a chunk's copy failed: reject once the body is in
   std::deque<Out> out_;
   uint64_t outBytes_ = 0;
   bool readPaused_ = false;

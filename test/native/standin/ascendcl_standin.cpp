@@ -37,6 +37,7 @@ uint64_t next = 0;
 std::map<uintptr_t, Alloc> allocs;
 thread_local int current = -1;
 std::atomic<uint64_t> setDeviceCalls{0}, memcpyCalls{0}, contextErrors{0}, hostAllocs{0};
+size_t largestCopy = 0;  // guarded by mu
 
 int deviceCount() {
   const char* e = std::getenv("STANDIN_NPU_COUNT");
@@ -129,6 +130,7 @@ int aclrtMemcpy(void* dst, size_t destMax, const void* src, size_t count, int ki
   if (count > destMax) return ACL_ERROR_INVALID_PARAM;
   memcpyCalls.fetch_add(1);
   std::lock_guard<std::mutex> g(mu);
+  if (count > largestCopy) largestCopy = count;
   uint8_t* d = static_cast<uint8_t*>(dst);
   const uint8_t* s = static_cast<const uint8_t*>(src);
   if (kind == 1 || kind == 3) { d = shadowOf(dst, count); if (!d) return ACL_ERROR_INVALID_PARAM; }
@@ -139,6 +141,14 @@ int aclrtMemcpy(void* dst, size_t destMax, const void* src, size_t count, int ki
 }
 
 // Test hooks (not ACL API).
+// The largest single copy since the last call (then reset).
+size_t standin_largest_copy() {
+  std::lock_guard<std::mutex> g(mu);
+  size_t n = largestCopy;
+  largestCopy = 0;
+  return n;
+}
+
 void standin_counters(uint64_t* setDevice, uint64_t* memcpys, uint64_t* noContext) {
   *setDevice = setDeviceCalls.load();
   *memcpys = memcpyCalls.load();
