@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * `npx mooncake-node <command>`: bench (the default job), metadata-server, proxy, proxy-bench.
+ * `npx mooncake-node <command>`: bench (the default job), metadata-server, proxy, proxy-bench, doctor.
  */
 import { MooncakeError } from './errors';
 
@@ -11,6 +11,7 @@ Commands:
   metadata-server   upstream-compatible HTTP metadata server
   proxy             OpenAI-compatible PD proxy (prefill then decode)
   proxy-bench       latency the proxy adds, on loopback
+  doctor            checks the mooncake backend on an Ascend host (wheel, CANN, NPUs, ascend loopback)
   help              this text
 
 Run 'mooncake-node <command> --help' for a command's options.`;
@@ -33,6 +34,10 @@ async function main(argv: string[]): Promise<void> {
     case 'proxy-bench': {
       const { runProxyBenchCommand } = await import('./proxy/bench');
       return runProxyBenchCommand(rest);
+    }
+    case 'doctor': {
+      const { runDoctorCommand } = await import('./doctor');
+      return runDoctorCommand(rest);
     }
     case 'help':
     case '--help':

@@ -12,7 +12,7 @@ import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metad
 import { rpcMetaKey, segmentKey } from './metadata/keys';
 import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
-import { createUpstreamNative, pollUpstreamNotifies } from './upstream-backend';
+import { createUpstreamNative, pollUpstreamNotifies, type UpstreamBackendInfo } from './upstream-backend';
 import {
   defaultAdvertiseAddress,
   defaultIoThreads,
@@ -112,6 +112,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   /** The data-plane protocol ('tcp' for the built-in backend). */
   readonly protocol: string;
   readonly backend: 'builtin' | 'mooncake';
+  /** backend 'mooncake': which library was loaded, from which wheel, and its Ascend transport's state. */
+  readonly upstream: UpstreamBackendInfo | undefined;
 
   private readonly native: NativeEngine;
   /** The handshake daemon (built-in backend; upstream runs its own). */
@@ -138,9 +140,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     metadataServer: string;
     advertiseAddress: string;
     rpcPort: number;
+    upstream?: UpstreamBackendInfo;
   }) {
     super();
     this.native = init.native;
+    this.upstream = init.upstream;
     this.backend = init.backend;
     this.protocol = init.protocol;
     this.handshake = init.handshake;
@@ -241,7 +245,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       const up = await createUpstreamNative(binding, o, advertise, (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details));
       self = new TransferEngine({
         native: up.native, backend: 'mooncake', protocol: o.protocol ?? 'tcp', handshake: undefined, notifications, store,
-        name: up.name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort: up.rpcPort,
+        name: up.name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort: up.rpcPort, upstream: up.info,
       });
       self.notifyTimer = pollUpstreamNotifies(up.native, notifications);
       return self;

@@ -19,6 +19,9 @@ export type {
   NotifyDropInfo,
   PreparedBatch,
 } from './engine';
+export type { UpstreamBackendInfo } from './upstream-backend';
+export { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './upstream-wheel';
+export type { MooncakeWheel } from './upstream-wheel';
 export { MemoryRegion } from './memory';
 export type { RegisterOptions, MemoryLocation } from './memory';
 export { Segment } from './segment';

@@ -107,6 +107,8 @@ export interface NativeEngine {
   backend(): string;
   /** mooncake backend: upstream's getLocalIpAndPort ("ip:rpcPort"). */
   localEndpoint(): string;
+  /** JSON: what the backend loaded (upstream: library, binding, Ascend transport, CANN libraries); '' for none. */
+  backendInfo(): string;
   /** mooncake backend: upstream's notify channel. */
   sendNotify(segment: number, name: string, msg: string, async: boolean): void | Promise<void>;
   takeNotifies(): [name: string, msg: string][];

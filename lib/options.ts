@@ -23,8 +23,16 @@ export interface TransferEngineOptions {
    * libtransfer_engine.so loaded at run time (see `library`), for transports the built-in engine lacks.
    */
   backend?: 'builtin' | 'mooncake';
-  /** For `backend: 'mooncake'`: path of libtransfer_engine.so. Default `MOONCAKE_TE_LIBRARY`, else the loader path. */
+  /**
+   * For `backend: 'mooncake'`: path of libtransfer_engine.so. Default `MOONCAKE_TE_LIBRARY`, else the
+   * one in the `mooncake-transfer-engine*` wheel installed for `python`, else the loader path.
+   */
   library?: string;
+  /**
+   * For `backend: 'mooncake'` without `library`: the Python interpreter whose environment has the
+   * wheel (e.g. vLLM's `/opt/venv/bin/python`). Default `MOONCAKE_PYTHON`, else `python3` on PATH.
+   */
+  python?: string;
   /**
    * For `backend: 'mooncake'` on Ascend: the NPU this engine serves (`npu:N`). It is made current on
    * every thread that calls into upstream, before the engine is created (ascend_direct reads it there).
@@ -172,6 +180,9 @@ export function validateOptions(o: TransferEngineOptions): void {
   }
   if (o.library !== undefined && (typeof o.library !== 'string' || o.library === '')) {
     throw new MooncakeError('INVALID_CONFIG', 'library must be a path to libtransfer_engine.so');
+  }
+  if (o.python !== undefined && (typeof o.python !== 'string' || o.python === '')) {
+    throw new MooncakeError('INVALID_CONFIG', 'python must name a Python interpreter');
   }
   if (o.localServerName !== undefined && (typeof o.localServerName !== 'string' || o.localServerName === '' || o.localServerName.includes('/'))) {
     throw new MooncakeError('INVALID_CONFIG', 'localServerName must be a non-empty string without "/"');

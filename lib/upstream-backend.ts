@@ -1,17 +1,54 @@
 /**
  * The `mooncake` backend's control plane: upstream's libtransfer_engine.so publishes metadata and runs
- * its own handshake daemon, so here we only create the native engine, learn its endpoint, and bring
- * upstream's notify list into the engine's notification queue.
+ * its own handshake daemon, so here we only find the library (an option, MOONCAKE_TE_LIBRARY, or an
+ * installed mooncake-transfer-engine wheel), create the native engine, learn its endpoint and what it
+ * loaded, and bring upstream's notify list into the engine's notification queue.
  */
 import { MooncakeError } from './errors';
 import type { NotificationQueue } from './handshake';
 import type { CompletionCallback, NativeBinding, NativeEngine } from './native';
 import type { TransferEngineOptions } from './options';
+import { findMooncakeWheel, TESTED_WHEEL_VERSIONS, wheelOfLibrary } from './upstream-wheel';
+
+/** What the `mooncake` backend loaded: `TransferEngine#upstream`, and what `mooncake-node doctor` prints. */
+export interface UpstreamBackendInfo {
+  /** The libtransfer_engine.so in use. */
+  library: string;
+  /** How it was found: the `library` option, MOONCAKE_TE_LIBRARY, an installed wheel, or the loader path. */
+  source: 'option' | 'env' | 'wheel' | 'loader-path';
+  /** The wheel it belongs to, when it came from one. */
+  wheel?: { package: string; version: string; tested: boolean };
+  /** Bound lazily: an Ascend build whose transport cannot run here, used for TCP (MC_FORCE_TCP). */
+  lazyBinding: boolean;
+  forceTcp: boolean;
+  /** The build's Ascend transport: not in this build, ready to run, or unusable (see ascendProblem). */
+  ascendTransport: 'absent' | 'ready' | 'unusable';
+  ascendProblem?: string;
+  /** The CANN libraries loaded for it (`standin` names a mooncake-node test stand-in, never CANN). */
+  cann: { name: string; path?: string; standin?: string }[];
+}
 
 export interface UpstreamNative {
   native: NativeEngine;
   name: string;
   rpcPort: number;
+  info: UpstreamBackendInfo;
+}
+
+interface Resolved {
+  library: string | undefined;
+  source: UpstreamBackendInfo['source'];
+  /** Why no wheel was found (added to LIBRARY_NOT_FOUND). */
+  wheelProblem?: string;
+}
+
+/** Which library to load: the option, MOONCAKE_TE_LIBRARY, an installed wheel, else the loader path. */
+async function resolveLibrary(o: TransferEngineOptions): Promise<Resolved> {
+  if (o.library) return { library: o.library, source: 'option' };
+  if (process.env.MOONCAKE_TE_LIBRARY) return { library: process.env.MOONCAKE_TE_LIBRARY, source: 'env' };
+  const wheel = await findMooncakeWheel(o.python ?? process.env.MOONCAKE_PYTHON ?? 'python3');
+  if ('library' in wheel) return { library: wheel.library, source: 'wheel' };
+  return { library: undefined, source: 'loader-path', wheelProblem: wheel.reason };
 }
 
 export async function createUpstreamNative(binding: NativeBinding, o: TransferEngineOptions, advertise: string, onCompletions: CompletionCallback): Promise<UpstreamNative> {
@@ -19,10 +56,11 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
   // Upstream's default mode uses the name verbatim (any string without '/'); the port in it is only
   // part of the name. P2P mode rewrites it to ip:rpc_port, which we read back below.
   const requested = o.localServerName ?? `${advertise}:${process.pid}`;
+  const resolved = await resolveLibrary(o);
   const native = new binding.Engine(
     {
       backend: 'mooncake',
-      library: o.library,
+      library: resolved.library,
       metadataServer: o.metadataServer,
       protocol: o.protocol ?? 'tcp',
       localServerName: requested,
@@ -33,7 +71,14 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
     },
     onCompletions,
   );
-  await native.start(); // off the event loop: upstream publishes to its metadata store inside
+  try {
+    await native.start(); // off the event loop: upstream publishes to its metadata store inside
+  } catch (e) {
+    if (e instanceof MooncakeError && e.code === 'LIBRARY_NOT_FOUND' && resolved.wheelProblem) {
+      throw new MooncakeError('LIBRARY_NOT_FOUND', `${e.message}\n  installed wheel: ${resolved.wheelProblem} (or name its interpreter with the \`python\` option / MOONCAKE_PYTHON)`, { cause: e });
+    }
+    throw e;
+  }
   let endpoint = '';
   try {
     endpoint = native.localEndpoint();
@@ -46,7 +91,13 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
     await native.closeAsync();
     throw new MooncakeError('NOT_IMPLEMENTED', 'this Mooncake build cannot report its P2P endpoint (getLocalIpAndPort)');
   }
-  return { native, name: p2p ? endpoint : requested, rpcPort };
+  return { native, name: p2p ? endpoint : requested, rpcPort, info: backendInfo(native, resolved.source) };
+}
+
+function backendInfo(native: NativeEngine, source: UpstreamBackendInfo['source']): UpstreamBackendInfo {
+  const raw = JSON.parse(native.backendInfo()) as Omit<UpstreamBackendInfo, 'source' | 'wheel'>;
+  const wheel = wheelOfLibrary(raw.library);
+  return { ...raw, source, ...(wheel ? { wheel: { ...wheel, tested: TESTED_WHEEL_VERSIONS.includes(wheel.version) } } : {}) };
 }
 
 /** Moves upstream's received notifies into the queue every `intervalMs` (an unref'd timer). */

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the real upstream Mooncake peer used by interop tests and benchmarks:
-#   <repo>/.venv-upstream/  with  mooncake-transfer-engine-non-cuda==0.3.13.post1
+#   <repo>/.venv-upstream/      with  mooncake-transfer-engine-non-cuda==0.3.13.post1
 # which provides `mooncake.engine` (Python TransferEngine), `mooncake_http_metadata_server` and the
-# `transfer_engine_bench` binary.
+# `transfer_engine_bench` binary; and the Ascend build the `mooncake` backend loads on Ascend hosts:
+#   <repo>/.venv-upstream-npu/  with  mooncake-transfer-engine-npu==0.3.13.post1 (sha256-pinned)
+# (its own venv: both wheels install the `mooncake` Python package), plus empty STAND-INS for the
+# three CANN libraries its ascend_transport.so links (scripts/setup-upstream-npu.sh).
 #
 # Usage: scripts/setup-upstream-peer.sh [--force] [--verify]
 #   --force   recreate the venv from scratch
@@ -10,6 +13,8 @@
 # Environment:
 #   MOONCAKE_UPSTREAM_VENV    venv directory (default <repo>/.venv-upstream)
 #   MOONCAKE_UPSTREAM_PYTHON  interpreter used to create the venv (default: python3.11, else python3; >= 3.10)
+#   MOONCAKE_UPSTREAM_NPU_VENV  venv for the npu wheel (default <repo>/.venv-upstream-npu)
+#   MOONCAKE_WHEEL_CACHE        download cache for pinned wheels (default ~/.cache/mooncake-node/wheels)
 #
 # Idempotent: a marker (.mooncake-upstream.json in the venv) records the installed version; when it
 # matches and the files exist the script only re-checks the shared libraries and exits.
@@ -114,6 +119,7 @@ if [ "$force" -eq 0 ] && [ -f "$marker" ] && grep -q "\"version\":\"$VERSION\"" 
   if [ -f "$sp/mooncake/transfer_engine_bench" ] && [ -f "$venv/bin/mooncake_http_metadata_server" ]; then
     [ "$verify" -eq 1 ] && verify_install "$sp"
     print_paths "$sp"
+    bash "$repo/scripts/setup-upstream-npu.sh" "$venv/bin/python" $([ "$force" -eq 1 ] && echo --force)
     exit 0
   fi
   say "marker found but files are missing; reinstalling"
@@ -153,3 +159,4 @@ sp=$(site_packages)
 verify_install "$sp"
 paths_json "$sp" > "$marker.tmp" && mv "$marker.tmp" "$marker"
 print_paths "$sp"
+bash "$repo/scripts/setup-upstream-npu.sh" "$venv/bin/python" $([ "$force" -eq 1 ] && echo --force)

@@ -200,6 +200,7 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("stats", &EngineWrap::Tagged<&EngineWrap::Stats>),
                          InstanceMethod("backend", &EngineWrap::Tagged<&EngineWrap::Backend>),
                          InstanceMethod("localEndpoint", &EngineWrap::Tagged<&EngineWrap::LocalEndpoint>),
+                         InstanceMethod("backendInfo", &EngineWrap::Tagged<&EngineWrap::BackendInfo>),
                          InstanceMethod("sendNotify", &EngineWrap::Tagged<&EngineWrap::SendNotify>),
                          InstanceMethod("takeNotifies", &EngineWrap::Tagged<&EngineWrap::TakeNotifies>),
                          InstanceMethod("close", &EngineWrap::Tagged<&EngineWrap::Close>),
@@ -696,6 +697,10 @@ Napi::Value EngineWrap::Stats(const Napi::CallbackInfo& info) {
 
 Napi::Value EngineWrap::Backend(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), live(info.Env()).backendName());
+}
+
+Napi::Value EngineWrap::BackendInfo(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), live(info.Env()).backendInfo());
 }
 
 Napi::Value EngineWrap::LocalEndpoint(const Napi::CallbackInfo& info) {

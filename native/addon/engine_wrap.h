@@ -92,6 +92,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
   Napi::Value LocalEndpoint(const Napi::CallbackInfo& info);
+  Napi::Value BackendInfo(const Napi::CallbackInfo& info);
   Napi::Value SendNotify(const Napi::CallbackInfo& info);
   Napi::Value TakeNotifies(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);

@@ -63,6 +63,8 @@ class Engine {
   virtual void stop() = 0;
   virtual bool closed() const = 0;
   virtual std::string backendName() const = 0;
+  // JSON describing what the backend loaded (upstream: library, binding, Ascend transport, CANN); "" if nothing.
+  virtual std::string backendInfo() const { return ""; }
 
   virtual Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& options) = 0;
   virtual Status unregisterMemory(uint64_t addr) = 0;

@@ -10,8 +10,8 @@ std::vector<std::string> libraryCandidates(const std::string& path, const char* 
   return defaults;
 }
 
-void* LibraryAttempts::open(const std::string& path) {
-  void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+void* LibraryAttempts::open(const std::string& path, int flags) {
+  void* h = dlopen(path.c_str(), flags);
   if (!h) {
     const char* e = dlerror();
     tried_ += "\n  " + path + ": " + (e ? e : "not found");
@@ -21,7 +21,7 @@ void* LibraryAttempts::open(const std::string& path) {
 
 void LibraryAttempts::reject(void* handle, const std::string& path, const std::string& why) {
   dlclose(handle);
-  tried_ += "\n  " + path + ": " + why;
+  note(path, why);
 }
 
 }  // namespace mc

@@ -24,12 +24,14 @@ bool resolveSymbol(void* handle, const char* name, F* out) {
 // was not taken.
 class LibraryAttempts {
  public:
-  // dlopen(path, RTLD_NOW | RTLD_LOCAL); null, with dlerror() recorded, when it cannot be loaded.
-  void* open(const std::string& path);
+  // dlopen(path, flags); null, with dlerror() recorded, when it cannot be loaded.
+  void* open(const std::string& path, int flags = RTLD_NOW | RTLD_LOCAL);
   // The library loaded but is not the one wanted: closes it and records `why`.
   void reject(void* handle, const std::string& path, const std::string& why);
   // The recorded lines, to append to the error message.
   const std::string& tried() const { return tried_; }
+  // Records a reason for a path without loading it.
+  void note(const std::string& path, const std::string& why) { tried_ += "\n  " + path + ": " + why; }
 
  private:
   std::string tried_;

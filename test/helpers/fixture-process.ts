@@ -33,9 +33,10 @@ export abstract class FixtureProcess {
   /**
    * Runs `node <fixture> <cfg as JSON>` and waits (at most `timeoutMs`) for its first line; throws,
    * with the fixture's error code, if it says it is not ready. `lines` then carries the replies.
+   * `env` is added to this process's environment for the child.
    */
-  protected static async startFixture(fixture: string, cfg: unknown, what: string, timeoutMs: number): Promise<{ child: ChildProcess; lines: readline.Interface; hello: FixtureHello }> {
-    const child = spawn(process.execPath, [fixture, JSON.stringify(cfg)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  protected static async startFixture(fixture: string, cfg: unknown, what: string, timeoutMs: number, env: NodeJS.ProcessEnv = {}): Promise<{ child: ChildProcess; lines: readline.Interface; hello: FixtureHello }> {
+    const child = spawn(process.execPath, [fixture, JSON.stringify(cfg)], { stdio: ['pipe', 'pipe', 'inherit'], env: { ...process.env, ...env } });
     const lines = readline.createInterface({ input: child.stdout! });
     const first = await new Promise<string>((resolve, reject) => {
       const t = setTimeout(() => {

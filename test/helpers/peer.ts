@@ -26,8 +26,9 @@ export class Peer extends FixtureProcess {
     super(child, 'peer');
   }
 
-  static async spawn(cfg: PeerConfig, timeoutMs = 20_000): Promise<Peer> {
-    const { child, lines, hello } = await FixtureProcess.startFixture(path.join(__dirname, '../fixtures/peer.cjs'), cfg, 'peer', timeoutMs);
+  /** `env` is added to this process's environment for the peer. */
+  static async spawn(cfg: PeerConfig, timeoutMs = 20_000, env: NodeJS.ProcessEnv = {}): Promise<Peer> {
+    const { child, lines, hello } = await FixtureProcess.startFixture(path.join(__dirname, '../fixtures/peer.cjs'), cfg, 'peer', timeoutMs, env);
     const peer = new Peer(child, {
       name: String(hello.name),
       address: BigInt(hello.address as string),

@@ -10,6 +10,7 @@
  * Every process started here is also killed when the test worker exits, even if a test forgot to.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import { findUpstream, upstreamEnv, UPSTREAM_PINNED_VERSION, type UpstreamInstall } from '../../lib/upstream-peer';
@@ -80,4 +81,31 @@ async function answersHttp(url: string): Promise<boolean> {
     req.on('error', () => resolve(undefined));
   });
   return status !== undefined;
+}
+
+/** The npu wheel set up by scripts/setup-upstream-npu.sh (its own venv, empty CANN stand-ins). */
+export interface UpstreamNpu {
+  venv: string;
+  python: string;
+  library: string;
+  version: string;
+  /** Directory of the EMPTY CANN stand-ins (TCP only, MC_FORCE_TCP=1). */
+  cannStandin: string;
+}
+
+/** The npu wheel's install (from its marker), or why it is unavailable. */
+export function upstreamNpu(): UpstreamNpu | { skipReason: string } {
+  const venv = path.resolve(process.env.MOONCAKE_UPSTREAM_NPU_VENV || path.join(repoRoot, '.venv-upstream-npu'));
+  const marker = path.join(venv, '.mooncake-upstream-npu.json');
+  const how = `run bash ${SETUP_COMMAND} (it installs the pinned mooncake-transfer-engine-npu wheel into ${venv})`;
+  let m: Partial<UpstreamNpu>;
+  try {
+    m = JSON.parse(fs.readFileSync(marker, 'utf8')) as Partial<UpstreamNpu>;
+  } catch {
+    return { skipReason: `no npu wheel install at ${venv}; ${how}` };
+  }
+  for (const k of ['python', 'library', 'cannStandin'] as const) {
+    if (!m[k] || !fs.existsSync(m[k]!)) return { skipReason: `${k} of the npu wheel install (${String(m[k])}) is missing; ${how}` };
+  }
+  return { venv, python: m.python!, library: m.library!, version: String(m.version), cannStandin: m.cannStandin! };
 }

@@ -19,7 +19,7 @@ TEST(Upstream, MapsUpstreamErrorCodes) {
 
 TEST(Upstream, MissingLibraryNamesItAndTheVariable) {
   const upstream::Api* api = nullptr;
-  Status st = upstream::loadApi("/nonexistent/libtransfer_engine.so", &api);
+  Status st = upstream::loadApi("/nonexistent/libtransfer_engine.so", "", &api);
   EXPECT_EQ(st.code, Code::LIBRARY_NOT_FOUND);
   EXPECT_NE(st.message.find("libtransfer_engine.so"), std::string::npos);
   EXPECT_NE(st.message.find("MOONCAKE_TE_LIBRARY"), std::string::npos);
@@ -27,7 +27,7 @@ TEST(Upstream, MissingLibraryNamesItAndTheVariable) {
 
 TEST(Upstream, RefusesALibraryWithoutTheCApi) {
   const upstream::Api* api = nullptr;
-  Status st = upstream::loadApi(STANDIN_ASCENDCL, &api);  // a real shared library, but not Mooncake
+  Status st = upstream::loadApi(STANDIN_ASCENDCL, "", &api);  // a real shared library, but not Mooncake
   EXPECT_EQ(st.code, Code::LIBRARY_NOT_FOUND);
   EXPECT_NE(st.message.find("createTransferEngine"), std::string::npos);
 }

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -140,14 +141,22 @@ bool parseDeviceLocation(const std::string& location, std::string* kind, int* de
   return true;
 }
 
+std::vector<std::string> ascendRuntimeCandidates(const std::string& libraryPath) {
+  std::vector<std::string> defaults = {"libascendcl.so"};
+  // set_env.sh exports ASCEND_TOOLKIT_HOME (and ASCEND_HOME_PATH) even where it does not set LD_LIBRARY_PATH.
+  for (const char* var : {"ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH"}) {
+    if (const char* home = std::getenv(var); home && *home) defaults.push_back(std::string(home) + "/lib64/libascendcl.so");
+  }
+  defaults.push_back("/usr/local/Ascend/ascend-toolkit/latest/lib64/libascendcl.so");
+  defaults.push_back("/usr/local/Ascend/latest/lib64/libascendcl.so");
+  return libraryCandidates(libraryPath, "MOONCAKE_ASCENDCL_LIBRARY", defaults);
+}
+
 Status ascendRuntime(const std::string& libraryPath, DeviceRuntime** out) {
   static std::mutex mu;
   static std::vector<std::unique_ptr<AscendRuntime>> loaded;  // one per library path, for the process
   std::lock_guard<std::mutex> g(mu);
-  const std::vector<std::string> candidates =
-      libraryCandidates(libraryPath, "MOONCAKE_ASCENDCL_LIBRARY",
-                        {"libascendcl.so", "/usr/local/Ascend/ascend-toolkit/latest/lib64/libascendcl.so",
-                         "/usr/local/Ascend/latest/lib64/libascendcl.so"});
+  const std::vector<std::string> candidates = ascendRuntimeCandidates(libraryPath);
   for (auto& r : loaded) {
     for (const auto& c : candidates) if (r->libraryPath() == c) { *out = r.get(); return Status(); }
   }

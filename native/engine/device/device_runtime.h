@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "../status.h"
 
@@ -37,6 +38,11 @@ constexpr uint64_t kDeviceAlignment = 2ull << 20;  // 2 MiB, what the Ascend tra
 // else libascendcl.so from the loader path and CANN's usual install directories. Fails with
 // LIBRARY_NOT_FOUND naming the library and the variable that points to it.
 Status ascendRuntime(const std::string& libraryPath, DeviceRuntime** out);
+
+// Where libascendcl.so is looked for, in order: `libraryPath` if given, else $MOONCAKE_ASCENDCL_LIBRARY,
+// else the loader path, $ASCEND_TOOLKIT_HOME/lib64, $ASCEND_HOME_PATH/lib64 and CANN's default
+// install directories. The upstream backend loads CANN for the wheel from the same place.
+std::vector<std::string> ascendRuntimeCandidates(const std::string& libraryPath);
 
 // Parses "npu:3" into ("npu", 3); false for host locations ("cpu:0", "*", ...).
 bool parseDeviceLocation(const std::string& location, std::string* kind, int* device);

@@ -1,5 +1,6 @@
 #include "upstream_api.h"
 
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -32,7 +33,51 @@ Code mapError(int rc) {
   }
 }
 
-Status loadApi(const std::string& path, const Api** out) {
+namespace {
+
+void resolveAll(void* h, Api* api) {
+  resolveSymbol(h, "createTransferEngine", &api->createTransferEngine);
+  resolveSymbol(h, "destroyTransferEngine", &api->destroyTransferEngine);
+  resolveSymbol(h, "getLocalIpAndPort", &api->getLocalIpAndPort);
+  resolveSymbol(h, "installTransport", &api->installTransport);
+  resolveSymbol(h, "openSegment", &api->openSegment);
+  resolveSymbol(h, "openSegmentNoCache", &api->openSegmentNoCache);
+  resolveSymbol(h, "closeSegment", &api->closeSegment);
+  resolveSymbol(h, "registerLocalMemory", &api->registerLocalMemory);
+  resolveSymbol(h, "unregisterLocalMemory", &api->unregisterLocalMemory);
+  resolveSymbol(h, "allocateBatchID", &api->allocateBatchID);
+  resolveSymbol(h, "submitTransfer", &api->submitTransfer);
+  resolveSymbol(h, "submitTransferWithNotify", &api->submitTransferWithNotify);
+  resolveSymbol(h, "getTransferStatus", &api->getTransferStatus);
+  resolveSymbol(h, "freeBatchID", &api->freeBatchID);
+  resolveSymbol(h, "getNotifsFromEngine", &api->getNotifsFromEngine);
+  resolveSymbol(h, "freeNotifsMsgBuf", &api->freeNotifsMsgBuf);
+  resolveSymbol(h, "genNotifyInEngine", &api->genNotifyInEngine);
+}
+
+// The required entry points that are missing, comma separated (empty: the C API is complete).
+std::string missingEntryPoints(const Api& api) {
+  std::string missing;
+  auto need = [&](const void* p, const char* n) { if (!p) missing += std::string(missing.empty() ? "" : ", ") + n; };
+  need(reinterpret_cast<const void*>(api.createTransferEngine), "createTransferEngine");
+  need(reinterpret_cast<const void*>(api.destroyTransferEngine), "destroyTransferEngine");
+  need(reinterpret_cast<const void*>(api.installTransport), "installTransport");
+  need(reinterpret_cast<const void*>(api.openSegment), "openSegment");
+  need(reinterpret_cast<const void*>(api.closeSegment), "closeSegment");
+  need(reinterpret_cast<const void*>(api.registerLocalMemory), "registerLocalMemory");
+  need(reinterpret_cast<const void*>(api.unregisterLocalMemory), "unregisterLocalMemory");
+  need(reinterpret_cast<const void*>(api.allocateBatchID), "allocateBatchID");
+  need(reinterpret_cast<const void*>(api.submitTransfer), "submitTransfer");
+  need(reinterpret_cast<const void*>(api.getTransferStatus), "getTransferStatus");
+  need(reinterpret_cast<const void*>(api.freeBatchID), "freeBatchID");
+  return missing;
+}
+
+}  // namespace
+
+bool forceTcp() { return std::getenv("MC_FORCE_TCP") != nullptr; }
+
+Status loadApi(const std::string& path, const std::string& runtimeLibrary, const Api** out) {
   static std::mutex mu;
   static std::vector<std::unique_ptr<Api>> loaded;
   std::lock_guard<std::mutex> g(mu);
@@ -41,41 +86,37 @@ Status loadApi(const std::string& path, const Api** out) {
   for (auto& a : loaded) for (const auto& c : candidates) if (a->path == c) { *out = a.get(); return Status(); }
   LibraryAttempts attempts;
   for (const auto& c : candidates) {
-    void* h = attempts.open(c);
-    if (!h) continue;
     auto api = std::make_unique<Api>();
-    api->handle = h;
     api->path = c;
-    resolveSymbol(h, "createTransferEngine", &api->createTransferEngine);
-    resolveSymbol(h, "destroyTransferEngine", &api->destroyTransferEngine);
-    resolveSymbol(h, "getLocalIpAndPort", &api->getLocalIpAndPort);
-    resolveSymbol(h, "installTransport", &api->installTransport);
-    resolveSymbol(h, "openSegment", &api->openSegment);
-    resolveSymbol(h, "openSegmentNoCache", &api->openSegmentNoCache);
-    resolveSymbol(h, "closeSegment", &api->closeSegment);
-    resolveSymbol(h, "registerLocalMemory", &api->registerLocalMemory);
-    resolveSymbol(h, "unregisterLocalMemory", &api->unregisterLocalMemory);
-    resolveSymbol(h, "allocateBatchID", &api->allocateBatchID);
-    resolveSymbol(h, "submitTransfer", &api->submitTransfer);
-    resolveSymbol(h, "submitTransferWithNotify", &api->submitTransferWithNotify);
-    resolveSymbol(h, "getTransferStatus", &api->getTransferStatus);
-    resolveSymbol(h, "freeBatchID", &api->freeBatchID);
-    resolveSymbol(h, "getNotifsFromEngine", &api->getNotifsFromEngine);
-    resolveSymbol(h, "freeNotifsMsgBuf", &api->freeNotifsMsgBuf);
-    resolveSymbol(h, "genNotifyInEngine", &api->genNotifyInEngine);
-    std::string missing;
-    auto need = [&](const void* p, const char* n) { if (!p) missing += std::string(missing.empty() ? "" : ", ") + n; };
-    need(reinterpret_cast<const void*>(api->createTransferEngine), "createTransferEngine");
-    need(reinterpret_cast<const void*>(api->destroyTransferEngine), "destroyTransferEngine");
-    need(reinterpret_cast<const void*>(api->installTransport), "installTransport");
-    need(reinterpret_cast<const void*>(api->openSegment), "openSegment");
-    need(reinterpret_cast<const void*>(api->closeSegment), "closeSegment");
-    need(reinterpret_cast<const void*>(api->registerLocalMemory), "registerLocalMemory");
-    need(reinterpret_cast<const void*>(api->unregisterLocalMemory), "unregisterLocalMemory");
-    need(reinterpret_cast<const void*>(api->allocateBatchID), "allocateBatchID");
-    need(reinterpret_cast<const void*>(api->submitTransfer), "submitTransfer");
-    need(reinterpret_cast<const void*>(api->getTransferStatus), "getTransferStatus");
-    need(reinterpret_cast<const void*>(api->freeBatchID), "freeBatchID");
+    api->ascend = prepareAscend(c, runtimeLibrary);
+    void* h = nullptr;
+    if (!api->ascend.present) {
+      h = attempts.open(c);
+      if (!h) continue;
+    } else {
+      dlerror();
+      h = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (h) {
+        api->ascend.usable = true;
+      } else {
+        const char* e = dlerror();
+        api->ascend.problem = ascendProblem(api->ascend, e ? e : "unknown loader error");
+        if (!forceTcp()) {
+          // Creating an engine would install the Ascend transport and call CANN functions that are
+          // not there: with lazy binding that ends the process, so refuse here instead.
+          attempts.note(c, "an Ascend build whose transport cannot run here: " + api->ascend.problem +
+                               ". To use only upstream's TCP transport with this build, set MC_FORCE_TCP=1");
+          continue;
+        }
+        // TCP only: bind lazily, the Ascend transport's CANN calls are never made.
+        h = attempts.open(c, RTLD_LAZY | RTLD_LOCAL);
+        if (!h) continue;
+        api->lazy = true;
+      }
+    }
+    api->handle = h;
+    resolveAll(h, api.get());
+    std::string missing = missingEntryPoints(*api);
     if (!missing.empty()) {
       attempts.reject(h, c, "not Mooncake's transfer engine C API (missing " + missing + ")");
       continue;
@@ -85,8 +126,9 @@ Status loadApi(const std::string& path, const Api** out) {
     return Status();
   }
   return Status(Code::LIBRARY_NOT_FOUND,
-                "cannot load upstream Mooncake's libtransfer_engine.so (a Mooncake build that ships the shared library "
-                "with the transports you need); point MOONCAKE_TE_LIBRARY (or the `library` option) at it. Tried:" + attempts.tried());
+                "cannot load upstream Mooncake's libtransfer_engine.so (install the mooncake-transfer-engine-npu wheel "
+                "on Ascend hosts, or another Mooncake build that ships the library with the transports you need); "
+                "point MOONCAKE_TE_LIBRARY (or the `library` option) at it. Tried:" + attempts.tried());
 }
 
 }  // namespace mc::upstream

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "../status.h"
+#include "cann_libraries.h"
 
 namespace mc::upstream {
 
@@ -41,6 +42,8 @@ using engine_t = void*;
 struct Api {
   void* handle = nullptr;
   std::string path;
+  bool lazy = false;   // loaded with lazy binding (an Ascend build whose transport cannot run: TCP only)
+  AscendProbe ascend;  // the build's Ascend transport and the CANN libraries found for it
   engine_t (*createTransferEngine)(const char*, const char*, const char*, uint64_t, int) = nullptr;
   void (*destroyTransferEngine)(engine_t) = nullptr;
   int (*getLocalIpAndPort)(engine_t, char*, size_t) = nullptr;  // optional
@@ -63,9 +66,14 @@ struct Api {
 constexpr uint64_t kInvalidBatch = UINT64_MAX;
 
 // Loads the library once per path: `path` if given, else $MOONCAKE_TE_LIBRARY, else
-// libtransfer_engine.so from the loader path and /usr/local/lib, /usr/lib. LIBRARY_NOT_FOUND names
-// the library and the variable when nothing loads.
-Status loadApi(const std::string& path, const Api** out);
+// libtransfer_engine.so from the loader path and /usr/local/lib, /usr/lib. An Ascend build gets its
+// CANN libraries first (probeAscend, with `runtimeLibrary` for libascendcl.so); if its transport cannot
+// run it loads only with MC_FORCE_TCP set (lazily: upstream then installs TCP alone). LIBRARY_NOT_FOUND
+// names the library, the variable and, for each path tried, why it was not taken.
+Status loadApi(const std::string& path, const std::string& runtimeLibrary, const Api** out);
+
+// Whether MC_FORCE_TCP is set (upstream then installs TCP only, whatever it was built with).
+bool forceTcp();
 
 // Upstream's integer error codes (error.h, negative) mapped onto ours.
 Code mapError(int rc);

@@ -12,6 +12,7 @@
 
 #include "../engine.h"
 #include "../event_loop.h"
+#include "../json.h"
 #include "upstream_api.h"
 
 namespace mc {
@@ -39,8 +40,16 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   ~UpstreamEngine() override { stop(); }
 
   Status start() override {
-    Status st = upstream::loadApi(up_.library, &api_);
+    Status st = upstream::loadApi(up_.library, cfg_.deviceLibrary, &api_);
     if (!st.ok()) return st;
+    if (api_->lazy && !upstream::forceTcp()) {
+      return Status(Code::LIBRARY_NOT_FOUND, api_->path + " was loaded for TCP only (MC_FORCE_TCP was set then) because its Ascend "
+                                             "transport cannot run: " + api_->ascend.problem + ". Set MC_FORCE_TCP=1 for every engine of this process");
+    }
+    if (api_->ascend.usable && !upstream::forceTcp() && up_.device.empty()) {
+      return Status(Code::CONTEXT, "this Mooncake build installs its Ascend transport at start, which takes its NPU from the thread "
+                                   "creating the engine: pass device: 'npu:N' (or set MC_FORCE_TCP=1 for TCP only)");
+    }
     if (!up_.device.empty()) {
       RegisterOptions d;
       st = resolveDevice(cfg_, up_.device, &d);
@@ -102,6 +111,27 @@ class UpstreamEngine final : public Engine, public CompletionSink {
 
   bool closed() const override { return closing_; }
   std::string backendName() const override { return "mooncake"; }
+
+  std::string backendInfo() const override {
+    if (!api_) return "";
+    json::Value o = json::Value::object();
+    o.set("library", json::Value::string(api_->path));
+    o.set("lazyBinding", json::Value::boolean(api_->lazy));
+    o.set("forceTcp", json::Value::boolean(upstream::forceTcp()));
+    const auto& a = api_->ascend;
+    o.set("ascendTransport", json::Value::string(!a.present ? "absent" : a.usable ? "ready" : "unusable"));
+    if (!a.problem.empty()) o.set("ascendProblem", json::Value::string(a.problem));
+    json::Value cann = json::Value::array();
+    for (const auto& l : a.cann) {
+      json::Value e = json::Value::object();
+      e.set("name", json::Value::string(l.name));
+      if (!l.path.empty()) e.set("path", json::Value::string(l.path));
+      if (!l.standin.empty()) e.set("standin", json::Value::string(l.standin));
+      cann.push(std::move(e));
+    }
+    o.set("cann", std::move(cann));
+    return json::write(o);
+  }
 
   Status registerMemory(uint64_t addr, uint64_t length, const RegisterOptions& in) override {
     Status gs;
@@ -404,6 +434,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
         submitting_ = true;
       }
       Active& a = p.active;
+      if (a.batch->deadlineNs() != 0 && monotonicNs() >= a.batch->deadlineNs()) a.batch->requestCancel(Code::TIMEOUT);
       Code cancelled = a.batch->cancelCode();
       if (cancelled != Code::OK) {
         for (size_t i = 0; i < a.n; ++i) a.batch->failTask(i, cancelled);
@@ -443,7 +474,11 @@ class UpstreamEngine final : public Engine, public CompletionSink {
         for (auto& kv : active_) work.emplace_back(kv.first, &kv.second);
       }
       bool progressed = false;
+      const int64_t now = monotonicNs();
       for (auto& [token, a] : work) {
+        // A passed deadline cannot recall upstream's transfer either: the batch settles with TIMEOUT
+        // once upstream reports its tasks terminal (failed ones; a batch that still completes succeeds).
+        if (a->batch->deadlineNs() != 0 && now >= a->batch->deadlineNs()) a->batch->requestCancel(Code::TIMEOUT);
         if (a->runtime && a->device != lastDevice) {  // upstream's transports may need the device current
           a->runtime->setDevice(a->device);
           lastDevice = a->device;

@@ -53,10 +53,12 @@ def finish():
 def init(engine, cmd):
     """{"cmd": "init", "mode": "p2p"}: initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "");
     {"cmd": "init", "mode": "http", "name": n, "metadata_url": u}: initialize(n, u, "tcp", "").
+    "protocol" replaces "tcp" when given (e.g. "ascend", as vllm-ascend passes).
     -> ret, rpc_port, segment (the name peers open)"""
+    protocol = cmd.get("protocol", "tcp")
     if cmd["mode"] == "p2p":
-        ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+        ret = engine.initialize("127.0.0.1", "P2PHANDSHAKE", protocol, "")
         port = engine.get_rpc_port()
         return {"ok": ret == 0, "ret": ret, "rpc_port": port, "segment": "127.0.0.1:%d" % port}
-    ret = engine.initialize(cmd["name"], cmd["metadata_url"], "tcp", "")
+    ret = engine.initialize(cmd["name"], cmd["metadata_url"], protocol, "")
     return {"ok": ret == 0, "ret": ret, "rpc_port": engine.get_rpc_port(), "segment": cmd["name"]}

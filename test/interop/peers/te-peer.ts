@@ -39,11 +39,15 @@ export class TePeer extends LinePeer {
     void this.exit.then(() => live.delete(this));
   }
 
-  /** Starts the peer (not yet initialized). `env` is added to upstreamEnv(), e.g. `{ MC_TCP_PROTO: '1' }`. */
-  static async start(env: Record<string, string> = {}, timeoutMs = 60_000): Promise<TePeer> {
+  /**
+   * Starts the peer (not yet initialized). `env` is added to upstreamEnv(), e.g. `{ MC_TCP_PROTO: '1' }`;
+   * `python` runs it instead of the non-cuda venv's interpreter (e.g. the npu wheel's venv).
+   */
+  static async start(env: Record<string, string> = {}, timeoutMs = 60_000, python?: string): Promise<TePeer> {
     const up = upstreamPeer();
-    if ('skipReason' in up) throw new Error(up.skipReason);
-    const { peer, hello } = await LinePeer.launch((child) => new TePeer(child), up.python, TE_PEER_SCRIPT, { env, timeoutMs });
+    if (!python && 'skipReason' in up) throw new Error(up.skipReason);
+    const interpreter = python ?? (up as { python: string }).python;
+    const { peer, hello } = await LinePeer.launch((child) => new TePeer(child), interpreter, TE_PEER_SCRIPT, { env, timeoutMs });
     if (!hello.ok) {
       await peer.stop();
       throw new Error(`te_peer.py did not start: ${JSON.stringify(hello)}`);

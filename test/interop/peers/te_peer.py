@@ -24,7 +24,13 @@ reliably); Python turns them back into ints.
   {"cmd": "batch", "target": s, "op": ..., "locals": [a], "remotes": [a], "lengths": [n],
    "notify": ... | null}                               batch_transfer_sync -> ret
   {"cmd": "notifies"}                                  get_notifies -> [{name, msg}]
+  {"cmd": "npu_set_device", "device": n}               aclrtSetDevice(n) on the thread that runs init
+  {"cmd": "npu_alloc", "size": n}                      aclrtMalloc + register_memory -> addr (NPU memory)
+  {"cmd": "npu_fill" | "npu_sha256", "ranges": ...}   as fill / sha256, through aclrtMemcpy (NPU memory is
+                                                       not addressable from the host)
   {"cmd": "exit"}
+The npu_* commands load libascendcl.so (CANN's, or the tests' stand-in on LD_LIBRARY_PATH): the same
+library the npu wheel links, as torch_npu would.
 """
 
 import ctypes
@@ -87,7 +93,45 @@ def main():
                                          opcode(cmd), notify_of(cmd))
         return {"ok": True, "ret": ret, "seconds": time.time() - t0}
 
+    acl = []  # libascendcl.so, loaded by the first npu_* command
+
+    def npu():
+        if not acl:
+            acl.append(ctypes.CDLL("libascendcl.so"))
+            acl[0].aclInit(None)
+        return acl[0]
+
+    def npu_copy(dst, src, n, kind):  # kind: 1 host to device, 2 device to host
+        ret = npu().aclrtMemcpy(ctypes.c_void_p(dst), ctypes.c_size_t(n), ctypes.c_void_p(src), ctypes.c_size_t(n), kind)
+        if ret != 0:
+            raise RuntimeError("aclrtMemcpy failed: %d" % ret)
+
+    def npu_sha(addr, length):
+        buf = ctypes.create_string_buffer(length)
+        npu_copy(ctypes.addressof(buf), addr, length, 2)
+        return hashlib.sha256(buf.raw).hexdigest()
+
+    def npu_alloc(cmd):
+        p = ctypes.c_void_p()
+        ret = npu().aclrtMalloc(ctypes.byref(p), ctypes.c_size_t(cmd["size"]), 0)
+        if ret != 0:
+            return {"ok": False, "error": "aclrtMalloc failed: %d" % ret}
+        reg = engine.register_memory(p.value, cmd["size"])
+        return {"ok": reg == 0, "ret": reg, "addr": str(p.value)}
+
+    def npu_fill(cmd):
+        out = []
+        for a, n in cmd["ranges"]:
+            data = os.urandom(n)
+            npu_copy(int(a), ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value, n, 1)
+            out.append(hashlib.sha256(data).hexdigest())
+        return {"ok": True, "sha256": out}
+
     serve({
+        "npu_set_device": lambda cmd: {"ok": npu().aclrtSetDevice(cmd["device"]) == 0},
+        "npu_alloc": npu_alloc,
+        "npu_fill": npu_fill,
+        "npu_sha256": lambda cmd: {"ok": True, "sha256": [npu_sha(int(a), n) for a, n in cmd["ranges"]]},
         "init": lambda cmd: init(engine, cmd),
         "alloc": alloc,
         "register": register,
