@@ -136,3 +136,22 @@ describe('connection slots', () => {
     expect(server.stats().dropped.timeout).toBe(1);
   });
 });
+
+describe('allowedPeers on the handshake port', () => {
+  it('compares addresses, not their spelling: 0:0:0:0:0:0:0:1 admits ::1, and an IPv4 entry admits its IPv4-mapped form', async () => {
+    const server = new HandshakeServer({ allowedPeers: ['0:0:0:0:0:0:0:1', '127.0.0.1'] });
+    cleanups.push(() => server.close());
+    let port: number;
+    try {
+      port = await server.listen({ host: '::', port: 0 });
+    } catch (e) {
+      console.warn(`[slots] SKIPPED the IPv6 allow-list case: no dual-stack listener here (${(e as Error).message})`);
+      return;
+    }
+    expect((await rawExchange(port, handFrame(3, '{}\n'), { host: '::1', timeoutMs: 5000 })).data).toEqual(PROBE_REPLY);
+    expect((await rawExchange(port, handFrame(3, '{}\n'), { host: '127.0.0.1', timeoutMs: 5000 })).data).toEqual(PROBE_REPLY); // ::ffff:127.0.0.1
+    const denied = await rawExchange(port, handFrame(3, '{}\n'), { host: '127.0.0.1', localAddress: '127.0.0.2', timeoutMs: 5000 });
+    expect(denied.data.length).toBe(0);
+    expect(server.stats().dropped.refused).toBe(1);
+  });
+});
