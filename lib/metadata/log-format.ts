@@ -62,6 +62,8 @@ export function applyRecord(entries: Map<string, LoggedEntry>, r: LogRecord): vo
 
 /** The file is not a log of ours (nor a version-1 file): it is moved aside. */
 export class Unreadable extends Error {}
+/** The file exists but is empty: a new log. */
+export class EmptyLog extends Error {}
 
 /**
  * Reads the log at `file` into `entries`: `cut` is where a torn last record starts (to truncate to),
@@ -71,7 +73,7 @@ export async function readLog(file: string, entries: Map<string, LoggedEntry>): 
   const h = await fs.promises.open(file, 'r');
   try {
     const size = (await h.stat()).size;
-    if (size === 0) throw new Unreadable('the file is empty');
+    if (size === 0) throw new EmptyLog(); // created, but the process stopped before writing it
     const buf = Buffer.allocUnsafe(Math.min(size, READ_CHUNK));
     let pos = 0; // file offset of carry[0]
     let carry: Buffer = Buffer.alloc(0);

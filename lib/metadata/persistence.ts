@@ -22,7 +22,7 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DATA_FILE, HEADER, READ_CHUNK, Unreadable, encodeRecord, readLog, type LogRecord, type LoggedEntry } from './log-format';
+import { DATA_FILE, EmptyLog, HEADER, READ_CHUNK, Unreadable, encodeRecord, readLog, type LogRecord, type LoggedEntry } from './log-format';
 
 export { DATA_FILE, encodeRecord, type LogRecord, type LoggedEntry } from './log-format';
 
@@ -133,7 +133,7 @@ export class MetadataLog {
       legacy = r.legacy;
       cut = r.cut;
     } catch (e) {
-      if (errno(e) === 'ENOENT') {
+      if (errno(e) === 'ENOENT' || e instanceof EmptyLog) {
         entries.clear();
         this.rewrite = true;
       } else if (e instanceof Unreadable) {

@@ -137,6 +137,18 @@ describe('the persistence log', () => {
     expect(again.server.entries().size).toBe(5);
   });
 
+  test('an empty file (created, then the process stopped) is a new log, not a corrupt one', async () => {
+    const dir = tempDir();
+    fs.writeFileSync(logFile(dir), '');
+    const { logger, logged } = capture();
+    const { server, port } = await start({ dataDir: dir, logger });
+    expect(logged.error).toEqual([]);
+    expect((await rawRequest(port, 'PUT', k('a'), 'v')).status).toBe(200);
+    await stop(server);
+    expect((await start({ dataDir: dir })).server.entries().get('a')).toBe('v');
+    expect(fs.readdirSync(dir)).toEqual(['metadata.json']);
+  });
+
   test('the log is compacted while writes go on: it shrinks back to the live entries and loses nothing', async () => {
     const dir = tempDir();
     const { server, port } = await start({ dataDir: dir, logSlackBytes: 256 * KiB });
