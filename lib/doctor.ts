@@ -6,9 +6,9 @@
  * checked). Exit code 1 when a check fails.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { parseArgs } from 'node:util';
 import { TransferEngine } from './engine';
-import { MooncakeError } from './errors';
+import { defineCommand } from './cli/command';
+import { MooncakeError, StatusCodes, type ErrorCode } from './errors';
 import { MetadataServer } from './metadata';
 import { defaultAdvertiseAddress } from './options';
 import { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './upstream-wheel';
@@ -114,25 +114,35 @@ export async function runDoctor(o: DoctorOptions = {}): Promise<DoctorCheck[]> {
   return checks;
 }
 
-const USAGE = `Usage: mooncake-node doctor [--python PATH] [--library PATH] [--device npu:N] [--address IP] [--json]
-
-Checks the mooncake backend on this host: the mooncake-transfer-engine wheel and its version, the
-library, CANN's libraries, visible NPUs, the device context, and a loopback transfer over ascend.`;
-
-/** The CLI entry: prints one line per check (or JSON) and sets the exit code. */
-export async function runDoctorCommand(argv: string[]): Promise<void> {
-  let values: Record<string, string | boolean | undefined>;
-  try {
-    ({ values } = parseArgs({ args: argv, options: { python: { type: 'string' }, library: { type: 'string' }, device: { type: 'string' }, address: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } }));
-  } catch (e) {
-    throw new MooncakeError('INVALID_CONFIG', `${(e as Error).message}\n\n${USAGE}`);
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return;
-  }
-  const checks = await runDoctor({ python: values.python as string | undefined, library: values.library as string | undefined, device: values.device as string | undefined, address: values.address as string | undefined });
-  if (values.json) console.log(JSON.stringify(checks, null, 2));
-  else for (const c of checks) console.log(`${c.ok === true ? ' ok ' : c.ok === false ? 'FAIL' : ' -- '}  ${c.name.padEnd(22)} ${c.detail}`);
-  if (checks.some((c) => c.ok === false)) process.exitCode = 1;
+/** The error code a failed check's detail names (`[CODE] ...` or `CODE: ...`), else INVALID_CONFIG: the host is not set up. */
+function failureCode(detail: string): ErrorCode {
+  const known = new Set<string>([...Object.keys(StatusCodes), 'NATIVE_LOAD_FAILED', 'MISSING_DEPENDENCY']);
+  for (const m of detail.matchAll(/\b[A-Z][A-Z_]{3,}\b/g)) if (known.has(m[0]) && m[0] !== 'OK') return m[0] as ErrorCode;
+  return 'INVALID_CONFIG';
 }
+
+/** `mooncake-node doctor`: one line per check (or JSON); a failed check makes it end with one coded line and exit 1. */
+export const doctorCommand = defineCommand({
+  name: 'doctor',
+  summary: 'checks the mooncake backend on an Ascend host (wheel, CANN, NPUs, ascend loopback)',
+  description: [
+    'Checks the mooncake backend on this host: the mooncake-transfer-engine wheel and its version, the',
+    "library, CANN's libraries, visible NPUs, the device context, and a loopback transfer over ascend.",
+  ].join('\n'),
+  flags: {
+    python: { type: 'string', arg: 'PATH', help: 'Python whose environment has the wheel (default $MOONCAKE_PYTHON, else python3)' },
+    library: { type: 'string', arg: 'PATH', help: "libtransfer_engine.so to use instead of the wheel's" },
+    device: { type: 'string', arg: 'npu:N', help: 'NPU for the checks (default npu:0)' },
+    address: { type: 'string', arg: 'IP', help: "address the two loopback engines advertise (default as the engine's)" },
+    json: { type: 'boolean', help: 'print the checks as JSON' },
+  },
+  async run(v, ctx) {
+    const checks = await runDoctor({ python: v.python, library: v.library, device: v.device, address: v.address });
+    if (v.json === true) ctx.stdout.write(JSON.stringify(checks, null, 2) + '\n');
+    else for (const c of checks) ctx.stdout.write(`${c.ok === true ? ' ok ' : c.ok === false ? 'FAIL' : ' -- '}  ${c.name.padEnd(22)} ${c.detail}\n`);
+    const failed = checks.filter((c) => c.ok === false);
+    if (failed.length > 0) {
+      throw new MooncakeError(failureCode(failed[0].detail), `${failed.length} check${failed.length === 1 ? '' : 's'} failed: ${failed.map((c) => c.name).join(', ')}`);
+    }
+  },
+});

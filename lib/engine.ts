@@ -2,6 +2,7 @@
  * TransferEngine: the public facade. It owns validation, Promises, AbortSignal, metadata publication
  * and the handshake daemon (control plane, TypeScript); bytes move in the native engine (data plane).
  */
+import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter, addAbortListener } from 'node:events';
 import * as dns from 'node:dns';
 import * as net from 'node:net';
@@ -300,6 +301,10 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   async allocateManagedBuffer(size: number, options: RegisterOptions & { shareable?: boolean } = {}): Promise<MemoryRegion> {
     this.assertOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
+    // The region is handed back as a Buffer over the memory: no larger than the biggest Buffer Node makes.
+    if (size > bufferConstants.MAX_LENGTH) {
+      throw new MooncakeError('INVALID_ARGUMENT', `size ${size} is larger than the biggest Buffer this Node can make (${bufferConstants.MAX_LENGTH} bytes); register several regions instead`);
+    }
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
     const m = await this.native.allocateManaged(size, shareable, location, this.blocking);
@@ -715,17 +720,20 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const handle = await this.native.openSegment(name, r.descriptor, r.ip, this.blocking);
     const info = this.native.segmentInfo(handle);
+    const state = {
+      handle: info.id,
+      buffers: info.buffers,
+      protocol: info.protocol,
+      protoVersion: info.protoVersion >= 2 ? 2 : 1,
+      ip: info.ip,
+      dataPort: info.dataPort,
+      rpcPort: r.rpcPort,
+    };
     let seg = this.segments.get(name);
     if (seg) {
-      seg.handle = info.id;
-      seg.buffers = info.buffers;
-      seg.protocol = info.protocol;
-      seg.protoVersion = info.protoVersion >= 2 ? 2 : 1;
-      seg.ip = info.ip;
-      seg.dataPort = info.dataPort;
-      seg.rpcPort = r.rpcPort;
+      seg.refresh(state);
     } else {
-      seg = new Segment(this, name, info.id, info.buffers, info.protocol, info.protoVersion >= 2 ? 2 : 1, info.ip, info.dataPort, r.rpcPort);
+      seg = new Segment(this, name, state);
       this.segments.set(name, seg);
     }
     return seg;

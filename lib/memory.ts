@@ -16,7 +16,7 @@ export interface RegisterOptions {
  * pages the engine owns.
  */
 export class MemoryRegion {
-  /** @internal */
+  /** Made by `TransferEngine.registerMemory` and its siblings, not by callers. */
   constructor(
     /** @internal */ readonly owner: object,
     readonly address: bigint,
@@ -24,8 +24,8 @@ export class MemoryRegion {
     readonly location: MemoryLocation,
     /** The JS view over the memory, when it is host memory JS can see (undefined for device memory). */
     readonly buffer: Buffer | undefined,
-    /** @internal */ private readonly source: ArrayBuffer | ArrayBufferView | undefined,
-    /** @internal */ private readonly release: (region: MemoryRegion) => Promise<void>,
+    private readonly source: ArrayBuffer | ArrayBufferView | undefined,
+    private readonly release: (region: MemoryRegion) => Promise<void>,
   ) {}
 
   private released = false;
@@ -59,6 +59,21 @@ export class MemoryRegion {
   /** Unregisters the region (refused with REGION_BUSY while a transfer uses it). */
   async unregister(): Promise<void> {
     await this.release(this);
+  }
+
+  private disposing: Promise<void> | undefined;
+
+  /**
+   * `await using region = await engine.registerMemory(...)`: unregisters the region when the scope ends.
+   * Idempotent: a region already unregistered (or whose engine is closed) is left as it is.
+   */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.released) return;
+    this.disposing ??= this.release(this).catch((e: unknown) => {
+      this.disposing = undefined; // a busy region can be disposed again once its transfers are done
+      throw e;
+    });
+    await this.disposing;
   }
 
   /** @internal */

@@ -38,13 +38,17 @@ export class MetadataPublisher {
   private refreshing = false;
   private renewing = false;
   private readonly setOptions: { ttlMs?: number };
-  /** Number of times the entries were found missing and written again. */
-  republished = 0;
+  private rewrites = 0;
 
   constructor(private readonly o: PublisherOptions) {
     this.rpcKey = rpcMetaKey(o.name);
     this.segKey = segmentKey(o.name);
     this.setOptions = o.ttlMs !== undefined && o.ttlMs > 0 ? { ttlMs: o.ttlMs } : {};
+  }
+
+  /** Number of times the entries were found missing and written again. */
+  get republished(): number {
+    return this.rewrites;
   }
 
   get keys(): { rpcMeta: string; segment: string } {
@@ -119,7 +123,7 @@ export class MetadataPublisher {
         await this.publish();
         changed = true;
       }
-      if (changed) this.republished++;
+      if (changed) this.rewrites++;
     } catch (err) {
       if (!this.stopped) this.o.onError(asMetadataError(err, 'refreshing this engine\'s metadata'));
     } finally {

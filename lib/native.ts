@@ -156,12 +156,15 @@ export function loadNative(): NativeBinding {
 
 function loadFailureMessage(err: unknown): string {
   const reason = err instanceof Error ? err.message : String(err);
+  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  const libc = header?.glibcVersionRuntime ? `glibc ${header.glibcVersionRuntime}` : 'not glibc';
   return [
     'mooncake-node could not load its native addon.',
-    `  platform: ${process.platform}-${process.arch}, node ${process.version} (N-API ${process.versions.napi}), ${os.release()}`,
+    `  platform: ${process.platform}-${process.arch}, ${libc}, node ${process.version} (N-API ${process.versions.napi}), ${os.release()}`,
     `  looked in: ${path.join(packageRoot, 'build/Release')} and ${path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`)}`,
     `  reason: ${reason.split('\n')[0]}`,
-    '  fix: install a C++17 toolchain (g++ and make) and run `npm rebuild mooncake-node --build-from-source`,',
-    '       or install on a platform with a prebuilt binary (linux-x64).',
+    '  prebuilt: linux-x64 and linux-arm64 with glibc >= 2.28 load the shipped binary and need nothing else.',
+    '  fix: elsewhere the addon compiles, which needs Python 3, make and a C++17 compiler (g++ or clang++)',
+    '       on PATH: install them, then run `npm rebuild mooncake-node --build-from-source`.',
   ].join('\n');
 }

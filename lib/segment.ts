@@ -1,31 +1,77 @@
 import { MooncakeError } from './errors';
 
 export interface SegmentBuffer {
-  name: string;
+  readonly name: string;
   /** Absolute address in the peer, as it published it. */
-  address: bigint;
-  length: number;
+  readonly address: bigint;
+  readonly length: number;
 }
 
-/** An opened peer segment: what the peer published, and the handle transfers use. */
+/** What the engine learned about a peer when it opened (or reopened) its segment. */
+export interface SegmentInfo {
+  handle: number;
+  buffers: readonly SegmentBuffer[];
+  protocol: string;
+  protoVersion: number;
+  ip: string;
+  dataPort: number;
+  rpcPort: number;
+}
+
+/**
+ * An opened peer segment: what the peer published, and the handle transfers use. Read-only to callers;
+ * the engine refreshes it when the segment is reopened.
+ */
 export class Segment {
-  /** @internal */
+  /** Made by `TransferEngine.openSegment`, not by callers. */
   constructor(
     /** @internal */ readonly owner: object,
     readonly name: string,
-    /** @internal */ public handle: number,
-    public buffers: SegmentBuffer[],
-    public protocol: string,
-    /** TCP framing used with this peer: 2 when it advertises `tcp_proto_version >= 2`, else 1. */
-    public protoVersion: number,
-    /** The peer's data address. */
-    public ip: string,
-    public dataPort: number,
-    /** The peer's handshake (RPC) port, for notifications and probes; 0 when unknown. */
-    public rpcPort: number,
-  ) {}
+    info: SegmentInfo,
+  ) {
+    this.info = info;
+  }
 
+  private info: SegmentInfo;
   /** @internal */ closed = false;
+
+  /** @internal The engine's handle for this peer. */
+  get handle(): number {
+    return this.info.handle;
+  }
+
+  /** The buffers the peer published, in its order. */
+  get buffers(): readonly SegmentBuffer[] {
+    return this.info.buffers;
+  }
+
+  get protocol(): string {
+    return this.info.protocol;
+  }
+
+  /** TCP framing used with this peer: 2 when it advertises `tcp_proto_version >= 2`, else 1. */
+  get protoVersion(): number {
+    return this.info.protoVersion;
+  }
+
+  /** The peer's data address. */
+  get ip(): string {
+    return this.info.ip;
+  }
+
+  get dataPort(): number {
+    return this.info.dataPort;
+  }
+
+  /** The peer's handshake (RPC) port, for notifications and probes; 0 when unknown. */
+  get rpcPort(): number {
+    return this.info.rpcPort;
+  }
+
+  /** @internal Called by the engine when it reopens the segment. */
+  refresh(info: SegmentInfo): void {
+    this.info = info;
+  }
 
   /** Absolute remote address of `offset` inside the peer's buffer `index` (bounds checked). */
   address(index: number, offset = 0, length = 1): bigint {

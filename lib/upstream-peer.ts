@@ -1,13 +1,27 @@
 /**
- * Finds the real upstream Mooncake peer that scripts/setup-upstream-peer.sh installs (the pinned PyPI
- * wheel mooncake-transfer-engine-non-cuda in `.venv-upstream/`, or `$MOONCAKE_UPSTREAM_VENV`), and
- * the environment upstream processes must run with. Used by `bench --compare` and the interop tests.
+ * Finds the real upstream Mooncake peer that scripts/setup-upstream-peer.sh (`mooncake-node setup-upstream`)
+ * installs: the pinned PyPI wheel mooncake-transfer-engine-non-cuda in a venv, and the environment upstream
+ * processes must run with. Used by `bench --compare` and the interop tests.
+ *
+ * Where the venv is: `$MOONCAKE_UPSTREAM_VENV`, else `.venv-upstream/` in a checkout of this repository, else
+ * (an installed package) `$XDG_CACHE_HOME/mooncake-node/venv-upstream` (~/.cache/...).
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { packageRoot } from './native';
 
-export const UPSTREAM_SETUP_COMMAND = 'bash scripts/setup-upstream-peer.sh';
+export const UPSTREAM_SETUP_COMMAND = 'npx mooncake-node setup-upstream';
+
+/** The venv setup-upstream creates and findUpstream looks in. */
+export function defaultUpstreamVenv(root: string = packageRoot, env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.MOONCAKE_UPSTREAM_VENV;
+  if (fromEnv !== undefined && fromEnv !== '') return path.resolve(fromEnv);
+  const inRepo = path.join(root, '.venv-upstream');
+  if (fs.existsSync(inRepo) || fs.existsSync(path.join(root, '.git'))) return inRepo;
+  const cache = env.XDG_CACHE_HOME !== undefined && env.XDG_CACHE_HOME !== '' ? env.XDG_CACHE_HOME : path.join(os.homedir(), '.cache');
+  return path.join(cache, 'mooncake-node', 'venv-upstream');
+}
 export const UPSTREAM_PINNED_VERSION = '0.3.13.post1';
 const MARKER = '.mooncake-upstream.json';
 
@@ -43,8 +57,8 @@ function findSitePackages(venv: string): string | undefined {
 /** The upstream install, or why it is unavailable. */
 export function findUpstream(root: string = packageRoot): UpstreamInstall | { skipReason: string } {
   const fromEnv = process.env.MOONCAKE_UPSTREAM_VENV;
-  const venv = path.resolve(fromEnv && fromEnv.length > 0 ? fromEnv : path.join(root, '.venv-upstream'));
-  const how = `run ${UPSTREAM_SETUP_COMMAND}${fromEnv ? ` (MOONCAKE_UPSTREAM_VENV=${fromEnv})` : ''}`;
+  const venv = defaultUpstreamVenv(root);
+  const how = `run ${UPSTREAM_SETUP_COMMAND} (in a checkout: bash scripts/setup-upstream-peer.sh)${fromEnv ? ` with MOONCAKE_UPSTREAM_VENV=${fromEnv}` : ''}`;
   if (!fs.existsSync(venv)) return { skipReason: `upstream Mooncake venv not found at ${venv}; ${how}` };
   const python = path.join(venv, 'bin', 'python');
   if (!isExecutable(python)) return { skipReason: `${python} is missing or not executable; ${how}` };

@@ -1,6 +1,6 @@
 import type { CompareResult } from './compare';
 import type { BenchOptions } from './options';
-import { formatBytes, gbps } from './report';
+import { formatBytes, rateIn } from './report';
 
 /** A small self-contained SVG line chart: GB/s against block size (log scale), one line per implementation. */
 export function sweepChart(results: CompareResult[], o: BenchOptions): string {
@@ -11,10 +11,10 @@ export function sweepChart(results: CompareResult[], o: BenchOptions): string {
     series.get(name)!.push({ x, y });
   };
   for (const c of results) {
-    add('mooncake-node', c.blockSize, gbps(c.node.bandwidth));
+    add('mooncake-node', c.blockSize, rateIn(c.node.bandwidth));
     const up = c.upstream.length ? Math.max(...c.upstream.map((r) => r.bandwidth)) : undefined;
-    if (up !== undefined) add('upstream (best mode)', c.blockSize, gbps(up));
-    add('raw TCP (best of 1/N streams)', c.blockSize, gbps(Math.max(...c.raw.map((r) => r.bandwidth))));
+    if (up !== undefined) add('upstream (best mode)', c.blockSize, rateIn(up));
+    add('raw TCP (best of 1/N streams)', c.blockSize, rateIn(Math.max(...c.raw.map((r) => r.bandwidth))));
   }
   const xs = results.map((r) => r.blockSize);
   const maxY = Math.max(0.5, ...[...series.values()].flat().map((p) => p.y)) * 1.1;

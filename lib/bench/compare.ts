@@ -8,8 +8,9 @@ import { MetadataServer } from '../metadata/server';
 import { loadNative } from '../native';
 import type { RunResult } from './initiator';
 import { runLoopback } from './loopback';
+import type { BenchIO } from './io';
 import type { BenchOptions } from './options';
-import { formatBytes, gbps, table } from './report';
+import { formatBytes, table } from './report';
 import { sweepChart } from './chart';
 import { runUpstreamBench } from './upstream';
 
@@ -33,9 +34,10 @@ export async function rawReference(blockSize: number, streams: number, seconds: 
   };
 }
 
-export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s: string) => void): Promise<CompareResult> {
+export async function compareOnce(o: BenchOptions, metadataUrl: string, io: BenchIO): Promise<CompareResult> {
+  const log = io.log;
   log(`  ${formatBytes(o.blockSize)}: mooncake-node ...`);
-  const node = await runLoopback({ ...o, metadataServer: metadataUrl });
+  const node = await runLoopback({ ...o, metadataServer: metadataUrl }, io.signal);
   const upstream: RunResult[] = [];
   let upstreamError: string | undefined;
   // Upstream on the same parameters, and with one thread (its best setting on small machines, where
@@ -47,14 +49,17 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, log: (s:
   }
   for (const run of upstreamRuns) {
     log(`  ${formatBytes(o.blockSize)}: upstream transfer_engine_bench (${run.mode}, ${run.concurrency} thread${run.concurrency === 1 ? '' : 's'}) ...`);
+    io.signal.throwIfAborted();
     try {
-      upstream.push(await runUpstreamBench({ ...o, concurrency: run.concurrency }, metadataUrl, run.mode));
+      upstream.push(await runUpstreamBench({ ...o, concurrency: run.concurrency }, metadataUrl, run.mode, io.signal));
     } catch (err) {
+      io.signal.throwIfAborted();
       upstreamError = (err as Error).message;
       log(`    upstream unavailable: ${upstreamError.split('\n')[0]}`);
       break;
     }
   }
+  io.signal.throwIfAborted();
   log(`  ${formatBytes(o.blockSize)}: raw TCP reference ...`);
   const streams = Math.max(2, o.connectionsPerPeer ?? 2);
   const raw = [await rawReference(o.blockSize, 1, o.durationSec, o), await rawReference(o.blockSize, streams, o.durationSec, o)];
@@ -105,7 +110,7 @@ export function ratioLines(c: CompareResult): string[] {
   return out;
 }
 
-export async function runCompare(o: BenchOptions, log: (s: string) => void): Promise<void> {
+export async function runCompare(o: BenchOptions, io: BenchIO): Promise<void> {
   let meta: MetadataServer | undefined;
   let url = o.metadataServer;
   if (!url) {
@@ -119,20 +124,20 @@ export async function runCompare(o: BenchOptions, log: (s: string) => void): Pro
       // Keep each batch's bytes reasonable across the sweep.
       const batchSize = o.sweep ? Math.max(1, Math.min(o.batchSize, Math.floor((16 << 20) / blockSize))) : o.batchSize;
       const bufferSize = Math.max(o.bufferSize, blockSize * batchSize * o.concurrency);
-      results.push(await compareOnce({ ...o, blockSize, batchSize, bufferSize }, url, log));
+      results.push(await compareOnce({ ...o, blockSize, batchSize, bufferSize }, url, io));
     }
     if (o.json) {
-      console.log(JSON.stringify({ machine: machineInfo(), results }));
+      io.out(JSON.stringify({ machine: machineInfo(), results }));
     } else {
       for (const c of results) {
-        console.log(`\n${o.operation} ${formatBytes(c.blockSize)} blocks:`);
-        console.log(table([c.node, ...c.upstream, ...c.raw, ...(c.memcpy ? [c.memcpy] : [])], o.reportUnit));
-        for (const l of ratioLines(c)) console.log(l);
+        io.out(`\n${o.operation} ${formatBytes(c.blockSize)} blocks:`);
+        io.out(table([c.node, ...c.upstream, ...c.raw, ...(c.memcpy ? [c.memcpy] : [])], o.reportUnit));
+        for (const l of ratioLines(c)) io.out(l);
       }
     }
     if (o.sweep) {
       fs.writeFileSync(o.sweep, sweepChart(results, o));
-      log(`chart written to ${o.sweep}`);
+      io.log(`chart written to ${o.sweep}`);
     }
   } finally {
     await meta?.close();
@@ -144,4 +149,3 @@ function machineInfo(): Record<string, unknown> {
   return { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, kernel: os.release() };
 }
 
-export { gbps };

@@ -32,13 +32,15 @@ export interface RunResult {
 
 /**
  * Keeps `concurrency` batches in flight for `durationSec`. Batch slot t, request i uses offset
- * block*(i*concurrency + t) on both sides, as upstream's transfer_engine_bench does.
+ * block*(i*concurrency + t) on both sides, as upstream's transfer_engine_bench does. When `signal` aborts,
+ * no new batch starts and the run rejects with its reason once the batches in flight are done.
  */
 export async function runInitiator(
   engine: TransferEngine,
   segment: Segment,
   region: MemoryRegion,
   o: BenchOptions,
+  signal: AbortSignal,
   onProgress?: (bytes: number, seconds: number) => void,
 ): Promise<RunResult> {
   const { blockSize, batchSize, concurrency } = o;
@@ -63,7 +65,7 @@ export async function runInitiator(
   let lastReport = t0;
   const slot = async (t: number) => {
     const batch = batches[t];
-    while (performance.now() < deadline) {
+    while (performance.now() < deadline && !signal.aborted && errors === 0) {
       const s = performance.now();
       try {
         await engine.submitPrepared(batch);
@@ -82,6 +84,7 @@ export async function runInitiator(
     }
   };
   await Promise.all(batches.map((_, t) => slot(t)));
+  signal.throwIfAborted();
   const seconds = (performance.now() - t0) / 1000;
   const h = health.stop();
   const sameHostBytes = engine.stats().sameHostBytes ?? 0;

@@ -1,4 +1,14 @@
+/**
+ * `mooncake-node bench` flags: ours, and upstream transfer_engine_bench's spellings and units where they
+ * differ (`--block_size`, `--threads`, `--report_unit Gb`, `--report_precision`, `--device_name`, ...), so
+ * a command line written for upstream's bench runs here.
+ */
+import { constants as bufferConstants } from 'node:buffer';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { MooncakeError } from '../errors';
+import { flagError, parseFlags, type FlagValues } from '../cli/flags';
+import { REPORT_UNITS, type ReportUnit } from './report';
 
 export type BenchMode = 'initiator' | 'target' | 'loopback';
 
@@ -29,124 +39,99 @@ export interface BenchOptions {
   managed: boolean;
   /** Allow the same-host memcpy path when both ends are on one host (default true). */
   sameHost: boolean;
-  reportUnit: 'GB' | 'GiB';
+  /** Unit of rates in reports (upstream's set: GB = 1e9 bytes, GiB, Gb = 1e9 bits, MB, MiB, Mb, KB, KiB, Kb). */
+  reportUnit: ReportUnit;
+  /** Digits after the decimal point in upstream's `Test completed` line (upstream: 2). */
+  reportPrecision: number;
   quiet: boolean;
 }
 
-export const BENCH_USAGE = `Usage: mooncake-node bench [options]
+export const BENCH_FLAGS = {
+  mode: { type: 'string', choices: ['loopback', 'initiator', 'target'], default: 'loopback', help: 'loopback starts a target process and an embedded metadata server itself: no set-up needed' },
+  operation: { type: 'string', choices: ['write', 'read'], default: 'write', help: 'transfer direction (upstream defaults to read)' },
+  'block-size': { type: 'size', default: 65536, defaultText: '64K', max: 1 << 30, help: 'bytes per request; K/M/G suffixes allowed' },
+  'batch-size': { type: 'int', min: 1, max: 1 << 16, default: 128, help: 'requests per batch' },
+  concurrency: { type: 'int', aliases: ['threads'], min: 1, max: 1024, default: 4, help: 'batches in flight (upstream: one per thread)' },
+  duration: { type: 'number', arg: 'S', min: 0.001, max: 86400, defaultText: '10; loopback 5', help: 'seconds to run' },
+  'buffer-size': { type: 'size', defaultText: 'enough for one round, at least 64M', help: 'registered buffer on each side' },
+  'metadata-server': { type: 'string', arg: 'URL', help: 'http://host:port/metadata, etcd://..., redis://... or P2PHANDSHAKE' },
+  'segment-id': { type: 'string', arg: 'NAME', help: "the target's segment name (initiator mode)" },
+  'local-server-name': { type: 'string', arg: 'NAME', help: "this engine's name" },
+  protocol: { type: 'string', default: 'tcp', help: 'transport: the built-in backend benchmarks tcp' },
+  'device-name': { type: 'string', arg: 'NAME', help: 'RDMA device (upstream); tcp does not use it, as upstream ignores it for tcp' },
+  'io-threads': { type: 'int', min: 1, max: 64, help: 'engine I/O threads' },
+  connections: { type: 'int', min: 1, max: 64, help: 'connections per peer' },
+  managed: { type: 'boolean', help: 'engine-allocated shared memory on both sides (same-host memcpy path)' },
+  'same-host': { type: 'boolean', negatable: true, default: true, help: 'never use the same-host memcpy path' },
+  compare: { type: 'boolean', help: "also run upstream's transfer_engine_bench and a raw TCP reference, and print ratios (set-up: mooncake-node setup-upstream)" },
+  sweep: { type: 'string', arg: 'FILE.svg', help: 'compare over block sizes 4K..4M and write a chart' },
+  json: { type: 'boolean', help: 'one machine-readable result on stdout' },
+  quiet: { type: 'boolean', help: 'no progress or banner on stderr' },
+  'report-unit': { type: 'string', choices: Object.keys(REPORT_UNITS), default: 'GB', help: 'rate unit: GB = 1e9 bytes, GiB, Gb = 1e9 bits, MB, MiB, Mb, KB, KiB, Kb (as upstream)' },
+  'report-precision': { type: 'int', min: 0, max: 12, default: 2, help: "digits in upstream's 'Test completed' line" },
+  backend: { type: 'string', choices: ['classic', 'tent'], default: 'classic', help: "upstream engine generation; mooncake-node speaks classic's protocol", hidden: true },
+  'auto-discovery': { type: 'boolean', help: 'upstream topology discovery (RDMA); tcp does not use it', hidden: true },
+  'nic-priority-matrix': { type: 'string', help: 'upstream NIC priorities (RDMA); tcp does not use it', hidden: true },
+} as const;
 
-  --mode loopback|initiator|target   loopback (default) starts a target process and an embedded
-                                     metadata server itself: no set-up needed
-  --operation write|read             (default write)
-  --block-size N                     bytes per request, K/M/G suffixes allowed (default 64K)
-  --batch-size N                     requests per batch (default 128)
-  --threads N | --concurrency N      batches in flight (default 4)
-  --duration S                       seconds (default 10; loopback 5)
-  --buffer-size N                    registered buffer on each side (default: enough for one round)
-  --metadata-server URL              http://host:port/metadata or P2PHANDSHAKE
-  --segment-id NAME                  target's segment name (initiator mode)
-  --local-server-name NAME           this engine's name
-  --protocol tcp                     built-in transport
-  --io-threads N, --connections N    engine threads, connections per peer
-  --managed                          engine-allocated shared memory on both sides
-  --no-same-host                     never use the same-host memcpy path
-  --compare                          also run upstream's transfer_engine_bench (from the project's
-                                     upstream venv) and a raw TCP socket reference; print ratios
-  --sweep FILE.svg                   compare over block sizes 4K..4M and write a chart
-  --json                             machine-readable result on stdout
-  --report-unit GB|GiB`;
+export type BenchFlagValues = FlagValues<typeof BENCH_FLAGS>;
 
-export function parseSize(v: string, flag: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgG]i?[bB]?|[bB])?$/.exec(v.trim());
-  if (!m) throw new MooncakeError('INVALID_CONFIG', `${flag} must be a size like 4096, 64K or 1M, got '${v}'`);
-  const unit = (m[2] ?? '').toUpperCase()[0];
-  const mult = unit === 'K' ? 1024 : unit === 'M' ? 1024 ** 2 : unit === 'G' ? 1024 ** 3 : 1;
-  const n = Math.round(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(n) || n <= 0) throw new MooncakeError('INVALID_CONFIG', `${flag} must be positive, got '${v}'`);
-  return n;
-}
-
-function parseInt10(v: string, flag: string, min = 1, max = 1 << 30): number {
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new MooncakeError('INVALID_CONFIG', `${flag} must be an integer in [${min}, ${max}], got '${v}'`);
-  return n;
-}
-
-export function parseBenchArgs(argv: string[]): BenchOptions | 'help' {
-  const o: BenchOptions = {
-    mode: 'loopback', protocol: 'tcp', operation: 'write', blockSize: 65536, batchSize: 128, concurrency: 4,
-    durationSec: NaN, bufferSize: 0, json: false, compare: false, managed: false, sameHost: true, reportUnit: 'GB', quiet: false,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    let arg = argv[i];
-    let value: string | undefined;
-    const eq = arg.indexOf('=');
-    if (arg.startsWith('--') && eq > 0) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    arg = arg.replace(/_/g, '-'); // accept upstream's --block_size spelling
-    const next = () => {
-      if (value !== undefined) return value;
-      const v = argv[++i];
-      if (v === undefined) throw new MooncakeError('INVALID_CONFIG', `${arg} needs a value`);
-      return v;
-    };
-    switch (arg) {
-      case '-h': case '--help': return 'help';
-      case '--mode': {
-        const m = next();
-        if (m !== 'initiator' && m !== 'target' && m !== 'loopback') throw new MooncakeError('INVALID_CONFIG', `--mode must be loopback, initiator or target, got '${m}'`);
-        o.mode = m;
-        break;
-      }
-      case '--protocol': {
-        const p = next();
-        if (p !== 'tcp') throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `the built-in backend benchmarks --protocol tcp, got '${p}'`);
-        break;
-      }
-      case '--operation': {
-        const p = next();
-        if (p !== 'read' && p !== 'write') throw new MooncakeError('INVALID_CONFIG', `--operation must be read or write, got '${p}'`);
-        o.operation = p;
-        break;
-      }
-      case '--metadata-server': o.metadataServer = next(); break;
-      case '--block-size': o.blockSize = parseSize(next(), arg); break;
-      case '--batch-size': o.batchSize = parseInt10(next(), arg, 1, 1 << 16); break;
-      case '--threads': case '--concurrency': o.concurrency = parseInt10(next(), arg, 1, 1024); break;
-      case '--duration': {
-        const d = Number(next());
-        if (!(d > 0 && d <= 86400)) throw new MooncakeError('INVALID_CONFIG', `--duration must be seconds in (0, 86400]`);
-        o.durationSec = d;
-        break;
-      }
-      case '--buffer-size': o.bufferSize = parseSize(next(), arg); break;
-      case '--segment-id': o.segmentId = next(); break;
-      case '--local-server-name': o.localServerName = next(); break;
-      case '--io-threads': o.ioThreads = parseInt10(next(), arg, 1, 64); break;
-      case '--connections': o.connectionsPerPeer = parseInt10(next(), arg, 1, 64); break;
-      case '--managed': o.managed = true; break;
-      case '--no-same-host': o.sameHost = false; break;
-      case '--json': o.json = true; break;
-      case '--quiet': o.quiet = true; break;
-      case '--compare': o.compare = true; break;
-      case '--sweep': o.sweep = next(); o.compare = true; break;
-      case '--report-unit': {
-        const u = next();
-        if (u !== 'GB' && u !== 'GiB') throw new MooncakeError('INVALID_CONFIG', `--report-unit must be GB or GiB`);
-        o.reportUnit = u;
-        break;
-      }
-      default:
-        throw new MooncakeError('INVALID_CONFIG', `unknown option '${argv[i]}'\n\n${BENCH_USAGE}`);
-    }
+/** Applies defaults that depend on other flags and checks flags against each other. */
+export function benchOptionsFromFlags(v: BenchFlagValues): BenchOptions {
+  const mode = v.mode as BenchMode;
+  if (v.protocol !== 'tcp') {
+    throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', `--protocol=${JSON.stringify(v.protocol)}: the built-in backend benchmarks tcp`, { details: { flag: '--protocol', value: v.protocol } });
   }
-  if (Number.isNaN(o.durationSec)) o.durationSec = o.mode === 'loopback' ? 5 : 10;
+  if (v.backend === 'tent') {
+    throw new MooncakeError('NOT_SUPPORTED_TRANSPORT', '--backend="tent": TENT peers speak another protocol; mooncake-node speaks the classic engine\'s', { details: { flag: '--backend', value: 'tent' } });
+  }
+  const o: BenchOptions = {
+    mode,
+    protocol: 'tcp',
+    metadataServer: v['metadata-server'],
+    operation: v.operation as 'read' | 'write',
+    blockSize: v['block-size']!,
+    batchSize: v['batch-size']!,
+    concurrency: v.concurrency!,
+    durationSec: v.duration ?? (mode === 'loopback' ? 5 : 10),
+    bufferSize: v['buffer-size'] ?? 0,
+    segmentId: v['segment-id'],
+    localServerName: v['local-server-name'],
+    json: v.json === true,
+    compare: v.compare === true || v.sweep !== undefined,
+    sweep: v.sweep,
+    ioThreads: v['io-threads'],
+    connectionsPerPeer: v.connections,
+    managed: v.managed === true,
+    sameHost: v['same-host'] !== false,
+    reportUnit: v['report-unit'] as ReportUnit,
+    reportPrecision: v['report-precision']!,
+    quiet: v.quiet === true,
+  };
   const round = o.blockSize * o.batchSize * o.concurrency;
   if (o.bufferSize === 0) o.bufferSize = Math.max(round, 64 * 1024 * 1024);
-  if (o.bufferSize < round) throw new MooncakeError('INVALID_CONFIG', `--buffer-size must hold block-size x batch-size x concurrency = ${round} bytes`);
-  if (o.mode === 'initiator' && (!o.metadataServer || !o.segmentId)) throw new MooncakeError('INVALID_CONFIG', 'initiator mode needs --metadata-server and --segment-id');
-  if (o.mode === 'target' && !o.metadataServer) throw new MooncakeError('INVALID_CONFIG', 'target mode needs --metadata-server');
+  if (o.bufferSize < round) throw flagError('--buffer-size', o.bufferSize, `must hold block-size x batch-size x concurrency = ${round} bytes`);
+  if (!o.managed && o.bufferSize > bufferConstants.MAX_LENGTH) {
+    throw flagError('--buffer-size', o.bufferSize, `larger than the biggest Buffer this Node can allocate (${bufferConstants.MAX_LENGTH} bytes); use --managed for engine-allocated memory`);
+  }
+  if (o.mode === 'initiator' && (o.metadataServer === undefined || o.segmentId === undefined)) {
+    throw new MooncakeError('INVALID_CONFIG', 'initiator mode needs --metadata-server and --segment-id');
+  }
+  if (o.mode === 'target' && o.metadataServer === undefined) throw new MooncakeError('INVALID_CONFIG', 'target mode needs --metadata-server');
+  if (o.compare && o.mode !== 'loopback') throw new MooncakeError('INVALID_CONFIG', '--compare and --sweep run in loopback mode');
+  if (o.sweep !== undefined) {
+    // Found out now, not after minutes of measuring.
+    const dir = path.dirname(path.resolve(o.sweep));
+    try {
+      fs.accessSync(dir, fs.constants.W_OK);
+    } catch {
+      throw flagError('--sweep', o.sweep, `cannot write into ${dir}`);
+    }
+  }
   return o;
+}
+
+/** Parses bench flags (as `mooncake-node bench` would) into options. */
+export function parseBenchArgs(argv: readonly string[]): BenchOptions {
+  return benchOptionsFromFlags(parseFlags(BENCH_FLAGS, argv, { command: 'bench' }).values);
 }

@@ -7,8 +7,24 @@ export function formatBytes(n: number): string {
   return String(n);
 }
 
-export function gbps(bytesPerSec: number, unit: 'GB' | 'GiB' = 'GB'): number {
-  return bytesPerSec / (unit === 'GB' ? 1e9 : 1 << 30);
+/** Rate units and their size in bytes, as upstream's transfer_engine_bench defines them (Gb, Mb, Kb are bits). */
+export const REPORT_UNITS = {
+  GB: 1e9,
+  GiB: 2 ** 30,
+  Gb: 1e9 / 8,
+  MB: 1e6,
+  MiB: 2 ** 20,
+  Mb: 1e6 / 8,
+  KB: 1e3,
+  KiB: 2 ** 10,
+  Kb: 1e3 / 8,
+} as const;
+
+export type ReportUnit = keyof typeof REPORT_UNITS;
+
+/** A rate in bytes per second expressed in `unit` per second. */
+export function rateIn(bytesPerSec: number, unit: ReportUnit = 'GB'): number {
+  return bytesPerSec / REPORT_UNITS[unit];
 }
 
 function pad(s: string, n: number, right = false): string {
@@ -16,7 +32,7 @@ function pad(s: string, n: number, right = false): string {
 }
 
 /** A fixed-width table of results. */
-export function table(results: RunResult[], unit: 'GB' | 'GiB' = 'GB'): string {
+export function table(results: RunResult[], unit: ReportUnit = 'GB'): string {
   const head = ['implementation', 'op', 'block', 'batch', 'inflight', `${unit}/s`, 'ops/s', 'avg ms', 'p50 ms', 'p99 ms', 'cpu %', 'target cpu %'];
   const rows = results.map((r) => [
     r.impl,
@@ -24,7 +40,7 @@ export function table(results: RunResult[], unit: 'GB' | 'GiB' = 'GB'): string {
     formatBytes(r.blockSize),
     String(r.batchSize),
     String(r.concurrency),
-    gbps(r.bandwidth, unit).toFixed(3),
+    rateIn(r.bandwidth, unit).toFixed(3),
     Math.round(r.opsPerSec).toLocaleString('en-US'),
     r.latencyMs.avg ? r.latencyMs.avg.toFixed(2) : '-',
     r.latencyMs.p50 ? r.latencyMs.p50.toFixed(2) : '-',

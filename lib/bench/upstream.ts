@@ -19,9 +19,10 @@ function uniqueName(): string {
 }
 
 /** upstream's bench, or why it cannot run. */
-export async function runUpstreamBench(o: BenchOptions, metadataUrl: string, mode: UpstreamMode): Promise<RunResult> {
+export async function runUpstreamBench(o: BenchOptions, metadataUrl: string, mode: UpstreamMode, signal?: AbortSignal): Promise<RunResult> {
   const up = findUpstream();
   if ('skipReason' in up) throw new MooncakeError('LIBRARY_NOT_FOUND', up.skipReason);
+  signal?.throwIfAborted();
   const env = upstreamEnv(mode === 'pool' ? { MC_TCP_ENABLE_CONNECTION_POOL: '1' } : { MC_TCP_ENABLE_CONNECTION_POOL: '0' });
   const targetName = uniqueName();
   const common = ['--protocol=tcp', `--metadata_server=${metadataUrl}`, `--buffer_size=${o.bufferSize}`];
@@ -45,8 +46,14 @@ export async function runUpstreamBench(o: BenchOptions, metadataUrl: string, mod
     ];
     const init = spawn(up.bench, args, { env, stdio: ['ignore', 'ignore', 'pipe'] });
     let log = '';
-    init.stderr!.on('data', (d: Buffer) => { log += d.toString(); });
+    init.stderr!.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-65536); });
+    const onAbort = (): void => {
+      init.kill('SIGTERM');
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
     const code = await new Promise<number | null>((resolve) => init.once('exit', (c) => resolve(c)));
+    signal?.removeEventListener('abort', onAbort);
+    signal?.throwIfAborted();
     const m = /Test completed: duration ([\d.]+), batch count (\d+), throughput ([\d.]+)/.exec(log);
     if (code !== 0 || !m) throw new MooncakeError('PROTOCOL_ERROR', `upstream bench initiator failed (exit ${code}):\n${log.slice(-2000)}`);
     const seconds = Number(m[1]);

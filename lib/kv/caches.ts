@@ -31,12 +31,13 @@ export const DEFAULT_MAX_REGION_BYTES = 1 << 30;
 
 /** Host memory for a layout: whole tensors packed into as few Buffers of at most `maxRegionBytes` as possible. */
 export function allocateHostCaches(layout: KvLayout, maxRegionBytes = DEFAULT_MAX_REGION_BYTES): KvCachesInput {
-  const perRegion = Math.max(1, Math.floor(maxRegionBytes / layout.tensorBytes));
-  const regions: Buffer[] = [];
-  for (let left = layout.tensorCount; left > 0; left -= perRegion) {
-    regions.push(Buffer.alloc(Math.min(perRegion, left) * layout.tensorBytes));
+  const sizes: number[] = [];
+  for (let t = 0; t < layout.tensorCount; t++) {
+    const n = layout.tensorSize(t);
+    if (sizes.length > 0 && sizes[sizes.length - 1] + n <= maxRegionBytes) sizes[sizes.length - 1] += n;
+    else sizes.push(n);
   }
-  return { regions };
+  return { regions: sizes.map((n) => Buffer.alloc(n)) };
 }
 
 function tensorPlacement(layout: KvLayout, input: KvCachesInput, lengths: number[]): { region: number; offset: number }[] {
@@ -48,9 +49,9 @@ function tensorPlacement(layout: KvLayout, input: KvCachesInput, lengths: number
     }
     const out = input.tensors.map((t, i) => {
       const ok = t !== null && typeof t === 'object' && Number.isSafeInteger(t.region) && t.region >= 0 && t.region < lengths.length &&
-        Number.isSafeInteger(t.offset) && t.offset >= 0 && t.offset + layout.tensorBytes <= lengths[t.region];
+        Number.isSafeInteger(t.offset) && t.offset >= 0 && t.offset + layout.tensorSize(i) <= lengths[t.region];
       if (!ok) {
-        throw new MooncakeError('INVALID_CONFIG', `caches.tensors[${i}] ${JSON.stringify(t)} does not fit a tensor of ${layout.tensorBytes} bytes in its region`, {
+        throw new MooncakeError('INVALID_CONFIG', `caches.tensors[${i}] ${JSON.stringify(t)} does not fit a tensor of ${layout.tensorSize(i)} bytes in its region`, {
           details: { field: `caches.tensors[${i}]` },
         });
       }
@@ -60,7 +61,7 @@ function tensorPlacement(layout: KvLayout, input: KvCachesInput, lengths: number
     for (let k = 1; k < sorted.length; k++) {
       const a = sorted[k - 1];
       const b = sorted[k];
-      if (a.region === b.region && a.offset + layout.tensorBytes > b.offset) {
+      if (a.region === b.region && a.offset + layout.tensorSize(a.i) > b.offset) {
         throw new MooncakeError('INVALID_CONFIG', `caches.tensors[${a.i}] and caches.tensors[${b.i}] overlap`, { details: { field: 'caches.tensors' } });
       }
     }
@@ -70,18 +71,18 @@ function tensorPlacement(layout: KvLayout, input: KvCachesInput, lengths: number
   let region = 0;
   let offset = 0;
   for (let t = 0; t < layout.tensorCount; t++) {
-    while (region < lengths.length && offset + layout.tensorBytes > lengths[region]) {
+    while (region < lengths.length && offset + layout.tensorSize(t) > lengths[region]) {
       region++;
       offset = 0;
     }
     if (region >= lengths.length) {
       const have = lengths.reduce((a, b) => a + b, 0);
-      throw new MooncakeError('INVALID_CONFIG', `caches.regions (${have} bytes in ${lengths.length}) cannot hold ${layout.tensorCount} tensors of ${layout.tensorBytes} bytes`, {
+      throw new MooncakeError('INVALID_CONFIG', `caches.regions (${have} bytes in ${lengths.length}) cannot hold ${layout.tensorCount} tensors of ${layout.tensorBytes} bytes${layout.ropeBytes > 0 ? ' (and rope tensors)' : ''}`, {
         details: { field: 'caches.regions' },
       });
     }
     out.push({ region, offset });
-    offset += layout.tensorBytes;
+    offset += layout.tensorSize(t);
   }
   return out;
 }
@@ -122,7 +123,7 @@ export class KvCaches {
     let k = 0;
     const regions = inp.regions.map((r) => (r instanceof MemoryRegion ? r : registered[k++]));
     const addresses = placement.map((p) => regions[p.region].address + BigInt(p.offset));
-    const views = placement.map((p) => regions[p.region].buffer?.subarray(p.offset, p.offset + layout.tensorBytes));
+    const views = placement.map((p, t) => regions[p.region].buffer?.subarray(p.offset, p.offset + layout.tensorSize(t)));
     return new KvCaches(layout, regions, addresses, views, registered);
   }
 
@@ -131,10 +132,11 @@ export class KvCaches {
     return this.views[index];
   }
 
-  /** The host view of one block of (layer, kind) (undefined for device memory). */
+  /** The host view of one block of (layer, kind: 'k' | 'v' | 'latent' | 'rope') (undefined for device memory). */
   blockView(layer: number, kind: KvTensorKind, blockId: number): Buffer | undefined {
-    const v = this.views[this.layout.tensorIndex(layer, kind)];
-    const r = this.layout.blockRange(blockId);
+    const t = this.layout.tensorIndex(layer, kind);
+    const v = this.views[t];
+    const r = this.layout.blockRange(blockId, t);
     return v?.subarray(r.offset, r.offset + r.length);
   }
 

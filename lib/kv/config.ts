@@ -15,7 +15,8 @@ import { MooncakeError, describeValue } from '../errors';
 import { MemoryRegion } from '../memory';
 import { parseMetadataConnectionString, P2P_HANDSHAKE } from '../metadata/store';
 import type { KvLayout, KvLayoutSpec } from './layout';
-import { checkEngineId, type KvParallelSize, type KvRankOptions, type KvRole } from './options';
+import { checkEngineId, VLLM_ASCEND_PROFILES, type KvParallelSize, type KvRankOptions, type KvRole, type VllmAscendProfile } from './options';
+import { KV_SIDE_CHANNELS, type KvSideChannelName } from './side-channel';
 import { validateTpMapping } from './rank-map';
 import type { KvCachesInput } from './caches';
 
@@ -60,6 +61,13 @@ export interface KvTransferConfig {
   connectorModulePath: string | undefined;
   prefill: KvParallelSize;
   decode: KvParallelSize;
+  /**
+   * The side channel (`kv_connector_extra_config.side_channel`): 'mooncake-node' (default, Node <-> Node)
+   * or 'vllm-ascend' (pair with real vllm-ascend nodes). Chosen explicitly: both sides must agree.
+   */
+  sideChannel: KvSideChannelName;
+  /** `kv_connector_extra_config.vllm_ascend_profile`: '0.23' (default) or '0.18'. */
+  vllmAscendProfile: VllmAscendProfile;
   /** kv_connector_extra_config as given (other keys included). */
   extraConfig: Record<string, unknown>;
   /** Unknown keys and ignored values, for logging. */
@@ -185,6 +193,17 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
       { details: { field: 'kv_connector_extra_config.prefill.tp_size', value: prefill.tpSize, source } },
     );
   }
+  const sideChannel = ex.side_channel ?? 'mooncake-node';
+  if (typeof sideChannel !== 'string' || !(KV_SIDE_CHANNELS as readonly string[]).includes(sideChannel)) {
+    throw fail('kv_connector_extra_config.side_channel', ex.side_channel, KV_SIDE_CHANNELS.map((c) => `"${c}"`).join(' or '), source);
+  }
+  const profile = ex.vllm_ascend_profile ?? '0.23';
+  if (typeof profile !== 'string' || !(VLLM_ASCEND_PROFILES as readonly string[]).includes(profile)) {
+    throw fail('kv_connector_extra_config.vllm_ascend_profile', ex.vllm_ascend_profile, VLLM_ASCEND_PROFILES.map((c) => `"${c}"`).join(' or '), source);
+  }
+  if (sideChannel === 'vllm-ascend' && kvPort === undefined) {
+    throw fail('kv_port', o.kv_port, 'set with side_channel "vllm-ascend" (peers compute every rank\'s port from it)', source);
+  }
   if (kvPort !== undefined) {
     const span = Math.max(prefill.dpSize * prefill.tpSize, decode.dpSize * decode.tpSize);
     if (kvPort + span - 1 > 65535) throw fail('kv_port', o.kv_port, `at most ${65536 - span} (kv_port + dp_size × tp_size − 1 must be a port)`, source);
@@ -201,6 +220,8 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
     connectorModulePath: modulePath as string | undefined,
     prefill,
     decode,
+    sideChannel: sideChannel as KvSideChannelName,
+    vllmAscendProfile: profile as VllmAscendProfile,
     extraConfig: ex,
     warnings,
   };
@@ -344,11 +365,12 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
       { details: { field: 'protocol', value: protocol } },
     );
   }
-  const metadataServer = ctx.metadataServer ?? (mooncake ? metadataConnectionString(mooncake) : undefined);
-  if (metadataServer === undefined) {
+  const vllmAscend = transfer.sideChannel === 'vllm-ascend';
+  const metadataServer = vllmAscend ? undefined : ctx.metadataServer ?? (mooncake ? metadataConnectionString(mooncake) : undefined);
+  if (metadataServer === undefined && !vllmAscend) {
     throw new MooncakeError('INVALID_CONFIG', 'no metadata server: give mooncake.json (metadata_server) or metadataServer', { details: { field: 'metadataServer' } });
   }
-  if (metadataServer === P2P_HANDSHAKE) {
+  if (!vllmAscend && metadataServer === P2P_HANDSHAKE) {
     throw new MooncakeError('INVALID_CONFIG', 'the KV handshake runs over a metadata store; metadata_backend "p2phandshake" has none (use "http" with metadata_server)', {
       details: { field: 'metadata_backend', value: 'p2phandshake' },
     });
@@ -372,7 +394,8 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
     layout: ctx.layout,
     ...(ctx.totalKvHeads !== undefined ? { totalKvHeads: ctx.totalKvHeads } : {}),
     ...(caches !== undefined ? { caches } : {}),
-    metadataServer,
+    ...(metadataServer !== undefined ? { metadataServer } : {}),
+    ...(vllmAscend ? { sideChannel: 'vllm-ascend' as const, vllmAscend: { ...ctx.overrides?.vllmAscend, profile: transfer.vllmAscendProfile } } : {}),
     ...(host !== undefined ? { host } : {}),
     ...(transfer.kvPort !== undefined ? { kvPort: transfer.kvPort } : {}),
   };

@@ -17,7 +17,8 @@ import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './ra
 import type { KvMessage, KvRankRef } from './messages';
 import type { KvMetricsSnapshot, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
-import { alignBlocks, parseKvTransferParams, type KvTransferParams } from './params';
+import { alignBlocks, type KvTransferParams, type KvTransferParamsWire } from './params';
+import type { KvParamsExtra } from './side-channel';
 import { planTransfer } from './plan';
 import { prefillRanksOf, slicesByRank, sourcesForDecodeRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
@@ -39,7 +40,7 @@ export interface KvPullOptions {
 export interface KvExpectation {
   requestId: string;
   /** For the producer (through the proxy's metaserver): names this instance and its blocks. */
-  params: KvTransferParams;
+  params: KvTransferParamsWire;
   /** Settles with the outcome once every serving prefill rank reported, or on timeout/dead producer. */
   done: Promise<KvTransferOutcome>;
   /** Gives up waiting (the outcome fails with ABORT_ERR). */
@@ -100,9 +101,9 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    * `blockIds` (tail-aligned with `params.remote_block_ids` when fewer: a prefix-cache hit), then sends
    * "done" to every producer rank it used. Rejects only for invalid arguments (INVALID_ARGUMENT).
    */
-  async pull(params: KvTransferParams, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
+  async pull(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
-    const p = parseKvTransferParams(params);
+    const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
     const aligned = alignBlocks(local, p.remote_block_ids);
     const o = this.core.options;
@@ -113,23 +114,22 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     this.core.metrics.started++;
     const groups = slicesByRank(this.sources(requestId), 'prefillRank');
     const results: BatchResult[] = [];
-    const peers: KvPeer[] = [];
+    const peers = new Map<number, KvPeer>();
     let setupError: MooncakeError | undefined;
     try {
       this.checkParamsShape(p);
       const timeout = AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())));
       const lookupSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
-      const dp = await this.core.dpRankOf(p, lookupSignal);
       await Promise.all(
         [...groups].map(async ([prefillRank, slices]) => {
           let peer: KvPeer;
           try {
-            peer = await this.core.registry.lookup(p.remote_engine_id, dp, prefillRank, { signal: lookupSignal });
+            peer = await this.core.channel.lookup(p, prefillRank, lookupSignal);
           } catch (err) {
-            results.push(failedBatch({ engineId: p.remote_engine_id, dpRank: dp, tpRank: prefillRank, segment: '' }, local.length, asMooncakeError(err, 'registry lookup failed')));
+            results.push(failedBatch({ engineId: p.remote_engine_id, dpRank: p.remote_dp_rank ?? 0, tpRank: prefillRank, segment: '' }, local.length, asMooncakeError(err, 'looking up the prefill rank failed')));
             return;
           }
-          peers.push(peer);
+          peers.set(prefillRank, peer);
           results.push(await this.pullFrom(peer, slices, local, aligned.remote, deadline, signal));
         }),
       );
@@ -137,15 +137,12 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       setupError = asMooncakeError(err, 'pull failed');
     }
     const { outcome, failed } = batchOutcome(requestId, 'pull', 'read', local, results, setupError, start);
-    // "done" whatever happened (vllm-ascend's finally): the producer frees its blocks.
-    for (const peer of peers) {
-      void this.core.sendMessage(peer.entry.host, peer.entry.rpc_port, {
-        type: 'done',
-        request_id: requestId,
-        from: this.core.ref,
-        ok: outcome.ok,
-        failed_block_ids: failed.map((i) => aligned.remote[i]),
-      });
+    // "done" whatever happened (vllm-ascend's finally): the producer frees its blocks. A side channel that
+    // can address the rank without its metadata (vllm-ascend) sends it even when the lookup failed; params
+    // of another side channel get none (that producer would not understand it).
+    const done = { ok: outcome.ok, failedBlockIds: failed.map((i) => aligned.remote[i]) };
+    if (setupError?.details?.field !== 'sideChannel') {
+      for (const prefillRank of groups.keys()) void this.core.track(this.core.channel.sendDone(p, prefillRank, peers.get(prefillRank), done));
     }
     this.core.metrics.record(outcome);
     this.emit('transfer', outcome);
@@ -184,12 +181,14 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    * Push mode: waits for the producer to write a request's blocks into `blockIds` (call it on every TP rank
    * of the instance with the same ids). Throws INVALID_ARGUMENT for bad ids or a request already expected.
    */
-  expect(requestId: string, blockIds: readonly number[], options: { timeoutMs?: number } = {}): KvExpectation {
+  expect(requestId: string, blockIds: readonly number[], options: { timeoutMs?: number } & KvParamsExtra = {}): KvExpectation {
     this.core.assertOpen();
     checkRequestId(requestId);
     const ids = checkBlockIds(this.layout, blockIds);
     if (this.expectations.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already expected`);
     const timeoutMs = options.timeoutMs ?? this.core.options.transferTimeoutMs;
+    // Params first: a side channel that cannot serve the request throws before anything is registered.
+    const params = this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId, cachedTokens: options.cachedTokens });
     let resolve!: (o: KvTransferOutcome) => void;
     const done = new Promise<KvTransferOutcome>((r) => (resolve = r));
     const x: Expectation = {
@@ -210,9 +209,10 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       x.timer.unref();
       for (const m of this.early.take(requestId)) this.onPushMessage(x, m);
     }
+    this.core.channel.announce?.(requestId, ids, params);
     return {
       requestId,
-      params: this.transferParams(requestId, ids),
+      params,
       done,
       cancel: () => this.settle(x, new MooncakeError('ABORT_ERR', `expectation of ${requestId} cancelled`)),
     };
@@ -242,7 +242,9 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       return;
     }
     if (m.type !== 'push_done') return;
-    x.reports.set(m.from.tp_rank, { ok: m.ok, failed: m.failed_block_ids, bytes: m.bytes, ranges: m.ranges, from: m.from });
+    // A failure report without block ids (vllm-ascend's failed_sending_msg) spoils every block.
+    const failed = !m.ok && m.failed_block_ids.length === 0 ? [...x.blockIds] : m.failed_block_ids;
+    x.reports.set(m.from.tp_rank, { ok: m.ok, failed, bytes: m.bytes, ranges: m.ranges, from: m.from });
     this.unwatch(x, m.from.tp_rank);
     if (x.reports.size === x.expected.size) this.settle(x);
   }

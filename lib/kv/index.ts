@@ -3,7 +3,7 @@
  * (see docs/kv.md).
  */
 export { KvProducer } from './producer';
-export type { KvProducerEvents, KvHold, KvRelease, KvConsumerReport, KvPushOptions } from './producer';
+export type { KvProducerEvents, KvHold, KvHoldOptions, KvRelease, KvConsumerReport, KvPushOptions } from './producer';
 export { KvConsumer } from './consumer';
 export type { KvConsumerEvents, KvExpectation, KvPullOptions } from './consumer';
 export { KvLayout, blockRuns, pairedRuns } from './layout';
@@ -11,18 +11,21 @@ export type { KvAttention, KvHeadLayout, KvTensorKind, KvLayoutSpec, KvLayoutJso
 export { KvCaches, allocateHostCaches, DEFAULT_MAX_REGION_BYTES } from './caches';
 export type { KvCachesInput, KvRegionInput } from './caches';
 export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping } from './rank-map';
-export type { TpMapping, HeadSpan, HeadSlice } from './rank-map';
+export type { TpMapping, HeadSpan, HeadSlice, RankSelection } from './rank-map';
+export { PyRandom, stringToInt64Hash } from './py-random';
+export { KV_SIDE_CHANNELS } from './side-channel';
+export type { KvSideChannel, KvSideChannelName, KvSideChannelContext, KvDoneResult, KvPushSignal, KvParamsExtra } from './side-channel';
 export { planTransfer, blockPieces, failedPairs } from './plan';
 export type { PlanSide, BlockPiece, TransferPlan } from './plan';
 export { parseKvTransferParams, wantsRemotePrefill, alignBlocks } from './params';
-export type { KvTransferParams } from './params';
+export type { KvTransferParams, KvTransferParamsWire } from './params';
 export { KvRegistry, kvRankKey, parseRankEntry, KV_REGISTRY_VERSION } from './registry';
 export type { KvRankEntry, KvPeer, KvRegistryOptions } from './registry';
-export { KV_NOTIFY_NAME, encodeKvMessage, decodeKvMessage } from './messages';
+export { KV_NOTIFY_NAME, ANY_RANK, encodeKvMessage, decodeKvMessage } from './messages';
 export type { KvMessage, KvRankRef } from './messages';
 export type { KvTransferOutcome, KvTransferPeer, KvReleaseReason, KvMetricsSnapshot, KvDurationSummary } from './metrics';
-export { resolveKvOptions, checkEngineId } from './options';
-export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions } from './options';
+export { resolveKvOptions, checkEngineId, VLLM_ASCEND_PROFILES } from './options';
+export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile } from './options';
 export {
   parseKvTransferConfig,
   parseMooncakeConfig,

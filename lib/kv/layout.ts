@@ -2,7 +2,9 @@
  * The KV-cache layout of one rank, and its address arithmetic.
  *
  * A rank holds `numLayers` layers. With `attention: 'mha'` (MHA, GQA, MQA) each layer has a K tensor and a
- * V tensor; with `attention: 'mla'` each layer has one latent tensor. Every tensor is
+ * V tensor; with `attention: 'mla'` each layer has one latent tensor, or, with `ropeBytes`, two as
+ * vLLM-Ascend keeps them: the latent ("nope", `headBytes` wide) and the rope part (`ropeBytes` wide).
+ * Every tensor is
  * `[numBlocks][block]`, and a block is `blockSize` tokens × `numHeads` heads × `headBytes` bytes
  * (`headBytes` = head_dim × dtype bytes; for MLA the latent width × dtype bytes, with `numHeads` 1).
  *
@@ -12,14 +14,16 @@
  * - `HND` (`[num_blocks, num_kv_heads, block_size, head_size]`): head-major, so a slice of consecutive
  *   heads is one contiguous piece of the block (the better choice when prefill TP > decode TP).
  *
- * Tensors are numbered layer-major: tensor `2*layer` is K and `2*layer + 1` is V (MLA: tensor `layer`).
+ * Tensors are numbered layer-major: tensor `2*layer` is K and `2*layer + 1` is V (MLA: tensor `layer`;
+ * with `ropeBytes`, `2*layer` is the latent and `2*layer + 1` the rope part, whose blocks are
+ * `blockSize × ropeBytes` bytes).
  */
 import { MooncakeError, describeValue } from '../errors';
 
 export type KvAttention = 'mha' | 'mla';
 export type KvHeadLayout = 'NHD' | 'HND';
 /** Which tensor of a layer: K or V (MHA/GQA), or the latent tensor (MLA). */
-export type KvTensorKind = 'k' | 'v' | 'latent';
+export type KvTensorKind = 'k' | 'v' | 'latent' | 'rope';
 
 export interface KvLayoutSpec {
   /** 'mha' (K and V per layer; also GQA/MQA) or 'mla' (one latent tensor per layer). Default 'mha'. */
@@ -35,6 +39,8 @@ export interface KvLayoutSpec {
   numHeads?: number;
   /** Order inside a block: 'NHD' (token-major, default) or 'HND' (head-major). */
   headLayout?: KvHeadLayout;
+  /** MLA only: a second tensor per layer holding the rope part, this many bytes per token. */
+  ropeBytes?: number;
 }
 
 /** The layout as published in the registry (snake_case, like the rest of the metadata). */
@@ -46,6 +52,8 @@ export interface KvLayoutJson {
   head_bytes: number;
   num_heads: number;
   head_layout: KvHeadLayout;
+  /** Present for MLA layouts with a separate rope tensor. */
+  rope_bytes?: number;
 }
 
 /** A piece of a block: `offset` bytes from the block start, `length` bytes long. */
@@ -90,12 +98,14 @@ export class KvLayout {
   readonly headBytes: number;
   readonly numHeads: number;
   readonly headLayout: KvHeadLayout;
-  /** 2 for MHA (K, V), 1 for MLA. */
+  /** MLA: bytes per token of the rope tensor (0: no rope tensor). */
+  readonly ropeBytes: number;
+  /** 2 for MHA (K, V) and for MLA with a rope tensor, 1 for MLA. */
   readonly tensorsPerLayer: 1 | 2;
   readonly tensorCount: number;
-  /** Bytes of one block of one tensor. */
+  /** Bytes of one block of a K, V or latent tensor (rope tensors: tensorBlockBytes). */
   readonly blockBytes: number;
-  /** Bytes of one tensor (all its blocks). */
+  /** Bytes of a K, V or latent tensor, all its blocks (rope tensors: tensorSize). */
   readonly tensorBytes: number;
   /** Bytes of all tensors. */
   readonly totalBytes: number;
@@ -108,11 +118,32 @@ export class KvLayout {
     this.headBytes = s.headBytes;
     this.numHeads = s.numHeads;
     this.headLayout = s.headLayout;
-    this.tensorsPerLayer = s.attention === 'mla' ? 1 : 2;
+    this.ropeBytes = s.ropeBytes;
+    this.tensorsPerLayer = s.attention === 'mla' && s.ropeBytes === 0 ? 1 : 2;
     this.tensorCount = this.numLayers * this.tensorsPerLayer;
     this.blockBytes = this.blockSize * this.numHeads * this.headBytes;
     this.tensorBytes = this.blockBytes * this.numBlocks;
-    this.totalBytes = this.tensorBytes * this.tensorCount;
+    this.totalBytes = this.numLayers * (this.tensorBytes * (this.attention === 'mha' ? 2 : 1) + this.blockSize * this.ropeBytes * this.numBlocks);
+  }
+
+  /** True when tensor `t` is an MLA rope tensor. */
+  private isRope(t: number): boolean {
+    return this.ropeBytes > 0 && t % 2 === 1;
+  }
+
+  /** Bytes per token per head of tensor `t` (headBytes, or ropeBytes for a rope tensor). */
+  tensorHeadBytes(t: number): number {
+    return this.isRope(t) ? this.ropeBytes : this.headBytes;
+  }
+
+  /** Bytes of one block of tensor `t`. */
+  tensorBlockBytes(t: number): number {
+    return this.isRope(t) ? this.blockSize * this.ropeBytes : this.blockBytes;
+  }
+
+  /** Bytes of tensor `t` (all its blocks). */
+  tensorSize(t: number): number {
+    return this.tensorBlockBytes(t) * this.numBlocks;
   }
 
   /** Validates a spec; every invalid field is an INVALID_CONFIG error naming it. */
@@ -129,12 +160,14 @@ export class KvLayout {
     const headBytes = positiveInt('headBytes', spec.headBytes);
     const numHeads = spec.numHeads === undefined && attention === 'mla' ? 1 : positiveInt('numHeads', spec.numHeads);
     if (attention === 'mla' && numHeads !== 1) throw bad('numHeads', numHeads, '1 for MLA (one latent per token)');
+    const ropeBytes = spec.ropeBytes === undefined ? 0 : positiveInt('ropeBytes', spec.ropeBytes);
+    if (ropeBytes > 0 && attention !== 'mla') throw bad('ropeBytes', ropeBytes, "unset for 'mha' (a rope tensor is MLA's)");
     const blockBytes = blockSize * numHeads * headBytes;
-    const total = blockBytes * numBlocks * numLayers * (attention === 'mla' ? 1 : 2);
+    const total = (blockBytes * (attention === 'mla' ? 1 : 2) + blockSize * ropeBytes) * numBlocks * numLayers;
     if (!Number.isSafeInteger(total) || total > MAX_BYTES) {
       throw new MooncakeError('INVALID_CONFIG', `layout is too large (${total} bytes)`, { details: { field: 'layout' } });
     }
-    return new KvLayout({ attention, numLayers, numBlocks, blockSize, headBytes, numHeads, headLayout });
+    return new KvLayout({ attention, numLayers, numBlocks, blockSize, headBytes, numHeads, headLayout, ropeBytes });
   }
 
   static fromJSON(j: KvLayoutJson): KvLayout {
@@ -146,6 +179,7 @@ export class KvLayout {
       headBytes: j.head_bytes,
       numHeads: j.num_heads,
       headLayout: j.head_layout,
+      ...(j.rope_bytes !== undefined ? { ropeBytes: j.rope_bytes } : {}),
     });
   }
 
@@ -158,6 +192,7 @@ export class KvLayout {
       head_bytes: this.headBytes,
       num_heads: this.numHeads,
       head_layout: this.headLayout,
+      ...(this.ropeBytes > 0 ? { rope_bytes: this.ropeBytes } : {}),
     };
   }
 
@@ -167,7 +202,8 @@ export class KvLayout {
       throw new MooncakeError('INVALID_ARGUMENT', `layer ${layer} is outside [0, ${this.numLayers})`);
     }
     if (this.attention === 'mla') {
-      if (kind !== 'latent') throw new MooncakeError('INVALID_ARGUMENT', `an MLA layout has one 'latent' tensor per layer, not '${kind}'`);
+      if (this.ropeBytes > 0 && (kind === 'latent' || kind === 'rope')) return 2 * layer + (kind === 'rope' ? 1 : 0);
+      if (kind !== 'latent') throw new MooncakeError('INVALID_ARGUMENT', `this MLA layout has ${this.ropeBytes > 0 ? "'latent' and 'rope' tensors" : "one 'latent' tensor"} per layer, not '${kind}'`);
       return layer;
     }
     if (kind === 'k') return 2 * layer;
@@ -180,14 +216,15 @@ export class KvLayout {
     if (!Number.isSafeInteger(index) || index < 0 || index >= this.tensorCount) {
       throw new MooncakeError('INVALID_ARGUMENT', `tensor ${index} is outside [0, ${this.tensorCount})`);
     }
-    if (this.attention === 'mla') return { layer: index, kind: 'latent' };
+    if (this.attention === 'mla') return this.ropeBytes > 0 ? { layer: index >> 1, kind: index % 2 === 0 ? 'latent' : 'rope' } : { layer: index, kind: 'latent' };
     return { layer: index >> 1, kind: index % 2 === 0 ? 'k' : 'v' };
   }
 
-  /** Byte range of a block inside its tensor. */
-  blockRange(blockId: number): ByteRange {
+  /** Byte range of a block inside its tensor (`tensor` matters for MLA rope tensors only). */
+  blockRange(blockId: number, tensor = 0): ByteRange {
     this.checkBlock(blockId);
-    return { offset: blockId * this.blockBytes, length: this.blockBytes };
+    const bb = this.tensorBlockBytes(tensor);
+    return { offset: blockId * bb, length: bb };
   }
 
   /** Byte range of `count` consecutive blocks from `start` inside a tensor. */
@@ -225,6 +262,7 @@ export class KvLayout {
     if (other.numLayers !== this.numLayers) return `numLayers ${this.numLayers} vs ${other.numLayers}`;
     if (other.blockSize !== this.blockSize) return `blockSize ${this.blockSize} vs ${other.blockSize}`;
     if (other.headBytes !== this.headBytes) return `headBytes ${this.headBytes} vs ${other.headBytes}`;
+    if (other.ropeBytes !== this.ropeBytes) return `ropeBytes ${this.ropeBytes} vs ${other.ropeBytes}`;
     return undefined;
   }
 

@@ -12,6 +12,12 @@ import type { Notify } from '../handshake';
 
 export const KV_NOTIFY_NAME = 'mooncake-node/kv/1';
 
+/**
+ * `from.tp_rank` of a "done" whose side channel does not say which consumer rank sent it (vllm-ascend's
+ * DONE carries only the request id): it releases the hold, as one DONE frees the blocks upstream.
+ */
+export const ANY_RANK = -1;
+
 /** Identifies the sending rank. */
 export interface KvRankRef {
   engine_id: string;

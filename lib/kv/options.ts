@@ -7,8 +7,22 @@ import type { TransferEngine, TransferEngineOptions } from '../engine';
 import { KvLayout, type KvLayoutSpec } from './layout';
 import { validateTpMapping, type TpMapping } from './rank-map';
 import type { KvCachesInput } from './caches';
+import { KV_SIDE_CHANNELS, type KvSideChannelName } from './side-channel';
 
 export type KvRole = 'kv_producer' | 'kv_consumer' | 'kv_both';
+
+/** vllm-ascend's released MooncakeConnector wire profiles: flat metadata (<= 0.18) or per layer (>= 0.23). */
+export type VllmAscendProfile = '0.18' | '0.23';
+export const VLLM_ASCEND_PROFILES: readonly VllmAscendProfile[] = ['0.18', '0.23'];
+
+export interface VllmAscendOptions {
+  /** Which released wire profile the vllm-ascend peers speak (default '0.23'). */
+  profile?: VllmAscendProfile;
+  /** vLLM layer names, one per layer, for the 0.23 metadata (default `model.layers.<i>.self_attn.attn`). */
+  layerNames?: readonly string[];
+  /** Bytes per element of the caches (default 2: bf16/fp16), for the 0.23 metadata's kv_cache_spec. */
+  dtypeBytes?: number;
+}
 
 export interface KvParallelSize {
   dpSize: number;
@@ -18,6 +32,15 @@ export interface KvParallelSize {
 export interface KvRankOptions {
   /** The instance's engine id (`engine_id`); unique per prefill or decode instance. No '/'. */
   engineId: string;
+  /**
+   * How ranks find each other and signal completion (default 'mooncake-node': registry entries in the
+   * metadata store, Node <-> Node). 'vllm-ascend': vllm-ascend's MooncakeConnector side channel (ZMQ +
+   * msgpack on kv_port + rank), to pair with real vllm-ascend nodes; needs `kvPort` and the optional
+   * packages `zeromq` and `msgpackr`. Both sides of a pair must use the same one.
+   */
+  sideChannel?: KvSideChannelName;
+  /** Details of the 'vllm-ascend' side channel. */
+  vllmAscend?: VllmAscendOptions;
   /** Role published in the registry. Default: the class's ('kv_producer' / 'kv_consumer'); 'kv_both' is accepted by both. */
   role?: KvRole;
   /** This rank's data-parallel rank (default 0). */
@@ -65,6 +88,8 @@ export interface KvRankOptions {
 
 export interface ResolvedKvOptions {
   engineId: string;
+  sideChannel: KvSideChannelName;
+  vllmAscend: { profile: VllmAscendProfile; layerNames: string[]; dtypeBytes: number };
   role: KvRole;
   dpRank: number;
   tpRank: number;
@@ -114,6 +139,8 @@ function parallel(field: string, v: unknown): KvParallelSize {
 export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 'kv_consumer'): ResolvedKvOptions {
   if (o === null || typeof o !== 'object') throw new MooncakeError('INVALID_CONFIG', 'options must be an object');
   const engineId = checkEngineId('engineId', o.engineId);
+  const sideChannel = o.sideChannel ?? 'mooncake-node';
+  if (!KV_SIDE_CHANNELS.includes(sideChannel)) throw invalid('sideChannel', sideChannel, KV_SIDE_CHANNELS.map((c) => `'${c}'`).join(' or '));
   const role = o.role ?? defaultRole;
   if (role !== defaultRole && role !== 'kv_both') {
     throw invalid('role', role, `'${defaultRole}' or 'kv_both' for a ${defaultRole === 'kv_producer' ? 'KvProducer' : 'KvConsumer'}`);
@@ -130,6 +157,7 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
   else if (o.totalKvHeads !== undefined) totalKvHeads = int('totalKvHeads', o.totalKvHeads, 1);
   else totalKvHeads = layout.numHeads * own.tpSize;
   const mapping: TpMapping = { attention: layout.attention, totalHeads: totalKvHeads, prefillTp: prefill.tpSize, decodeTp: decode.tpSize };
+  if (sideChannel === 'vllm-ascend') mapping.selection = 'vllm-ascend';
   validateTpMapping(mapping);
   if (layout.attention === 'mha') {
     const expect = own.tpSize <= totalKvHeads ? totalKvHeads / own.tpSize : 1;
@@ -140,7 +168,7 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
   if (o.metadataServer !== undefined && (typeof o.metadataServer !== 'string' || o.metadataServer === '')) {
     throw invalid('metadataServer', o.metadataServer, 'a metadata connection string such as http://127.0.0.1:8080/metadata');
   }
-  if (o.metadataServer === undefined && o.engine === undefined) {
+  if (o.metadataServer === undefined && o.engine === undefined && sideChannel === 'mooncake-node') {
     throw new MooncakeError('INVALID_CONFIG', 'metadataServer is required (e.g. http://127.0.0.1:8080/metadata) unless an engine is given', {
       details: { field: 'metadataServer' },
     });
@@ -152,10 +180,16 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
     const last = kvPort + own.dpSize * own.tpSize - 1;
     if (last > 65535) throw invalid('kvPort', o.kvPort, `at most ${65535 - own.dpSize * own.tpSize + 1} (ports kvPort..kvPort+dp×tp-1 must exist)`);
   }
+  if (sideChannel === 'vllm-ascend' && kvPort === undefined) {
+    throw invalid('kvPort', o.kvPort, "an integer in [1, 65535] with the 'vllm-ascend' side channel (peers compute every rank's port from it)");
+  }
+  const vllmAscend = resolveVllmAscend(o.vllmAscend, layout.numLayers);
   const heartbeatMs = o.heartbeatMs === undefined ? 2000 : int('heartbeatMs', o.heartbeatMs, 10, 2 ** 31 - 1);
   const staleAfterMs = o.staleAfterMs === undefined ? 3 * heartbeatMs + 2000 : int('staleAfterMs', o.staleAfterMs, heartbeatMs + 1, 2 ** 31 - 1);
   return {
     engineId,
+    sideChannel,
+    vllmAscend,
     role,
     dpRank,
     tpRank,
@@ -175,4 +209,16 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
     probeIntervalMs: o.probeIntervalMs === undefined ? 1000 : int('probeIntervalMs', o.probeIntervalMs, 10, 2 ** 31 - 1),
     clusterId: o.clusterId,
   };
+}
+
+function resolveVllmAscend(v: VllmAscendOptions | undefined, numLayers: number): ResolvedKvOptions['vllmAscend'] {
+  if (v !== undefined && (v === null || typeof v !== 'object')) throw invalid('vllmAscend', v, 'an object { profile, layerNames, dtypeBytes }');
+  const profile = v?.profile ?? '0.23';
+  if (!VLLM_ASCEND_PROFILES.includes(profile)) throw invalid('vllmAscend.profile', profile, VLLM_ASCEND_PROFILES.map((p) => `'${p}'`).join(' or '));
+  const names = v?.layerNames ?? [...Array(numLayers).keys()].map((i) => `model.layers.${i}.self_attn.attn`);
+  if (!Array.isArray(names) || names.length !== numLayers || names.some((n) => typeof n !== 'string' || n === '') || new Set(names).size !== names.length) {
+    throw invalid('vllmAscend.layerNames', v?.layerNames, `${numLayers} distinct non-empty layer names (one per layer)`);
+  }
+  const dtypeBytes = v?.dtypeBytes === undefined ? 2 : int('vllmAscend.dtypeBytes', v.dtypeBytes, 1, 16);
+  return { profile, layerNames: [...names], dtypeBytes };
 }

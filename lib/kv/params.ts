@@ -4,7 +4,9 @@
  * push mode the consumer builds it (it names the consumer) and the producer receives it.
  *
  * Fields follow vllm-ascend's MooncakeConnector; `remote_dp_rank`, `remote_tp_size` and
- * `remote_total_kv_heads` are mooncake-node additions that spare the receiver a guess.
+ * `remote_total_kv_heads` are mooncake-node additions that spare the receiver a guess. What vllm-ascend's
+ * `request_finished` emits parses too: `remote_block_ids` as one list per KV-cache group (since 0.23; one
+ * group is supported, the others must be empty) and `remote_ptp_size` for the tp size.
  */
 import { MooncakeError, describeValue } from '../errors';
 
@@ -17,7 +19,7 @@ export interface KvTransferParams {
   remote_host: string;
   /** kv_port + dp_rank × tp_size of that instance when kv_port is set, else the rank's handshake port. */
   remote_port: number;
-  /** Its block ids, one per block of the prompt. */
+  /** Its block ids, one per block of the prompt (a per-group list of lists is flattened to its one group). */
   remote_block_ids: number[];
   /** The request id both sides hash for rank selection and use in notifications. */
   remote_request_id: string;
@@ -27,9 +29,18 @@ export interface KvTransferParams {
   remote_tp_size?: number;
   /** The model's KV heads as it sees them (mooncake-node). */
   remote_total_kv_heads?: number;
+  /** Tokens per block of that instance (vllm-ascend >= 0.23). */
+  remote_block_size?: number;
+  /** The prefill's tp size as vllm-ascend names it (copied to remote_tp_size when that is absent). */
+  remote_ptp_size?: number;
+  /** True when remote_block_ids came as one list per KV-cache group (vllm-ascend >= 0.23). */
+  remote_block_ids_grouped?: boolean;
   /** Anything else the sender put in (kept as is). */
   [extra: string]: unknown;
 }
+
+/** kv_transfer_params as a side channel emits them: vllm-ascend >= 0.23 lists block ids per KV-cache group. */
+export type KvTransferParamsWire = { [K in keyof KvTransferParams as K extends 'remote_block_ids' ? never : K]: KvTransferParams[K] } & { remote_block_ids: number[] | number[][] };
 
 function bad(field: string, value: unknown, what: string): MooncakeError {
   return new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.${field} must be ${what}, got ${describeValue(value)}`, {
@@ -42,6 +53,23 @@ function optInt(o: Record<string, unknown>, field: string, min: number): number 
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw bad(field, v, `an integer >= ${min}`);
   return v;
+}
+
+const isBlockId = (b: unknown): b is number => typeof b === 'number' && Number.isSafeInteger(b) && b >= 0;
+
+/** Flat block ids, or one list per KV-cache group of which at most one is non-empty. */
+function blockIds(v: unknown): { ids: number[]; grouped: boolean } {
+  if (Array.isArray(v) && v.every(isBlockId)) return { ids: v, grouped: false };
+  if (Array.isArray(v) && v.length > 0 && v.every((g) => Array.isArray(g) && g.every(isBlockId))) {
+    const groups = (v as number[][]).filter((g) => g.length > 0);
+    if (groups.length > 1) {
+      throw new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params.remote_block_ids has ${groups.length} non-empty KV-cache groups; one group (attention layers of one kind) is supported`, {
+        details: { field: 'kv_transfer_params.remote_block_ids', value: v },
+      });
+    }
+    return { ids: [...(groups[0] ?? [])], grouped: true };
+  }
+  throw bad('remote_block_ids', v, 'an array of non-negative integers (or one such array per KV-cache group)');
 }
 
 /**
@@ -60,15 +88,16 @@ export function parseKvTransferParams(input: unknown): KvTransferParams {
   let port = o.remote_port;
   if (typeof port === 'string' && /^\d{1,5}$/.test(port)) port = Number(port);
   if (typeof port !== 'number' || !Number.isSafeInteger(port) || port < 0 || port > 65535) throw bad('remote_port', o.remote_port, 'a port number');
-  const ids = o.remote_block_ids;
-  if (!Array.isArray(ids) || ids.some((b) => typeof b !== 'number' || !Number.isSafeInteger(b) || b < 0)) {
-    throw bad('remote_block_ids', ids, 'an array of non-negative integers');
-  }
+  const { ids, grouped } = blockIds(o.remote_block_ids);
   const rid = o.remote_request_id ?? o.request_id;
   if (typeof rid !== 'string' || rid === '') throw bad('remote_request_id', rid, 'a non-empty string');
   const dp = optInt(o, 'remote_dp_rank', 0);
-  const tp = optInt(o, 'remote_tp_size', 1);
+  const ptp = optInt(o, 'remote_ptp_size', 1);
+  const tp = optInt(o, 'remote_tp_size', 1) ?? ptp;
   const heads = optInt(o, 'remote_total_kv_heads', 1);
+  // vllm-ascend's layerwise decode lists it per KV-cache group.
+  const bs = Array.isArray(o.remote_block_size) && o.remote_block_size.length === 1 ? { remote_block_size: o.remote_block_size[0] } : o;
+  const blockSize = optInt(bs, 'remote_block_size', 1);
   const out: KvTransferParams = {
     ...o,
     do_remote_prefill: o.do_remote_prefill === undefined ? true : Boolean(o.do_remote_prefill),
@@ -76,12 +105,15 @@ export function parseKvTransferParams(input: unknown): KvTransferParams {
     remote_engine_id: engineId,
     remote_host: o.remote_host,
     remote_port: port,
-    remote_block_ids: ids as number[],
+    remote_block_ids: ids,
     remote_request_id: rid,
   };
   if (dp !== undefined) out.remote_dp_rank = dp;
   if (tp !== undefined) out.remote_tp_size = tp;
   if (heads !== undefined) out.remote_total_kv_heads = heads;
+  if (blockSize !== undefined) out.remote_block_size = blockSize;
+  if (ptp !== undefined) out.remote_ptp_size = ptp;
+  if (grouped) out.remote_block_ids_grouped = true;
   return out;
 }
 

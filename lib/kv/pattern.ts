@@ -50,7 +50,7 @@ function mix(a: number, b: number): number {
   return h >>> 0;
 }
 
-function each(t: KvPatternTarget, s: KvPatternSpec, fn: (view: Buffer, off: number, h: number, where: () => NonNullable<KvPatternCheck['first']>) => void): void {
+function each(t: KvPatternTarget, s: KvPatternSpec, fn: (view: Buffer, off: number, hb: number, h: number, where: () => NonNullable<KvPatternCheck['first']>) => void): void {
   const L = t.layout;
   const tensors = s.tensors ?? Array.from({ length: L.tensorCount }, (_, i) => i);
   for (const tensor of tensors) {
@@ -60,12 +60,13 @@ function each(t: KvPatternTarget, s: KvPatternSpec, fn: (view: Buffer, off: numb
     for (let i = 0; i < s.blockIds.length; i++) {
       const blockId = s.blockIds[i];
       const position = (s.firstPosition ?? 0) + i;
-      const base = blockId * L.blockBytes;
+      const base = blockId * L.tensorBlockBytes(tensor);
       const hp = mix(ht, position + 1);
       for (let head = 0; head < L.numHeads; head++) {
         const hh = mix(hp, s.headStart + head + 1);
         for (let token = 0; token < L.blockSize; token++) {
-          fn(view, base + L.tokenHeadOffset(token, head), mix(hh, token + 1), () => ({ tensor, blockId, position, head: s.headStart + head, token }));
+          const off = L.ropeBytes > 0 ? base + (token * L.numHeads + head) * L.tensorHeadBytes(tensor) : base + L.tokenHeadOffset(token, head);
+          fn(view, off, L.tensorHeadBytes(tensor), mix(hh, token + 1), () => ({ tensor, blockId, position, head: s.headStart + head, token }));
         }
       }
     }
@@ -76,9 +77,8 @@ const HEADER = 8;
 
 /** Writes the pattern into the blocks; returns the bytes written. */
 export function fillKvPattern(t: KvPatternTarget, s: KvPatternSpec): number {
-  const hb = t.layout.headBytes;
   let bytes = 0;
-  each(t, s, (view, off, h) => {
+  each(t, s, (view, off, hb, h) => {
     if (hb >= HEADER) {
       view.writeUInt32LE(h, off);
       view.writeUInt32LE(mix(h, 0x5bd1e995), off + 4);
@@ -93,16 +93,16 @@ export function fillKvPattern(t: KvPatternTarget, s: KvPatternSpec): number {
 
 /** Compares the blocks with the pattern. */
 export function checkKvPattern(t: KvPatternTarget, s: KvPatternSpec): KvPatternCheck {
-  const hb = t.layout.headBytes;
-  const tails: Buffer[] = [];
+  const tails = new Map<number, Buffer[]>();
   const out: KvPatternCheck = { bytes: 0, mismatches: 0 };
-  each(t, s, (view, off, h, where) => {
+  each(t, s, (view, off, hb, h, where) => {
     let bad: boolean;
     if (hb >= HEADER) {
       bad = view.readUInt32LE(off) !== h || view.readUInt32LE(off + 4) !== mix(h, 0x5bd1e995);
       if (!bad && hb > HEADER) {
         const v = h >>> 24;
-        const tail = (tails[v] ??= Buffer.alloc(hb - HEADER, v));
+        const byWidth = tails.get(hb) ?? (tails.set(hb, []), tails.get(hb)!);
+        const tail = (byWidth[v] ??= Buffer.alloc(hb - HEADER, v));
         bad = tail.compare(view, off + HEADER, off + hb) !== 0;
       }
     } else {

@@ -89,15 +89,17 @@ export function planTransfer(local: PlanSide, remote: PlanSide, count: number): 
   const pairCount = new Uint32Array(total);
   let n = 0;
   let bytes = 0;
-  const lbb = BigInt(L.blockBytes);
-  const rbb = BigInt(R.blockBytes);
   for (let t = 0; t < L.tensorCount; t++) {
     const lt = local.tensors[t];
     const rt = remote.tensors[t];
+    // Whole blocks move per tensor (an MLA rope tensor has its own, smaller block); head slices are MHA's.
+    const tbb = L.tensorBlockBytes(t);
+    const lbb = BigInt(tbb);
+    const rbb = BigInt(R.tensorBlockBytes(t));
     for (let r = 0; r < runs.length; r++) {
       const run = runs[r];
       if (whole) {
-        const length = run.count * L.blockBytes;
+        const length = run.count * tbb;
         requests[n] = { local: lt + BigInt(run.local) * lbb, remote: rt + BigInt(run.remote) * rbb, length };
         firstPair[n] = run.index;
         pairCount[n++] = run.count;

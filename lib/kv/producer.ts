@@ -16,10 +16,12 @@ import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './ra
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
-import { parseKvTransferParams, type KvTransferParams } from './params';
+import type { KvTransferParams, KvTransferParamsWire } from './params';
 import { planTransfer } from './plan';
 import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
+import type { KvParamsExtra } from './side-channel';
+import { ANY_RANK } from './messages';
 
 /** What a consumer rank reported in its "done". */
 export interface KvConsumerReport {
@@ -43,7 +45,7 @@ export interface KvRelease {
 export interface KvHold {
   requestId: string;
   /** For the proxy to hand to the decode instance. */
-  params: KvTransferParams;
+  params: KvTransferParamsWire;
   /** Settles when the blocks may be freed (also the 'released' event). */
   released: Promise<KvRelease>;
 }
@@ -64,6 +66,11 @@ interface HoldState {
   reports: KvConsumerReport[];
   timer: NodeJS.Timeout | undefined;
   resolve: (r: KvRelease) => void;
+}
+
+export interface KvHoldOptions extends KvParamsExtra {
+  /** Force-free after this long without "done" (default options.abortTimeoutMs). */
+  abortTimeoutMs?: number;
 }
 
 export interface KvPushOptions {
@@ -94,7 +101,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * Keeps a request's blocks for the decode ranks to read (pull). Call it on every TP rank of the instance
    * with the same request id and block ids. Throws INVALID_ARGUMENT for bad ids or a request already held.
    */
-  hold(requestId: string, blockIds: readonly number[], options: { abortTimeoutMs?: number } = {}): KvHold {
+  hold(requestId: string, blockIds: readonly number[], options: KvHoldOptions = {}): KvHold {
     this.core.assertOpen();
     checkRequestId(requestId);
     const ids = checkBlockIds(this.layout, blockIds);
@@ -114,7 +121,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       state.timer.unref();
       for (const m of this.early.take(requestId)) this.onDone(state, m);
     }
-    return { requestId, params: this.transferParams(requestId, ids), released };
+    return { requestId, params: this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId }), released };
   }
 
   /** Lets go of a held request now (e.g. the proxy aborted it). False when it was not held. */
@@ -146,9 +153,9 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * failed blocks are listed, never reported as success. `blockIds` are this rank's blocks of the prompt
    * (tail-aligned with the decode's when it has fewer).
    */
-  async push(params: KvTransferParams, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
+  async push(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
-    const p = parseKvTransferParams(params);
+    const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
     if (p.remote_block_ids.length > local.length) {
       throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
@@ -164,10 +171,9 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     let setupError: MooncakeError | undefined;
     try {
       this.checkParamsShape(p);
-      const dp = await this.core.dpRankOf(p, options.signal);
       await Promise.all(
         [...targets].map(async ([decodeRank, slices]) => {
-          results.push(await this.pushTo(requestId, p.remote_engine_id, dp, decodeRank, slices, pairedLocal, p.remote_block_ids, deadline, options.signal));
+          results.push(await this.pushTo(p, decodeRank, slices, pairedLocal, deadline, options.signal));
         }),
       );
     } catch (err) {
@@ -179,25 +185,19 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     return outcome;
   }
 
-  private async pushTo(
-    requestId: string,
-    engineId: string,
-    dp: number,
-    decodeRank: number,
-    slices: HeadSlice[],
-    local: number[],
-    remote: number[],
-    deadline: number,
-    signal: AbortSignal | undefined,
-  ): Promise<BatchResult> {
+  private async pushTo(p: KvTransferParams, decodeRank: number, slices: HeadSlice[], local: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
+    const requestId = p.remote_request_id;
+    const engineId = p.remote_engine_id;
+    const remote = p.remote_block_ids;
     let peer: KvPeer;
     try {
-      peer = await this.core.registry.lookup(engineId, dp, decodeRank, { signal });
+      peer = await this.core.channel.lookup(p, decodeRank, signal);
     } catch (err) {
-      return failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: '' }, local.length, asMooncakeError(err, 'registry lookup failed'));
+      return failedBatch({ engineId, dpRank: p.remote_dp_rank ?? 0, tpRank: decodeRank, segment: '' }, local.length, asMooncakeError(err, 'looking up the decode rank failed'));
     }
     const e = peer.entry;
-    void this.core.sendMessage(e.host, e.rpc_port, { type: 'push_start', request_id: requestId, from: this.core.ref });
+    const dp = e.dp_rank;
+    void this.core.track(this.core.channel.sendPush(peer, { type: 'push_start', request_id: requestId }));
     let result: BatchResult;
     const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error);
     const mismatch = this.peerShapeError(e, `${engineId}/${dp}/${decodeRank}`);
@@ -213,15 +213,14 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
         result = fail(asMooncakeError(err, 'planning the push failed'));
       }
     }
-    await this.core.sendMessage(e.host, e.rpc_port, {
+    await this.core.track(this.core.channel.sendPush(peer, {
       type: 'push_done',
       request_id: requestId,
-      from: this.core.ref,
       ok: result.failed.length === 0,
       failed_block_ids: result.failed.map((i) => remote[i]),
       bytes: result.peer.bytes,
       ranges: result.peer.ranges,
-    });
+    }));
     return result;
   }
 
@@ -244,7 +243,9 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     if (m.from.tp_size !== this.core.options.decode.tpSize) {
       this.warn(new MooncakeError('INVALID_CONFIG', `"done" for ${m.request_id} from a decode rank with tp_size ${m.from.tp_size}; this producer expects ${this.core.options.decode.tpSize}`));
     }
-    if (!s.pending.delete(m.from.tp_rank)) return;
+    // A side channel whose "done" names no rank (vllm-ascend's) releases the hold: one done frees, as upstream.
+    if (m.from.tp_rank === ANY_RANK) s.pending.clear();
+    else if (!s.pending.delete(m.from.tp_rank)) return;
     s.reports.push({ engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank, ok: m.ok, failedBlockIds: m.failed_block_ids });
     if (s.pending.size === 0) this.finish(s, 'done');
   }

@@ -5,8 +5,9 @@ import type { KvLayout } from './layout';
 import type { KvMessage } from './messages';
 import type { KvTransferOutcome } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
-import type { KvTransferParams } from './params';
+import type { KvTransferParams, KvTransferParamsWire } from './params';
 import { KvRankCore, type BatchResult } from './rank';
+import type { KvParamsExtra, KvSideChannelName } from './side-channel';
 import type { KvRankEntry } from './registry';
 
 /** How many requests a rank remembers (early messages, recently released holds) at the most. */
@@ -126,35 +127,38 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   get tpRank(): number {
     return this.core.options.tpRank;
   }
-  /** This rank's key in the metadata backend. */
+  /**
+   * Where peers reach this rank's side channel: its registry key (mooncake-node), or the `host:port` of its
+   * ZMQ socket (vllm-ascend).
+   */
   get registryKey(): string {
-    return this.core.registryKey;
+    return this.core.channel.address;
+  }
+
+  /** The side channel this rank speaks ('mooncake-node' or 'vllm-ascend'). */
+  get sideChannel(): KvSideChannelName {
+    return this.core.channel.name;
   }
 
   /**
-   * The kv_transfer_params naming this rank for a request (what `hold` / `expect` return): its engine id,
-   * host, kv port (kv_port + dp_rank × tp_size, vllm-ascend's rule) and dp rank, and the block ids.
+   * The kv_transfer_params naming this rank for a request (what `hold` / `expect` return). mooncake-node:
+   * its engine id, host, kv port (kv_port + dp_rank × tp_size, vllm-ascend's rule), dp rank and the block
+   * ids; vllm-ascend: exactly the keys its `request_finished` returns.
    */
-  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
-    const o = this.core.options;
-    const tpSize = o[this.side].tpSize;
-    return {
-      do_remote_prefill: true,
-      do_remote_decode: false,
-      remote_engine_id: o.engineId,
-      remote_host: this.core.engine.advertiseAddress,
-      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * tpSize : this.core.engine.rpcPort,
-      remote_block_ids: [...blockIds],
-      remote_request_id: requestId,
-      remote_dp_rank: o.dpRank,
-      remote_tp_size: tpSize,
-      remote_total_kv_heads: o.totalKvHeads,
-    };
+  transferParams(requestId: string, blockIds: readonly number[], extra?: KvParamsExtra): KvTransferParamsWire {
+    return this.core.channel.transferParams(requestId, blockIds, extra);
   }
 
-  /** Throws INVALID_CONFIG when kv_transfer_params of the other side give another tp_size or KV head count than configured. */
+  /**
+   * Throws INVALID_CONFIG when kv_transfer_params come from another side channel, or give another tp_size,
+   * KV head count or block size than configured.
+   */
   protected checkParamsShape(p: KvTransferParams): void {
+    this.core.channel.checkParams(p);
     const o = this.core.options;
+    if (p.remote_block_size !== undefined && p.remote_block_size !== o.layout.blockSize) {
+      throw new MooncakeError('INVALID_CONFIG', `the ${this.otherSide} instance has block size ${String(p.remote_block_size)}, this ${this.kind} ${o.layout.blockSize}`);
+    }
     const tpSize = o[this.otherSide].tpSize;
     if (p.remote_tp_size !== undefined && p.remote_tp_size !== tpSize) {
       throw new MooncakeError('INVALID_CONFIG', `the ${this.otherSide} instance has tp_size ${p.remote_tp_size}, this ${this.kind} is configured for ${tpSize}`);

@@ -9,12 +9,19 @@
  * A decode rank walks its heads and takes each from the prefill rank that holds it. When several prefill
  * ranks hold a head (MLA, or prefill TP > heads) the replica is chosen from a hash of the request id plus
  * the decode rank, so prefill and decode agree without exchanging messages and different decode ranks
- * spread over different prefill ranks (vllm-ascend seeds an RNG with the request id for the same reason).
+ * spread over different prefill ranks. With `selection: 'vllm-ascend'` the replica is the one vllm-ascend's
+ * MooncakeConnector picks: equal TP maps rank r to rank r, otherwise CPython's `random.Random(h).sample` over
+ * the replica groups, h being the request id's 64-bit SHA-256 prefix (the prefill frees the blocks of the
+ * ranks that choice leaves out, so the decode must make the same one).
  * Consecutive heads served by one prefill rank form one slice. Prefill TP must be a multiple of decode TP.
  */
 import { createHash } from 'node:crypto';
 import { MooncakeError } from '../errors';
 import type { KvAttention } from './layout';
+import { PyRandom, stringToInt64Hash } from './py-random';
+
+/** How a replica is chosen when several prefill ranks hold a head: mooncake-node's hash, or vllm-ascend's RNG. */
+export type RankSelection = 'mooncake-node' | 'vllm-ascend';
 
 export interface TpMapping {
   attention: KvAttention;
@@ -22,6 +29,8 @@ export interface TpMapping {
   totalHeads: number;
   prefillTp: number;
   decodeTp: number;
+  /** Default 'mooncake-node'. */
+  selection?: RankSelection;
 }
 
 /** A contiguous run of global heads held by one rank. */
@@ -87,16 +96,43 @@ export function requestHash(requestId: string): number {
   return createHash('sha256').update(requestId, 'utf8').digest().readUInt32BE(0);
 }
 
+let lastSample: { key: string; chosen: number[] } | undefined;
+
+/** The groups vllm-ascend samples for a request (the last answer is kept: every rank of a request asks). */
+function vllmAscendSample(requestId: string, groups: number, k: number): number[] {
+  const key = `${groups}|${k}|${requestId}`;
+  if (lastSample?.key !== key) lastSample = { key, chosen: new PyRandom(stringToInt64Hash(requestId)).sample(groups, k) };
+  return lastSample.chosen;
+}
+
+/**
+ * Which of `n` replicas (prefill ranks holding the same head) decode rank `decodeRank` reads. vllm-ascend:
+ * `random.Random(h).sample(range(groups), max(decodeTp / heads, 1))[decodeRank % k]`, where each head's
+ * replicas are the groups (the rank of group g for head i is i × groups + g; MLA counts as one head).
+ */
+function replicaChooser(requestId: string, m: TpMapping, decodeRank: number): (n: number) => number {
+  if (m.selection === 'vllm-ascend') {
+    if (m.prefillTp === m.decodeTp) return (n) => decodeRank % n;
+    const heads = m.attention === 'mla' ? 1 : m.totalHeads;
+    const groups = Math.max(1, Math.floor(m.prefillTp / heads));
+    const k = Math.max(Math.floor(m.decodeTp / heads), 1);
+    const chosen = vllmAscendSample(requestId, groups, k);
+    return () => chosen[decodeRank % k];
+  }
+  const hash = requestHash(requestId);
+  return (n) => (hash + decodeRank) % n;
+}
+
 /** The slices decode rank `decodeRank` gathers for a request, in its head order. */
 export function sourcesForDecodeRank(requestId: string, m: TpMapping, decodeRank: number): HeadSlice[] {
   if (!Number.isSafeInteger(decodeRank) || decodeRank < 0 || decodeRank >= m.decodeTp) {
     throw new MooncakeError('INVALID_ARGUMENT', `decode rank ${decodeRank} is outside [0, ${m.decodeTp})`);
   }
   const mine = heldHeads(m.attention, m.totalHeads, m.decodeTp, decodeRank);
-  let hash: number | undefined;
+  let pick: ((n: number) => number) | undefined;
   const replica = (n: number): number => {
-    hash ??= requestHash(requestId);
-    return (hash + decodeRank) % n;
+    pick ??= replicaChooser(requestId, m, decodeRank);
+    return pick(n);
   };
   const out: HeadSlice[] = [];
   for (let i = 0; i < mine.count; i++) {

@@ -1,20 +1,19 @@
 /**
- * What a producer rank and a consumer rank share: the engine, the registered caches, the registry entry,
- * KV notifications, and running one batch per (request, peer).
+ * What a producer rank and a consumer rank share: the engine, the registered caches, the side channel
+ * (discovery and completion signals, side-channel.ts), and running one batch per (request, peer).
  */
 import { MooncakeError, isMooncakeError } from '../errors';
-import { TransferEngine } from '../engine';
-import { sendNotify, type Notify } from '../handshake';
-import { createMetadataStore, isP2PHandshake } from '../metadata/store';
+import { TransferEngine, type TransferEngineOptions } from '../engine';
 import type { Segment } from '../segment';
 import type { MemoryRegion } from '../memory';
 import { KvCaches, type KvCachesInput } from './caches';
-import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
+import type { KvMessage } from './messages';
 import { KvMetrics, type KvTransferPeer } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
-import type { KvTransferParams } from './params';
 import { failedPairs, type TransferPlan } from './plan';
-import { KvRegistry, type KvPeer } from './registry';
+import type { KvPeer } from './registry';
+import { createSideChannel } from './channels';
+import type { KvSideChannel } from './side-channel';
 
 /** Result of one batch with one peer. */
 export interface BatchResult {
@@ -63,10 +62,8 @@ export function mergePlans(plans: readonly TransferPlan[]): TransferPlan {
 
 export class KvRankCore {
   readonly metrics = new KvMetrics();
-  readonly ref: KvRankRef;
-  private readonly pendingNotifies = new Set<Promise<unknown>>();
+  private readonly pending = new Set<Promise<unknown>>();
   private readonly segmentInstances = new Map<string, string>();
-  private readonly onNotify: (n: Notify) => void;
   private closing: Promise<void> | undefined;
 
   private constructor(
@@ -74,34 +71,16 @@ export class KvRankCore {
     readonly engine: TransferEngine,
     private readonly ownsEngine: boolean,
     readonly caches: KvCaches,
-    readonly registry: KvRegistry,
-    readonly registryKey: string,
+    /** Discovery, metadata exchange and completion signalling (side-channel.ts). */
+    readonly channel: KvSideChannel,
     readonly side: 'prefill' | 'decode',
-    onMessage: (m: KvMessage) => void,
-  ) {
-    this.ref = {
-      engine_id: options.engineId,
-      dp_rank: options.dpRank,
-      tp_rank: options.tpRank,
-      tp_size: this.ownTp,
-      host: engine.advertiseAddress,
-      rpc_port: engine.rpcPort,
-    };
-    this.onNotify = (n: Notify) => {
-      const { message, malformed } = decodeKvMessage(n);
-      if (malformed) this.metrics.malformed++;
-      if (!message) return;
-      this.metrics.notifiesReceived++;
-      onMessage(message);
-    };
-    engine.on('notify', this.onNotify);
-  }
+  ) {}
 
   get ownTp(): number {
     return this.side === 'decode' ? this.options.decode.tpSize : this.options.prefill.tpSize;
   }
 
-  /** Creates the engine (unless given), registers the caches and publishes the registry entry. */
+  /** Creates the engine (unless given), registers the caches and starts the side channel. */
   static async open(
     o: ResolvedKvOptions,
     raw: KvRankOptions,
@@ -109,76 +88,30 @@ export class KvRankCore {
     onMessage: (m: KvMessage) => void,
     onWarning: (e: MooncakeError) => void,
   ): Promise<KvRankCore> {
-    const own = side === 'prefill' ? o.prefill : o.decode;
-    const storeUrl = o.metadataServer ?? raw.engine?.metadataServer;
-    if (storeUrl === undefined || isP2PHandshake(storeUrl)) {
-      throw new MooncakeError('INVALID_CONFIG', 'the KV handshake needs a metadata store: set metadataServer to e.g. http://127.0.0.1:8080/metadata (P2PHANDSHAKE has none)', {
-        details: { field: 'metadataServer', value: storeUrl },
-      });
-    }
-    const store = createMetadataStore(storeUrl);
+    const channel = createSideChannel(o, raw, side);
     let engine = raw.engine;
     const ownsEngine = engine === undefined;
     let caches: KvCaches | undefined;
+    let core: KvRankCore | undefined;
     try {
-      if (!engine) {
-        const rpcPort = o.kvPort === undefined ? undefined : o.kvPort + o.dpRank * own.tpSize + o.tpRank;
+      if (engine) channel.checkEngine(engine);
+      else {
         engine = await TransferEngine.create({
           ...raw.engineOptions,
-          metadataServer: storeUrl,
+          ...channel.engineOptions(),
           ...(o.host !== undefined ? { advertiseAddress: o.host } : {}),
-          ...(rpcPort !== undefined ? { rpcPort } : {}),
-        });
+        } as TransferEngineOptions);
       }
       caches = await KvCaches.register(engine, o.layout, raw.caches as KvCachesInput | undefined);
-      const registry = new KvRegistry(store, {
-        heartbeatMs: o.heartbeatMs,
-        staleAfterMs: o.staleAfterMs,
-        clusterId: o.clusterId,
-        onError: onWarning,
-      });
-      const now = Date.now();
-      const key = await registry.publish({
-        version: 1,
-        engine_id: o.engineId,
-        role: o.role,
-        dp_rank: o.dpRank,
-        tp_rank: o.tpRank,
-        dp_size: own.dpSize,
-        tp_size: own.tpSize,
-        segment: engine.localServerName,
-        host: engine.advertiseAddress,
-        rpc_port: engine.rpcPort,
-        kv_port: o.kvPort ?? null,
-        total_kv_heads: o.totalKvHeads,
-        layout: o.layout.toJSON(),
-        tensors: caches.tensorAddresses.map((a) => a.toString()),
-        regions: caches.regions.map((r) => ({ address: r.address.toString(), length: r.length })),
-        pid: process.pid,
-        instance: KvRegistry.instanceId(),
-        started_at: now,
-      });
-      return new KvRankCore(o, engine, ownsEngine, caches, registry, key, side, onMessage);
+      core = new KvRankCore(o, engine, ownsEngine, caches, channel, side);
+      await channel.start({ options: o, raw, side, engine, caches, metrics: core.metrics, onMessage, onWarning });
+      return core;
     } catch (err) {
+      await channel.close().catch(() => undefined);
       if (ownsEngine) await engine?.close().catch(() => undefined);
       else await caches?.unregister();
-      await store.close().catch(() => undefined);
       throw err;
     }
-  }
-
-  /** The data-parallel rank of the instance `params` names: remote_dp_rank, else derived from remote_port. */
-  async dpRankOf(params: KvTransferParams, signal?: AbortSignal): Promise<number> {
-    if (params.remote_dp_rank !== undefined) return params.remote_dp_rank;
-    const first = await this.registry.lookup(params.remote_engine_id, 0, 0, { signal });
-    const base = first.entry.kv_port;
-    const diff = base === null ? NaN : params.remote_port - base;
-    if (!Number.isSafeInteger(diff) || diff < 0 || diff % first.entry.tp_size !== 0 || diff / first.entry.tp_size >= first.entry.dp_size) {
-      throw new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params has no remote_dp_rank and remote_port ${params.remote_port} is not kv_port + dp_rank × tp_size of engine ${params.remote_engine_id}`, {
-        details: { field: 'kv_transfer_params.remote_port' },
-      });
-    }
-    return diff / first.entry.tp_size;
   }
 
   /** Opens (or reopens, after the peer restarted) the peer's segment. */
@@ -209,7 +142,7 @@ export class KvRankCore {
     } catch (err) {
       const error = asMooncakeError(err, `${opcode} with ${e.segment} failed`);
       info.error = error.code;
-      this.registry.invalidate(e.engine_id, e.dp_rank, e.tp_rank);
+      this.channel.invalidate(peer);
       const failed = failedPairs(plan, error.failures);
       // Bytes of the requests that did succeed, for the metrics.
       if (error.failures && error.failures.length === plan.requests.length) {
@@ -228,13 +161,17 @@ export class KvRankCore {
    */
   async warmUp(engineId: string, ranks: readonly { dpRank: number; tpRank: number }[]): Promise<{ peers: number; failed: number }> {
     this.assertOpen();
+    const lookupRank = this.channel.lookupRank?.bind(this.channel);
+    if (!lookupRank) {
+      throw new MooncakeError('NOT_IMPLEMENTED', `warmUp addresses peer ranks by engine id, which the ${this.channel.name} side channel cannot: the first transfer connects instead`);
+    }
     this.scratch ??= this.engine.registerMemory(Buffer.alloc(64), { remoteAccessible: false });
     const scratch = await this.scratch;
     let failed = 0;
     await Promise.all(
       ranks.map(async ({ dpRank, tpRank }) => {
         try {
-          const peer = await this.registry.lookup(engineId, dpRank, tpRank);
+          const peer = await lookupRank(engineId, dpRank, tpRank);
           const seg = await this.segment(peer);
           await this.engine.read(seg, [{ local: scratch, remote: peer.tensors[0], length: 1 }], { timeoutMs: this.options.transferTimeoutMs });
         } catch {
@@ -245,27 +182,10 @@ export class KvRankCore {
     return { peers: ranks.length, failed };
   }
 
-  /** Sends a KV message to a rank's handshake port (bounded, 3 tries); resolves false when it could not. */
-  sendMessage(host: string, port: number, message: KvMessage): Promise<boolean> {
-    const notify = encodeKvMessage(message);
-    const timeout = this.options.notifyTimeoutMs;
-    const p = (async () => {
-      for (let attempt = 0; attempt < 3; attempt++) {
-        try {
-          await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
-          this.metrics.notifiesSent++;
-          return true;
-        } catch (err) {
-          // A refused connection means the rank is gone: no point retrying.
-          if (isMooncakeError(err, 'CONNECT_FAILED') && !(err.details as { timedOut?: boolean } | undefined)?.timedOut) break;
-          if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
-        }
-      }
-      this.metrics.notifiesFailed++;
-      return false;
-    })();
-    this.pendingNotifies.add(p);
-    void p.finally(() => this.pendingNotifies.delete(p));
+  /** Keeps `p` (a signal being sent) for close() to wait for, bounded. */
+  track<T>(p: Promise<T>): Promise<T> {
+    this.pending.add(p);
+    void p.finally(() => this.pending.delete(p)).catch(() => undefined);
     return p;
   }
 
@@ -277,13 +197,12 @@ export class KvRankCore {
     if (this.closing) throw new MooncakeError('CLOSED', 'the KV rank is closed');
   }
 
-  /** Waits (bounded) for notifications in flight, removes the registry entry and closes the engine if owned. */
+  /** Waits (bounded) for signals in flight, closes the side channel and the engine if owned. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      const wait = Promise.allSettled([...this.pendingNotifies]);
+      const wait = Promise.allSettled([...this.pending]);
       await Promise.race([wait, new Promise((r) => setTimeout(r, 3 * this.options.notifyTimeoutMs + 500).unref())]);
-      this.engine.off('notify', this.onNotify);
-      await this.registry.close().catch(() => undefined);
+      await this.channel.close().catch(() => undefined);
       if (this.ownsEngine) await this.engine.close();
       else await this.caches.unregister();
     })();

@@ -109,12 +109,16 @@ export class KvRegistry {
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> | undefined;
   private closed = false;
-  /** Heartbeat writes that failed. */
-  heartbeatFailures = 0;
+  private failedHeartbeats = 0;
 
   constructor(readonly store: MetadataStore, private readonly options: KvRegistryOptions) {
     this.now = options.now ?? Date.now;
     this.cacheMs = options.cacheMs ?? options.heartbeatMs;
+  }
+
+  /** Heartbeat writes that failed. */
+  get heartbeatFailures(): number {
+    return this.failedHeartbeats;
   }
 
   /** A fresh instance id for entries. */
@@ -143,7 +147,7 @@ export class KvRegistry {
     this.writing = this.store
       .set(own.key, JSON.stringify(own.entry))
       .catch((err: unknown) => {
-        this.heartbeatFailures++;
+        this.failedHeartbeats++;
         const e = isMooncakeError(err) ? err : new MooncakeError('METADATA', `KV heartbeat of ${own.key} failed`, { cause: err });
         this.options.onError?.(e);
       })

@@ -39,8 +39,7 @@ export class EtcdMetadataStore implements MetadataStore {
   readonly url: string;
   readonly endpoints: readonly string[];
   readonly renewal = 'client' as const;
-  /** Leases granted so far (a lost lease is replaced by the next `set` with `ttlMs`). */
-  leasesGranted = 0;
+  private leaseCount = 0;
   private readonly lib: Etcd3Module;
   private readonly client: Etcd3;
   private readonly timeoutMs: number;
@@ -84,6 +83,11 @@ export class EtcdMetadataStore implements MetadataStore {
         'grpc.keepalive_timeout_ms': 3000,
       },
     });
+  }
+
+  /** Leases granted so far (a lost lease is replaced by the next `set` with `ttlMs`). */
+  get leasesGranted(): number {
+    return this.leaseCount;
   }
 
   async get(key: string, options: { signal?: AbortSignal } = {}): Promise<string | undefined> {
@@ -137,7 +141,7 @@ export class EtcdMetadataStore implements MetadataStore {
     const existing = this.leases.get(ttlSec);
     if (existing && !existing.revoked()) return existing;
     const lease = this.client.lease(ttlSec);
-    this.leasesGranted++;
+    this.leaseCount++;
     lease.on('lost', (err: Error) => {
       this.lastError = err;
       this.dropLease(ttlSec, lease);

@@ -29,6 +29,6 @@ export {
   type ListenInfo,
   type RequestEvent,
 } from './server';
-export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './server-cli';
+export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './command';
 export { decodeRpcMeta, encodeRpcMeta, type RpcMeta } from './rpc-meta';
 export { CLUSTER_ID_ENV, metadataKeyPrefix, rpcMetaKey, segmentKey, escapeKeyForUrl } from './keys';

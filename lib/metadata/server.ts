@@ -28,6 +28,7 @@ import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import * as path from 'node:path';
 import { allowList } from '../allow-list';
+import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
 import { ClientGone, readBody } from './request-body';
@@ -227,9 +228,10 @@ export class MetadataServer {
 
   /**
    * Loads persisted entries (if `dataDir`) and starts listening. `port` 0 (default) picks a free port;
-   * `host` defaults to 127.0.0.1 (pass '0.0.0.0' to serve other machines).
+   * `host` defaults to 127.0.0.1 (pass '0.0.0.0' to serve other machines). The URL to give peers is in the
+   * result.
    */
-  listen(port = 0, host = '127.0.0.1'): Promise<ListenInfo> {
+  listen(port = 0, host: string = DEFAULT_BIND_HOST): Promise<ListenInfo> {
     if (this.closing) return Promise.reject(new MooncakeError('CLOSED', 'the metadata server is closed'));
     if (this.listening) return this.listening;
     this.listening = (async () => {
@@ -281,6 +283,11 @@ export class MetadataServer {
       await this.store.close();
     })();
     return this.closing;
+  }
+
+  /** `await using server = new MetadataServer()`: closes it (the same as close(); idempotent). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
   }
 
   /** A snapshot of the live (unexpired) entries, values decoded as UTF-8. */
@@ -434,4 +441,3 @@ function nonNegative(value: number | undefined, fallback: number, name: string):
   if (!Number.isFinite(value) || value < 0) throw new MooncakeError('INVALID_CONFIG', `${name} must be a non-negative number, got ${String(value)}`);
   return value;
 }
-

@@ -1,5 +1,6 @@
 /** Small pieces every metadata backend shares. */
 import { MooncakeError } from '../errors';
+import { requireOptional } from '../optional';
 
 /** A positive number option, or the default when unset; INVALID_CONFIG otherwise. */
 export function positiveOption(value: number | undefined, fallback: number, name: string): number {
@@ -18,13 +19,7 @@ export function metadataAbortError(operation: string, key: string, url: string, 
   });
 }
 
-/** Loads a backend's client library on first use, or says which package to install. */
+/** Loads a backend's client library on first use, or throws MISSING_DEPENDENCY naming the package. */
 export function loadBackendModule<T>(pkg: string, backend: string): T {
-  try {
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require(pkg) as T;
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw cause;
-    throw new MooncakeError('INVALID_CONFIG', `the ${backend} metadata backend needs the '${pkg}' package: npm install ${pkg}`, { cause });
-  }
+  return requireOptional<T>(pkg, `the ${backend} metadata backend`);
 }

@@ -10,6 +10,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MooncakeError } from '../errors';
+import { requireOptional } from '../optional';
 import { startBenchWorker, type BenchWorkerConfig, type BenchWorkerReady } from './bench-worker';
 
 export interface ProxyBenchOptions {
@@ -84,13 +85,8 @@ interface AutocannonInstance {
 type Autocannon = (opts: Record<string, unknown>, cb: (err: Error | null, result: AutocannonResult) => void) => AutocannonInstance;
 
 function loadAutocannon(): Autocannon {
-  try {
-    // Loaded lazily: autocannon is a devDependency and only the benchmark needs it.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    return require('autocannon') as Autocannon;
-  } catch (cause) {
-    throw new MooncakeError('INVALID_CONFIG', 'the proxy benchmark needs the "autocannon" package (npm install --save-dev autocannon)', { cause });
-  }
+  // Loaded lazily: only the benchmark needs it, and an installed mooncake-node does not pull it in.
+  return requireOptional<Autocannon>('autocannon', 'mooncake-node proxy-bench (the load generator)');
 }
 
 interface Run {
@@ -268,80 +264,4 @@ export function formatProxyBench(results: readonly ProxyBenchResult[]): string {
     lines.push('', `Node ${first.node}, ${first.cpus} CPUs, ${first.isolated ? 'stand-ins and proxy in separate processes' : 'one process'}, ${first.rounds} × ${first.durationSec} s per target; 1-min load average ${loads}.`);
   }
   return lines.join('\n') + '\n';
-}
-
-export const PROXY_BENCH_USAGE = `Usage: mooncake-node proxy-bench [flags]
-
-Starts stand-in prefill and decode servers and the proxy on loopback, loads the decode stand-in directly and
-then through the proxy with autocannon, and prints p50/p99 latency and what the proxy adds.
-
-  --connections N [N ...]   concurrent connections, one run per value (default 1 16)
-  --duration S              seconds per measured run (default 10)
-  --warmup S                warm-up seconds per target (default 2)
-  --rounds N                measured runs per target, alternating (default 2)
-  --stream                  request SSE streams instead of JSON
-  --max-tokens N            tokens generated per request (default 16)
-  --prompt-bytes N          prompt size (default 1024)
-  --in-process              run everything in this process
-  --json                    print the results as JSON
-  --help                    show this text
-`;
-
-export interface ProxyBenchCommandIO {
-  stdout?: NodeJS.WritableStream;
-  /** Progress lines (default process.stderr). */
-  stderr?: NodeJS.WritableStream;
-  /** Receives the results once every run is done. */
-  onResults?: (results: ProxyBenchResult[]) => void;
-}
-
-/** `mooncake-node proxy-bench ...`: runs the benchmark and prints a Markdown table (or JSON with --json). */
-export async function runProxyBenchCommand(argv: string[], io: ProxyBenchCommandIO = {}): Promise<void> {
-  const stdout = io.stdout ?? process.stdout;
-  const stderr = io.stderr ?? process.stderr;
-  const flags = new Map<string, string[]>();
-  for (let i = 0; i < argv.length; ) {
-    const t = argv[i];
-    if (!t.startsWith('--')) throw new MooncakeError('INVALID_CONFIG', `argument=${JSON.stringify(t)}: unexpected positional argument`);
-    const eq = t.indexOf('=');
-    const name = eq === -1 ? t.slice(2) : t.slice(2, eq);
-    const vals: string[] = eq === -1 ? [] : [t.slice(eq + 1)];
-    i++;
-    while (eq === -1 && i < argv.length && !argv[i].startsWith('--')) vals.push(argv[i++]);
-    flags.set(name, vals);
-  }
-  const known = new Set(['connections', 'duration', 'warmup', 'rounds', 'stream', 'max-tokens', 'prompt-bytes', 'in-process', 'json', 'help']);
-  for (const k of flags.keys()) if (!known.has(k)) throw new MooncakeError('INVALID_CONFIG', `flag=--${k}: unknown flag (see --help)`);
-  if (flags.has('help')) {
-    stdout.write(PROXY_BENCH_USAGE);
-    return;
-  }
-  const num = (name: string, fallback: number): number => {
-    const v = flags.get(name);
-    if (v === undefined) return fallback;
-    if (v.length !== 1 || !/^\d+$/.test(v[0])) throw new MooncakeError('INVALID_CONFIG', `--${name}=${JSON.stringify(v.join(' '))}: expected one non-negative integer`);
-    return Number(v[0]);
-  };
-  const conns = (flags.get('connections') ?? ['1', '16']).map((c) => {
-    if (!/^\d+$/.test(c) || Number(c) < 1) throw new MooncakeError('INVALID_CONFIG', `--connections=${JSON.stringify(c)}: expected positive integers`);
-    return Number(c);
-  });
-  const results: ProxyBenchResult[] = [];
-  for (const connections of conns) {
-    results.push(
-      await runProxyBench({
-        connections,
-        durationSec: num('duration', 10),
-        warmupSec: num('warmup', 2),
-        rounds: num('rounds', 2),
-        stream: flags.has('stream'),
-        maxTokens: num('max-tokens', 16),
-        promptBytes: num('prompt-bytes', 1024),
-        isolate: flags.has('in-process') ? false : undefined,
-        log: (line) => stderr.write(`${line}\n`),
-      }),
-    );
-  }
-  stdout.write(flags.has('json') ? JSON.stringify(results, null, 2) + '\n' : formatProxyBench(results));
-  io.onResults?.(results);
 }

@@ -1,8 +1,10 @@
 /**
- * `mooncake-node proxy ...`: parses the seed's flags, runs the proxy until SIGINT/SIGTERM, then closes it
- * (in-flight requests get --shutdown-grace-ms; a second signal cuts them).
+ * `mooncake-node proxy ...`: parses vllm-ascend's proxy flags (and ours), runs the proxy until SIGINT/SIGTERM,
+ * then closes it (in-flight requests get --shutdown-grace-ms; a second signal cuts them).
  */
-import { PROXY_USAGE, parseProxyArgs, type ProxyLogLevel, type ProxyLogger } from './options';
+import { commandHelp, defineCommand } from '../cli/command';
+import { PROXY_FLAGS, parseProxyArgs, proxyOptionsFromFlags } from './flags';
+import type { ProxyLogLevel, ProxyLogger, ProxyOptions } from './options';
 import { createProxy, type PdProxy, type ProxyAddress } from './server';
 
 export interface ProxyCommandIO {
@@ -36,17 +38,21 @@ export function lineLogger(level: ProxyLogLevel | 'silent', out: NodeJS.Writable
  * Runs the proxy command. Resolves after a clean shutdown; rejects with MooncakeError('INVALID_CONFIG') for bad
  * flags (the message names the flag and value) or when the port cannot be bound.
  */
-export async function runProxyCommand(argv: string[], io: ProxyCommandIO = {}): Promise<void> {
-  const stdout = io.stdout ?? process.stdout;
-  const stderr = io.stderr ?? process.stderr;
+export async function runProxyCommand(argv: readonly string[], io: ProxyCommandIO = {}): Promise<void> {
   const parsed = parseProxyArgs(argv, io.env ?? process.env);
   if (parsed.help) {
-    stdout.write(PROXY_USAGE);
+    (io.stdout ?? process.stdout).write(PROXY_USAGE);
     return;
   }
-  const log = lineLogger(parsed.logLevel, stderr);
+  await serveProxy(parsed.options, parsed.logLevel, io);
+}
+
+async function serveProxy(options: ProxyOptions, logLevel: ProxyLogLevel | 'silent', io: ProxyCommandIO): Promise<void> {
+  const stdout = io.stdout ?? process.stdout;
+  const stderr = io.stderr ?? process.stderr;
+  const log = lineLogger(logLevel, stderr);
   if (io.signal?.aborted === true) return;
-  const proxy = createProxy({ ...parsed.options, log });
+  const proxy = createProxy({ ...options, log });
   const address = await proxy.listen();
   stdout.write(`mooncake-node proxy listening on ${address.url}\n`);
   io.onListening?.(address, proxy);
@@ -73,6 +79,7 @@ export async function runProxyCommand(argv: string[], io: ProxyCommandIO = {}): 
       process.on('SIGTERM', onSignal);
     }
     io.signal?.addEventListener('abort', onAbort, { once: true });
+    if (io.signal?.aborted === true) onAbort(); // aborted while it started listening
   });
   try {
     await proxy.close();
@@ -84,3 +91,23 @@ export async function runProxyCommand(argv: string[], io: ProxyCommandIO = {}): 
     if (onAbort !== undefined) io.signal?.removeEventListener('abort', onAbort);
   }
 }
+
+export const proxyCommand = defineCommand({
+  name: 'proxy',
+  summary: 'OpenAI-compatible PD proxy (prefill, then decode)',
+  description: [
+    'Routes OpenAI-compatible requests as vllm-ascend\'s load_balance_proxy_server_example.py does: to a prefill',
+    'instance (max_tokens=1, min_tokens=1, kv_transfer_params.do_remote_decode=true), then to a decode instance',
+    'with the kv_transfer_params prefill returned. Runs until SIGINT or SIGTERM.',
+  ].join('\n'),
+  flags: PROXY_FLAGS,
+  signals: 'own',
+  examples: ['mooncake-node proxy --port 8000 --prefiller-hosts 10.0.0.1 10.0.0.2 --prefiller-ports 8100 8100 --decoder-hosts 10.0.0.3 --decoder-ports 8200'],
+  async run(values, ctx) {
+    const { logLevel, options } = proxyOptionsFromFlags(values, ctx.env);
+    await serveProxy(options, logLevel, { stdout: ctx.stdout, stderr: ctx.stderr });
+  },
+});
+
+/** The `--help` text of `mooncake-node proxy`. */
+export const PROXY_USAGE = commandHelp(proxyCommand);

@@ -1,6 +1,7 @@
 /**
- * Upstream requests: one attempt with connect/idle timeouts and abort, bounded retries on connection failures
- * (only before any response byte, on another instance when there is one), and bounded body reading.
+ * Upstream requests: one attempt with connect/idle timeouts and abort, bounded retries (on connection failures
+ * before any response byte, and on HTTP error answers other than 400 when asked; on another instance when there
+ * is one), and bounded body reading.
  */
 import * as http from 'node:http';
 import type { Readable } from 'node:stream';
@@ -55,6 +56,30 @@ function originParts(origin: string): { hostname: string; port: number } {
 /** True for an error the proxy may retry on another instance: no response byte was received. */
 export function isRetryable(e: unknown): boolean {
   return e instanceof MooncakeError && e.details?.retryable === true;
+}
+
+/** An upstream HTTP answer read whole: what the client gets when every attempt answered with an error. */
+export interface UpstreamAnswer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/**
+ * An instance answered with an HTTP error. Retryable, as vllm-ascend's proxy does, unless the status is 400 (the
+ * request itself is wrong: every instance would say so) or `retryHttpErrors` is off. The answer travels in
+ * `details.answer` so that, when no attempt succeeds, the client gets the last one as it was.
+ */
+export function httpError(origin: string, answer: UpstreamAnswer, retryHttpErrors: boolean): MooncakeError {
+  return new MooncakeError('REMOTE_REJECTED', `${origin} answered HTTP ${answer.status}`, {
+    details: { origin, httpStatus: answer.status, answer, retryable: retryHttpErrors && answer.status !== 400 },
+  });
+}
+
+/** The HTTP answer an error carries (see httpError), if any. */
+export function answerOf(e: unknown): UpstreamAnswer | undefined {
+  const a = e instanceof MooncakeError ? e.details?.answer : undefined;
+  return a !== undefined && typeof a === 'object' ? (a as UpstreamAnswer) : undefined;
 }
 
 function errCode(e: unknown): string | undefined {
@@ -234,9 +259,10 @@ export interface Routed<T> {
 }
 
 /**
- * Runs `attempt` on an instance chosen from `pool`, retrying on another instance after a retryable connection
- * failure (at most `maxRetries` times). The instance's in-flight load is acquired before the attempt; on
- * success the caller must call `instance.release(tokens)` when the request is over.
+ * Runs `attempt` on an instance chosen from `pool`, retrying on another instance after a retryable failure (at
+ * most `maxRetries` times). The instance's in-flight load is acquired before the attempt; on success the caller
+ * must call `instance.release(tokens)` when the request is over. When the last failure was an HTTP answer
+ * (httpError), that error is thrown as it is, so the caller can hand the answer to its client.
  */
 export async function withRetries<T>(
   pool: InstancePool,
@@ -265,7 +291,8 @@ export async function withRetries<T>(
       inst.release(tokens);
       const err = e instanceof MooncakeError ? e : classify(e, inst.url, signal);
       if (!isRetryable(err) || signal.aborted) throw err;
-      if (err.details?.staleSocket !== true) {
+      if (err.details?.httpStatus !== undefined) tried.add(inst); // it answered: alive, but try another
+      else if (err.details?.staleSocket !== true) {
         pool.recordConnectFailure(inst, err);
         tried.add(inst);
       }
@@ -273,6 +300,7 @@ export async function withRetries<T>(
       if (n < retry.maxRetries) onRetry?.(inst, err);
     }
   }
+  if (answerOf(last) !== undefined) throw last!;
   throw new MooncakeError('CONNECT_FAILED', `every attempt to reach a ${pool.role} instance failed (${retry.maxRetries + 1} attempts): ${last?.message ?? 'unknown error'}`, {
     cause: last,
     details: { role: pool.role, attempts: retry.maxRetries + 1 },

@@ -7,7 +7,16 @@ import type { InstancePool } from './instances';
 export const LATENCY_BUCKETS_SECONDS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 /** Endpoint labels; anything else is counted as 'other' so label values stay bounded. */
-export type EndpointLabel = '/v1/completions' | '/v1/chat/completions' | '/v1/models' | '/healthcheck' | '/metrics' | '/admin/instances' | 'other';
+export type EndpointLabel =
+  | '/v1/completions'
+  | '/v1/chat/completions'
+  | '/v1/models'
+  | '/healthcheck'
+  | '/metrics'
+  | '/admin/instances'
+  | '/reset_prefix_cache'
+  | '/v1/metaserver'
+  | 'other';
 
 export class Histogram {
   readonly counts: number[];
@@ -40,6 +49,8 @@ export interface ProxyCounters {
   clientAborts: number;
   /** Upstream timeouts, by role. */
   timeouts: { prefill: number; decode: number };
+  /** Re-dispatches after decode answered `stop_reason: "recomputed"`. */
+  recomputes: number;
 }
 
 function esc(v: string): string {
@@ -59,6 +70,7 @@ export class ProxyMetrics {
   retries = { prefill: 0, decode: 0 };
   timeouts = { prefill: 0, decode: 0 };
   clientAborts = 0;
+  recomputes = 0;
 
   recordRequest(endpoint: EndpointLabel, status: number | string, seconds: number): void {
     const s = String(status);
@@ -77,7 +89,7 @@ export class ProxyMetrics {
   counters(): ProxyCounters {
     const requests: Record<string, number> = {};
     for (const c of this.requestCounts.values()) requests[`${c.endpoint} ${c.status}`] = c.n;
-    return { requests, inFlight: this.inFlight, retries: { ...this.retries }, clientAborts: this.clientAborts, timeouts: { ...this.timeouts } };
+    return { requests, inFlight: this.inFlight, retries: { ...this.retries }, clientAborts: this.clientAborts, timeouts: { ...this.timeouts }, recomputes: this.recomputes };
   }
 
   render(pools: readonly InstancePool[]): string {
@@ -95,7 +107,9 @@ export class ProxyMetrics {
     for (const [endpoint, h] of this.durations) this.histogram(out, 'mooncake_proxy_request_duration_seconds', `endpoint="${esc(endpoint)}"`, h);
     head('mooncake_proxy_prefill_duration_seconds', 'histogram', 'Time of the prefill step (retries included).');
     this.histogram(out, 'mooncake_proxy_prefill_duration_seconds', '', this.prefillDuration);
-    head('mooncake_proxy_retries_total', 'counter', 'Retries after an upstream connection failure, by role.');
+    head('mooncake_proxy_recomputes_total', 'counter', 'Re-dispatches after decode answered stop_reason "recomputed".');
+    out.push(`mooncake_proxy_recomputes_total ${this.recomputes}`);
+    head('mooncake_proxy_retries_total', 'counter', 'Retries after an upstream failure (connection, or HTTP error other than 400), by role.');
     for (const role of ['prefill', 'decode'] as const) out.push(`mooncake_proxy_retries_total{role="${role}"} ${this.retries[role]}`);
     head('mooncake_proxy_upstream_timeouts_total', 'counter', 'Upstream requests that timed out, by role.');
     for (const role of ['prefill', 'decode'] as const) out.push(`mooncake_proxy_upstream_timeouts_total{role="${role}"} ${this.timeouts[role]}`);

@@ -1,8 +1,8 @@
 /**
- * Proxy options: the programmatic shape, its defaults and validation, and the command-line flags
- * (the seed's `--host --port --prefiller-hosts ... --prefiller-ports ... --decoder-hosts ... --decoder-ports ...`,
- * space-separated lists, plus mooncake-node's own tuning flags).
+ * Proxy options: the programmatic shape, its defaults and validation. The command-line flags that map onto
+ * them are in ./flags.ts.
  */
+import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError, describeValue } from '../errors';
 
 export type Role = 'prefill' | 'decode';
@@ -11,6 +11,17 @@ export const ROLES: readonly Role[] = ['prefill', 'decode'];
 /** How an instance is chosen among the healthy ones of a role. */
 export type PolicyName = 'round-robin' | 'least-requests' | 'least-tokens';
 export const POLICY_NAMES: readonly PolicyName[] = ['round-robin', 'least-requests', 'least-tokens'];
+
+/**
+ * How a completion request flows (see docs/proxy.md):
+ * - 'pull' (vllm-ascend's MooncakeConnectorV1): prefill first, then decode with the kv_transfer_params prefill
+ *   returned; decode reads the KV cache from prefill.
+ * - 'layerwise' (vllm-ascend's layerwise connector): decode first, with `metaserver` pointing at this proxy's
+ *   `/v1/metaserver`; decode POSTs its own params there, the proxy sends them to a prefill instance, which
+ *   pushes the KV cache into decode layer by layer.
+ */
+export type ProxyMode = 'pull' | 'layerwise';
+export const PROXY_MODES: readonly ProxyMode[] = ['pull', 'layerwise'];
 
 export type ProxyLogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type ProxyLogger = (level: ProxyLogLevel, message: string, fields?: Readonly<Record<string, unknown>>) => void;
@@ -31,8 +42,13 @@ export interface HealthCheckOptions {
 }
 
 export interface RetryOptions {
-  /** Extra attempts after a connection failure, each on another instance when there is one (default 3). */
+  /** Extra attempts after a failure, each on another instance when there is one (default 3). */
   maxRetries?: number;
+  /**
+   * Also retry when an instance answers with an HTTP error status other than 400 (default true, as vllm-ascend's
+   * proxy). False retries connection failures only and hands any HTTP error to the client at once.
+   */
+  onHttpError?: boolean;
   /** Delay before the first retry, doubled for each further one (default 1 ms, as vllm-ascend's 0.001 s). */
   baseDelayMs?: number;
   /** Upper bound of the retry delay (default 1000 ms). */
@@ -48,11 +64,30 @@ export interface TimeoutOptions {
   decodeIdleMs?: number;
 }
 
+/** Re-dispatch when decode preempts a request it got remote KV for and answers `stop_reason: "recomputed"`. */
+export interface RecomputeOptions {
+  /**
+   * Default true, as vllm-ascend's proxy: the text generated so far is appended to the prompt, the output budget
+   * reduced, and the request goes to a new prefill/decode pair; the client sees one continuous answer. False
+   * passes the "recomputed" answer through.
+   */
+  enabled?: boolean;
+  /** Re-dispatches per client request before the "recomputed" answer is passed through (default 3). */
+  maxRedispatches?: number;
+}
+
 export interface ProxyOptions {
-  /** Address to listen on (default '127.0.0.1'). */
+  /** Address to listen on (default '127.0.0.1': nothing here authenticates; '0.0.0.0' serves other machines). */
   host?: string;
-  /** Port to listen on (default 8000, as the seed's proxy); 0 picks a free port. */
+  /** Port to listen on (default 0: a free port, reported by listen(); the `proxy` command defaults to 8000). */
   port?: number;
+  /** Request flow (default 'pull'). */
+  mode?: ProxyMode;
+  /**
+   * Layerwise mode: the URL decode instances POST their kv_transfer_params to (default: this proxy's
+   * `<listen url>/v1/metaserver`; required when listening on a wildcard address, which decode cannot reach).
+   */
+  metaserverUrl?: string;
   /** Prefill instances: 'host:port' or 'http://host:port'. May be empty and filled through the admin API. */
   prefill?: readonly string[];
   /** Decode instances: 'host:port' or 'http://host:port'. */
@@ -66,8 +101,21 @@ export interface ProxyOptions {
   healthCheck?: HealthCheckOptions;
   retries?: RetryOptions;
   timeouts?: TimeoutOptions;
-  /** Sent as `Authorization: Bearer <apiKey>` upstream when the client sent no Authorization header. */
+  /** Sent upstream as `Authorization: Bearer <apiKey>` (the `proxy` command reads OPENAI_API_KEY). */
   apiKey?: string;
+  /**
+   * Whose Authorization goes upstream when `apiKey` is set: 'api-key' (default, as vllm-ascend's proxy) sends the
+   * proxy's key on every request; 'client' passes the client's header through and sends the key only when the
+   * client sent none.
+   */
+  authorization?: 'api-key' | 'client';
+  /** Send `min_tokens: 1` to prefill on every request (default true, as vllm-ascend); false: only when the client set min_tokens. */
+  prefillMinTokens?: boolean;
+  /** Copy prefill's `usage.prompt_tokens_details.cached_tokens` into decode's usage (default true, as vllm-ascend). */
+  copyCachedTokens?: boolean;
+  recompute?: RecomputeOptions;
+  /** Serve `POST /reset_prefix_cache`, fanned out to every instance (default true; behind adminToken when set). */
+  resetPrefixCache?: boolean;
   /** Serve the `/admin/instances` API (default true). */
   admin?: boolean;
   /** When set, admin requests must carry `Authorization: Bearer <adminToken>` or `x-admin-token: <adminToken>`. */
@@ -100,6 +148,8 @@ export interface ResolvedHealthCheck {
 export interface ResolvedProxyOptions {
   host: string;
   port: number;
+  mode: ProxyMode;
+  metaserverUrl: string | undefined;
   prefill: string[];
   decode: string[];
   prefillPolicy: PolicyName;
@@ -108,6 +158,11 @@ export interface ResolvedProxyOptions {
   retries: Required<RetryOptions>;
   timeouts: Required<TimeoutOptions>;
   apiKey: string | undefined;
+  authorization: 'api-key' | 'client';
+  prefillMinTokens: boolean;
+  copyCachedTokens: boolean;
+  recompute: Required<RecomputeOptions>;
+  resetPrefixCache: boolean;
   admin: boolean;
   adminToken: string | undefined;
   maxBodyBytes: number;
@@ -118,7 +173,7 @@ export interface ResolvedProxyOptions {
   log: ProxyLogger;
 }
 
-export const DEFAULT_PROXY_PORT = 8000;
+export { DEFAULT_PROXY_PORT } from '../defaults';
 export const DEFAULT_PREFILLER_PORT = 8100;
 export const DEFAULT_DECODER_PORT = 8200;
 
@@ -136,6 +191,18 @@ function int(name: string, value: unknown, fallback: number, min: number, max = 
     throw invalid(name, value, `expected an integer from ${min} to ${max}`);
   }
   return value;
+}
+
+function bool(name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'boolean') throw invalid(name, value, 'expected a boolean');
+  return value;
+}
+
+function oneOf<T extends string>(name: string, value: unknown, choices: readonly T[], fallback: T): T {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) throw invalid(name, value, `expected one of ${choices.join(', ')}`);
+  return value as T;
 }
 
 function policy(name: string, value: unknown, fallback: PolicyName): PolicyName {
@@ -169,7 +236,7 @@ export function normalizeInstanceUrl(value: unknown, name = 'instance'): string 
   return url.origin;
 }
 
-/** Builds the origin of a host and port the way the seed's flags pair them. */
+/** Builds the origin of a host and port the way the proxy's --*-hosts / --*-ports flags pair them. */
 export function hostPortToUrl(host: string, port: number): string {
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
   return `http://${h}:${port}`;
@@ -190,7 +257,7 @@ function instanceList(name: string, value: unknown): string[] {
 /** Applies defaults and validates; throws MooncakeError('INVALID_CONFIG') naming the option and value. */
 export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions {
   if (options === null || typeof options !== 'object') throw invalid('options', options, 'expected an object');
-  const host = options.host ?? '127.0.0.1';
+  const host = options.host ?? DEFAULT_BIND_HOST;
   if (typeof host !== 'string' || host === '') throw invalid('host', host, 'expected a host name or address');
   const base = policy('policy', options.policy, 'round-robin');
   const hc = options.healthCheck ?? {};
@@ -206,9 +273,21 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
     throw invalid('estimateTokens', typeof options.estimateTokens, 'expected a function');
   }
   if (options.log !== undefined && typeof options.log !== 'function') throw invalid('log', typeof options.log, 'expected a function');
+  const rc = options.recompute ?? {};
+  const mode = oneOf('mode', options.mode, PROXY_MODES, 'pull');
+  let metaserverUrl: string | undefined;
+  if (options.metaserverUrl !== undefined) {
+    const u = typeof options.metaserverUrl === 'string' && /^https?:\/\/[^/]+\/\S*$/.test(options.metaserverUrl) ? options.metaserverUrl : undefined;
+    if (u === undefined) throw invalid('metaserverUrl', options.metaserverUrl, 'expected a URL like http://10.0.0.1:8000/v1/metaserver');
+    metaserverUrl = u;
+  } else if (mode === 'layerwise' && ['0.0.0.0', '::', '0:0:0:0:0:0:0:0'].includes(host)) {
+    throw invalid('host', host, 'layerwise decode instances must reach this proxy: listen on an address they can reach, or give metaserverUrl');
+  }
   const resolved: ResolvedProxyOptions = {
     host,
-    port: int('port', options.port, DEFAULT_PROXY_PORT, 0, 65535),
+    port: int('port', options.port, 0, 0, 65535),
+    mode,
+    metaserverUrl,
     prefill: instanceList('prefill', options.prefill),
     decode: instanceList('decode', options.decode),
     prefillPolicy: policy('prefillPolicy', options.prefillPolicy, base),
@@ -223,6 +302,7 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
     },
     retries: {
       maxRetries: int('retries.maxRetries', r.maxRetries, 3, 0, 100),
+      onHttpError: bool('retries.onHttpError', r.onHttpError, true),
       baseDelayMs: int('retries.baseDelayMs', r.baseDelayMs, 1, 0, 60_000),
       maxDelayMs: int('retries.maxDelayMs', r.maxDelayMs, 1000, 0, 600_000),
     },
@@ -232,6 +312,14 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
       decodeIdleMs: int('timeouts.decodeIdleMs', t.decodeIdleMs, 300_000, 1, 86_400_000),
     },
     apiKey: options.apiKey,
+    authorization: oneOf('authorization', options.authorization, ['api-key', 'client'] as const, 'api-key'),
+    prefillMinTokens: bool('prefillMinTokens', options.prefillMinTokens, true),
+    copyCachedTokens: bool('copyCachedTokens', options.copyCachedTokens, true),
+    recompute: {
+      enabled: bool('recompute.enabled', rc.enabled, true),
+      maxRedispatches: int('recompute.maxRedispatches', rc.maxRedispatches, 3, 0, 100),
+    },
+    resetPrefixCache: bool('resetPrefixCache', options.resetPrefixCache, true),
     admin: options.admin ?? true,
     adminToken: options.adminToken,
     maxBodyBytes: int('maxBodyBytes', options.maxBodyBytes, 32 * 1024 * 1024, 1, 2 ** 31 - 1),
@@ -244,226 +332,4 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
   if (typeof resolved.healthCheck.enabled !== 'boolean') throw invalid('healthCheck.enabled', hc.enabled, 'expected a boolean');
   if (typeof resolved.admin !== 'boolean') throw invalid('admin', options.admin, 'expected a boolean');
   return resolved;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Command line
-
-export interface ProxyCommandOptions {
-  help: boolean;
-  logLevel: ProxyLogLevel | 'silent';
-  options: ProxyOptions;
-}
-
-interface FlagSpec {
-  /** Canonical name without dashes. */
-  name: string;
-  aliases?: string[];
-  kind: 'string' | 'int' | 'list' | 'int-list' | 'bool';
-}
-
-const FLAGS: FlagSpec[] = [
-  { name: 'host', kind: 'string' },
-  { name: 'port', kind: 'int' },
-  { name: 'prefiller-hosts', aliases: ['prefiller-host'], kind: 'list' },
-  { name: 'prefiller-ports', aliases: ['prefiller-port'], kind: 'int-list' },
-  { name: 'decoder-hosts', aliases: ['decoder-host'], kind: 'list' },
-  { name: 'decoder-ports', aliases: ['decoder-port'], kind: 'int-list' },
-  { name: 'policy', kind: 'string' },
-  { name: 'prefiller-policy', kind: 'string' },
-  { name: 'decoder-policy', kind: 'string' },
-  { name: 'max-retries', kind: 'int' },
-  { name: 'retry-delay-ms', kind: 'int' },
-  { name: 'health-path', kind: 'string' },
-  { name: 'health-interval-ms', kind: 'int' },
-  { name: 'health-timeout-ms', kind: 'int' },
-  { name: 'unhealthy-threshold', kind: 'int' },
-  { name: 'healthy-threshold', kind: 'int' },
-  { name: 'no-health-check', kind: 'bool' },
-  { name: 'connect-timeout-ms', kind: 'int' },
-  { name: 'prefill-timeout-ms', kind: 'int' },
-  { name: 'decode-timeout-ms', kind: 'int' },
-  { name: 'api-key', kind: 'string' },
-  { name: 'admin-token', kind: 'string' },
-  { name: 'no-admin', kind: 'bool' },
-  { name: 'max-body-bytes', kind: 'int' },
-  { name: 'shutdown-grace-ms', kind: 'int' },
-  { name: 'log-level', kind: 'string' },
-  { name: 'help', aliases: ['h'], kind: 'bool' },
-];
-
-export const PROXY_USAGE = `Usage: mooncake-node proxy [flags]
-
-Routes OpenAI-compatible requests to a prefill instance (max_tokens=1, kv_transfer_params.do_remote_decode=true)
-and then to a decode instance (the client's request plus the kv_transfer_params prefill returned).
-
-  --host H                      listen address (default 127.0.0.1)
-  --port P                      listen port (default ${DEFAULT_PROXY_PORT})
-  --prefiller-hosts H [H ...]   prefill hosts, space-separated (default localhost)
-  --prefiller-ports P [P ...]   prefill ports, one per host, same order (default ${DEFAULT_PREFILLER_PORT})
-  --decoder-hosts H [H ...]     decode hosts (default localhost)
-  --decoder-ports P [P ...]     decode ports, one per host (default ${DEFAULT_DECODER_PORT})
-  --policy NAME                 round-robin | least-requests | least-tokens (default round-robin)
-  --prefiller-policy NAME       policy for prefill instances only
-  --decoder-policy NAME         policy for decode instances only
-  --max-retries N               retries after a connection failure, on another instance (default 3)
-  --retry-delay-ms N            first retry delay, doubled each time (default 1)
-  --health-path PATH            health probe path (default /health)
-  --health-interval-ms N        time between probe rounds (default 5000)
-  --health-timeout-ms N         probe timeout (default 2000)
-  --unhealthy-threshold N       consecutive failures that eject an instance (default 3)
-  --healthy-threshold N         consecutive good probes that bring it back (default 2)
-  --no-health-check             never probe nor eject
-  --connect-timeout-ms N        upstream connect timeout (default 5000)
-  --prefill-timeout-ms N        whole prefill request timeout (default 300000)
-  --decode-timeout-ms N         longest silence from a decode instance (default 300000)
-  --api-key KEY                 Authorization sent upstream when the client sends none (default $OPENAI_API_KEY)
-  --admin-token TOKEN           require this bearer token on /admin/instances
-  --no-admin                    do not serve /admin/instances
-  --max-body-bytes N            largest accepted request body (default 33554432)
-  --shutdown-grace-ms N         time in-flight requests get on SIGINT/SIGTERM (default 10000)
-  --log-level LEVEL             debug | info | warn | error | silent (default info)
-  --help                        show this text
-`;
-
-function parseIntFlag(flag: string, text: string): number {
-  if (!/^-?\d+$/.test(text)) throw invalid(`--${flag}`, text, 'expected an integer');
-  return Number(text);
-}
-
-/**
- * Parses the proxy's flags. Lists are space-separated (`--prefiller-hosts a b --prefiller-ports 8100 8101`);
- * `--flag=value` also works. Hosts and ports pair up by position and the two lists must have the same length.
- */
-export function parseProxyArgs(argv: readonly string[], env: Readonly<Record<string, string | undefined>> = {}): ProxyCommandOptions {
-  const byName = new Map<string, FlagSpec>();
-  for (const f of FLAGS) {
-    byName.set(f.name, f);
-    for (const a of f.aliases ?? []) byName.set(a, f);
-  }
-  const values = new Map<string, string[]>();
-  const seen = new Set<string>();
-  let i = 0;
-  while (i < argv.length) {
-    const token = argv[i];
-    if (!token.startsWith('-') || token === '-' || token === '--') throw invalid('argument', token, 'unexpected positional argument');
-    const body = token.replace(/^--?/, '');
-    const eq = body.indexOf('=');
-    const rawName = eq === -1 ? body : body.slice(0, eq);
-    const spec = byName.get(rawName);
-    if (spec === undefined) throw invalid('flag', token, 'unknown flag (see --help)');
-    if (seen.has(spec.name)) throw invalid(`--${spec.name}`, token, 'given more than once');
-    seen.add(spec.name);
-    i++;
-    const vals: string[] = [];
-    if (eq !== -1) {
-      if (spec.kind === 'bool') throw invalid(`--${spec.name}`, token, 'takes no value');
-      vals.push(body.slice(eq + 1));
-    } else if (spec.kind !== 'bool') {
-      while (i < argv.length && !(argv[i].startsWith('--') || /^-[a-z]$/i.test(argv[i]))) {
-        vals.push(argv[i]);
-        i++;
-        if (spec.kind === 'string' || spec.kind === 'int') break;
-      }
-      if (vals.length === 0) throw invalid(`--${spec.name}`, '', 'needs a value');
-    }
-    values.set(spec.name, vals);
-  }
-
-  const str = (n: string): string | undefined => values.get(n)?.[0];
-  const num = (n: string): number | undefined => {
-    const v = str(n);
-    return v === undefined ? undefined : parseIntFlag(n, v);
-  };
-  const has = (n: string): boolean => values.has(n);
-
-  const pairs = (hostsFlag: string, portsFlag: string, defaultPort: number): string[] => {
-    const hosts = values.get(hostsFlag) ?? ['localhost'];
-    const ports = (values.get(portsFlag) ?? [String(defaultPort)]).map((p) => parseIntFlag(portsFlag, p));
-    if (hosts.length !== ports.length) {
-      throw new MooncakeError(
-        'INVALID_CONFIG',
-        `--${hostsFlag} has ${hosts.length} value(s) (${hosts.join(' ')}) but --${portsFlag} has ${ports.length} (${ports.join(' ')}); give one port per host`,
-        { details: { option: `--${portsFlag}`, value: ports } },
-      );
-    }
-    return hosts.map((h, k) => {
-      const p = ports[k];
-      if (p < 1 || p > 65535) throw invalid(`--${portsFlag}`, p, 'expected a port from 1 to 65535');
-      if (h === '' || /[\s/]/.test(h)) throw invalid(`--${hostsFlag}`, h, 'expected a host name or address');
-      return hostPortToUrl(h, p);
-    });
-  };
-
-  const logLevel = str('log-level') ?? 'info';
-  if (!['debug', 'info', 'warn', 'error', 'silent'].includes(logLevel)) {
-    throw invalid('--log-level', logLevel, 'expected debug, info, warn, error or silent');
-  }
-  const asPolicy = (flag: string): PolicyName | undefined => {
-    const v = str(flag);
-    if (v === undefined) return undefined;
-    return policy(`--${flag}`, v, 'round-robin');
-  };
-
-  const options: ProxyOptions = {
-    host: str('host'),
-    port: num('port') ?? DEFAULT_PROXY_PORT,
-    prefill: pairs('prefiller-hosts', 'prefiller-ports', DEFAULT_PREFILLER_PORT),
-    decode: pairs('decoder-hosts', 'decoder-ports', DEFAULT_DECODER_PORT),
-    policy: asPolicy('policy'),
-    prefillPolicy: asPolicy('prefiller-policy'),
-    decodePolicy: asPolicy('decoder-policy'),
-    healthCheck: {
-      enabled: !has('no-health-check'),
-      path: str('health-path'),
-      intervalMs: num('health-interval-ms'),
-      timeoutMs: num('health-timeout-ms'),
-      unhealthyThreshold: num('unhealthy-threshold'),
-      healthyThreshold: num('healthy-threshold'),
-    },
-    retries: { maxRetries: num('max-retries'), baseDelayMs: num('retry-delay-ms') },
-    timeouts: { connectMs: num('connect-timeout-ms'), prefillMs: num('prefill-timeout-ms'), decodeIdleMs: num('decode-timeout-ms') },
-    apiKey: str('api-key') ?? (env.OPENAI_API_KEY !== undefined && env.OPENAI_API_KEY !== '' ? env.OPENAI_API_KEY : undefined),
-    admin: !has('no-admin'),
-    adminToken: str('admin-token'),
-    maxBodyBytes: num('max-body-bytes'),
-    shutdownGraceMs: num('shutdown-grace-ms'),
-  };
-  // Validate everything now so a bad flag fails before anything listens; the messages name the option.
-  try {
-    resolveProxyOptions(options);
-  } catch (e) {
-    if (e instanceof MooncakeError) throw renameToFlag(e);
-    throw e;
-  }
-  return { help: has('help'), logLevel: logLevel as ProxyLogLevel | 'silent', options };
-}
-
-const OPTION_TO_FLAG: Record<string, string> = {
-  port: '--port',
-  host: '--host',
-  policy: '--policy',
-  prefillPolicy: '--prefiller-policy',
-  decodePolicy: '--decoder-policy',
-  'healthCheck.path': '--health-path',
-  'healthCheck.intervalMs': '--health-interval-ms',
-  'healthCheck.timeoutMs': '--health-timeout-ms',
-  'healthCheck.unhealthyThreshold': '--unhealthy-threshold',
-  'healthCheck.healthyThreshold': '--healthy-threshold',
-  'retries.maxRetries': '--max-retries',
-  'retries.baseDelayMs': '--retry-delay-ms',
-  'timeouts.connectMs': '--connect-timeout-ms',
-  'timeouts.prefillMs': '--prefill-timeout-ms',
-  'timeouts.decodeIdleMs': '--decode-timeout-ms',
-  apiKey: '--api-key',
-  adminToken: '--admin-token',
-  maxBodyBytes: '--max-body-bytes',
-  shutdownGraceMs: '--shutdown-grace-ms',
-};
-
-function renameToFlag(e: MooncakeError): MooncakeError {
-  const option = typeof e.details?.option === 'string' ? e.details.option : undefined;
-  const flag = option === undefined ? undefined : OPTION_TO_FLAG[option];
-  if (flag === undefined || option === undefined) return e;
-  return new MooncakeError('INVALID_CONFIG', flag + e.message.slice(option.length), { cause: e, details: { ...e.details, option: flag } });
 }

@@ -1,8 +1,8 @@
 /**
- * Request rewriting for prefill/decode disaggregation, as vllm-ascend's proxies do it (reference section C and
- * B.4): the prefill request is the client's body capped to one token, not streamed, with
- * `kv_transfer_params.do_remote_decode = true`; the decode request is the client's body plus the
- * `kv_transfer_params` the prefill response returned.
+ * Request rewriting for prefill/decode disaggregation, as vllm-ascend's proxies do it: the prefill request is the
+ * client's body capped to one token, not streamed, with `kv_transfer_params.do_remote_decode = true`; the decode
+ * request is the client's body plus the `kv_transfer_params` the prefill response returned. Also what the proxy
+ * reads and writes in answers (`cached_tokens`, the first choice) and the continuation after "recomputed".
  */
 
 export type JsonObject = Record<string, unknown>;
@@ -24,17 +24,78 @@ export function isJsonObject(v: unknown): v is JsonObject {
 }
 
 /**
- * The prefill request: `max_tokens: 1` (and `max_completion_tokens: 1` / `min_tokens: 1` when the client set
- * them), `stream: false`, no `stream_options`, and `kv_transfer_params` asking for a remote decode.
+ * The prefill request: `max_tokens: 1`, `min_tokens: 1` (with `alwaysMinTokens`, as vllm-ascend: otherwise a
+ * first token that is EOS makes prefill answer without kv_transfer_params and decode recomputes the whole prompt;
+ * without it, only when the client set min_tokens), `max_completion_tokens: 1` when the client set it,
+ * `stream: false`, no `stream_options`, and `kv_transfer_params` (default: asking for a remote decode).
  */
-export function buildPrefillBody(client: Readonly<JsonObject>): JsonObject {
+export function buildPrefillBody(client: Readonly<JsonObject>, alwaysMinTokens = true, kvTransferParams: JsonObject = prefillKvTransferParams()): JsonObject {
   const body: JsonObject = { ...client };
   body.max_tokens = 1;
+  if (alwaysMinTokens || 'min_tokens' in body) body.min_tokens = 1;
   if ('max_completion_tokens' in body) body.max_completion_tokens = 1;
-  if ('min_tokens' in body) body.min_tokens = 1;
   body.stream = false;
   delete body.stream_options;
-  body.kv_transfer_params = prefillKvTransferParams();
+  body.kv_transfer_params = kvTransferParams;
+  return body;
+}
+
+/**
+ * The `prompt_tokens_details.cached_tokens` of a prefill answer (0 when it has none, as vllm-ascend's proxy
+ * counts it), or undefined when the answer is not an object.
+ */
+export function cachedTokensOf(prefillResponse: unknown): number | undefined {
+  if (!isJsonObject(prefillResponse)) return undefined;
+  const usage = prefillResponse.usage;
+  const details = isJsonObject(usage) ? usage.prompt_tokens_details : undefined;
+  const cached = isJsonObject(details) ? details.cached_tokens : undefined;
+  return typeof cached === 'number' && Number.isInteger(cached) ? cached : 0;
+}
+
+/** Writes `cached` into a response object's `usage.prompt_tokens_details.cached_tokens`. False when it has no usage. */
+export function setCachedTokens(response: JsonObject, cached: number): boolean {
+  const usage = response.usage;
+  if (!isJsonObject(usage)) return false;
+  const details = isJsonObject(usage.prompt_tokens_details) ? usage.prompt_tokens_details : {};
+  details.cached_tokens = cached;
+  usage.prompt_tokens_details = details;
+  return true;
+}
+
+/** The first choice of a completion (or chunk), its text so far, and its stop_reason. */
+export function firstChoice(response: unknown): { text: string; stopReason: unknown; choice: JsonObject } | undefined {
+  if (!isJsonObject(response) || !Array.isArray(response.choices) || !isJsonObject(response.choices[0])) return undefined;
+  const choice = response.choices[0];
+  const delta = isJsonObject(choice.delta) ? choice.delta : undefined;
+  const message = isJsonObject(choice.message) ? choice.message : undefined;
+  const pick = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+  const text = pick(delta?.content) ?? pick(message?.content) ?? pick(choice.text) ?? '';
+  return { text, stopReason: choice.stop_reason, choice };
+}
+
+/**
+ * The request that continues a generation decode gave up on (`stop_reason: "recomputed"`): the text generated so
+ * far joins the prompt and the output budget shrinks by the tokens spent (vllm-ascend's formula: the budget minus
+ * the completion tokens counted, plus one per re-dispatch). A completion prompt that is a string gets the text
+ * appended; a chat continues from an assistant message with vLLM's `continue_final_message`. Undefined when the
+ * prompt cannot be continued as text (token ids, several prompts).
+ */
+export function continuedRequest(original: Readonly<JsonObject>, generated: string, tokensCounted: number, redispatches: number): JsonObject | undefined {
+  const body: JsonObject = { ...original };
+  if (typeof original.prompt === 'string') body.prompt = original.prompt + generated;
+  else if (Array.isArray(original.messages) && original.prompt === undefined) {
+    const messages = original.messages.map((m) => (isJsonObject(m) ? { ...m } : m));
+    const last = messages[messages.length - 1];
+    if (original.continue_final_message === true && isJsonObject(last) && typeof last.content === 'string') last.content += generated;
+    else messages.push({ role: 'assistant', content: generated });
+    body.messages = messages;
+    body.continue_final_message = true;
+    body.add_generation_prompt = false;
+  } else return undefined;
+  for (const key of ['max_tokens', 'max_completion_tokens'] as const) {
+    const v = original[key];
+    if (typeof v === 'number' && Number.isInteger(v)) body[key] = Math.max(1, v - tokensCounted + redispatches);
+  }
   return body;
 }
 

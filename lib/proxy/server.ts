@@ -1,29 +1,25 @@
 /**
- * createProxy(): the OpenAI-compatible prefill/decode router.
+ * createProxy(): the OpenAI-compatible prefill/decode router, as vllm-ascend's load-balancing proxy behaves.
  *
  *   client ── POST /v1/(chat/)completions ──▶ proxy ── max_tokens=1, do_remote_decode ──▶ prefill
  *                                              proxy ◀── JSON with kv_transfer_params ─── prefill
  *                                              proxy ── client body + kv_transfer_params ─▶ decode
- *   client ◀──────── decode bytes (SSE or JSON), passed through unchanged ───────────────── decode
+ *   client ◀──────── decode's answer (SSE or JSON; cached_tokens filled in) ─────────────── decode
+ *
+ * That is the 'pull' mode; the request flows live in modes.ts, one request's course in completion.ts. This file
+ * is the server: lifecycle, routing, the instance pools and the other endpoints.
  */
 import { randomUUID, timingSafeEqual } from 'node:crypto';
 import * as http from 'node:http';
 import { MooncakeError } from '../errors';
+import { runCompletion, type CompletionContext, type CompletionDeps, type CompletionMode } from './completion';
 import { readBody, relay, sendUpstream, withRetries, type Routed } from './forward';
 import { HealthChecker, Instance, InstancePool, type InstanceSnapshot } from './instances';
 import { ProxyMetrics, type EndpointLabel, type ProxyCounters } from './metrics';
 import { ROLES, normalizeInstanceUrl, resolveProxyOptions, type ProxyOptions, type ResolvedProxyOptions, type Role } from './options';
+import { LayerwiseMode, PullMode } from './modes';
 import { createPolicy } from './policies';
-import {
-  buildDecodeBody,
-  buildPrefillBody,
-  clientResponseHeaders,
-  estimatePromptTokens,
-  isJsonObject,
-  requestedOutputTokens,
-  upstreamRequestHeaders,
-  type JsonObject,
-} from './rewrite';
+import { clientResponseHeaders, estimatePromptTokens, isJsonObject, requestedOutputTokens, upstreamRequestHeaders, type JsonObject } from './rewrite';
 
 export interface ProxyAddress {
   host: string;
@@ -69,7 +65,10 @@ export function createProxy(options: ProxyOptions): PdProxy {
 }
 
 const COMPLETION_PATHS = new Set(['/v1/completions', '/v1/chat/completions']);
-const KNOWN_ENDPOINTS = new Set<string>(['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthcheck', '/metrics', '/admin/instances']);
+const KNOWN_ENDPOINTS = new Set<string>(['/v1/completions', '/v1/chat/completions', '/v1/models', '/healthcheck', '/metrics', '/admin/instances', '/reset_prefix_cache', '/v1/metaserver']);
+
+/** How long one instance may take to answer a fanned-out /reset_prefix_cache. */
+const RESET_TIMEOUT_MS = 60_000;
 
 function errorBody(status: number, message: string, type: string): Buffer {
   return Buffer.from(JSON.stringify({ error: { message, type, param: null, code: status } }));
@@ -124,6 +123,9 @@ class ProxyServer implements PdProxy {
   private closing: Promise<void> | undefined;
   private cutGrace: (() => void) | undefined;
   private graceCut = false;
+  private readonly deps: CompletionDeps;
+  private readonly mode: CompletionMode;
+  private readonly layerwise: LayerwiseMode | undefined;
 
   constructor(private readonly o: ResolvedProxyOptions) {
     this.agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024, scheduling: 'lifo', timeout: 4000 });
@@ -134,6 +136,16 @@ class ProxyServer implements PdProxy {
     for (const url of o.prefill) this.pools.prefill.add(url);
     for (const url of o.decode) this.pools.decode.add(url);
     this.health = new HealthChecker([this.pools.prefill, this.pools.decode], o.healthCheck, this.agent);
+    this.deps = {
+      o,
+      agent: this.agent,
+      pools: this.pools,
+      metrics: this.metrics,
+      onRetry: (role, inst, e, requestId) => this.onRetry(role, inst, e, requestId),
+      upstreamFailure: (res, role, e, requestId) => this.upstreamFailure(res, role, e, requestId),
+    };
+    this.layerwise = o.mode === 'layerwise' ? new LayerwiseMode(this.deps, () => this.metaserverUrl()) : undefined;
+    this.mode = this.layerwise ?? new PullMode(this.deps);
     this.server = http.createServer((req, res) => this.route(req, res));
     this.server.on('clientError', (_err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
@@ -279,6 +291,8 @@ class ProxyServer implements PdProxy {
     else if (path === '/healthcheck') work = Promise.resolve(this.healthcheck(req, res));
     else if (path === '/metrics') work = Promise.resolve(this.metricsEndpoint(req, res));
     else if (path === '/admin/instances' && this.o.admin) work = this.admin(req, res);
+    else if (path === '/reset_prefix_cache' && this.o.resetPrefixCache) work = this.resetPrefixCache(req, res);
+    else if (path === '/v1/metaserver' && this.layerwise !== undefined) work = this.metaserver(req, res);
     else work = Promise.resolve(this.sendError(res, 404, `no route for ${req.method ?? 'GET'} ${path}`));
     work.catch((e: unknown) => {
       this.o.log('error', `unexpected proxy failure: ${e instanceof Error ? e.message : String(e)}`, { path });
@@ -373,135 +387,53 @@ class ProxyServer implements PdProxy {
       const status = res.writableFinished || ex.upstreamFailed ? res.statusCode : 499;
       this.o.log('debug', `${path} ${status} in ${ms.toFixed(1)} ms`, { requestId, ...route });
     });
-    const headers: http.OutgoingHttpHeaders = upstreamRequestHeaders(req.headers);
-    headers['x-request-id'] = requestId;
-    headers['content-type'] = 'application/json'; // the proxy re-serialises the body as JSON
-    if (headers.authorization === undefined && this.o.apiKey !== undefined) headers.authorization = `Bearer ${this.o.apiKey}`;
-
     let promptTokens = 0;
     try {
       promptTokens = Math.max(0, Math.floor((this.o.estimateTokens ?? estimatePromptTokens)(body)) || 0);
     } catch (e) {
       this.o.log('warn', `estimateTokens threw: ${e instanceof Error ? e.message : String(e)}`);
     }
-    const decodeTokens = promptTokens + requestedOutputTokens(body);
-
-    // ---- prefill: whole response within timeouts.prefillMs (a timeout ends the whole request with 504)
-    const prefillStarted = process.hrtime.bigint();
-    const timer = setTimeout(
-      () => ctrl.abort(new MooncakeError('TIMEOUT', `prefill did not answer within ${this.o.timeouts.prefillMs} ms`, { details: { role: 'prefill' } })),
-      this.o.timeouts.prefillMs,
-    );
-    const prefillPayload = Buffer.from(JSON.stringify(buildPrefillBody(body)));
-    let prefill: Routed<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }>;
-    try {
-      prefill = await withRetries(
-        this.pools.prefill,
-        promptTokens,
-        this.o.retries,
-        signal,
-        async (inst) => {
-          const up = await sendUpstream({
-            agent: this.agent,
-            origin: inst.url,
-            method: 'POST',
-            path,
-            headers: { ...headers, accept: 'application/json', 'accept-encoding': 'identity' },
-            body: prefillPayload,
-            signal,
-            connectTimeoutMs: this.o.timeouts.connectMs,
-            idleTimeoutMs: 0,
-          });
-          const buf = await readBody(up, this.o.maxPrefillResponseBytes, `prefill response from ${inst.url}`);
-          return { status: up.statusCode ?? 502, headers: up.headers, body: buf };
-        },
-        (inst, e) => this.onRetry('prefill', inst, e, requestId),
-      );
-    } catch (e) {
-      clearTimeout(timer);
-      this.upstreamFailure(res, 'prefill', signal.aborted ? signal.reason : e, requestId);
-      return;
-    }
-    clearTimeout(timer);
-    prefill.instance.release(promptTokens);
-    route.prefill = prefill.instance.url;
-    this.metrics.prefillDuration.observe(Number(process.hrtime.bigint() - prefillStarted) / 1e9);
-
-    const p = prefill.result;
-    if (p.status < 200 || p.status >= 300) {
-      // The prefill instance refused the request (bad request, overload...): the client gets its answer as is.
-      this.o.log('warn', `prefill ${prefill.instance.url} answered ${p.status}`, { requestId });
-      const ct = p.headers['content-type'];
-      this.send(res, p.status, p.body, { 'content-type': ct ?? 'application/json', 'x-request-id': requestId });
-      return;
-    }
-    let prefillJson: unknown;
-    try {
-      prefillJson = JSON.parse(p.body.toString('utf8'));
-    } catch {
-      this.sendError(res, 502, `prefill instance ${prefill.instance.url} returned a body that is not JSON`, { 'x-request-id': requestId });
-      return;
-    }
-
-    // ---- decode: stream the answer back byte for byte
-    const decodePayload = Buffer.from(JSON.stringify(buildDecodeBody(body, prefillJson)));
-    let lateError: unknown;
-    let decode: Routed<http.IncomingMessage>;
-    try {
-      decode = await withRetries(
-        this.pools.decode,
-        decodeTokens,
-        this.o.retries,
-        signal,
-        (inst) =>
-          sendUpstream({
-            agent: this.agent,
-            origin: inst.url,
-            method: 'POST',
-            path,
-            headers,
-            body: decodePayload,
-            signal,
-            connectTimeoutMs: this.o.timeouts.connectMs,
-            idleTimeoutMs: this.o.timeouts.decodeIdleMs,
-            onLateError: (e) => {
-              lateError = e;
-            },
-          }),
-        (inst, e) => this.onRetry('decode', inst, e, requestId),
-      );
-    } catch (e) {
-      this.upstreamFailure(res, 'decode', e, requestId);
-      return;
-    }
-    const up = decode.result;
-    const inst = decode.instance;
-    route.decode = inst.url;
-    let released = false;
-    const release = (): void => {
-      if (released) return;
-      released = true;
-      inst.release(decodeTokens);
+    const ctx: CompletionContext = {
+      path,
+      body,
+      requestId,
+      headers: this.upstreamHeaders(req),
+      promptTokens,
+      decodeTokens: promptTokens + requestedOutputTokens(body),
+      signal,
+      fail: (reason) => ctrl.abort(reason),
+      res,
+      route,
+      markUpstreamFailed: () => {
+        ex.upstreamFailed = true;
+      },
     };
-    up.once('close', release);
-    const out = clientResponseHeaders(up.headers);
-    out['x-request-id'] = requestId;
-    res.writeHead(up.statusCode ?? 502, out);
-    // A stream (no content-length) gets its headers at once; a sized body goes out with them in one write.
-    if (up.headers['content-length'] === undefined) res.flushHeaders();
-    await relay(up, res, (e) => {
-      if (signal.aborted) return; // the client went away or the proxy is closing
-      ex.upstreamFailed = true;
-      const why = lateError ?? e;
-      if (why instanceof MooncakeError && why.code === 'TIMEOUT') this.metrics.timeouts.decode++;
-      this.o.log('warn', `decode ${inst.url} failed mid-response: ${why instanceof Error ? why.message : String(why)}`, { requestId });
-    });
-    release();
+    await runCompletion(this.deps, this.mode, ctx);
+  }
+
+  /**
+   * Headers for an upstream request: the client's (minus hop-by-hop ones), JSON, and the API key: with
+   * `authorization: 'api-key'` (default, as vllm-ascend) it replaces the client's Authorization; with 'client'
+   * it is sent only when the client sent none.
+   */
+  private upstreamHeaders(req: http.IncomingMessage): http.OutgoingHttpHeaders {
+    const headers: http.OutgoingHttpHeaders = upstreamRequestHeaders(req.headers);
+    headers['content-type'] = 'application/json'; // the proxy re-serialises the body as JSON
+    if (this.o.apiKey !== undefined && (this.o.authorization === 'api-key' || headers.authorization === undefined)) {
+      headers.authorization = `Bearer ${this.o.apiKey}`;
+    }
+    return headers;
+  }
+
+  /** Where layerwise decode instances post their params. */
+  private metaserverUrl(): string {
+    if (this.o.metaserverUrl !== undefined) return this.o.metaserverUrl;
+    return `${this.bound?.url ?? `http://${this.o.host}:${this.o.port}`}/v1/metaserver`;
   }
 
   private onRetry(role: Role, inst: Instance, e: MooncakeError, requestId: string): void {
     this.metrics.retries[role]++;
-    this.o.log('warn', `${role} ${inst.url} failed (${e.message}); retrying on another instance`, { requestId });
+    this.o.log('warn', `${role} ${inst.url} failed (${e.message}); retrying`, { requestId });
   }
 
   /** Answers the client after an upstream failure that happened before any response byte was sent. */
@@ -535,8 +467,8 @@ class ProxyServer implements PdProxy {
       if (!res.writableFinished) ctrl.abort(new MooncakeError('ABORT_ERR', 'the client disconnected'));
     });
     const pool = this.pools.decode.size > 0 ? this.pools.decode : this.pools.prefill;
-    const headers: http.OutgoingHttpHeaders = upstreamRequestHeaders(req.headers);
-    if (headers.authorization === undefined && this.o.apiKey !== undefined) headers.authorization = `Bearer ${this.o.apiKey}`;
+    const headers = this.upstreamHeaders(req);
+    delete headers['content-type'];
     let routed: Routed<http.IncomingMessage>;
     try {
       routed = await withRetries(pool, 0, this.o.retries, ctrl.signal, (inst) =>
@@ -584,15 +516,63 @@ class ProxyServer implements PdProxy {
    *   DELETE {role, url} | {role, instances} or ?role=&url= → 200 {removed: [...]} (404 not present)
    * `type` is accepted for `role` (vllm-ascend's load balancer uses {type, instances}).
    */
-  private async admin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    if (this.o.adminToken !== undefined) {
-      const auth = req.headers.authorization;
-      const given = typeof req.headers['x-admin-token'] === 'string' ? req.headers['x-admin-token'] : typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice(7) : '';
-      if (!safeEqual(given, this.o.adminToken)) {
-        req.resume();
-        return this.sendError(res, 401, 'admin token missing or wrong', { 'www-authenticate': 'Bearer' });
-      }
+  /** With `adminToken` set, answers 401 itself and returns false unless the request carries the token. */
+  private adminAllowed(req: http.IncomingMessage, res: http.ServerResponse): boolean {
+    if (this.o.adminToken === undefined) return true;
+    const auth = req.headers.authorization;
+    const given = typeof req.headers['x-admin-token'] === 'string' ? req.headers['x-admin-token'] : typeof auth === 'string' && auth.startsWith('Bearer ') ? auth.slice(7) : '';
+    if (safeEqual(given, this.o.adminToken)) return true;
+    req.resume();
+    this.sendError(res, 401, 'admin token missing or wrong', { 'www-authenticate': 'Bearer' });
+    return false;
+  }
+
+  /**
+   * POST /reset_prefix_cache: sent on (with its query string) to every prefill and decode instance at once, as
+   * vllm-ascend's proxy does. 200 `{"reset": [...]}` when each answered 2xx; 500 `{"failed": [...], "reset":
+   * [...]}` otherwise.
+   */
+  private async resetPrefixCache(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (!this.adminAllowed(req, res)) return;
+    req.resume();
+    if (req.method !== 'POST') return this.methodNotAllowed(res, req.method, 'POST');
+    const query = (req.url ?? '').includes('?') ? (req.url ?? '').slice((req.url ?? '').indexOf('?')) : '';
+    const headers = this.upstreamHeaders(req);
+    delete headers['content-type'];
+    const instances = [...this.pools.prefill.all(), ...this.pools.decode.all()];
+    const results = await Promise.all(
+      instances.map(async (inst) => {
+        const signal = AbortSignal.timeout(RESET_TIMEOUT_MS);
+        try {
+          const up = await sendUpstream({ agent: this.agent, origin: inst.url, method: 'POST', path: `/reset_prefix_cache${query}`, headers, signal, connectTimeoutMs: this.o.timeouts.connectMs, idleTimeoutMs: RESET_TIMEOUT_MS });
+          await readBody(up, 1 << 20, `reset_prefix_cache answer from ${inst.url}`);
+          const ok = (up.statusCode ?? 500) < 300;
+          if (!ok) this.o.log('warn', `reset_prefix_cache on ${inst.url} answered ${up.statusCode}`);
+          return { url: inst.url, ok };
+        } catch (e) {
+          this.o.log('warn', `reset_prefix_cache on ${inst.url} failed: ${e instanceof Error ? e.message : String(e)}`);
+          return { url: inst.url, ok: false };
+        }
+      }),
+    );
+    const failed = results.filter((r) => !r.ok).map((r) => r.url);
+    const reset = results.filter((r) => r.ok).map((r) => r.url);
+    this.send(res, failed.length === 0 ? 200 : 500, JSON.stringify(failed.length === 0 ? { reset } : { failed, reset }));
+  }
+
+  /** POST /v1/metaserver (layerwise mode): decode's kv_transfer_params for a request; see LayerwiseMode. */
+  private async metaserver(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (req.method !== 'POST') {
+      req.resume();
+      return this.methodNotAllowed(res, req.method, 'POST');
     }
+    const params = await this.jsonBody(req, res, true);
+    if (params === undefined || params === null) return;
+    await this.layerwise!.metaserver(params, (status, body) => this.send(res, status, JSON.stringify(body)));
+  }
+
+  private async admin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    if (!this.adminAllowed(req, res)) return;
     const method = req.method ?? 'GET';
     if (method === 'GET') {
       req.resume();

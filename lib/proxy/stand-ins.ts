@@ -1,14 +1,16 @@
 /**
  * STAND-INS, not inference servers: tiny in-process OpenAI-compatible HTTP servers that play a vLLM prefill or
  * decode instance for the proxy's tests and benchmark. They generate deterministic text, answer prefill requests
- * with `kv_transfer_params` the way vLLM's Mooncake connector does (reference B.4), record every request and
- * the exact bytes of every response, and can misbehave on demand (error status, hang, drop the connection,
- * stall mid-stream, stream a large body).
+ * with `kv_transfer_params` the way vLLM's Mooncake connector does, report `cached_tokens` when asked, serve
+ * `/reset_prefix_cache`, play a layerwise decode (POST their params to the proxy's metaserver, then wait for
+ * its answer before generating), record every request and the exact bytes of every response, and misbehave on
+ * demand (error status, hang, drop the connection, stall mid-stream, stream a large body, give up with
+ * `stop_reason: "recomputed"`).
  */
-import { createHash, type Hash } from 'node:crypto';
 import * as http from 'node:http';
 import type { Role } from './options';
 import { isJsonObject, type JsonObject } from './rewrite';
+import { Recorder, sleep } from './stand-in-recorder';
 
 /** One completion request a stand-in received, and what it answered. */
 export interface StandInRequest {
@@ -49,7 +51,9 @@ export type StandInBehavior =
   /** Send the headers and `events` SSE events of a stream, then go silent. */
   | { kind: 'stall'; events: number }
   /** Stream `totalBytes` of text/plain in `chunkBytes` pieces, honouring backpressure. */
-  | { kind: 'bulk'; totalBytes: number; chunkBytes?: number };
+  | { kind: 'bulk'; totalBytes: number; chunkBytes?: number }
+  /** Generate `after` tokens, then give up as a preempted vllm-ascend decode does: `stop_reason: "recomputed"`. */
+  | { kind: 'recompute'; after: number };
 
 export interface StandInOptions {
   role: Role;
@@ -67,6 +71,10 @@ export interface StandInOptions {
   behavior?: (req: StandInRequest) => StandInBehavior | undefined;
   /** Keep requests in `requests` and hash responses (default true; the benchmark turns it off). */
   record?: boolean;
+  /** Prefill: the `usage.prompt_tokens_details.cached_tokens` it reports (default: no prompt_tokens_details). */
+  cachedTokens?: number;
+  /** What POST /reset_prefix_cache answers (default 200). */
+  resetStatus?: number;
   /**
    * Write each SSE event in two pieces cut in the middle, so chunk boundaries fall inside events and UTF-8
    * characters (default true; the benchmark writes one chunk per event, as vLLM does).
@@ -84,6 +92,10 @@ export interface StandIn {
   readonly requests: StandInRequest[];
   /** GET /health requests received. */
   healthChecks: number;
+  /** POST /reset_prefix_cache requests received: their query strings ('' when none) and headers. */
+  readonly resets: { query: string; headers: http.IncomingHttpHeaders }[];
+  /** Layerwise decode: what each POST to the metaserver sent and got back. */
+  readonly metaserverPosts: { params: JsonObject; status: number; answer: string }[];
   /** What GET /health answers: 200 when true, 503 when false. */
   healthy: boolean;
   behavior: ((req: StandInRequest) => StandInBehavior | undefined) | undefined;
@@ -92,8 +104,6 @@ export interface StandIn {
   /** Closes the server and every connection. Idempotent. */
   close(): Promise<void>;
 }
-
-const KEEP_LIMIT = 1024 * 1024;
 
 /** The deterministic text of token `i`; it mixes 1-, 2-, 3- and 4-byte UTF-8 so chunk splits cut characters. */
 export function standInToken(i: number): string {
@@ -112,44 +122,19 @@ function promptTokensOf(body: JsonObject | undefined): number {
   return Math.max(1, Math.ceil(Buffer.byteLength(text) / 4));
 }
 
-class Recorder {
-  private readonly hash: Hash | undefined;
-  private kept: Buffer[] = [];
-  private keptBytes = 0;
-
-  constructor(private readonly rec: StandInRequest, private readonly enabled: boolean) {
-    this.hash = enabled ? createHash('sha256') : undefined;
-  }
-
-  add(chunk: Buffer): void {
-    this.rec.bytesSent += chunk.length;
-    if (this.hash === undefined) return;
-    this.hash.update(chunk);
-    if (this.keptBytes + chunk.length <= KEEP_LIMIT) {
-      this.kept.push(chunk);
-      this.keptBytes += chunk.length;
-    } else {
-      this.kept = [];
-      this.keptBytes = KEEP_LIMIT + 1;
-    }
-  }
-
-  /** Publishes the bytes kept so far on the record. */
-  flush(): void {
-    if (!this.enabled) return;
-    this.rec.sent = this.keptBytes <= KEEP_LIMIT ? Buffer.concat(this.kept) : undefined;
-  }
-
-  finish(): void {
-    this.rec.finished = true;
-    if (this.hash === undefined) return;
-    this.flush();
-    this.rec.sha256 = this.hash.digest('hex');
-  }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => (ms > 0 ? setTimeout(r, ms) : setImmediate(r)));
+/** POSTs JSON to `url` (the proxy's metaserver); resolves with the status and body (status 0 when unreachable). */
+function postMetaserver(url: string, params: JsonObject): Promise<{ params: JsonObject; status: number; answer: string }> {
+  return new Promise((resolve) => {
+    const body = Buffer.from(JSON.stringify(params));
+    const req = http.request(url, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': body.length }, agent: false }, (res) => {
+      let answer = '';
+      res.on('data', (d: Buffer) => (answer += d.toString()));
+      res.on('end', () => resolve({ params, status: res.statusCode ?? 0, answer }));
+      res.on('error', () => resolve({ params, status: 0, answer }));
+    });
+    req.on('error', (e) => resolve({ params, status: 0, answer: e.message }));
+    req.end(body);
+  });
 }
 
 /** Starts a stand-in prefill or decode server on 127.0.0.1. */
@@ -235,11 +220,24 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
         break;
     }
 
-    const tokens = role === 'prefill' && body?.max_tokens === 1 ? 1 : maxTokensOf(body, defaultMaxTokens);
-    const promptTokens = promptTokensOf(body);
-    const usage = { prompt_tokens: promptTokens, completion_tokens: tokens, total_tokens: promptTokens + tokens };
     const kvIn = isJsonObject(body?.kv_transfer_params) ? body.kv_transfer_params : undefined;
-    // What vLLM's Mooncake connector returns from a prefill asked for a remote decode (reference B.4).
+    // A layerwise decode tells the proxy's metaserver where its KV goes, and waits for the prefill it triggers.
+    if (role === 'decode' && kvIn?.do_remote_prefill === true && typeof kvIn.metaserver === 'string') {
+      const children = Array.isArray(body?.prompt) && typeof body.prompt[0] !== 'number' ? body.prompt.length : 1;
+      const answers = await Promise.all(
+        Array.from({ length: children }, (_, i) => postMetaserver(kvIn.metaserver as string, { request_id: chat ? `chatcmpl-${rid}` : `cmpl-${rid}-${i}`, do_remote_prefill: false, do_remote_decode: true, remote_host: '127.0.0.1', remote_port: port, remote_tp_size: 1, remote_cached_tokens: 0 })),
+      );
+      standIn.metaserverPosts.push(...answers);
+      // Without its KV a real decode would wait for ever: so does this one, until the proxy gives up on it.
+      if (answers.some((a) => a.status !== 200) || res.destroyed) return;
+    }
+    const tokens = role === 'prefill' && body?.max_tokens === 1 ? 1 : behavior.kind === 'recompute' ? behavior.after + 1 : maxTokensOf(body, defaultMaxTokens);
+    const promptTokens = promptTokensOf(body);
+    const usage: JsonObject = { prompt_tokens: promptTokens, completion_tokens: tokens, total_tokens: promptTokens + tokens };
+    if (role === 'prefill' && options.cachedTokens !== undefined) usage.prompt_tokens_details = { cached_tokens: options.cachedTokens };
+    // The last token of a "recomputed" answer is where decode gave up: it carries stop_reason "recomputed".
+    const finish = (i: number): JsonObject => (behavior.kind === 'recompute' && i === tokens - 1 ? { finish_reason: 'stop', stop_reason: 'recomputed' } : { finish_reason: 'length' });
+    // What vLLM's Mooncake connector returns from a prefill asked for a remote decode.
     const kvOut =
       role === 'prefill' && kvIn?.do_remote_decode === true
         ? {
@@ -257,8 +255,8 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
       let text = '';
       for (let i = 0; i < tokens; i++) text += standInToken(i);
       const choice = chat
-        ? { index: 0, message: { role: 'assistant', content: text }, finish_reason: 'length' }
-        : { index: 0, text, logprobs: null, finish_reason: 'length' };
+        ? { index: 0, message: { role: 'assistant', content: text }, ...finish(tokens - 1) }
+        : { index: 0, text, logprobs: null, ...finish(tokens - 1) };
       const out: JsonObject = { id, object: chat ? 'chat.completion' : 'text_completion', created: 0, model, choices: [choice], usage };
       if (kvOut !== undefined) out.kv_transfer_params = kvOut;
       send(200, JSON.stringify(out));
@@ -270,9 +268,10 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     res.flushHeaders();
     const event = (payload: JsonObject | string): Buffer => Buffer.from(`data: ${typeof payload === 'string' ? payload : JSON.stringify(payload)}\n\n`);
     const chunkOf = (i: number, last: boolean): JsonObject => {
+      const end = last ? finish(i) : { finish_reason: null };
       const choice = chat
-        ? { index: 0, delta: i === 0 ? { role: 'assistant', content: standInToken(i) } : { content: standInToken(i) }, finish_reason: last ? 'length' : null }
-        : { index: 0, text: standInToken(i), logprobs: null, finish_reason: last ? 'length' : null };
+        ? { index: 0, delta: i === 0 ? { role: 'assistant', content: standInToken(i) } : { content: standInToken(i) }, ...end }
+        : { index: 0, text: standInToken(i), logprobs: null, ...end };
       return { id, object: chat ? 'chat.completion.chunk' : 'text_completion', created: 0, model, choices: [choice] };
     };
     const events: Buffer[] = [];
@@ -304,6 +303,14 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
       standIn.healthChecks++;
       req.resume();
       res.writeHead(standIn.healthy ? 200 : 503, { 'content-length': 0 });
+      res.end();
+      return;
+    }
+    if (req.method === 'POST' && path === '/reset_prefix_cache') {
+      req.resume();
+      const q = (req.url ?? '').indexOf('?');
+      standIn.resets.push({ query: q === -1 ? '' : (req.url ?? '').slice(q), headers: req.headers });
+      res.writeHead(options.resetStatus ?? 200, { 'content-length': 0 });
       res.end();
       return;
     }
@@ -382,6 +389,8 @@ export async function startStandIn(options: StandInOptions): Promise<StandIn> {
     url: `http://127.0.0.1:${port}`,
     requests,
     healthChecks: 0,
+    resets: [],
+    metaserverPosts: [],
     healthy: true,
     behavior: options.behavior,
     inFlight: () => active,

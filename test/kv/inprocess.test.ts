@@ -1,5 +1,4 @@
 // Producers and consumers in this process (fast feedback); the multi-process suites cover real deployments.
-import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, TransferEngine } from '../../lib';
 import {
@@ -13,29 +12,11 @@ import {
   type KvLayoutSpec,
   type KvRelease,
 } from '../../lib/kv';
+import { freePortRange } from '../helpers/ports';
 
 const common = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' };
 
-/** A base port with `n` consecutive free ports after it (probed, then released). */
-async function freePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 10000);
-    const servers: net.Server[] = [];
-    try {
-      for (let i = 0; i < n; i++) {
-        const s = net.createServer();
-        await new Promise<void>((resolve, reject) => s.once('error', reject).listen(base + i, '127.0.0.1', () => resolve()));
-        servers.push(s);
-      }
-      return base;
-    } catch {
-      /* taken: try another base */
-    } finally {
-      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-    }
-  }
-  throw new Error('no free port range');
-}
+const freePorts = freePortRange;
 
 describe('KV in one process (tp 2 → tp 1, GQA)', () => {
   let meta: MetadataServer;

@@ -4,8 +4,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
+import { METADATA_SERVER_USAGE, runMetadataServerCommand } from '../../lib/metadata/command';
 import type { ListenInfo } from '../../lib/metadata/server';
-import { METADATA_SERVER_USAGE, runMetadataServerCommand } from '../../lib/metadata/server-cli';
 import { escapeKeyForUrl } from '../../lib/metadata/keys';
 import { rawRequest } from '../helpers/raw-http';
 import { stopProcess } from '../helpers/server-process';
@@ -86,9 +86,10 @@ describe('runMetadataServerCommand (in process)', () => {
     const out: string[] = [];
     await runMetadataServerCommand(['--help'], { stdout: (l) => out.push(l) });
     expect(out.join('\n')).toBe(METADATA_SERVER_USAGE);
-    await expect(runMetadataServerCommand(['--port', 'x'])).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: /--port must be an integer/ });
+    await expect(runMetadataServerCommand(['--port', 'x'])).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: '--port="x": expected an integer' });
     await expect(runMetadataServerCommand(['--port', '70000'])).rejects.toMatchObject({ code: 'INVALID_CONFIG' });
-    await expect(runMetadataServerCommand(['--bogus'])).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: /Usage: mooncake-node metadata-server/ });
+    // One line naming the flag, no usage dump.
+    await expect(runMetadataServerCommand(['--bogus'])).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: "--bogus: unknown option for 'metadata-server' (see 'mooncake-node metadata-server --help')" });
     await expect(runMetadataServerCommand(['--ttl-ms', '-5'])).rejects.toMatchObject({ code: 'INVALID_CONFIG' });
   });
 
@@ -116,13 +117,13 @@ describe('runMetadataServerCommand (child process, real signals)', () => {
     const tsc = path.join(repoRoot, 'node_modules', 'typescript', 'bin', 'tsc');
     await promisify(execFile)(
       process.execPath,
-      [tsc, '--outDir', outDir, '--rootDir', path.join(repoRoot, 'lib'), '--module', 'commonjs', '--target', 'ES2022', '--strict', '--esModuleInterop', '--skipLibCheck', '--types', 'node', path.join(repoRoot, 'lib/metadata/server-cli.ts')],
+      [tsc, '--outDir', outDir, '--rootDir', path.join(repoRoot, 'lib'), '--module', 'commonjs', '--target', 'ES2022', '--strict', '--esModuleInterop', '--skipLibCheck', '--types', 'node', path.join(repoRoot, 'lib/metadata/command.ts')],
       { cwd: repoRoot, timeout: 120_000 },
     );
     runner = path.join(outDir, 'runner.js');
     fs.writeFileSync(
       runner,
-      `require(${JSON.stringify(path.join(outDir, 'metadata', 'server-cli.js'))}).runMetadataServerCommand(process.argv.slice(2))` +
+      `require(${JSON.stringify(path.join(outDir, 'metadata', 'command.js'))}).runMetadataServerCommand(process.argv.slice(2))` +
         `.then(() => console.log('<clean exit>'), (e) => { console.error(e.message); process.exitCode = 2; });\n`,
     );
   }, 120_000);

@@ -1,21 +1,34 @@
-// CMakeLists.txt builds the same addon with cmake-js, and it passes a real transfer.
-import { spawnSync } from 'node:child_process';
+// The CMakeLists.txt the package ships builds the same addon with cmake-js from the files that ship (the
+// tarball unpacked: no test/ there), the addon exports Node-API's entry points only, and it passes a real
+// transfer.
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { packedTarball } from './packed';
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { inspect } = require('../../scripts/check-prebuilds.js') as { inspect(file: string): { exports: string[]; needed: string[] } };
 
 const root = path.resolve(__dirname, '..', '..');
 const out = fs.mkdtempSync(path.join(os.tmpdir(), 'mooncake-cmake-'));
 afterAll(() => fs.rmSync(out, { recursive: true, force: true }));
 
 describe('cmake-js build', () => {
-  it('compiles the addon through CMakeLists.txt and moves bytes with it', () => {
+  it('compiles the addon through the shipped CMakeLists.txt and moves bytes with it', () => {
+    const packed = packedTarball(out, 'cmake-build');
+    execFileSync('tar', ['xzf', packed.file, '-C', out]);
+    const pkgDir = path.join(out, 'package');
+    expect(fs.existsSync(path.join(pkgDir, 'test'))).toBe(false);
+    // node-addon-api is a dependency of the package; here it comes from the checkout's install.
+    fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkgDir, 'node_modules'));
     const buildDir = path.join(out, 'build');
-    const build = spawnSync(process.execPath, [path.join(root, 'node_modules/cmake-js/bin/cmake-js'), 'compile', '-O', buildDir], { cwd: root, encoding: 'utf8', timeout: 600_000 });
+    const build = spawnSync(process.execPath, [path.join(root, 'node_modules/cmake-js/bin/cmake-js'), 'compile', '-O', buildDir], { cwd: pkgDir, encoding: 'utf8', timeout: 600_000 });
     expect(build.status, build.stdout + build.stderr).toBe(0);
     const addon = path.join(buildDir, 'Release', 'mooncake_node.node');
     expect(fs.existsSync(addon)).toBe(true);
+    expect(inspect(addon).exports.sort()).toEqual(['napi_register_module_v1', 'node_api_module_get_api_version_v1']);
     const script = `
       const { TransferEngine } = require(${JSON.stringify(path.join(root, 'dist/index.js'))});
       (async () => {

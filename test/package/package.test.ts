@@ -1,84 +1,146 @@
-// The published artefact works: `npm pack` gives an installable package with types, prebuildify makes
-// prebuilds that node-gyp-build loads with no compiler step, and both ESM and CommonJS consumers work.
-import { execFileSync, spawnSync } from 'node:child_process';
+// The published artefact: what the tarball holds, and a fresh project that installs it with nothing but
+// node and npm on PATH (no compiler, make or Python), loads the prebuild and works from ESM, CommonJS and
+// TypeScript. With MOONCAKE_NODE_TARBALL (CI) the tarball is the one `npm pack` made with the portable
+// prebuilds, and their symbol baseline is checked too (test/package/packed.ts).
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  PREBUILD_FILE,
+  buildToolsOn,
+  cjsConsumer,
+  esmConsumer,
+  freshProject,
+  hostTarget,
+  installedPackages,
+  packedTarball,
+  root,
+  run,
+  tarballFiles,
+  toolchainFreeBin,
+  type Packed,
+} from './packed';
 
-const root = path.resolve(__dirname, '..', '..');
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { inspect, violations } = require('../../scripts/check-prebuilds.js') as {
+  inspect(file: string): { highest: Record<string, { version: string }> };
+  violations(info: unknown): string[];
+};
+
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mooncake-pkg-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+let packed: Packed;
+let files: string[];
+beforeAll(() => {
+  packed = packedTarball(tmp, 'package');
+  files = tarballFiles(packed.file);
+}, 300_000);
 
-function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = {}): string {
-  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 300_000 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}):\n${r.stdout}\n${r.stderr}`);
-  return r.stdout;
-}
-
-const consumerBody = (imp: string) => `${imp}
-const meta = new MetadataServer({ logger: null });
-const { url } = await meta.listen();
-const a = await TransferEngine.create({ metadataServer: url, bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
-const b = await TransferEngine.create({ metadataServer: url, bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' });
-const ra = await a.allocateManagedBuffer(1 << 20);
-const rb = await b.registerMemory(Buffer.alloc(1 << 20));
-ra.buffer.fill(42);
-const seg = await a.openSegment(b.localServerName);
-await a.write(seg, [{ local: ra, remote: seg.address(0), length: 1 << 20 }]);
-let err;
-try { await a.openSegment('missing'); } catch (e) { err = e; }
-console.log(JSON.stringify({ ok: rb.buffer.every((x) => x === 42), code: err.code, isError: err instanceof MooncakeError }));
-await a.close(); await b.close(); await meta.close();
-`;
+const expected = {
+  ok: true,
+  code: 'SEGMENT_NOT_FOUND',
+  isError: true,
+  optional: { etcd: 'MISSING_DEPENDENCY etcd3', redis: 'MISSING_DEPENDENCY redis' },
+};
 
 describe('the npm package', () => {
-  it('packs, installs from prebuilds alone, and works from ESM, CommonJS and TypeScript', () => {
-    // 1. The package as published (dist/ was built by `npm test`; scripts skipped so dist/ is untouched).
-    const tgz = run('npm', ['pack', '--ignore-scripts', '--pack-destination', tmp, '--json'], root);
-    const packed = JSON.parse(tgz) as { filename: string; files: { path: string }[] }[];
-    const files = packed[0].files.map((f) => f.path);
-    for (const f of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'dist/cli.js', 'binding.gyp', 'CMakeLists.txt', 'scripts/build-sources.js', 'native/engine/engine.h', 'native/addon/engine_wrap.cpp']) {
+  it('ships the built code, its sources and license, the native sources that build it, and prebuilds', () => {
+    for (const f of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'dist/cli.js', 'binding.gyp', 'CMakeLists.txt', 'LICENSE', 'README.md', 'scripts/build-sources.js', 'native/engine/engine.h', 'native/addon/engine_wrap.cpp', 'native/addon/exports.map', `prebuilds/${hostTarget}/${PREBUILD_FILE}`]) {
       expect(files).toContain(f);
     }
-    expect(files.some((f) => f.startsWith('test/'))).toBe(false);
+    expect(files.filter((f) => f.startsWith('test/') || f.startsWith('build/'))).toEqual([]);
+    if (packed.portable) expect(files.filter((f) => f.startsWith('prebuilds/')).sort()).toEqual([`prebuilds/linux-arm64/${PREBUILD_FILE}`, `prebuilds/linux-x64/${PREBUILD_FILE}`]);
 
-    // 2. prebuildify in an unpacked copy (never in the checkout, whose build/ other suites are using).
-    const unpack = path.join(tmp, 'unpack');
-    fs.mkdirSync(unpack);
-    execFileSync('tar', ['xzf', path.join(tmp, packed[0].filename), '-C', unpack]);
-    const pkgDir = path.join(unpack, 'package');
-    fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkgDir, 'node_modules'));
-    run(process.execPath, [path.join(root, 'node_modules/prebuildify/bin.js'), '--napi', '--strip'], pkgDir);
-    const prebuilt = fs.readdirSync(path.join(pkgDir, 'prebuilds', `${process.platform}-${process.arch}`));
-    expect(prebuilt.some((f) => f.endsWith('.node'))).toBe(true);
-    fs.rmSync(path.join(pkgDir, 'build'), { recursive: true, force: true });
-    fs.unlinkSync(path.join(pkgDir, 'node_modules'));
-    const withPrebuilds = JSON.parse(run('npm', ['pack', '--ignore-scripts', '--pack-destination', unpack, '--json'], pkgDir)) as { filename: string }[];
+    const unpack = fs.mkdtempSync(path.join(tmp, 'files-'));
+    run('tar', ['xzf', packed.file, '-C', unpack], tmp);
+    const pkg = path.join(unpack, 'package');
+    // Every source map points at files that ship.
+    const maps = files.filter((f) => f.endsWith('.js.map'));
+    expect(maps.length).toBeGreaterThan(10);
+    for (const m of maps) {
+      const map = JSON.parse(fs.readFileSync(path.join(pkg, m), 'utf8')) as { sources: string[] };
+      for (const s of map.sources) expect(files, `${m} -> ${s}`).toContain(path.posix.normalize(path.posix.join(path.posix.dirname(m), s)));
+    }
+    // @internal members stay out of the declarations.
+    expect(fs.readFileSync(path.join(pkg, 'dist/segment.d.ts'), 'utf8')).not.toMatch(/get handle\(|refresh\(|readonly owner/);
+    expect(fs.readFileSync(path.join(pkg, 'LICENSE'), 'utf8')).toContain('Apache License');
 
-    // 3. A consumer installs the tarball: node-gyp-build must find the prebuild (no build/ appears).
-    const app = path.join(tmp, 'app');
-    fs.mkdirSync(app);
-    fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, version: '1.0.0' }));
-    run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', path.join(unpack, withPrebuilds[0].filename)], app, { npm_config_build_from_source: '' });
+    const manifest = JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'), 'utf8')) as Record<string, unknown>;
+    expect(manifest.license).toBe('Apache-2.0');
+    expect(manifest.repository).toMatchObject({ type: 'git', url: expect.stringMatching(/^git\+https:\/\/github\.com\/.+\.git$/) });
+    expect(manifest.homepage).toMatch(/^https:\/\//);
+    expect(manifest.bugs).toMatchObject({ url: expect.stringMatching(/^https:\/\//) });
+    expect(Object.keys(manifest.dependencies as object).sort()).toEqual(['node-addon-api', 'node-gyp-build']);
+    expect(manifest.peerDependenciesMeta).toEqual({ etcd3: { optional: true }, redis: { optional: true } });
+    // Images on the registry page: absolute addresses (relative ones do not resolve there).
+    const images = [...fs.readFileSync(path.join(pkg, 'README.md'), 'utf8').matchAll(/!\[[^\]]*\]\(([^)\s]+)/g)].map((m) => m[1]);
+    for (const src of images) expect(src).toMatch(/^https:\/\//);
+
+    // The portable prebuilds: GLIBC at most 2.28, no libstdc++, glibc-only NEEDED, Node-API exports only.
+    if (packed.portable) {
+      for (const target of ['linux-x64', 'linux-arm64']) {
+        const file = path.join(pkg, 'prebuilds', target, PREBUILD_FILE);
+        const info = inspect(file);
+        expect(violations({ ...info, file }), target).toEqual([]);
+        expect(info.highest.GLIBC).toBeDefined();
+      }
+    }
+  });
+
+  it('installs with only node, npm and sh on PATH, loads the prebuild, and works from ESM, CommonJS and TypeScript', () => {
+    const bin = toolchainFreeBin(tmp);
+    expect(buildToolsOn(bin)).toEqual([]);
+    const env = { PATH: bin, npm_config_build_from_source: '' };
+    const app = freshProject(tmp, 'app');
+    run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', packed.file], app, env);
     const installed = path.join(app, 'node_modules', 'mooncake-node');
     expect(fs.existsSync(path.join(installed, 'build'))).toBe(false);
 
-    // 4. Consumers, with PREBUILDS_ONLY so a stray local build could not be what loads.
-    fs.writeFileSync(path.join(app, 'esm.mjs'), consumerBody("import { TransferEngine, MetadataServer, MooncakeError } from 'mooncake-node';"));
-    fs.writeFileSync(path.join(app, 'cjs.cjs'), `(async () => {\n${consumerBody("const { TransferEngine, MetadataServer, MooncakeError } = require('mooncake-node');")}\n})();`);
+    // The footprint: the package and its two small runtime dependencies; the metadata backends' clients
+    // are optional peers, installed only by those who use them.
+    const footprint = installedPackages(app);
+    console.log(`[package] install footprint: ${footprint.packages.length} packages, ${(footprint.bytes / 1e6).toFixed(1)} MB in node_modules (${footprint.packages.join(', ')})`);
+    expect(footprint.packages.map((p) => p.replace(/@[^@]+$/, ''))).toEqual(['mooncake-node', 'node-addon-api', 'node-gyp-build']);
+
+    // Consumers, with PREBUILDS_ONLY so a stray local build could not be what loads.
+    fs.writeFileSync(path.join(app, 'esm.mjs'), esmConsumer);
+    fs.writeFileSync(path.join(app, 'cjs.cjs'), cjsConsumer);
     for (const file of ['esm.mjs', 'cjs.cjs']) {
-      const out = run(process.execPath, [file], app, { PREBUILDS_ONLY: '1' });
-      expect(JSON.parse(out.trim().split('\n').pop()!)).toEqual({ ok: true, code: 'SEGMENT_NOT_FOUND', isError: true });
+      const out = JSON.parse(run(process.execPath, [file], app, { ...env, PREBUILDS_ONLY: '1' }).trim().split('\n').pop()!) as Record<string, unknown>;
+      expect(out).toEqual({ ...expected, arch: process.arch, binding: `prebuilds/${hostTarget}/${PREBUILD_FILE}` });
     }
     // ESM and CommonJS see the same classes (no dual-package hazard).
-    const same = run(process.execPath, ['--input-type=module', '-e', "import { MooncakeError } from 'mooncake-node'; import { createRequire } from 'node:module'; const r = createRequire(import.meta.url)('mooncake-node'); console.log(r.MooncakeError === MooncakeError);"], app);
+    const same = run(process.execPath, ['--input-type=module', '-e', "import { MooncakeError } from 'mooncake-node'; import { createRequire } from 'node:module'; const r = createRequire(import.meta.url)('mooncake-node'); console.log(r.MooncakeError === MooncakeError);"], app, env);
     expect(same.trim()).toBe('true');
+    // Where no prebuild matches (LIBC=musl makes node-gyp-build look for a musl binary, as on Alpine):
+    // NATIVE_LOAD_FAILED, saying what the compile fallback needs.
+    const noMatch = JSON.parse(
+      run(process.execPath, ['-e', "require('mooncake-node').TransferEngine.create({ metadataServer: 'P2PHANDSHAKE' }).then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, message: e.message })))"], app, { ...env, PREBUILDS_ONLY: '1', LIBC: 'musl' }),
+    ) as { code: string; message: string };
+    expect(noMatch.code).toBe('NATIVE_LOAD_FAILED');
+    expect(noMatch.message).toContain('glibc');
+    expect(noMatch.message).toMatch(/Python 3, make and a C\+\+17 compiler/);
     // The CLI bin is installed.
-    expect(run(path.join(app, 'node_modules/.bin/mooncake-node'), ['help'], app)).toContain('bench');
+    expect(run(path.join(app, 'node_modules/.bin/mooncake-node'), ['help'], app, env)).toContain('bench');
 
-    // 5. Types resolve for both module systems.
-    fs.writeFileSync(path.join(app, 'types.mts'), "import { TransferEngine, type TransferRequest, type ErrorCode } from 'mooncake-node';\nconst c: ErrorCode = 'TIMEOUT';\nexport async function f(): Promise<bigint> { const e = await TransferEngine.create({ metadataServer: 'P2PHANDSHAKE' }); const r: TransferRequest = { local: 1n, remote: 2n, length: 3 }; void r; void c; return (await e.allocateManagedBuffer(8)).address; }\n");
+    // Types resolve for both module systems; internal members are not part of them and fields are read-only.
+    fs.writeFileSync(
+      path.join(app, 'types.mts'),
+      [
+        "import { TransferEngine, type TransferRequest, type ErrorCode, type Segment } from 'mooncake-node';",
+        "const c: ErrorCode = 'TIMEOUT';",
+        "export async function f(): Promise<bigint> { const e = await TransferEngine.create({ metadataServer: 'P2PHANDSHAKE' }); const r: TransferRequest = { local: 1n, remote: 2n, length: 3 }; void r; void c; return (await e.allocateManagedBuffer(8)).address; }",
+        'export function g(s: Segment): number {',
+        '  // @ts-expect-error the engine handle is internal',
+        '  void s.handle;',
+        '  // @ts-expect-error a segment is read-only to callers',
+        '  s.rpcPort = 1;',
+        '  return s.buffers.length;',
+        '}',
+        '',
+      ].join('\n'),
+    );
     fs.writeFileSync(path.join(app, 'types.cts'), "import { MooncakeError, StatusCodes } from 'mooncake-node';\nexport const n: number = StatusCodes.TIMEOUT + new MooncakeError('CLOSED', 'x').status;\n");
     run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', '--lib', 'es2022,esnext.disposable', '--types', 'node', '--typeRoots', path.join(root, 'node_modules/@types'), 'types.mts', 'types.cts'], app);
   }, 600_000);

@@ -18,7 +18,7 @@ describe('runProxyCommand', () => {
     const out = sink();
     await runProxyCommand(['--help'], { stdout: out.stream });
     expect(out.text()).toMatch(/^Usage: mooncake-node proxy/);
-    expect(out.text()).toContain('--prefiller-hosts H [H ...]');
+    expect(out.text()).toContain('--prefiller-hosts | --prefiller-host H [H ...]');
   });
 
   it('rejects bad flags with INVALID_CONFIG before listening', async () => {

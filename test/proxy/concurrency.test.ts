@@ -1,6 +1,6 @@
 import * as http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Harness, request, type HttpResult, type StandInRequest } from './stand-ins';
+import { Harness, request, type HttpResult, type StandInRequest, withCachedTokens } from './stand-ins';
 
 const h = new Harness();
 afterEach(() => h.closeAll());
@@ -43,7 +43,8 @@ describe('1000 concurrent requests', () => {
       const d = dec.get(id);
       const p = pre.get(id);
       expect(d?.finished).toBe(true);
-      expect(a.body.equals(d?.sent ?? Buffer.alloc(0))).toBe(true);
+      // Streams pass byte for byte; JSON answers get prefill's cached_tokens (0) in their usage.
+      expect(a.body.equals(i % 3 === 0 ? (d?.sent ?? Buffer.alloc(0)) : withCachedTokens(d?.sent))).toBe(true);
       // The decode request carries the kv_transfer_params of this request's own prefill.
       const kv = d?.body?.kv_transfer_params as Record<string, unknown> | undefined;
       expect(kv?.remote_request_id).toBe(id);

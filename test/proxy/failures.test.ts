@@ -59,23 +59,41 @@ describe('instance down', () => {
   });
 });
 
-describe('upstream errors are answered, not retried', () => {
-  it('forwards a prefill 500 as is, without retrying and without decode', async () => {
-    const boom = { object: 'error', message: 'engine dead', type: 'InternalServerError', code: 500 };
+describe('HTTP errors: retried except 400, as vllm-ascend; the last answer is forwarded', () => {
+  const boom = { object: 'error', message: 'engine dead', type: 'InternalServerError', code: 500 };
+
+  it('retries a prefill 500 on the other instance, then forwards the last answer without calling decode', async () => {
     const a = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 500, body: boom }) });
     const b = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 500, body: boom }) });
     const decode = await h.standIn({ role: 'decode' });
-    const { proxy, addr } = await h.proxy({ prefill: [a.url, b.url], decode: [decode.url] });
+    const { proxy, addr } = await h.proxy({ prefill: [a.url, b.url], decode: [decode.url], retries: { maxRetries: 2 } });
     const r = await request(addr.url, '/v1/completions', { body: { prompt: 'a' }, headers: { 'x-request-id': 'r500' } });
     expect(r.status).toBe(500);
     expect(json(r)).toEqual(boom);
     expect(r.headers['x-request-id']).toBe('r500');
-    expect(a.requests.length + b.requests.length).toBe(1);
+    expect(a.requests.length + b.requests.length).toBe(3); // 1 + maxRetries, bounded
+    expect(a.requests.length).toBeGreaterThan(0);
+    expect(b.requests.length).toBeGreaterThan(0);
     expect(decode.requests).toHaveLength(0);
-    expect(proxy.stats().retries.prefill).toBe(0);
+    expect(proxy.stats().retries.prefill).toBe(2);
+    // An instance that answers is alive: HTTP errors do not eject it.
+    expect(proxy.instances('prefill').every((i) => i.healthy && i.connectFailures === 0)).toBe(true);
   });
 
-  it('never retries a 4xx', async () => {
+  it('a prefill 503 on one instance is retried on the next, and the request succeeds', async () => {
+    const a = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 503, body: boom }) });
+    const b = await h.standIn({ role: 'prefill' });
+    const decode = await h.standIn({ role: 'decode' });
+    const { addr } = await h.proxy({ prefill: [a.url, b.url], decode: [decode.url], policy: 'round-robin' });
+    const r = await request(addr.url, '/v1/completions', { body: { prompt: 'a', max_tokens: 2 } });
+    expect(r.status).toBe(200);
+    expect(a.requests).toHaveLength(1);
+    expect(b.requests).toHaveLength(1);
+    expect(decode.requests).toHaveLength(1);
+    expect(decode.requests[0].body?.kv_transfer_params).toMatchObject({ remote_engine_id: b.name });
+  });
+
+  it('never retries a 400', async () => {
     const bad = { object: 'error', message: 'max_tokens too large', type: 'BadRequestError', code: 400 };
     const a = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 400, body: bad }) });
     const b = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 400, body: bad }) });
@@ -88,16 +106,38 @@ describe('upstream errors are answered, not retried', () => {
     expect(decode.requests).toHaveLength(0);
   });
 
-  it('forwards a decode 500 as is, without retrying', async () => {
+  it('retries a decode 500 on the other decode instance, then forwards the last answer as it was', async () => {
     const prefill = await h.standIn({ role: 'prefill' });
     const d1 = await h.standIn({ role: 'decode', behavior: () => ({ kind: 'status', status: 500, body: 'decode broke', contentType: 'text/plain' }) });
     const d2 = await h.standIn({ role: 'decode', behavior: () => ({ kind: 'status', status: 500, body: 'decode broke', contentType: 'text/plain' }) });
-    const { addr } = await h.proxy({ prefill: [prefill.url], decode: [d1.url, d2.url] });
+    const { proxy, addr } = await h.proxy({ prefill: [prefill.url], decode: [d1.url, d2.url], retries: { maxRetries: 1 } });
     const r = await request(addr.url, '/v1/completions', { body: { prompt: 'a' } });
     expect(r.status).toBe(500);
     expect(r.text).toBe('decode broke');
     expect(r.headers['content-type']).toBe('text/plain');
-    expect(d1.requests.length + d2.requests.length).toBe(1);
+    expect(d1.requests).toHaveLength(1);
+    expect(d2.requests).toHaveLength(1);
+    expect(prefill.requests).toHaveLength(1); // the KV is where it was: only decode is tried again
+    expect(proxy.stats().retries.decode).toBe(1);
+  });
+
+  it('with retries.onHttpError false, forwards an HTTP error at once (the earlier behaviour)', async () => {
+    const a = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 500, body: boom }) });
+    const b = await h.standIn({ role: 'prefill', behavior: () => ({ kind: 'status', status: 500, body: boom }) });
+    const p2 = await h.standIn({ role: 'prefill' });
+    const d1 = await h.standIn({ role: 'decode', behavior: () => ({ kind: 'status', status: 502, body: 'bad gateway', contentType: 'text/plain' }) });
+    const d2 = await h.standIn({ role: 'decode' });
+    const first = await h.proxy({ prefill: [a.url, b.url], decode: [d2.url], retries: { onHttpError: false } });
+    const r1 = await request(first.addr.url, '/v1/completions', { body: { prompt: 'a' } });
+    expect(r1.status).toBe(500);
+    expect(a.requests.length + b.requests.length).toBe(1);
+    expect(first.proxy.stats().retries.prefill).toBe(0);
+    const second = await h.proxy({ prefill: [p2.url], decode: [d1.url, d2.url], decodePolicy: 'round-robin', retries: { onHttpError: false } });
+    const r2 = await request(second.addr.url, '/v1/completions', { body: { prompt: 'a' } });
+    expect(r2.status).toBe(502);
+    expect(r2.text).toBe('bad gateway');
+    expect(d1.requests).toHaveLength(1);
+    expect(d2.requests).toHaveLength(0);
   });
 
   it('answers 502 when prefill returns something that is not JSON', async () => {

@@ -86,12 +86,46 @@ describe('parseProxyArgs', () => {
     expect(configError(() => parseProxyArgs(['--policy', 'random'])).message).toMatch(/^--policy="random": expected one of round-robin/);
     expect(configError(() => parseProxyArgs(['--max-retries', '-1'])).message).toMatch(/^--max-retries=-1: expected an integer from 0/);
     expect(configError(() => parseProxyArgs(['--health-interval-ms', '0'])).message).toMatch(/^--health-interval-ms=0:/);
-    expect(configError(() => parseProxyArgs(['--bogus'])).message).toBe('flag="--bogus": unknown flag (see --help)');
-    expect(configError(() => parseProxyArgs(['--port'])).message).toMatch(/^--port="": needs a value/);
-    expect(configError(() => parseProxyArgs(['--port', '1', '--port', '2'])).message).toMatch(/given more than once/);
-    expect(configError(() => parseProxyArgs(['stray'])).message).toMatch(/unexpected positional argument/);
+    expect(configError(() => parseProxyArgs(['--bogus'])).message).toBe("--bogus: unknown option for 'proxy' (see 'mooncake-node proxy --help')");
+    expect(configError(() => parseProxyArgs(['--prefiller-prots', '1'])).message).toMatch(/^--prefiller-prots: unknown option for 'proxy'; did you mean --prefiller-ports\?/);
+    expect(configError(() => parseProxyArgs(['--port'])).message).toMatch(/^--port: needs a value/);
+    expect(configError(() => parseProxyArgs(['--port', '1', '--port', '2'])).message).toMatch(/^--port: given more than once/);
+    expect(configError(() => parseProxyArgs(['stray'])).message).toMatch(/^"stray": unexpected argument/);
+    expect(configError(() => parseProxyArgs(['--no-admin=yes'])).message).toMatch(/^--no-admin="yes": takes no value/);
+    expect(configError(() => parseProxyArgs(['--stream'])).message).toMatch(/^--stream: unknown option/);
     expect(configError(() => parseProxyArgs(['--log-level', 'loud'])).message).toMatch(/^--log-level="loud"/);
     expect(configError(() => parseProxyArgs(['--health-path', 'health'])).message).toMatch(/^--health-path="health": expected a path/);
+  });
+
+  it("maps each vllm-ascend behaviour's switch, vllm-ascend's own flag spellings, and the layerwise mode", () => {
+    const defaults = resolveProxyOptions(parseProxyArgs([]).options);
+    expect(defaults).toMatchObject({
+      mode: 'pull',
+      prefillMinTokens: true,
+      copyCachedTokens: true,
+      authorization: 'api-key',
+      resetPrefixCache: true,
+      recompute: { enabled: true, maxRedispatches: 3 },
+      retries: { maxRetries: 3, baseDelayMs: 1, onHttpError: true },
+    });
+    const { options, logLevel } = parseProxyArgs([
+      '--mode', 'layerwise', '--metaserver-url', 'http://10.0.0.1:8000/v1/metaserver', '--no-retry-http-errors',
+      '--no-prefill-min-tokens', '--no-cached-tokens', '--no-recompute', '--max-recomputes', '5',
+      '--pass-client-authorization', '--no-reset-prefix-cache', '--retry-delay', '0.25', '--log-level', 'WARNING',
+    ]);
+    expect(logLevel).toBe('warn');
+    expect(resolveProxyOptions(options)).toMatchObject({
+      mode: 'layerwise',
+      metaserverUrl: 'http://10.0.0.1:8000/v1/metaserver',
+      prefillMinTokens: false,
+      copyCachedTokens: false,
+      authorization: 'client',
+      resetPrefixCache: false,
+      recompute: { enabled: false, maxRedispatches: 5 },
+      retries: { baseDelayMs: 250, onHttpError: false },
+    });
+    expect(configError(() => parseProxyArgs(['--mode', 'push'])).message).toMatch(/^--mode="push": expected one of pull, layerwise/);
+    expect(configError(() => parseProxyArgs(['--mode', 'layerwise', '--host', '0.0.0.0'])).message).toMatch(/^--host="0\.0\.0\.0": layerwise decode instances must reach/);
   });
 
   it('recognises --help', () => {

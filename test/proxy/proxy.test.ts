@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import * as http from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Harness, json, request, standInToken, waitFor, type StandIn } from './stand-ins';
+import { Harness, json, request, standInToken, waitFor, withCachedTokens, type StandIn } from './stand-ins';
 
 const h = new Harness();
 afterEach(() => h.closeAll());
@@ -27,6 +27,7 @@ describe('completions through the proxy', () => {
       model: 'm',
       prompt: 'Hello there',
       max_tokens: 1,
+      min_tokens: 1,
       temperature: 0,
       stream: false,
       kv_transfer_params: {
@@ -49,8 +50,8 @@ describe('completions through the proxy', () => {
     expect(d.headers.authorization).toBe('Bearer sk-client');
     expect(d.headers['x-request-id']).toBe('req-1');
 
-    // The client gets decode's bytes unchanged, and the request id.
-    expect(r.body.equals(d.sent ?? Buffer.alloc(0))).toBe(true);
+    // The client gets decode's answer (with prefill's cached_tokens, 0 here) and the request id.
+    expect(r.text).toBe(withCachedTokens(d.sent, 0).toString());
     expect(r.headers['x-request-id']).toBe('req-1');
     expect(r.headers['content-type']).toBe('application/json');
     const answer = json<{ choices: { text: string }[] }>(r);
@@ -138,15 +139,25 @@ describe('completions through the proxy', () => {
     expect(hash.digest('hex')).toBe(decode.requests[0].sha256);
   });
 
-  it('sends the api key upstream only when the client sends no Authorization', async () => {
+  it("sends the api key upstream on every request, as vllm-ascend does (authorization: 'api-key')", async () => {
     const prefill = await h.standIn({ role: 'prefill' });
     const decode = await h.standIn({ role: 'decode' });
     const { addr } = await h.proxy({ prefill: [prefill.url], decode: [decode.url], apiKey: 'sk-proxy' });
     await request(addr.url, '/v1/completions', { body: { prompt: 'a' } });
     await request(addr.url, '/v1/completions', { body: { prompt: 'a' }, headers: { authorization: 'Bearer mine', 'openai-organization': 'org-1' } });
+    expect(prefill.requests.map((r) => r.headers.authorization)).toEqual(['Bearer sk-proxy', 'Bearer sk-proxy']);
+    expect(decode.requests.map((r) => r.headers.authorization)).toEqual(['Bearer sk-proxy', 'Bearer sk-proxy']);
+    expect(decode.requests[1].headers['openai-organization']).toBe('org-1');
+  });
+
+  it("with authorization: 'client', passes the client's Authorization and sends the key only when there is none", async () => {
+    const prefill = await h.standIn({ role: 'prefill' });
+    const decode = await h.standIn({ role: 'decode' });
+    const { addr } = await h.proxy({ prefill: [prefill.url], decode: [decode.url], apiKey: 'sk-proxy', authorization: 'client' });
+    await request(addr.url, '/v1/completions', { body: { prompt: 'a' } });
+    await request(addr.url, '/v1/completions', { body: { prompt: 'a' }, headers: { authorization: 'Bearer mine' } });
     expect(prefill.requests.map((r) => r.headers.authorization)).toEqual(['Bearer sk-proxy', 'Bearer mine']);
     expect(decode.requests.map((r) => r.headers.authorization)).toEqual(['Bearer sk-proxy', 'Bearer mine']);
-    expect(decode.requests[1].headers['openai-organization']).toBe('org-1');
   });
 
   it('leaves the decode request alone when prefill returns no kv_transfer_params', async () => {

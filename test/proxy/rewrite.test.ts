@@ -10,6 +10,7 @@ describe('body rewriting', () => {
       model: 'm',
       prompt: 'p',
       max_tokens: 1,
+      min_tokens: 1, // always, as vllm-ascend: a first-token EOS must not cost decode the whole prompt
       stream: false,
       kv_transfer_params: { do_remote_decode: true, do_remote_prefill: false, remote_engine_id: null, remote_block_ids: null, remote_host: null, remote_port: null },
     });
@@ -19,8 +20,13 @@ describe('body rewriting', () => {
   it('adds max_tokens even when the client relied on the server default', () => {
     const b = buildPrefillBody({ messages: [] });
     expect(b.max_tokens).toBe(1);
+    expect(b.min_tokens).toBe(1);
     expect(b).not.toHaveProperty('max_completion_tokens');
-    expect(b).not.toHaveProperty('min_tokens');
+  });
+
+  it('without alwaysMinTokens, sets min_tokens only when the client did (the earlier behaviour)', () => {
+    expect(buildPrefillBody({ messages: [] }, false)).not.toHaveProperty('min_tokens');
+    expect(buildPrefillBody({ messages: [], min_tokens: 5 }, false).min_tokens).toBe(1);
   });
 
   it("puts the prefill answer's kv_transfer_params into the decode body", () => {

@@ -52,6 +52,16 @@ export function json<T = Record<string, unknown>>(r: HttpResult): T {
   return JSON.parse(r.text) as T;
 }
 
+/**
+ * What the client gets for a JSON decode answer by default: decode's bytes, re-serialised with prefill's
+ * `cached_tokens` in `usage.prompt_tokens_details` (0 when prefill reported none), as vllm-ascend's proxy does.
+ */
+export function withCachedTokens(decodeBytes: Buffer | undefined, cached = 0): Buffer {
+  const answer = JSON.parse((decodeBytes ?? Buffer.from('{}')).toString('utf8')) as { usage?: { prompt_tokens_details?: Record<string, unknown> } };
+  if (answer.usage !== undefined) answer.usage.prompt_tokens_details = { ...answer.usage.prompt_tokens_details, cached_tokens: cached };
+  return Buffer.from(JSON.stringify(answer));
+}
+
 /** Polls `cond` every `stepMs` until it holds, at most `tries` times; throws naming `what` otherwise. */
 export async function waitFor(cond: () => boolean, what: string, tries = 1000, stepMs = 10): Promise<void> {
   for (let i = 0; i < tries; i++) {

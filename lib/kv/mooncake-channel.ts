@@ -1,0 +1,205 @@
+/**
+ * mooncake-node's own side channel: every rank publishes a registry entry in the metadata store
+ * (registry.ts) and signals completion with JSON notifications on its engine's handshake port
+ * (messages.ts). Ranks listen on kv_port + dp_rank × tp_size + tp_rank when kv_port is set.
+ */
+import { MooncakeError, isMooncakeError } from '../errors';
+import type { TransferEngine, TransferEngineOptions } from '../engine';
+import { sendNotify } from '../handshake';
+import { createMetadataStore, isP2PHandshake } from '../metadata/store';
+import type { Notify } from '../handshake';
+import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
+import type { KvRankOptions, ResolvedKvOptions } from './options';
+import { parseKvTransferParams, type KvTransferParams } from './params';
+import { KvRegistry, type KvPeer } from './registry';
+import type { KvDoneResult, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
+
+export class MooncakeNodeChannel implements KvSideChannel {
+  readonly name = 'mooncake-node' as const;
+  private registry!: KvRegistry;
+  private ctx!: KvSideChannelContext;
+  private key = '';
+  private ref!: KvRankRef;
+  private onNotify: ((n: Notify) => void) | undefined;
+
+  private constructor(
+    private readonly o: ResolvedKvOptions,
+    private readonly storeUrl: string,
+    private readonly side: 'prefill' | 'decode',
+  ) {}
+
+  /** INVALID_CONFIG without a metadata store (the registry lives there). */
+  static create(o: ResolvedKvOptions, raw: KvRankOptions, side: 'prefill' | 'decode'): MooncakeNodeChannel {
+    const storeUrl = o.metadataServer ?? raw.engine?.metadataServer;
+    if (storeUrl === undefined || isP2PHandshake(storeUrl)) {
+      throw new MooncakeError('INVALID_CONFIG', 'the KV handshake needs a metadata store: set metadataServer to e.g. http://127.0.0.1:8080/metadata (P2PHANDSHAKE has none)', {
+        details: { field: 'metadataServer', value: storeUrl },
+      });
+    }
+    return new MooncakeNodeChannel(o, storeUrl, side);
+  }
+
+  private get own(): { dpSize: number; tpSize: number } {
+    return this.side === 'prefill' ? this.o.prefill : this.o.decode;
+  }
+
+  engineOptions(): Partial<TransferEngineOptions> {
+    const o = this.o;
+    const rpcPort = o.kvPort === undefined ? undefined : o.kvPort + o.dpRank * this.own.tpSize + o.tpRank;
+    return { metadataServer: this.storeUrl, ...(rpcPort !== undefined ? { rpcPort } : {}) };
+  }
+
+  checkEngine(): void {}
+
+  get address(): string {
+    return this.key;
+  }
+
+  /** The rank's registry key. */
+  get registryKey(): string {
+    return this.key;
+  }
+
+  async start(ctx: KvSideChannelContext): Promise<void> {
+    this.ctx = ctx;
+    const { engine, caches } = ctx;
+    const o = this.o;
+    this.ref = { engine_id: o.engineId, dp_rank: o.dpRank, tp_rank: o.tpRank, tp_size: this.own.tpSize, host: engine.advertiseAddress, rpc_port: engine.rpcPort };
+    this.onNotify = (n: Notify) => {
+      const { message, malformed } = decodeKvMessage(n);
+      if (malformed) ctx.metrics.malformed++;
+      if (!message) return;
+      ctx.metrics.notifiesReceived++;
+      ctx.onMessage(message);
+    };
+    engine.on('notify', this.onNotify);
+    const store = createMetadataStore(this.storeUrl);
+    this.registry = new KvRegistry(store, { heartbeatMs: o.heartbeatMs, staleAfterMs: o.staleAfterMs, clusterId: o.clusterId, onError: ctx.onWarning });
+    try {
+      this.key = await this.registry.publish({
+        version: 1,
+        engine_id: o.engineId,
+        role: o.role,
+        dp_rank: o.dpRank,
+        tp_rank: o.tpRank,
+        dp_size: this.own.dpSize,
+        tp_size: this.own.tpSize,
+        segment: engine.localServerName,
+        host: engine.advertiseAddress,
+        rpc_port: engine.rpcPort,
+        kv_port: o.kvPort ?? null,
+        total_kv_heads: o.totalKvHeads,
+        layout: o.layout.toJSON(),
+        tensors: caches.tensorAddresses.map((a) => a.toString()),
+        regions: caches.regions.map((r) => ({ address: r.address.toString(), length: r.length })),
+        pid: process.pid,
+        instance: KvRegistry.instanceId(),
+        started_at: Date.now(),
+      });
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+  }
+
+  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
+    const o = this.o;
+    const engine: TransferEngine = this.ctx.engine;
+    return {
+      do_remote_prefill: true,
+      do_remote_decode: false,
+      remote_engine_id: o.engineId,
+      remote_host: engine.advertiseAddress,
+      remote_port: o.kvPort !== undefined ? o.kvPort + o.dpRank * this.own.tpSize : engine.rpcPort,
+      remote_block_ids: [...blockIds],
+      remote_request_id: requestId,
+      remote_dp_rank: o.dpRank,
+      remote_tp_size: this.own.tpSize,
+      remote_total_kv_heads: o.totalKvHeads,
+    };
+  }
+
+  parseParams(input: unknown): KvTransferParams {
+    return parseKvTransferParams(input);
+  }
+
+  /** vllm-ascend's params carry remote_ptp_size / num_prompt_blocks and none of mooncake-node's additions. */
+  checkParams(p: KvTransferParams): void {
+    const fromAscend = p.remote_total_kv_heads === undefined && p.remote_dp_rank === undefined &&
+      (p.remote_ptp_size !== undefined || p.num_prompt_blocks !== undefined || p.remote_multi_nodes_meta_mapping !== undefined || p.remote_cached_tokens !== undefined);
+    if (fromAscend) {
+      throw new MooncakeError('INVALID_CONFIG', `kv_transfer_params of ${p.remote_request_id} come from a vllm-ascend MooncakeConnector (remote_ptp_size, no remote_total_kv_heads); this rank speaks mooncake-node's side channel: create it with sideChannel 'vllm-ascend'`, {
+        details: { field: 'sideChannel', expected: 'vllm-ascend' },
+      });
+    }
+  }
+
+  async lookup(p: KvTransferParams, tpRank: number, signal?: AbortSignal): Promise<KvPeer> {
+    const dp = await this.dpRankOf(p, signal);
+    return this.registry.lookup(p.remote_engine_id, dp, tpRank, { signal });
+  }
+
+  lookupRank(engineId: string, dpRank: number, tpRank: number): Promise<KvPeer> {
+    return this.registry.lookup(engineId, dpRank, tpRank);
+  }
+
+  /** The data-parallel rank of the instance `params` names: remote_dp_rank, else derived from remote_port. */
+  private async dpRankOf(params: KvTransferParams, signal?: AbortSignal): Promise<number> {
+    if (params.remote_dp_rank !== undefined) return params.remote_dp_rank;
+    const first = await this.registry.lookup(params.remote_engine_id, 0, 0, { signal });
+    const base = first.entry.kv_port;
+    const diff = base === null ? NaN : params.remote_port - base;
+    if (!Number.isSafeInteger(diff) || diff < 0 || diff % first.entry.tp_size !== 0 || diff / first.entry.tp_size >= first.entry.dp_size) {
+      throw new MooncakeError('INVALID_ARGUMENT', `kv_transfer_params has no remote_dp_rank and remote_port ${params.remote_port} is not kv_port + dp_rank × tp_size of engine ${params.remote_engine_id}`, {
+        details: { field: 'kv_transfer_params.remote_port' },
+      });
+    }
+    return diff / first.entry.tp_size;
+  }
+
+  invalidate(peer: KvPeer): void {
+    const e = peer.entry;
+    this.registry.invalidate(e.engine_id, e.dp_rank, e.tp_rank);
+  }
+
+  sendDone(p: KvTransferParams, _tpRank: number, peer: KvPeer | undefined, result: KvDoneResult): Promise<boolean> {
+    if (!peer) return Promise.resolve(false); // no registry entry: nowhere to send it
+    return this.send(peer.entry.host, peer.entry.rpc_port, {
+      type: 'done',
+      request_id: p.remote_request_id,
+      from: this.ref,
+      ok: result.ok,
+      failed_block_ids: result.failedBlockIds,
+    });
+  }
+
+  sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean> {
+    return this.send(peer.entry.host, peer.entry.rpc_port, { ...signal, from: this.ref });
+  }
+
+  /** Sends a KV message to a rank's handshake port (bounded, 3 tries); resolves false when it could not. */
+  private async send(host: string, port: number, message: KvMessage): Promise<boolean> {
+    const notify = encodeKvMessage(message);
+    const timeout = this.o.notifyTimeoutMs;
+    const metrics = this.ctx.metrics;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
+        metrics.notifiesSent++;
+        return true;
+      } catch (err) {
+        // A refused connection means the rank is gone: no point retrying.
+        if (isMooncakeError(err, 'CONNECT_FAILED') && !(err.details as { timedOut?: boolean } | undefined)?.timedOut) break;
+        if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    metrics.notifiesFailed++;
+    return false;
+  }
+
+  async close(): Promise<void> {
+    if (this.onNotify) this.ctx.engine.off('notify', this.onNotify);
+    this.onNotify = undefined;
+    await this.registry?.close().catch(() => undefined);
+  }
+}
