@@ -86,8 +86,9 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
   closeWaitMs?: number;
   /**
    * Connections served at once (default 1024). When all are taken, a new connection takes the place
-   * of the oldest one that has not sent a byte yet (dropped as 'evicted'); with none such, the new
-   * one is closed (dropped as 'overload').
+   * of the oldest one that has not sent a byte yet, from the address holding the most connections
+   * (or the newcomer's own; dropped as 'evicted'); with none such, the new one is closed (dropped as
+   * 'overload').
    */
   maxConnections?: number;
   /**
@@ -580,8 +581,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   }
 
   /**
-   * Whether a connection from `source` may be admitted, evicting the oldest silent connection (of the
-   * same source when that source is at its cap) if there is no free slot.
+   * Whether a connection from `source` may be admitted, evicting a silent connection if there is no
+   * free slot (see below for whose).
    */
   private makeRoom(source: string): boolean {
     if (!this.turnPending) {
@@ -591,11 +592,26 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         this.turnPending = false;
       });
     }
-    const sourceFull = (this.perSource.get(source) ?? 0) >= this.opts.maxConnectionsPerPeer;
+    const mine = this.perSource.get(source) ?? 0;
+    const sourceFull = mine >= this.opts.maxConnectionsPerPeer;
     const full = this.sockets.size >= this.opts.maxConnections;
     if (!sourceFull && !full) return true;
-    const pool = sourceFull ? this.silentBySource.get(source) : this.silent;
-    const victim = pool?.values().next().value;
+    // At the address's own cap, one of its own goes. Else the address holding the most connections
+    // gives one up, unless it holds no more than the newcomer's: then the newcomer's own address does.
+    // So a flood from some addresses never pushes out a peer from another address that has fewer.
+    let from = source;
+    if (!sourceFull) {
+      let most = 0;
+      for (const s of this.silentBySource.keys()) {
+        const c = this.perSource.get(s) ?? 0;
+        if (c > most) {
+          most = c;
+          from = s;
+        }
+      }
+      if (most <= mine) from = source;
+    }
+    const victim = this.silentBySource.get(from)?.values().next().value;
     const v = victim === undefined ? undefined : this.evictors.get(victim);
     // Only a connection that has had a whole turn of the event loop to deliver its first bytes (or
     // 100 ms) can be called silent: a burst of accepts must not evict a peer that connected a moment

@@ -166,9 +166,9 @@ class ServerReaper : public Ticker {
 
 // The data listener. It also holds every accepted connection until its first bytes arrive: such a
 // "silent" connection has not asked for anything yet, so it is the one to give up when slots run out
-// (the oldest silent one, of the same source when that source is at its cap), and it is closed after
-// firstByteTimeoutMs. Only then is it handed to a loop as a ServerConn. Everything here runs on the
-// listener's loop, so silent connections need no locking.
+// (the oldest silent one of the address holding the most connections, or of the newcomer's own
+// address), and it is closed after firstByteTimeoutMs. Once its bytes arrive it is handed to a loop as
+// a ServerConn. Everything here runs on the listener's loop, so silent connections need no locking.
 class Listener : public EventHandler, public Ticker {
  public:
   Listener(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
@@ -191,8 +191,8 @@ class Listener : public EventHandler, public Ticker {
   // Without it the level-triggered listener stays readable and the loop spins.
   void refuseOne();
   void admit(int fd, const sockaddr* peer);
-  // The silent connection to give up for a new one (of `source`, if given), or nullptr.
-  Silent* findVictim(const std::string* source);
+  // The silent connection to give up for a new one from `source`, or nullptr.
+  Silent* findVictim(const std::string& source, bool sourceFull);
   // Takes a silent connection out of the bookkeeping; its object is deleted after this round of events.
   void forget(Silent* s);
   void drop(Silent* s);      // closes it and gives back its slot
@@ -204,7 +204,6 @@ class Listener : public EventHandler, public Ticker {
   int spare_ = -1;            // a reserved descriptor (/dev/null), given up to accept-and-close
   int64_t pausedUntil_ = 0;   // listener unwatched until then (no spare left)
   uint64_t nextSeq_ = 0;
-  uint64_t roundFirstSeq_ = 0;  // first sequence number of the current round of accepts
   std::map<uint64_t, Silent*> silent_;                                      // all, oldest first
   std::unordered_map<std::string, std::map<uint64_t, Silent*>> silentBySource_;  // per source, oldest first
 };

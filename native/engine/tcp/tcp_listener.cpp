@@ -69,7 +69,6 @@ void Listener::onTick(int64_t now) {
 }
 
 void Listener::onEvents(uint32_t) {
-  roundFirstSeq_ = nextSeq_;
   for (int i = 0; i < 256 && fd_ >= 0 && pausedUntil_ == 0; ++i) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -96,10 +95,10 @@ void Listener::admit(int fd, const sockaddr* peer) {
   const bool sourceFull = t_.sourceCount(source) >= t_.perPeerCap();
   const bool full = t_.serverConns.load() >= t_.options().maxServerConnections;
   if (sourceFull || full) {
-    // No room: take it from the oldest connection that has not asked for anything yet (of this
-    // source, when this source is at its cap). A peer that sends its request promptly keeps its slot;
-    // one that connects and waits is the one to go. Without such a connection, refuse the new one.
-    Silent* victim = findVictim(sourceFull ? &source : nullptr);
+    // No room: take it from the oldest connection that has not asked for anything yet (see
+    // findVictim for whose). A peer that sends its request promptly keeps its slot; one that connects
+    // and waits is the one to go. Without such a connection, refuse the new one.
+    Silent* victim = findVictim(source, sourceFull);
     if (victim == nullptr) {
       t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
       ::close(fd);
@@ -129,21 +128,27 @@ void Listener::admit(int fd, const sockaddr* peer) {
   silentBySource_[s->source].emplace(s->seq, s);
 }
 
-Listener::Silent* Listener::findVictim(const std::string* source) {
-  // A connection whose bytes are already in the kernel is not silent, only not read yet: hand it over
-  // instead. Connections accepted in this round of accepts are spared: their first bytes may be on
-  // the wire, and the round can be longer than the slots (a flood must not evict a peer that
-  // connected a moment earlier before its request is even looked at).
+Listener::Silent* Listener::findVictim(const std::string& source, bool sourceFull) {
   for (int handed = 0; handed < 16; ++handed) {
-    std::map<uint64_t, Silent*>* pool = &silent_;
-    if (source != nullptr) {
-      auto it = silentBySource_.find(*source);
-      if (it == silentBySource_.end()) return nullptr;
-      pool = &it->second;
+    // Whose connection goes: at the address's own cap, one of the address's own. Else the address
+    // holding the most connections gives one up, unless it holds no more than the newcomer's: then
+    // the newcomer's own address does. So a flood from some addresses never pushes out a peer from
+    // another address that has fewer connections, however fast it reconnects.
+    const std::string* from = &source;
+    if (!sourceFull) {
+      const unsigned mine = t_.sourceCount(source);
+      unsigned most = 0;
+      for (auto& kv : silentBySource_) {
+        unsigned c = t_.sourceCount(kv.first);
+        if (c > most) { most = c; from = &kv.first; }
+      }
+      if (most <= mine) from = &source;
     }
-    if (pool->empty()) return nullptr;
-    Silent* s = pool->begin()->second;
-    if (s->seq >= roundFirstSeq_) return nullptr;
+    auto it = silentBySource_.find(*from);
+    if (it == silentBySource_.end() || it->second.empty()) return nullptr;
+    Silent* s = it->second.begin()->second;
+    // A connection whose bytes are already in the kernel is not silent, only not read yet: hand it
+    // over instead, and look again.
     char c;
     ssize_t r = ::recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return s;
