@@ -8,7 +8,7 @@ import type { TransferEngine, TransferEngineOptions } from '../engine';
 import { sendNotify } from '../handshake';
 import { createMetadataStore, isP2PHandshake } from '../metadata/store';
 import type { Notify } from '../handshake';
-import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
+import { decodeKvMessage, encodeKvMessage, KV_NOTIFY_NAME, type KvMessage, type KvRankRef } from './messages';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { parseKvTransferParams, type KvTransferParams } from './params';
 import { KvRegistry, type KvPeer } from './registry';
@@ -28,7 +28,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   private ctx!: KvSideChannelContext;
   private key = '';
   private ref!: KvRankRef;
-  private onNotify: ((n: Notify) => void) | undefined;
+  /** Ends this channel's claim of the KV notify name on its engine. */
+  private unclaim: (() => void) | undefined;
 
   private constructor(
     private readonly o: ResolvedKvOptions,
@@ -73,15 +74,20 @@ export class MooncakeNodeChannel implements KvSideChannel {
     const { engine, caches } = ctx;
     const o = this.o;
     this.ref = { engine_id: o.engineId, dp_rank: o.dpRank, tp_rank: o.tpRank, tp_size: this.own.tpSize, host: engine.advertiseAddress, rpc_port: engine.rpcPort };
-    this.onNotify = (n: Notify) => {
-      const { message, failure } = decodeKvMessage(n, o.layout.numBlocks);
-      if (failure === 'malformed') ctx.metrics.malformed++;
-      if (failure) ctx.onRefused({ reason: failure });
-      if (!message) return;
-      ctx.metrics.notifiesReceived++;
-      ctx.onMessage(message);
-    };
-    engine.on('notify', this.onNotify);
+    // KV notifies are this layer's: taken off the engine's notify path (never kept for getNotifies()),
+    // and refused ones fail their sender's sendNotify.
+    try {
+      this.unclaim = engine.claimNotifies(KV_NOTIFY_NAME, (n: Notify) => {
+        const { message, failure } = decodeKvMessage(n, o.layout.numBlocks);
+        if (failure === 'malformed') ctx.metrics.malformed++;
+        if (failure) ctx.onRefused({ reason: failure });
+        if (!message) return false;
+        ctx.metrics.notifiesReceived++;
+        return ctx.onMessage(message);
+      });
+    } catch (err) {
+      throw new MooncakeError('INVALID_CONFIG', 'another KV rank already receives its messages through this engine: give every KV rank its own engine', { cause: err, details: { field: 'engine' } });
+    }
     const store = createMetadataStore(this.storeUrl);
     this.registry = new KvRegistry(store, { heartbeatMs: o.heartbeatMs, staleAfterMs: o.staleAfterMs, clusterId: o.clusterId, onError: ctx.onWarning });
     try {
@@ -215,8 +221,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   }
 
   async close(): Promise<void> {
-    if (this.onNotify) this.ctx.engine.off('notify', this.onNotify);
-    this.onNotify = undefined;
+    this.unclaim?.();
+    this.unclaim = undefined;
     await this.registry?.close().catch(() => undefined);
   }
 }

@@ -29,6 +29,7 @@ const tick = () => new Promise((r) => setImmediate(r));
 
 describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> decode tp 2)', () => {
   let meta: MetadataServer;
+  let url: string;
   const producers: KvProducer[] = [];
   const consumers: KvConsumer[] = [];
   const refused: KvRefusal[] = [];
@@ -38,7 +39,7 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
 
   beforeAll(async () => {
     meta = new MetadataServer({ logger: null });
-    const { url } = await meta.listen();
+    url = (await meta.listen()).url;
     for (let tp = 0; tp < 2; tp++) {
       const p = await KvProducer.create({ engineId: 'p', tpRank: tp, ...parallel, layout, metadataServer: url, engineOptions: common, earlyMessages: { ttlMs: 400, maxCount: 4, maxBytes: 1500 } });
       p.on('refused', (r) => refused.push(r));
@@ -65,13 +66,18 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
     const token = holds[0].params.remote_token as string;
     const before = { ...producers[0].metrics().refused };
     refused.length = 0;
-    // From an invented engine and host, without a token; then a made-up one.
-    await send(producers[0], done('forged', { from: decode(0, { engine_id: 'evil', host: '10.6.6.6', rpc_port: 6666 }) }));
-    await send(producers[0], done('forged', { token: 'A'.repeat(22) }));
-    // With the token (a consumer that has the params), but impossible for this hold.
-    await send(producers[0], done('forged', { token, from: decode(0, { tp_size: 7 }) }));
-    await send(producers[0], done('forged', { token, from: decode(1) }));
-    await send(producers[0], done('forged', { token, failed_block_ids: [9] }));
+    const answers = [
+      // From an invented engine and host, without a token; then a made-up one.
+      await send(producers[0], done('forged', { from: decode(0, { engine_id: 'evil', host: '10.6.6.6', rpc_port: 6666 }) })),
+      await send(producers[0], done('forged', { token: 'A'.repeat(22) })),
+      // With the token (a consumer that has the params), but impossible for this hold.
+      await send(producers[0], done('forged', { token, from: decode(0, { tp_size: 7 }) })),
+      await send(producers[0], done('forged', { token, from: decode(1) })),
+      await send(producers[0], done('forged', { token, failed_block_ids: [9] })),
+    ];
+    // Each sender is told (the notify is rejected), and the engine's notify buffer never saw them.
+    expect(answers).toEqual(Array(5).fill('REJECT_HANDSHAKE'));
+    expect(producers[0].engine.stats().notifiesQueued).toBe(0);
     await tick();
     expect(producers[0].heldRequests().map((h) => h.requestId)).toContain('forged');
     const after = producers[0].metrics().refused;
@@ -89,13 +95,13 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
 
   it('a done before hold() is checked on arrival: forged ones are refused, a valid one releases the later hold, and it expires', async () => {
     const token = (rid: string) => producers[0].transferParams(rid, []).remote_token as string;
-    // Forged early done: a later hold is not released by it.
-    await send(producers[0], done('early-forged'));
+    // Forged early done: refused on arrival, and a later hold is not released by it.
+    expect(await send(producers[0], done('early-forged'))).toBe('REJECT_HANDSHAKE');
     const h1 = producers[0].hold('early-forged', [4]);
     await tick();
     expect(producers[0].heldRequests().map((h) => h.requestId)).toContain('early-forged');
     // A real early done (the decode read faster than this rank's hold) releases at once.
-    await send(producers[0], done('early-ok', { token: token('early-ok') }));
+    expect(await send(producers[0], done('early-ok', { token: token('early-ok') }))).toBe(true);
     const h2 = producers[0].hold('early-ok', [5]);
     expect((await h2.released).reason).toBe('done');
     // One that waited longer than earlyMessages.ttlMs (400 ms) is forgotten.
@@ -117,9 +123,9 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
     // Bytes (maxBytes 1500): 64 failed block ids are about 850 bytes as kept; the second does not fit.
     const big = Array.from({ length: 64 }, (_, i) => i);
     const p1 = producers[1];
-    for (const rid of ['big-0', 'big-1']) {
-      expect(await send(p1, done(rid, { token: token(p1, rid), from: decode(1), ok: false, failed_block_ids: big }))).toBe(true);
-    }
+    const answers = [];
+    for (const rid of ['big-0', 'big-1']) answers.push(await send(p1, done(rid, { token: token(p1, rid), from: decode(1), ok: false, failed_block_ids: big })));
+    expect(answers).toEqual([true, 'REJECT_HANDSHAKE']);
     expect(p1.metrics().early.held).toBe(1);
     expect(p1.metrics().early.bytes).toBeLessThanOrEqual(1500);
     expect(refused).toEqual([expect.objectContaining({ reason: 'early-full', requestId: 'big-1' })]);
@@ -134,13 +140,31 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
   it('an oversized KV message is refused unread; block ids outside the layout are malformed', async () => {
     const before = producers[0].metrics();
     const huge = JSON.stringify({ type: 'done', request_id: 'huge', from: decode(0), ok: false, failed_block_ids: Array.from({ length: 100_000 }, (_, i) => i) });
-    await send(producers[0], { name: KV_NOTIFY_NAME, msg: huge });
-    await send(producers[0], done('outside', { failed_block_ids: [64] }));
-    await send(producers[0], done('twice', { failed_block_ids: [3, 3] }));
+    expect(await send(producers[0], { name: KV_NOTIFY_NAME, msg: huge })).toBe('REJECT_HANDSHAKE');
+    expect(await send(producers[0], done('outside', { failed_block_ids: [64] }))).toBe('REJECT_HANDSHAKE');
+    expect(await send(producers[0], done('twice', { failed_block_ids: [3, 3] }))).toBe('REJECT_HANDSHAKE');
     const after = producers[0].metrics();
     expect(after.refused['too-large'] - before.refused['too-large']).toBe(1);
     expect(after.refused.malformed - before.refused.malformed).toBe(2);
     expect(after.notifies.malformed - before.notifies.malformed).toBe(2);
+  });
+
+  it("KV messages never wait in the engine's notify buffer; the application's own notifies still do", async () => {
+    const p = producers[0];
+    p.engine.getNotifies();
+    expect(await send(p, { name: 'app/1', msg: 'hello' })).toBe(true);
+    const h = p.hold('consumed', [7]);
+    const [o] = await Promise.all([consumers[0].pull(h.params, [7]), h.released]);
+    expect(o.ok).toBe(true);
+    expect(p.engine.getNotifies()).toEqual([{ name: 'app/1', msg: 'hello' }]);
+    producers[1].release('consumed');
+  });
+
+  it('one KV rank per engine: a second rank on the same engine is INVALID_CONFIG and registers nothing', async () => {
+    const engine = producers[0].engine;
+    const regions = engine.memoryRegions.length;
+    await expect(KvConsumer.create({ engineId: 'd2', ...parallel, layout, metadataServer: url, engine })).rejects.toMatchObject({ code: 'INVALID_CONFIG', details: { field: 'engine' } });
+    expect(engine.memoryRegions).toHaveLength(regions);
   });
 
   it('duplicate destination blocks are refused before anything moves: pull, expect and push', async () => {
