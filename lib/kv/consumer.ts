@@ -81,6 +81,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly watches = new Map<string, Watch>();
 
   protected readonly side = 'decode';
+  protected readonly signals = ['push_start', 'push_done'] as const;
 
   private constructor() {
     super();

@@ -13,7 +13,8 @@ import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { parseKvTransferParams, type KvTransferParams } from './params';
 import { KvRegistry, type KvPeer } from './registry';
 import type { KvDoneResult, KvParamsExtra, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
-import { TOKEN_PARAM } from './tokens';
+import { InstanceKeys } from './instance-keys';
+import { isLocalRank, noteLocalRank, TOKEN_PARAM } from './tokens';
 
 /** The token of `params`, to echo in a signal about them. */
 function echo(p: KvTransferParams): { token?: string } {
@@ -30,6 +31,9 @@ export class MooncakeNodeChannel implements KvSideChannel {
   private ref!: KvRankRef;
   /** Ends this channel's claim of the KV notify name on its engine. */
   private unclaim: (() => void) | undefined;
+  /** Forgets that this rank uses this process's key (see tokens.ts). */
+  private unnote: (() => void) | undefined;
+  instanceKeys: InstanceKeys | undefined;
 
   private constructor(
     private readonly o: ResolvedKvOptions,
@@ -111,11 +115,33 @@ export class MooncakeNodeChannel implements KvSideChannel {
         instance: KvRegistry.instanceId(),
         started_at: Date.now(),
         ...(ctx.fence !== undefined ? { fence: ctx.fence.toString() } : {}),
+        ...(o.holdKeyConfigured ? {} : { token_key: o.holdKey.toString('base64url') }),
       });
     } catch (err) {
       await this.close();
       throw err;
     }
+    if (!o.holdKeyConfigured) this.startInstanceKeys();
+  }
+
+  /**
+   * Without a configured holdKey, the other ranks of this instance sign with their process's key: note
+   * this rank as one that uses this process's key, and read the others' from their entries.
+   */
+  private startInstanceKeys(): void {
+    const o = this.o;
+    const id = (tpRank: number) => `${this.storeUrl}\n${this.registry.key(o.engineId, o.dpRank, tpRank)}`;
+    this.unnote = noteLocalRank(id(o.tpRank));
+    this.instanceKeys = new InstanceKeys(o.tpRank, this.own.tpSize, {
+      local: (tpRank) => isLocalRank(id(tpRank)),
+      read: async (tpRank) => {
+        const peer = await this.registry.read(o.engineId, o.dpRank, tpRank, AbortSignal.timeout(Math.max(1000, o.notifyTimeoutMs)));
+        if (!peer) return undefined;
+        const key = peer.entry.token_key;
+        return { instance: peer.entry.instance, ...(key !== undefined ? { key: Buffer.from(key, 'base64url') } : {}) };
+      },
+    }, { refreshMs: o.heartbeatMs });
+    this.instanceKeys.start();
   }
 
   transferParams(requestId: string, blockIds: readonly number[], extra: KvParamsExtra = {}): KvTransferParams {
@@ -223,6 +249,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   async close(): Promise<void> {
     this.unclaim?.();
     this.unclaim = undefined;
+    this.instanceKeys?.close();
+    this.unnote?.();
     await this.registry?.close().catch(() => undefined);
   }
 }

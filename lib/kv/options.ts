@@ -8,7 +8,7 @@ import { KvLayout, type KvLayoutSpec } from './layout';
 import { validateTpMapping, type TpMapping } from './rank-map';
 import type { KvCachesInput } from './caches';
 import { KV_SIDE_CHANNELS, type KvSideChannelName } from './side-channel';
-import { resolveHoldKey } from './tokens';
+import { isHoldKeyConfigured, resolveHoldKey } from './tokens';
 
 export type KvRole = 'kv_producer' | 'kv_consumer' | 'kv_both';
 
@@ -87,9 +87,10 @@ export interface KvRankOptions {
   clusterId?: string;
   /**
    * Secret from which request tokens are derived (tokens.ts): the token in kv_transfer_params that every
-   * "done" / push signal must echo. At least 16 bytes, the same on every rank of an instance. Default
-   * `$MC_KV_HOLD_KEY`, else a random key per process, which suits ranks that share a process; ranks of one
-   * instance in separate processes must be given the same key.
+   * "done" / push signal must echo. At least 16 bytes, the same on every rank of an instance; nothing is
+   * published. Default `$MC_KV_HOLD_KEY`, else a random key per process that every rank publishes in its
+   * registry entry, so ranks of one instance find each other's keys wherever they run: tokens are then as
+   * secret as the metadata store.
    */
   holdKey?: string | Uint8Array;
   /**
@@ -130,6 +131,8 @@ export interface ResolvedKvOptions {
   probeIntervalMs: number;
   clusterId: string | undefined;
   holdKey: Buffer;
+  /** True when holdKey (or $MC_KV_HOLD_KEY) was given: the key is not published. */
+  holdKeyConfigured: boolean;
   earlyMessages: { maxCount: number; maxBytes: number; ttlMs: number };
   detectStaleKv: boolean;
 }
@@ -233,6 +236,7 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
     probeIntervalMs: o.probeIntervalMs === undefined ? 1000 : int('probeIntervalMs', o.probeIntervalMs, 10, 2 ** 31 - 1),
     clusterId: o.clusterId,
     holdKey: resolveHoldKey(o.holdKey),
+    holdKeyConfigured: isHoldKeyConfigured(o.holdKey),
     earlyMessages: resolveEarly(o.earlyMessages),
     detectStaleKv: bool('detectStaleKv', o.detectStaleKv, true),
   };

@@ -89,6 +89,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly recentlyReleased = new Map<string, number>();
 
   protected readonly side = 'prefill';
+  protected readonly signals = ['done'] as const;
 
   private constructor() {
     super();
@@ -261,7 +262,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
   private checkDone(m: Done): KvRefusalReason | undefined {
     if (!this.tokenOk(m)) {
       if (this.holds.has(m.request_id)) {
-        this.warn(new MooncakeError('INVALID_ARGUMENT', `"done" for held request ${m.request_id} from ${m.from.engine_id}/${m.from.dp_rank}/${m.from.tp_rank} (${m.from.host}) has the wrong request token: refused. Ranks of one instance in separate processes need the same holdKey (or MC_KV_HOLD_KEY)`));
+        this.warn(new MooncakeError('INVALID_ARGUMENT', `"done" for held request ${m.request_id} from ${m.from.engine_id}/${m.from.dp_rank}/${m.from.tp_rank} (${m.from.host}) has the wrong request token: refused. Every rank of an instance must set the same holdKey (or MC_KV_HOLD_KEY), or none`));
       }
       return 'bad-token';
     }

@@ -58,27 +58,44 @@ export interface EarlyLimits {
  * expect()), kept until the request shows up or for `ttlMs` after the first one arrived. Bounded by
  * messages (`maxCount`) and by bytes (`maxBytes`, as `sizeOf` counts them): when either is reached, new
  * messages are refused (`keep` returns false) and what is kept stays. Expired messages are dropped first.
+ *
+ * Messages whose request token cannot be checked yet (`keepUnverified`: it may have been made under the key
+ * of a rank of the instance that was not read yet) wait here too, under the same bounds and expiry.
  */
 export class EarlyMessages<M> {
   private readonly byRequest = new Map<string, { messages: M[]; bytes: number; expires: number }>();
+  private readonly unverified = new Map<number, { message: M; bytes: number; expires: number; arrived: number }>();
+  private nextUnverified = 0;
   private count = 0;
   private total = 0;
   private expiredCount = 0;
 
   constructor(private readonly limits: EarlyLimits, private readonly sizeOf: (m: M) => number) {}
 
-  /** Messages and bytes kept now, and messages dropped because their request never came. */
+  /** Messages and bytes kept now (unverified ones included), and messages dropped because their time ran out. */
   stats(): { held: number; bytes: number; expired: number } {
     this.expire(performance.now());
     return { held: this.count, bytes: this.total, expired: this.expiredCount };
   }
 
-  /** Requests are kept in arrival order, so the expired ones are at the front. */
+  /** Messages waiting for their token to be checked. */
+  get unverifiedCount(): number {
+    return this.unverified.size;
+  }
+
+  /** Both maps are kept in arrival order, so the expired entries are at the front. */
   private expire(now: number): void {
     for (const [k, e] of this.byRequest) {
       if (e.expires > now) break;
       this.drop(k, e);
       this.expiredCount += e.messages.length;
+    }
+    for (const [k, e] of this.unverified) {
+      if (e.expires > now) break;
+      this.unverified.delete(k);
+      this.count--;
+      this.total -= e.bytes;
+      this.expiredCount++;
     }
   }
 
@@ -88,12 +105,42 @@ export class EarlyMessages<M> {
     this.total -= e.bytes;
   }
 
+  private fits(size: number): boolean {
+    return this.count + 1 <= this.limits.maxCount && this.total + size <= this.limits.maxBytes;
+  }
+
+  /** Keeps `m`, whose token cannot be checked yet; false when it does not fit (nothing kept). */
+  keepUnverified(m: M): boolean {
+    const now = performance.now();
+    this.expire(now);
+    const size = this.sizeOf(m);
+    if (!this.fits(size)) return false;
+    this.unverified.set(this.nextUnverified++, { message: m, bytes: size, expires: now + this.limits.ttlMs, arrived: now });
+    this.count++;
+    this.total += size;
+    return true;
+  }
+
+  /** Takes (in arrival order) the unverified messages that `settled` decides, given when each arrived. */
+  takeUnverified(settled: (m: M, arrived: number) => boolean): M[] {
+    this.expire(performance.now());
+    const out: M[] = [];
+    for (const [k, e] of this.unverified) {
+      if (!settled(e.message, e.arrived)) continue;
+      this.unverified.delete(k);
+      this.count--;
+      this.total -= e.bytes;
+      out.push(e.message);
+    }
+    return out;
+  }
+
   /** Keeps `m` for `requestId`; false when it does not fit (nothing kept). */
   keep(requestId: string, m: M): boolean {
     const now = performance.now();
     this.expire(now);
     const size = this.sizeOf(m);
-    if (this.count + 1 > this.limits.maxCount || this.total + size > this.limits.maxBytes) return false;
+    if (!this.fits(size)) return false;
     let e = this.byRequest.get(requestId);
     if (!e) {
       e = { messages: [], bytes: 0, expires: now + this.limits.ttlMs };
@@ -159,6 +206,8 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   protected early!: EarlyMessages<KvMessage>;
   /** Which group this rank belongs to: prefill (producer) or decode (consumer). */
   protected abstract readonly side: 'prefill' | 'decode';
+  /** The signals this rank acts on ("done" for a producer, push signals for a consumer). */
+  protected abstract readonly signals: readonly KvMessage['type'][];
 
   /** Opens the rank core (engine, caches, registry entry); its KV messages go to onMessage. */
   protected async open(options: KvRankOptions): Promise<void> {
@@ -167,7 +216,37 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
     this.early = new EarlyMessages(o.earlyMessages, kvMessageBytes);
     // A message can arrive while the side channel starts, before `core` is set: nothing was issued yet
     // that it could be about, so it is refused (uncounted).
-    this.core = await KvRankCore.open(o, options, this.side, (m) => this.core !== undefined && this.onMessage(m), (e) => this.warn(e), (r) => this.core !== undefined && this.refused(r));
+    this.core = await KvRankCore.open(o, options, this.side, (m) => this.core !== undefined && this.receive(m), (e) => this.warn(e), (r) => this.core !== undefined && this.refused(r));
+    const keys = this.core.channel.instanceKeys;
+    if (keys) {
+      this.tokens.accept(keys);
+      keys.onRound = (startedAt, ok) => this.recheck(startedAt, ok);
+    }
+  }
+
+  /**
+   * A signal whose token fails every key this rank knows while the key of some rank of its instance is not
+   * known yet may echo params that rank issued: it waits (acknowledged, in the early buffer) for a read of
+   * the instance's keys instead of being refused.
+   */
+  private receive(m: KvMessage): boolean {
+    const keys = this.core.channel.instanceKeys;
+    if (keys && this.signals.includes(m.type) && this.tokens.check(m.request_id, m.token) === 'unknown') {
+      if (!this.early.keepUnverified(m)) return this.refuse(m, 'early-full');
+      keys.learn();
+      return true;
+    }
+    return this.onMessage(m);
+  }
+
+  /**
+   * After a read of the instance's keys: a waiting signal goes on when its token now checks either way, or
+   * when a read that began after it arrived found no key that makes it (then onMessage refuses it).
+   */
+  private recheck(startedAt: number, ok: boolean): void {
+    const settled = this.early.takeUnverified((m, arrived) => (ok && startedAt >= arrived) || this.tokens.check(m.request_id, m.token) !== 'unknown');
+    for (const m of settled) this.onMessage(m);
+    if (this.early.unverifiedCount > 0) this.core.channel.instanceKeys?.learn();
   }
 
   /** A signal from the other side; false when it is refused (refuse()). */
@@ -247,7 +326,7 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
     return this.core.channel.transferParams(requestId, blockIds, { ...extra, token: this.tokens.token(requestId) });
   }
 
-  /** False when the channel carries request tokens and `m` does not echo its request's. */
+  /** False when the channel carries request tokens and `m` does not echo one made for its request by a rank of this instance. */
   protected tokenOk(m: KvMessage): boolean {
     return !this.core.channel.tokens || this.tokens.verify(m.request_id, m.token);
   }

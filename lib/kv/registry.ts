@@ -4,8 +4,8 @@
  *     mooncake/[<MC_METADATA_CLUSTER_ID>/]kv/<engine_id>/<dp_rank>/<tp_rank>
  *
  * with its role, parallel sizes, segment name, handshake address, layout and tensor/region addresses
- * (bigints as decimal strings), and rewrites it every `heartbeatMs` with a fresh `heartbeat` (ms since the
- * epoch). It deletes the entry on close. Peers find a rank by computing its key (engine id and dp rank from
+ * (bigints as decimal strings), a producer's hold fence and, when no holdKey is configured, the key of its
+ * request tokens; it rewrites it every `heartbeatMs` with a fresh `heartbeat` (ms since the epoch). It deletes the entry on close. Peers find a rank by computing its key (engine id and dp rank from
  * kv_transfer_params, tp rank from the rank mapping), so only get/set/remove of the MetadataStore interface
  * are used and any backend (HTTP, etcd, redis) works.
  *
@@ -55,6 +55,11 @@ export interface KvRankEntry {
    * the block is held (see fence.ts). Consumers read it around their pulls to detect stale KV.
    */
   fence?: string;
+  /**
+   * The key this rank's request tokens are made under (base64url), published only when no holdKey is
+   * configured, so the other ranks of its instance can check the tokens it issued (instance-keys.ts).
+   */
+  token_key?: string;
 }
 
 /** A peer rank as read from the registry. */
@@ -96,8 +101,14 @@ export function parseRankEntry(key: string, text: string): KvPeer {
   if (e.fence !== undefined && (typeof e.fence !== 'string' || !/^[1-9]\d{0,19}$/.test(e.fence))) {
     throw new MooncakeError('MALFORMED_JSON', `KV registry entry ${key} has a bad fence address`, { details: { key } });
   }
+  if (e.token_key !== undefined && (typeof e.token_key !== 'string' || !/^[A-Za-z0-9_-]{22,344}$/.test(e.token_key))) {
+    throw new MooncakeError('MALFORMED_JSON', `KV registry entry ${key} has a bad token key`, { details: { key } });
+  }
   return { key, entry: e, layout, tensors: e.tensors.map((t) => BigInt(t)), ...(e.fence !== undefined ? { fence: BigInt(e.fence) } : {}) };
 }
+
+/** Peers whose entries are cached at most; the oldest is forgotten first. */
+const MAX_CACHED = 4096;
 
 export interface KvRegistryOptions {
   heartbeatMs: number;
@@ -164,6 +175,13 @@ export class KvRegistry {
       .finally(() => (this.writing = undefined));
   }
 
+  /** A rank's entry as the store has it now (no cache, no liveness check); undefined when it has none. */
+  async read(engineId: string, dpRank: number, tpRank: number, signal?: AbortSignal): Promise<KvPeer | undefined> {
+    const key = this.key(engineId, dpRank, tpRank);
+    const text = await this.store.get(key, { signal });
+    return text === undefined ? undefined : parseRankEntry(key, text);
+  }
+
   /**
    * A peer rank's entry. SEGMENT_NOT_FOUND when it has none; CONNECT_FAILED when its heartbeat is stale and
    * a probe of its handshake port does not answer (the rank is dead). Cached for `cacheMs`.
@@ -173,14 +191,13 @@ export class KvRegistry {
     const now = this.now();
     const hit = this.cache.get(key);
     if (hit && !options.fresh && now - hit.fetched < this.cacheMs && now - hit.peer.entry.heartbeat <= this.options.staleAfterMs) return hit.peer;
-    const text = await this.store.get(key, { signal: options.signal });
-    if (text === undefined) {
+    const peer = await this.read(engineId, dpRank, tpRank, options.signal);
+    if (peer === undefined) {
       this.cache.delete(key);
       throw new MooncakeError('SEGMENT_NOT_FOUND', `no KV rank ${engineId}/${dpRank}/${tpRank} in the registry (key ${key}): it never started or it closed`, {
         details: { key, engineId, dpRank, tpRank },
       });
     }
-    const peer = parseRankEntry(key, text);
     const age = this.now() - peer.entry.heartbeat;
     if (age > this.options.staleAfterMs) {
       try {
@@ -193,7 +210,9 @@ export class KvRegistry {
         });
       }
     }
+    this.cache.delete(key);
     this.cache.set(key, { peer, fetched: this.now() });
+    if (this.cache.size > MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
     return peer;
   }
 

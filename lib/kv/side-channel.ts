@@ -21,7 +21,8 @@
  * - request tokens (tokens.ts): a channel that can carry them (`tokens`) puts `extra.token` in the params as
  *   `remote_token` and echoes the params' token in its signals; KvProducer / KvConsumer then refuse
  *   signals without the right one. `onMessage` says whether a signal was accepted, so a channel whose
- *   protocol can tell the sender (a rejected notify) does;
+ *   protocol can tell the sender (a rejected notify) does. A channel that can publish each rank's token
+ *   key (without a configured holdKey) offers the other ranks' keys as `instanceKeys`;
  * - bounds: a channel refuses a message larger than a rank of this layout ever sends before parsing it,
  *   and reports it (`onRefused`); early messages (a "done" before `hold`) are kept by EarlyMessages
  *   (rank-base.ts), bounded by count and bytes, for a limited time;
@@ -32,6 +33,7 @@
 import { MooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
 import type { KvCaches } from './caches';
+import type { InstanceKeys } from './instance-keys';
 import type { KvMessage } from './messages';
 import type { KvMetrics, KvRefusal } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
@@ -73,6 +75,11 @@ export interface KvSideChannel {
    * params and the other side's signals echo it, so signals without it are refused.
    */
   readonly tokens: boolean;
+  /**
+   * The token keys of the other tp ranks of this rank's instance (instance-keys.ts), set by `start` when
+   * the channel publishes keys (no configured holdKey); closed by `close`.
+   */
+  readonly instanceKeys?: InstanceKeys;
   /** Engine options this channel needs when the rank creates its engine (metadata store, RPC port). */
   engineOptions(): Partial<TransferEngineOptions>;
   /** Throws INVALID_CONFIG when a caller-supplied engine cannot serve this channel. */
