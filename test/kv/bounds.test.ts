@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { decodeKvMessage, encodeKvMessage, kvMessageLimit } from '../../lib/kv/messages';
 import { distinctSorted, stalePairs } from '../../lib/kv/fence';
-import { EarlyMessages } from '../../lib/kv/rank-base';
+import { EarlyMessages } from '../../lib/kv/early';
 import { RequestTokens, resolveHoldKey } from '../../lib/kv/tokens';
 
 describe('EarlyMessages', () => {
