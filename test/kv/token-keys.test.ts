@@ -130,6 +130,8 @@ describe('no holdKey: prefill tp 2 in two processes', () => {
     await p1.call('hold', { dp: 0, requestId: 'first', blockIds: blocks });
     expectVerified(await pull(params, [10, 11, 12]), 3);
     expect(await released(p0, p1, 'first')).toEqual(['done', 'done']);
+    const held = await Promise.all([p0, p1].map(async (g, tp) => (await g.waitEvent((e) => e.event === 'released' && e.requestId === 'first' && e.tp === tp)).heldMs as number));
+    console.log(`[token-keys] first request: held ${held.map((ms) => ms.toFixed(1)).join(' / ')} ms on tp 0 / tp 1 (tp 1 read tp 0's key on the way)`);
     expect((await metricsOf(p1, 0)).refused['bad-token']).toBe(0);
     for (const d of decode) expect((await d.call<Metrics>('metrics'))[0]!.metrics.notifies.sendFailed).toBe(0);
   });
@@ -161,6 +163,18 @@ describe('no holdKey: prefill tp 2 in two processes', () => {
     // The real one (it echoes tp 1's own params) releases it.
     expect(await send('mooncake/kv/p/2/1', done('lonely', 1, params.remote_token as string))).toBe('ACK');
     expect((await p1.waitEvent((e) => e.event === 'released' && e.requestId === 'lonely')).reason).toBe('done');
+  });
+
+  it('300 forged "done"s while a key is unknown: kept within the early buffer, all refused after a read', async () => {
+    const before = (await metricsOf(p1, 2)).refused['bad-token'];
+    const answers = await Promise.all(
+      Array.from({ length: 300 }, (_, i) => send('mooncake/kv/p/2/1', done(`flood-${i}`, 1, new RequestTokens(randomBytes(32), 'p', 2).token(`flood-${i}`)))),
+    );
+    expect(answers.every((a) => a === 'ACK')).toBe(true);
+    await until(async () => (await metricsOf(p1, 2)).refused['bad-token'] === before + 300, 'all 300 to be refused');
+    const m = await metricsOf(p1, 2);
+    expect(m.early.held).toBe(0);
+    expect(m.refused['early-full']).toBe(0);
   });
 
   it('16 concurrent requests on dp 0 and 1, the params from either rank: all verified, both ranks release on "done"', async () => {
