@@ -116,7 +116,7 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
    */
   private receive(m: KvMessage): boolean {
     const keys = this.core.channel.instanceKeys;
-    if (keys && this.signals.includes(m.type) && this.tokens.check(m.request_id, m.token) === 'unknown') {
+    if (keys && !keys.complete() && this.signals.includes(m.type) && this.tokens.check(m.request_id, m.token) === 'unknown') {
       if (!this.early.keepUnverified(m)) return this.refuse(m, 'early-full');
       keys.learn();
       return true;
