@@ -10,7 +10,7 @@ export { KvLayout, blockRuns, pairedRuns } from './layout';
 export type { KvAttention, KvHeadLayout, KvTensorKind, KvLayoutSpec, KvLayoutJson, ByteRange, BlockRun, PairedRun } from './layout';
 export { KvCaches, allocateHostCaches, DEFAULT_MAX_REGION_BYTES } from './caches';
 export type { KvCachesInput, KvRegionInput } from './caches';
-export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping } from './rank-map';
+export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping, vllmTargetRanks, vllmRequesters } from './rank-map';
 export type { TpMapping, HeadSpan, HeadSlice, RankSelection } from './rank-map';
 export { PyRandom, stringToInt64Hash } from './py-random';
 export { KV_SIDE_CHANNELS } from './side-channel';
@@ -25,7 +25,11 @@ export { KV_NOTIFY_NAME, ANY_RANK, encodeKvMessage, decodeKvMessage } from './me
 export type { KvMessage, KvRankRef } from './messages';
 export type { KvTransferOutcome, KvTransferPeer, KvReleaseReason, KvMetricsSnapshot, KvDurationSummary } from './metrics';
 export { resolveKvOptions, checkEngineId, VLLM_ASCEND_PROFILES } from './options';
-export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile } from './options';
+export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile, VllmOptions } from './options';
+export { KV_FAILURE_STAGES } from './ledger';
+export type { KvFailureStage, KvFailureRecord, KvFailureAdvice } from './ledger';
+export { BootstrapServer, DEFAULT_BOOTSTRAP_PORT } from './vllm/bootstrap';
+export type { BootstrapRegistration } from './vllm/bootstrap';
 export {
   parseKvTransferConfig,
   parseMooncakeConfig,

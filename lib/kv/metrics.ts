@@ -3,6 +3,7 @@
  */
 import { summarizeSorted } from '../latency';
 import type { ErrorCode, MooncakeError } from '../errors';
+import { KvFailureLedger, type KvFailureRecord, type KvFailureStage } from './ledger';
 
 /** One peer of a request: the rank it moved blocks with. */
 export interface KvTransferPeer {
@@ -40,6 +41,11 @@ export interface KvTransferOutcome {
   peers: KvTransferPeer[];
   /** The first error, when not ok. */
   error?: MooncakeError;
+  /**
+   * The failure ledger's records of this transfer (empty when ok): where each failure came from, which peer,
+   * which blocks, and whether to recompute or re-route (ledger.ts).
+   */
+  failures: KvFailureRecord[];
 }
 
 /** Why a producer let go of a request's blocks. */
@@ -61,6 +67,8 @@ export interface KvMetricsSnapshot {
   /** Over the last 1024 finished transfers. */
   duration: KvDurationSummary;
   notifies: { sent: number; sendFailed: number; received: number; malformed: number };
+  /** Failure-ledger records so far, by stage. */
+  failures: Record<KvFailureStage, number>;
   /** Producer only: requests whose blocks are held for consumers. */
   holds?: { active: number; released: Record<KvReleaseReason, number>; lateDone: number };
   /** Consumer only: push expectations waiting for producers. */
@@ -82,6 +90,8 @@ export class KvMetrics {
   malformed = 0;
   lateDone = 0;
   readonly released: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
+  /** The failure ledger of the rank (records for takeFailures(), counts for snapshot()). */
+  readonly ledger = new KvFailureLedger();
   private readonly durations: number[] = [];
   private next = 0;
 
@@ -108,6 +118,7 @@ export class KvMetrics {
       failedBlocks: this.failedBlocks,
       duration: this.summary(),
       notifies: { sent: this.notifiesSent, sendFailed: this.notifiesFailed, received: this.notifiesReceived, malformed: this.malformed },
+      failures: { ...this.ledger.counts },
     };
   }
 }

@@ -13,6 +13,7 @@ import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { failedPairs, type TransferPlan } from './plan';
 import type { KvPeer } from './registry';
 import { createSideChannel } from './channels';
+import { failureStage, type KvFailureStage } from './ledger';
 import type { KvSideChannel } from './side-channel';
 
 /** Result of one batch with one peer. */
@@ -21,14 +22,20 @@ export interface BatchResult {
   /** Indices (into the request's block pairs) that did not arrive. */
   failed: number[];
   error?: MooncakeError;
+  /** Where it failed (the failure ledger's stage), when it did. */
+  stage?: KvFailureStage;
 }
 
-/** A batch with one peer that moved nothing: every one of its `pairs` block pairs failed with `error`. */
-export function failedBatch(peer: Pick<KvTransferPeer, 'engineId' | 'dpRank' | 'tpRank' | 'segment'>, pairs: number, error: MooncakeError): BatchResult {
+/**
+ * A batch with one peer that moved nothing: every one of its `pairs` block pairs failed with `error`, at
+ * `stage` (default: finding the peer, or its timeout).
+ */
+export function failedBatch(peer: Pick<KvTransferPeer, 'engineId' | 'dpRank' | 'tpRank' | 'segment'>, pairs: number, error: MooncakeError, stage?: KvFailureStage): BatchResult {
   return {
     peer: { engineId: peer.engineId, dpRank: peer.dpRank, tpRank: peer.tpRank, segment: peer.segment, bytes: 0, ranges: 0, ok: false, error: error.code },
     failed: [...Array(pairs).keys()],
     error,
+    stage: stage ?? failureStage(error, 'lookup', 'local'),
   };
 }
 
@@ -148,7 +155,7 @@ export class KvRankCore {
       if (error.failures && error.failures.length === plan.requests.length) {
         for (let i = 0; i < plan.requests.length; i++) if (error.failures[i] === undefined) info.bytes += plan.requests[i].length;
       }
-      return { peer: info, failed, error };
+      return { peer: info, failed, error, stage: failureStage(error, 'transfer', opcode === 'write' ? 'local' : 'remote') };
     }
   }
 
