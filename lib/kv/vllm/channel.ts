@@ -90,6 +90,7 @@ export class VllmChannel implements KvSideChannel {
     if (this.side === 'decode') return;
     try {
       this.router = await StreamRouter.bind(this.host, 0, (identity, payload) => this.onRequest(identity, payload), {
+        sendTimeoutMs: o.notifyTimeoutMs,
         onError: (err) => ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${(err as Error).message}`, { cause: err })),
       });
       if (o.vllm.bootstrapAddress === undefined && o.dpRank === 0 && o.tpRank === 0) {

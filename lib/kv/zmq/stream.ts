@@ -20,6 +20,8 @@ interface EventfulSocket extends ZmqSocket {
 export interface StreamRouterOptions {
   /** Largest request accepted (default 16 MiB: a transfer request lists every layer's region). */
   maxMessageBytes?: number;
+  /** An answer that cannot be queued within this long fails (default 3000 ms): a peer going away never wedges sends. */
+  sendTimeoutMs?: number;
   onError?: (err: unknown) => void;
 }
 
@@ -34,7 +36,7 @@ export class StreamRouter {
 
   /** Binds on `host` (port 0: a free port). CONNECT_FAILED when it cannot. */
   static async bind(host: string, port: number, onMessage: (identity: Buffer, payload: Buffer) => void, options: StreamRouterOptions = {}): Promise<StreamRouter> {
-    const sock = new (zmq().Router)({ linger: 0, mandatory: true, maxMessageSize: options.maxMessageBytes ?? 16 << 20 }) as EventfulSocket;
+    const sock = new (zmq().Router)({ linger: 0, mandatory: true, sendTimeout: options.sendTimeoutMs ?? 3000, maxMessageSize: options.maxMessageBytes ?? 16 << 20 }) as EventfulSocket;
     try {
       await sock.bind(port === 0 ? `tcp://${host.includes(':') ? `[${host}]` : host}:*` : zmqAddress(host, port));
     } catch (err) {
