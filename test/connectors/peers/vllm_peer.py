@@ -26,6 +26,10 @@ its own"; the bootstrap server binds 127.0.0.1 instead of 0.0.0.0.
    update_state_after_alloc: the worker starts the pull
   {"cmd": "wait", "request_id", "kind": "send"|"recv", "timeout"} -> done, failed (recv), invalid_block_ids
   {"cmd": "stop"}                                   worker.shutdown()
+  {"cmd": "plans", "cases": [{"prefill_tp", "decode_tp", "heads", "mla"}], "unit": bytes of one head's block}
+      -> for each case: TransferTopology.handshake_target_ranks of every decode rank (targets) and prefill rank
+         (requesters), and _compute_sender_transfer_plan for every (prefill rank, decode rank) that pair:
+         [should_transfer, src offset, dst offset, length]
 """
 
 import ctypes
@@ -229,6 +233,33 @@ class Rank:
                         "invalid_block_ids": sorted(self.invalid)}
             time.sleep(0.01)
 
+    def plans(self, cmd):
+        import importlib
+
+        mc = self.mc
+        utils = importlib.import_module("vllm.distributed.kv_transfer.kv_connector.utils")
+        unit = cmd["unit"]
+        out = []
+        for case in cmd["cases"]:
+            ptp, dtp, heads, mla = case["prefill_tp"], case["decode_tp"], case["heads"], bool(case.get("mla"))
+
+            def topo(rank, tp):
+                return utils.TransferTopology(tp_rank=rank, tp_size=tp, block_size=16, engine_id="e", is_mla=mla, is_mamba=False,
+                                              total_num_kv_heads=heads, attn_backends=[])
+
+            targets = [topo(d, dtp).handshake_target_ranks(ptp) for d in range(dtp)]
+            requesters = [topo(p, ptp).handshake_target_ranks(dtp) for p in range(ptp)]
+            plen = (1 if mla else max(1, heads // ptp)) * unit
+            dlen = (1 if mla else max(1, heads // dtp)) * unit
+            sends = {}
+            for p in range(ptp):
+                for d in requesters[p]:
+                    plan = mc._compute_sender_transfer_plan(p, ptp, d, dtp, plen, dlen, topo(p, ptp).local_replicates_kv_cache,
+                                                            None if mla else heads)
+                    sends["%d/%d" % (p, d)] = [bool(plan[0]), int(plan[1]), int(plan[2]), int(plan[3])]
+            out.append({"targets": targets, "requesters": requesters, "sends": sends})
+        return {"ok": True, "plans": out}
+
     def stop(self, cmd):
         if self.worker is not None:
             self.worker.shutdown()
@@ -239,7 +270,7 @@ def main():
     r = Rank()
     reply({"ok": True, "ready": True, "pid": os.getpid()})
     serve({name: getattr(r, name) for name in ("init", "alloc_kv", "read", "start", "prefill_begin", "prefill_finish",
-                                              "decode_begin", "wait", "stop")})
+                                              "decode_begin", "wait", "plans", "stop")})
     finish()
 
 
