@@ -48,7 +48,7 @@ export class PushMode implements CompletionMode {
     return engines.catch((e: unknown) => {
       // The bootstrap server is part of the instance: its failure is the instance's (retried on another).
       const m = e instanceof MooncakeError ? e.message : String(e);
-      throw new MooncakeError('CONNECT_FAILED', `prefill ${inst.url}: its bootstrap server ${address} failed: ${m}`, { cause: e, details: { role: 'prefill' } });
+      throw new MooncakeError('CONNECT_FAILED', `prefill ${inst.url}: its bootstrap server ${address} failed: ${m}`, { cause: e, details: { role: 'prefill', retryable: true } });
     });
   }
 
