@@ -60,6 +60,20 @@ PY
     || die "pip could not install ${RUNTIME_PACKAGES[*]}"
 }
 
+# keep_if_pinned <tmp dir> <file name> <sha256> <cache path>: moves the download into the cache when its
+# sha256 is the pinned one, refuses it otherwise; the tmp dir is removed either way.
+keep_if_pinned() {
+  local tmp=$1 file=$2 sha=$3 path=$4 got
+  [ -f "$tmp/$file" ] || { ls "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $file"; }
+  got=$(sha256sum "$tmp/$file" | cut -d' ' -f1)
+  if [ "$got" != "$sha" ]; then
+    rm -rf "$tmp"
+    die "$file has sha256 $got, pinned $sha: refusing it"
+  fi
+  mv "$tmp/$file" "$path"
+  rm -rf "$tmp"
+}
+
 # --- a pinned sdist, downloaded once -----------------------------------------------------------------
 # fetch_sdist <name> <version> <sha256> <file name>: prints the cached path. pip downloads sdists by
 # preparing their metadata, which for vllm-ascend needs setuptools_scm and a SOC_VERSION (no NPU is
@@ -83,15 +97,7 @@ fetch_sdist() {
   say "downloading $name==$version (sdist)"
   SOC_VERSION=ascend910b1 "$bv/bin/python" -m pip download --disable-pip-version-check -q --no-deps --no-build-isolation \
     --no-binary "$name" -d "$tmp" "$name==$version" >&2 || { rm -rf "$tmp"; die "pip download $name==$version failed"; }
-  [ -f "$tmp/$file" ] || { ls "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $file"; }
-  local got
-  got=$(sha256sum "$tmp/$file" | cut -d' ' -f1)
-  if [ "$got" != "$sha" ]; then
-    rm -rf "$tmp"
-    die "$file has sha256 $got, pinned $sha: refusing it"
-  fi
-  mv "$tmp/$file" "$path"
-  rm -rf "$tmp"
+  keep_if_pinned "$tmp" "$file" "$sha" "$path"
   echo "$path"
 }
 
@@ -157,15 +163,7 @@ fetch_wheel() {
   say "downloading $name==$version (wheel, about 240 MB, kept in $dir)"
   "$venv/bin/python" -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
     -d "$tmp" "$name==$version" >&2 || { rm -rf "$tmp"; die "pip download $name==$version failed"; }
-  [ -f "$tmp/$file" ] || { ls "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $file"; }
-  local got
-  got=$(sha256sum "$tmp/$file" | cut -d' ' -f1)
-  if [ "$got" != "$sha" ]; then
-    rm -rf "$tmp"
-    die "$file has sha256 $got, pinned $sha: refusing it"
-  fi
-  mv "$tmp/$file" "$path"
-  rm -rf "$tmp"
+  keep_if_pinned "$tmp" "$file" "$sha" "$path"
   say "$file: $(du -m "$path" | cut -f1) MB in $((SECONDS - started)) s"
   echo "$path"
 }

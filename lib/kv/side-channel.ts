@@ -28,6 +28,7 @@
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
+import { isP2PHandshake } from '../metadata/store';
 import type { KvCaches } from './caches';
 import type { KvMessage } from './messages';
 import type { KvMetrics, KvTransferOutcome } from './metrics';
@@ -121,6 +122,18 @@ export interface KvSideChannel {
   receive?(params: KvTransferParams, tpRank: number, blockIds: number[], slices: readonly HeadSlice[], deadline: number, signal?: AbortSignal): Promise<BatchResult>;
   /** Stops serving and forgets peers. Idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * INVALID_CONFIG unless `engine` runs in P2PHANDSHAKE mode: the vLLM-family side channels' peers open the
+ * engine as 'host:rpc_port', without a metadata store.
+ */
+export function checkP2PEngine(engine: TransferEngine, channel: KvSideChannelName, port: string): void {
+  if (!isP2PHandshake(engine.metadataServer)) {
+    throw new MooncakeError('INVALID_CONFIG', `the '${channel}' side channel needs an engine in P2PHANDSHAKE mode (its peers open 'host:${port}')`, {
+      details: { field: 'engine', value: engine.metadataServer },
+    });
+  }
 }
 
 /** What a producer tells a consumer rank in push mode (the channel adds who is sending). */

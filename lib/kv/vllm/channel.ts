@@ -16,7 +16,7 @@
  */
 import { MooncakeError } from '../../errors';
 import type { TransferEngine, TransferEngineOptions } from '../../engine';
-import { isP2PHandshake, P2P_HANDSHAKE } from '../../metadata/store';
+import { P2P_HANDSHAKE } from '../../metadata/store';
 import { KvLayout } from '../layout';
 import type { KvTransferOutcome } from '../metrics';
 import type { KvRankOptions, ResolvedKvOptions } from '../options';
@@ -24,7 +24,7 @@ import type { KvTransferParams, KvTransferParamsWire } from '../params';
 import type { BatchResult } from '../rank';
 import { heldHeads, vllmRequesters, vllmTargetRanks, type HeadSlice } from '../rank-map';
 import { KV_REGISTRY_VERSION, type KvPeer } from '../registry';
-import type { KvPushSignal, KvSideChannel, KvSideChannelContext } from '../side-channel';
+import { checkP2PEngine, type KvPushSignal, type KvSideChannel, type KvSideChannelContext } from '../side-channel';
 import { StreamRouter } from '../zmq/stream';
 import { unpack } from '../zmq/wire';
 import { BootstrapServer, bootstrapUrl, registerWorker } from './bootstrap';
@@ -65,11 +65,7 @@ export class VllmChannel implements KvSideChannel {
   }
 
   checkEngine(engine: TransferEngine): void {
-    if (!isP2PHandshake(engine.metadataServer)) {
-      throw new MooncakeError('INVALID_CONFIG', "the 'vllm' side channel needs an engine in P2PHANDSHAKE mode (vLLM peers open 'host:rpc_port')", {
-        details: { field: 'engine', value: engine.metadataServer },
-      });
-    }
+    checkP2PEngine(engine, this.name, 'rpc_port');
   }
 
   /** Prefill: its side channel's `tcp://host:port`; decode: its host. */

@@ -10,6 +10,7 @@
  *   no longer knows) or never comes up.
  */
 import { MooncakeError } from '../../errors';
+import { nextRequest } from './sockets';
 import { zmq, zmqAddress, type ZmqSocket } from './wire';
 
 interface EventfulSocket extends ZmqSocket {
@@ -48,23 +49,11 @@ export class StreamRouter {
   }
 
   private async serve(onMessage: (identity: Buffer, payload: Buffer) => void): Promise<void> {
-    while (!this.closed) {
-      let frames: Buffer[];
+    for (;;) {
+      const request = await nextRequest(this.sock, () => this.closed, this.options.onError);
+      if (!request) return;
       try {
-        frames = await this.sock.receive();
-      } catch (err) {
-        if (this.closed || this.sock.closed) return;
-        this.options.onError?.(err);
-        continue;
-      }
-      const identity = frames[0];
-      const body = frames.slice(1).filter((f) => f.length > 0);
-      if (identity === undefined || body.length !== 1) {
-        this.options.onError?.(new MooncakeError('PROTOCOL_ERROR', `side-channel message of ${frames.length} frames ignored`));
-        continue;
-      }
-      try {
-        onMessage(identity, body[0]);
+        onMessage(request.identity, request.body);
       } catch (err) {
         this.options.onError?.(err);
       }
