@@ -100,6 +100,26 @@ describe("Node <-> Node on the 'vllm' side channel", () => {
     }, 30_000);
   }
 
+  it('MLA, prefill TP 2 -> decode TP 1: the first replica writes, the other answers with nothing written', async () => {
+    const bootstrapPort = await freePortRange(1);
+    const mla = { attention: 'mla' as const, numLayers: LAYERS, numBlocks: 8, blockSize: BLOCK_SIZE, headBytes: 72 };
+    const common = { sideChannel: 'vllm' as const, host: '127.0.0.1', prefill: { dpSize: 1, tpSize: 2 }, decode: { dpSize: 1, tpSize: 1 }, layout: mla, vllm: { bootstrapPort } };
+    const producers: KvProducer[] = [];
+    for (const tpRank of [0, 1]) {
+      const p = await KvProducer.create({ ...common, engineId: 'mp', tpRank });
+      live.push(p);
+      for (let l = 0; l < LAYERS; l++) p.caches.tensorView(l)!.fill(0x40 + 0x10 * tpRank + l);
+      producers.push(p);
+    }
+    const c = await KvConsumer.create({ ...common, engineId: 'md' });
+    live.push(c);
+    const params = producers[0].transferParams('xfer-mla', []);
+    const [pushes, pull] = await Promise.all([Promise.all(producers.map((p) => p.push({ transfer_id: 'xfer-mla' }, [2, 3]))), c.pull(params, [5, 6])]);
+    expect(pull.ok, pull.error?.message).toBe(true);
+    expect(pushes.map((o) => [o.ok, o.bytes > 0])).toEqual([[true, true], [true, false]]);
+    for (let l = 0; l < LAYERS; l++) for (const b of [5, 6]) expect(c.caches.blockView(l, 'latent', b)!.every((x) => x === 0x40 + l)).toBe(true);
+  }, 30_000);
+
   it('the bootstrap server lists every prefill rank (what the proxy and decodes read)', async () => {
     const p = await pair(2, 1, 2);
     const params = p.producers[0].transferParams('x', []) as unknown as { remote_bootstrap_addr: string; remote_engine_id: string };
