@@ -38,6 +38,8 @@ const MAX_LAYOUTS = 1024;
 
 export class VllmChannel implements KvSideChannel {
   readonly name = 'vllm' as const;
+  /** vLLM's messages have no field a request token could ride in. */
+  readonly tokens = false;
   private ctx!: KvSideChannelContext;
   private router: StreamRouter | undefined;
   private server: BootstrapServer | undefined;
