@@ -16,12 +16,12 @@
  * in takeFailures().
  */
 import { MooncakeError } from '../errors';
-import { batchOutcome, checkBlockIds, checkDistinct, checkRequestId, KvRankBase, MEMORY } from './rank-base';
+import { batchOutcome, checkBlockIds, checkRequestId, KvRankBase, MEMORY } from './rank-base';
 import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
-import type { KvTransferParams, KvTransferParamsWire } from './params';
+import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from './params';
 import { planTransfer } from './plan';
 import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';

@@ -5,7 +5,7 @@ import type { KvLayout } from './layout';
 import { kvMessageBytes, type KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvTransferOutcome } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
-import type { KvTransferParams, KvTransferParamsWire } from './params';
+import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from './params';
 import { KvRankCore, type BatchResult } from './rank';
 import type { KvParamsExtra, KvSideChannelName } from './side-channel';
 import { failureAdvice, type KvFailureRecord, type KvFailureStage } from './ledger';
@@ -29,23 +29,6 @@ export function checkBlockIds(layout: KvLayout, ids: unknown, distinct?: string)
   for (const id of ids) layout.checkBlock(id as number);
   if (distinct !== undefined) checkDistinct(ids as number[], distinct);
   return [...(ids as number[])];
-}
-
-/**
- * Blocks that are written into (a pull's or an expectation's local blocks, a push's remote ones) must be
- * distinct: a block listed twice would receive two blocks' KV and keep one of them, reported as success.
- * INVALID_ARGUMENT before anything moves.
- */
-export function checkDistinct(ids: readonly number[], field: string): void {
-  const seen = new Set<number>();
-  for (const id of ids) {
-    if (seen.has(id)) {
-      throw new MooncakeError('INVALID_ARGUMENT', `${field} lists block ${id} more than once: two blocks of KV cannot land in one block`, {
-        details: { field, blockId: id },
-      });
-    }
-    seen.add(id);
-  }
 }
 
 export interface EarlyLimits {

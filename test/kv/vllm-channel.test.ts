@@ -6,7 +6,10 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvConsumer, KvProducer, type KvFailureRecord, type KvTransferOutcome } from '../../lib';
-import { BootstrapServer } from '../../lib/kv';
+import { BootstrapServer, type KvRefusal } from '../../lib/kv';
+import { ownRegions } from '../../lib/kv/vllm/regions';
+import { encodeXferMetadata, parseXferResponse, XFER_STATUS, type XferMetadata, type XferResponse } from '../../lib/kv/vllm/wire';
+import { dealerExchange } from '../../lib/kv/zmq/stream';
 import { freePortRange } from '../helpers/ports';
 
 const BLOCK_SIZE = 4;
@@ -129,6 +132,50 @@ describe("Node <-> Node on the 'vllm' side channel", () => {
     expect(table['0'].engine_id).toBe('vp');
     expect(Object.keys(table['0'].worker_addr).sort()).toEqual(['0', '1']);
     expect(table['0'].worker_addr['1']['0']).toBe(p.producers[1].registryKey);
+  }, 30_000);
+
+  it('no request token on this wire: a prefill refuses malformed requests, another tp size, an unpaired rank and a block named twice; none reaches the ledger', async () => {
+    const p = await pair(2, 2, 2);
+    const target = p.producers[0];
+    const refused: KvRefusal[] = [];
+    const failures: KvFailureRecord[] = [];
+    target.on('refused', (r) => refused.push(r));
+    for (const r of [...p.producers, ...p.consumers]) r.on('failure', (f) => failures.push(f));
+    const params = target.transferParams('xfer-real', []);
+    expect(params).not.toHaveProperty('remote_token');
+    // A stranger speaking for decode rank 0 (its engine address and regions), to prefill rank 0's ROUTER.
+    const me = p.consumers[0];
+    const names = [...Array(LAYERS).keys()].map((i) => `model.layers.${i}.self_attn.attn`);
+    const forged = (over: Partial<XferMetadata>, blocks = [3, 4]): Buffer => encodeXferMetadata({
+      host: '127.0.0.1', port: me.engine.rpcPort, tpSize: 2, tpRank: 0, ppSize: 1, layoutId: 0n,
+      reqBlocks: new Map([['forged', { transferId: 'xfer-real', groups: [blocks] }]]),
+      regions: ownRegions(me.layout, me.caches.tensorAddresses, names),
+      ...over,
+    });
+    const port = Number(/:(\d+)$/.exec(target.registryKey)![1]);
+    const ask = async (payload: Buffer): Promise<XferResponse> => {
+      let res: XferResponse | undefined;
+      await dealerExchange('127.0.0.1', port, payload, (b) => ((res = parseXferResponse(b)), true), { deadline: performance.now() + 5000 });
+      return res!;
+    };
+    expect(await ask(Buffer.from([0xc1]))).toMatchObject({ status: XFER_STATUS.ERROR });
+    expect(await ask(forged({ tpSize: 3 }))).toMatchObject({ status: XFER_STATUS.ERROR });
+    expect(await ask(forged({ tpRank: 1 }))).toMatchObject({ status: XFER_STATUS.ERROR });
+    const twice = await ask(forged({}, [3, 3]));
+    expect(twice).toMatchObject({ status: XFER_STATUS.FINISH, errReqs: ['forged'], okReqs: [] });
+    expect(twice.errMsg).toContain('more than once');
+    expect(refused.map((r) => r.reason)).toEqual(['malformed', 'wrong-tp-size', 'not-a-peer', 'bad-block-ids']);
+    expect(refused[3]).toMatchObject({ requestId: 'xfer-real', from: { tpRank: 0, tpSize: 2, host: '127.0.0.1' } });
+    expect(target.metrics().refused).toMatchObject({ malformed: 1, 'wrong-tp-size': 1, 'not-a-peer': 1, 'bad-block-ids': 1 });
+    // None of it was kept: the real decode ranks' requests for the transfer are served.
+    const [pushes, pulls] = await Promise.all([
+      Promise.all(p.producers.map((x) => x.push({ transfer_id: 'xfer-real' }, [1, 2]))),
+      Promise.all(p.consumers.map((c) => c.pull(params, [5, 6]))),
+    ]);
+    for (const o of [...pushes, ...pulls]) expect(o.ok, o.error?.message).toBe(true);
+    expect(expectHeads(p, 2, [[1, 5], [2, 6]])).toBeGreaterThan(0);
+    expect(failures).toEqual([]);
+    for (const r of [...p.producers, ...p.consumers]) expect(r.takeFailures()).toEqual([]);
   }, 30_000);
 
   it('a prefill that never pushes: the decode gets an error answer at the abort timeout (SEND), blocks failed', async () => {

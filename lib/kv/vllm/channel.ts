@@ -12,15 +12,17 @@
  *   its handshake set (receiver.ts); blocks count as arrived only when every one of them answered ok.
  *
  * The engine runs in P2PHANDSHAKE mode (vLLM peers open `host:rpc_port`). Malformed requests are answered with
- * an ERROR response, as vLLM's prefill does, and counted.
+ * an ERROR response, as vLLM's prefill does, and refused (metrics().refused, the 'refused' event), as are
+ * requests from a rank this one does not pair with, of another decode tp size, or naming a block twice. vLLM's
+ * messages carry no request token (`tokens` false): what this channel can check is in docs/vllm.md.
  */
 import { MooncakeError } from '../../errors';
 import type { TransferEngine, TransferEngineOptions } from '../../engine';
 import { P2P_HANDSHAKE } from '../../metadata/store';
 import { KvLayout } from '../layout';
-import type { KvTransferOutcome } from '../metrics';
+import type { KvRefusalReason, KvTransferOutcome } from '../metrics';
 import type { KvRankOptions, ResolvedKvOptions } from '../options';
-import type { KvTransferParams, KvTransferParamsWire } from '../params';
+import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from '../params';
 import type { BatchResult } from '../rank';
 import { heldHeads, vllmRequesters, vllmTargetRanks, type HeadSlice } from '../rank-map';
 import { KV_REGISTRY_VERSION, type KvPeer } from '../registry';
@@ -38,7 +40,7 @@ const MAX_LAYOUTS = 1024;
 
 export class VllmChannel implements KvSideChannel {
   readonly name = 'vllm' as const;
-  /** vLLM's messages have no field a request token could ride in. */
+  /** vLLM's messages have no field a request token could ride in (see docs/vllm.md, what it checks). */
   readonly tokens = false;
   private ctx!: KvSideChannelContext;
   private router: StreamRouter | undefined;
@@ -173,15 +175,17 @@ export class VllmChannel implements KvSideChannel {
       meta = parseXferMetadata(raw);
     } catch (err) {
       this.ctx.metrics.malformed++;
+      this.ctx.onRefused({ reason: 'malformed' });
       this.ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${(err as Error).message}`, { cause: err }));
       void this.book.reject(identity, XFER_STATUS.ERROR, (err as Error).message);
       return;
     }
     this.ctx.metrics.notifiesReceived++;
-    const why = this.requestProblem(meta);
-    if (why) {
-      this.ctx.onWarning(new MooncakeError('INVALID_CONFIG', `side channel ${this.address}: ${why}`));
-      void this.book.reject(identity, XFER_STATUS.ERROR, why);
+    const problem = this.requestProblem(meta);
+    if (problem) {
+      if (problem.refused) this.refused(meta, problem.refused);
+      this.ctx.onWarning(new MooncakeError('INVALID_CONFIG', `side channel ${this.address}: ${problem.why}`));
+      void this.book.reject(identity, XFER_STATUS.ERROR, problem.why);
       return;
     }
     const key = `${meta.host}:${meta.port}|${meta.tpRank}|${meta.tpSize}|${meta.layoutId}`;
@@ -205,17 +209,44 @@ export class VllmChannel implements KvSideChannel {
         if (this.layouts.size > MAX_LAYOUTS) this.layouts.delete(this.layouts.keys().next().value as string);
       }
     }
-    this.book.accept(identity, meta, (groups) => (groups.filter((g) => g.length > 0).length > 1 ? 'KV group count mismatch' : undefined));
+    this.book.accept(identity, meta, (transferId, groups) => this.blocksProblem(meta, transferId, groups));
   }
 
-  /** Why a decode's request cannot be served at all (vLLM answers those with ERROR), or undefined. */
-  private requestProblem(m: XferMetadata): string | undefined {
+  /**
+   * Why a decode's request cannot be served at all (vLLM answers those with ERROR), or undefined. A sender
+   * that is not a decode rank this rank pairs with is also a refusal (KvRefusalReason): it is never kept.
+   */
+  private requestProblem(m: XferMetadata): { why: string; refused?: KvRefusalReason } | undefined {
     const o = this.o;
-    if (m.tpSize !== o.decode.tpSize) return `the decode has tp_size ${m.tpSize}; this prefill is configured for decode tp_size ${o.decode.tpSize}`;
+    if (m.tpSize !== o.decode.tpSize) return { why: `the decode has tp_size ${m.tpSize}; this prefill is configured for decode tp_size ${o.decode.tpSize}`, refused: 'wrong-tp-size' };
     const peers = vllmRequesters(o.mapping, o.tpRank);
-    if (!peers.includes(m.tpRank)) return `This D tp_rank ${m.tpRank} is not paired with P tp_rank ${o.tpRank}; expected one of [${peers.join(', ')}].`;
-    if (m.ppSize !== 1) return `the decode has pp_size ${m.ppSize}; pipeline parallelism is not supported`;
+    if (!peers.includes(m.tpRank)) return { why: `This D tp_rank ${m.tpRank} is not paired with P tp_rank ${o.tpRank}; expected one of [${peers.join(', ')}].`, refused: 'not-a-peer' };
+    if (m.ppSize !== 1) return { why: `the decode has pp_size ${m.ppSize}; pipeline parallelism is not supported` };
     return undefined;
+  }
+
+  /**
+   * Why one request of a message cannot be served (answered in err_reqs, not kept): more than one KV-cache
+   * group, or a block listed twice (refused 'bad-block-ids': two blocks of KV cannot land in one block).
+   */
+  private blocksProblem(m: XferMetadata, transferId: string, groups: number[][]): string | undefined {
+    const used = groups.filter((g) => g.length > 0);
+    if (used.length > 1) return 'KV group count mismatch';
+    try {
+      checkDistinct(used[0] ?? [], `the request for ${transferId}`);
+    } catch (err) {
+      this.refused(m, 'bad-block-ids', transferId);
+      return (err as Error).message;
+    }
+    return undefined;
+  }
+
+  private refused(m: XferMetadata, reason: KvRefusalReason, requestId?: string): void {
+    this.ctx.onRefused({
+      reason,
+      ...(requestId !== undefined ? { requestId } : {}),
+      from: { engineId: `vllm@${m.host}:${m.port}`, dpRank: 0, tpRank: m.tpRank, tpSize: m.tpSize, host: m.host },
+    });
   }
 
   /** The layout decode rank `tpRank` must have: this rank's, with that rank's head count. */

@@ -55,7 +55,7 @@ export class PullBook {
    * is answered in err_reqs at once). Requests for a transfer this rank already finished are answered
    * expired, as vLLM does.
    */
-  accept(identity: Buffer, meta: XferMetadata, problem: (groups: number[][]) => string | undefined): void {
+  accept(identity: Buffer, meta: XferMetadata, problem: (transferId: string, groups: number[][]) => string | undefined): void {
     const exchange: Exchange = { identity, pending: new Set(), layoutId: meta.layoutId };
     const rejected: { id: string; why: string }[] = [];
     for (const [decodeRequestId, { transferId, groups }] of meta.reqBlocks) {
@@ -65,7 +65,7 @@ export class PullBook {
           ? 'KV expired on P side before the pull.'
           : this.size >= MAX_PENDING
             ? `the prefill rank holds ${MAX_PENDING} pending requests`
-            : problem(groups);
+            : problem(transferId, groups);
       if (why !== undefined || this.pulls.get(transferId)?.has(meta.tpRank)) {
         rejected.push({ id: decodeRequestId, why: why ?? `decode rank ${meta.tpRank} already asked for ${transferId}` });
         continue;
