@@ -132,7 +132,7 @@ export class KvCaches {
     return this.views[index];
   }
 
-  /** The host view of one block of (layer, kind: 'k' | 'v' | 'latent' | 'rope') (undefined for device memory). */
+  /** The host view of one block of (layer, kind: 'k' | 'v' | 'kv' | 'latent' | 'rope') (undefined for device memory). */
   blockView(layer: number, kind: KvTensorKind, blockId: number): Buffer | undefined {
     const t = this.layout.tensorIndex(layer, kind);
     const v = this.views[t];

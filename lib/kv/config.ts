@@ -62,10 +62,13 @@ export interface KvTransferConfig {
   prefill: KvParallelSize;
   decode: KvParallelSize;
   /**
-   * The side channel (`kv_connector_extra_config.side_channel`): 'mooncake-node' (default, Node <-> Node)
-   * or 'vllm-ascend' (pair with real vllm-ascend nodes). Chosen explicitly: both sides must agree.
+   * The side channel (`kv_connector_extra_config.side_channel`): 'mooncake-node' (default, Node <-> Node),
+   * 'vllm-ascend' (pair with real vllm-ascend nodes) or 'vllm' (pair with vLLM's own MooncakeConnector).
+   * Chosen explicitly: both sides must agree.
    */
   sideChannel: KvSideChannelName;
+  /** `kv_connector_extra_config.bootstrap_server_address` ('vllm': the bootstrap server prefill ranks register with). */
+  bootstrapServerAddress: string | undefined;
   /** `kv_connector_extra_config.vllm_ascend_profile`: '0.23' (default) or '0.18'. */
   vllmAscendProfile: VllmAscendProfile;
   /** kv_connector_extra_config as given (other keys included). */
@@ -186,7 +189,9 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
   const ex = extra as Record<string, unknown>;
   const prefill = parallelField(ex, 'prefill', source);
   const decode = parallelField(ex, 'decode', source);
-  if (prefill.tpSize < decode.tpSize || prefill.tpSize % decode.tpSize !== 0) {
+  // vLLM's own connector also lets a decode gather from fewer prefill ranks (each writes into several).
+  const vllmWiderDecode = ex.side_channel === 'vllm' && decode.tpSize > prefill.tpSize && decode.tpSize % prefill.tpSize === 0;
+  if (!vllmWiderDecode && (prefill.tpSize < decode.tpSize || prefill.tpSize % decode.tpSize !== 0)) {
     throw new MooncakeError(
       'INVALID_CONFIG',
       `${source}: kv_connector_extra_config.prefill.tp_size (${prefill.tpSize}) must be a multiple of decode.tp_size (${decode.tpSize})`,
@@ -200,6 +205,10 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
   const profile = ex.vllm_ascend_profile ?? '0.23';
   if (typeof profile !== 'string' || !(VLLM_ASCEND_PROFILES as readonly string[]).includes(profile)) {
     throw fail('kv_connector_extra_config.vllm_ascend_profile', ex.vllm_ascend_profile, VLLM_ASCEND_PROFILES.map((c) => `"${c}"`).join(' or '), source);
+  }
+  const bootstrap = ex.bootstrap_server_address;
+  if (bootstrap !== undefined && (typeof bootstrap !== 'string' || !/^(\[[^\]]+\]|[^:/\s]+):\d{1,5}$/.test(bootstrap))) {
+    throw fail('kv_connector_extra_config.bootstrap_server_address', bootstrap, "'host:port'", source);
   }
   if (sideChannel === 'vllm-ascend' && kvPort === undefined) {
     throw fail('kv_port', o.kv_port, 'set with side_channel "vllm-ascend" (peers compute every rank\'s port from it)', source);
@@ -221,6 +230,7 @@ export function parseKvTransferConfig(input: string | object, source = 'kv-trans
     prefill,
     decode,
     sideChannel: sideChannel as KvSideChannelName,
+    bootstrapServerAddress: bootstrap as string | undefined,
     vllmAscendProfile: profile as VllmAscendProfile,
     extraConfig: ex,
     warnings,
@@ -325,6 +335,23 @@ export function metadataConnectionString(cfg: MooncakeConfig, source = 'mooncake
   return conn;
 }
 
+/** The 'vllm' side channel's options from the transfer config, the worker context and the environment. */
+function vllmOptions(transfer: KvTransferConfig, ctx: KvWorkerContext): NonNullable<KvRankOptions['vllm']> {
+  const env = process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT;
+  let port = ctx.bootstrapPort ?? ctx.overrides?.vllm?.bootstrapPort;
+  if (port === undefined && env !== undefined && env !== '') {
+    if (!/^\d{1,5}$/.test(env) || Number(env) > 65535) {
+      throw new MooncakeError('INVALID_CONFIG', `VLLM_MOONCAKE_BOOTSTRAP_PORT must be a port, got ${JSON.stringify(env)}`, { details: { field: 'VLLM_MOONCAKE_BOOTSTRAP_PORT', value: env } });
+    }
+    port = Number(env);
+  }
+  return {
+    ...ctx.overrides?.vllm,
+    ...(port !== undefined ? { bootstrapPort: port } : {}),
+    ...(transfer.bootstrapServerAddress !== undefined ? { bootstrapAddress: transfer.bootstrapServerAddress } : {}),
+  };
+}
+
 export interface KvWorkerContext {
   /** This worker's data-parallel rank. */
   dpRank: number;
@@ -339,6 +366,8 @@ export interface KvWorkerContext {
   forceTcp?: boolean;
   /** Extra options (timeouts, engine options, ...). */
   overrides?: Partial<KvRankOptions>;
+  /** 'vllm' side channel: the bootstrap port a prefill serves (default $VLLM_MOONCAKE_BOOTSTRAP_PORT, else 8998). */
+  bootstrapPort?: number;
 }
 
 /**
@@ -355,7 +384,7 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
   if (!Number.isSafeInteger(ctx.tpRank) || ctx.tpRank < 0 || ctx.tpRank >= side.tpSize) {
     throw new MooncakeError('INVALID_CONFIG', `tpRank ${ctx.tpRank} is outside [0, ${side.tpSize}) (tp_size of this role)`, { details: { field: 'tpRank', value: ctx.tpRank } });
   }
-  validateTpMapping({ attention: 'mla', totalHeads: 1, prefillTp: transfer.prefill.tpSize, decodeTp: transfer.decode.tpSize });
+  validateTpMapping({ attention: 'mla', totalHeads: 1, prefillTp: transfer.prefill.tpSize, decodeTp: transfer.decode.tpSize, ...(transfer.sideChannel === 'vllm' ? { selection: 'vllm' as const } : {}) });
   const protocol = mooncake?.protocol ?? 'tcp';
   const forceTcp = ctx.forceTcp ?? (process.env.MC_FORCE_TCP !== undefined && process.env.MC_FORCE_TCP !== '' && process.env.MC_FORCE_TCP !== '0');
   if (protocol !== 'tcp' && !forceTcp) {
@@ -366,11 +395,13 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
     );
   }
   const vllmAscend = transfer.sideChannel === 'vllm-ascend';
-  const metadataServer = vllmAscend ? undefined : ctx.metadataServer ?? (mooncake ? metadataConnectionString(mooncake) : undefined);
-  if (metadataServer === undefined && !vllmAscend) {
+  const vllm = transfer.sideChannel === 'vllm';
+  const noStore = vllmAscend || vllm;
+  const metadataServer = noStore ? undefined : ctx.metadataServer ?? (mooncake ? metadataConnectionString(mooncake) : undefined);
+  if (metadataServer === undefined && !noStore) {
     throw new MooncakeError('INVALID_CONFIG', 'no metadata server: give mooncake.json (metadata_server) or metadataServer', { details: { field: 'metadataServer' } });
   }
-  if (!vllmAscend && metadataServer === P2P_HANDSHAKE) {
+  if (!noStore && metadataServer === P2P_HANDSHAKE) {
     throw new MooncakeError('INVALID_CONFIG', 'the KV handshake runs over a metadata store; metadata_backend "p2phandshake" has none (use "http" with metadata_server)', {
       details: { field: 'metadata_backend', value: 'p2phandshake' },
     });
@@ -396,6 +427,7 @@ export function kvOptionsFromConfig(transfer: KvTransferConfig, mooncake: Moonca
     ...(caches !== undefined ? { caches } : {}),
     ...(metadataServer !== undefined ? { metadataServer } : {}),
     ...(vllmAscend ? { sideChannel: 'vllm-ascend' as const, vllmAscend: { ...ctx.overrides?.vllmAscend, profile: transfer.vllmAscendProfile } } : {}),
+    ...(vllm ? { sideChannel: 'vllm' as const, vllm: vllmOptions(transfer, ctx) } : {}),
     ...(host !== undefined ? { host } : {}),
     ...(transfer.kvPort !== undefined ? { kvPort: transfer.kvPort } : {}),
   };

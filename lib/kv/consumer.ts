@@ -9,16 +9,24 @@
  * Push (layerwise / SGLang flow): `expect(requestId, blockIds)` returns the kv_transfer_params naming this
  * instance for the producer, and a promise that settles when every prefill rank that serves this rank has
  * written and notified (or the timeout passes, or a producer that started pushing stops answering probes).
+ *
+ * vLLM's MooncakeConnector (side channel 'vllm'): `pull(params, blockIds)` with the params the proxy gave
+ * (transfer_id, remote_bootstrap_addr, remote_engine_id) asks each prefill rank to write into `blockIds` and
+ * settles with their answers; the bytes are written by the prefill (direction 'receive').
+ *
+ * Every failure leaves a failure-ledger record (ledger.ts): on the outcome, as a 'failure' event, and in
+ * takeFailures().
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import { probe } from '../handshake';
-import { batchOutcome, checkBlockIds, checkRequestId, KvRankBase } from './rank-base';
+import { batchOutcome, checkBlockIds, checkRequestId, failureRecord, KvRankBase } from './rank-base';
 import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage, KvRankRef } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import { alignBlocks, type KvTransferParams, type KvTransferParamsWire } from './params';
 import type { KvParamsExtra } from './side-channel';
+import type { KvFailureRecord, KvFailureStage } from './ledger';
 import { planTransfer } from './plan';
 import { prefillRanksOf, slicesByRank, sourcesForDecodeRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
@@ -29,6 +37,8 @@ export interface KvConsumerEvents {
   /** Push mode: a producer rank began writing an expected request (it is now probed until it reports). */
   pushStarted: [requestId: string, producer: { engineId: string; dpRank: number; tpRank: number }];
   warning: [error: MooncakeError];
+  /** A failure-ledger record: a transfer failed (also on its outcome), or a "done" was not delivered. */
+  failure: [record: KvFailureRecord];
   /** A push signal (or another KV message) was refused and did not count (see KvRefusalReason). */
   refused: [refusal: KvRefusal];
 }
@@ -105,9 +115,12 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    */
   async pull(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
-    const p = this.core.channel.parseParams(params);
+    const channel = this.core.channel;
+    const p = channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds, 'blockIds');
-    const aligned = alignBlocks(local, p.remote_block_ids);
+    // vLLM: the prefill pairs the blocks (it knows its own); the decode only names its blocks.
+    const receive = channel.receive?.bind(channel);
+    const aligned = receive ? { remote: local, offset: 0 } : alignBlocks(local, p.remote_block_ids);
     const o = this.core.options;
     const requestId = p.remote_request_id;
     const start = performance.now();
@@ -115,18 +128,23 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const signal = options.signal;
     this.core.metrics.started++;
     const groups = slicesByRank(this.sources(requestId), 'prefillRank');
+    for (const r of channel.peerRanks?.(requestId, this.tpRank) ?? []) if (!groups.has(r)) groups.set(r, []);
     const results: BatchResult[] = [];
     const peers = new Map<number, KvPeer>();
-    let setupError: MooncakeError | undefined;
+    let setup: { error: MooncakeError; stage: KvFailureStage } | undefined;
     try {
       this.checkParamsShape(p);
       const timeout = AbortSignal.timeout(Math.max(1, Math.ceil(deadline - performance.now())));
       const lookupSignal = signal ? AbortSignal.any([signal, timeout]) : timeout;
       await Promise.all(
         [...groups].map(async ([prefillRank, slices]) => {
+          if (receive) {
+            results.push(await receive(p, prefillRank, local, slices, deadline, signal));
+            return;
+          }
           let peer: KvPeer;
           try {
-            peer = await this.core.channel.lookup(p, prefillRank, lookupSignal);
+            peer = await channel.lookup(p, prefillRank, lookupSignal);
           } catch (err) {
             results.push(failedBatch({ engineId: p.remote_engine_id, dpRank: p.remote_dp_rank ?? 0, tpRank: prefillRank, segment: '' }, local.length, asMooncakeError(err, 'looking up the prefill rank failed')));
             return;
@@ -136,17 +154,26 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
         }),
       );
     } catch (err) {
-      setupError = asMooncakeError(err, 'pull failed');
+      const error = asMooncakeError(err, 'pull failed');
+      setup = { error, stage: error.code === 'ABORT_ERR' ? 'ABORT' : 'REGISTRATION' };
     }
-    const { outcome, failed } = batchOutcome(requestId, 'pull', 'read', local, results, setupError, start);
+    const { outcome, failed } = batchOutcome(this.failureSource, requestId, 'pull', receive ? 'receive' : 'read', local, results, setup, start);
     // "done" whatever happened (vllm-ascend's finally): the producer frees its blocks. A side channel that
     // can address the rank without its metadata (vllm-ascend) sends it even when the lookup failed; params
-    // of another side channel get none (that producer would not understand it).
+    // of another side channel get none (that producer would not understand it). With vLLM's connector the
+    // prefill's answer was the end of the exchange: nothing more to send.
     const done = { ok: outcome.ok, failedBlockIds: failed.map((i) => aligned.remote[i]) };
-    if (setupError?.details?.field !== 'sideChannel') {
-      for (const prefillRank of groups.keys()) void this.core.track(this.core.channel.sendDone(p, prefillRank, peers.get(prefillRank), done));
+    if (!receive && setup?.error.details?.field !== 'sideChannel') {
+      for (const prefillRank of groups.keys()) {
+        void this.core.track(channel.sendDone(p, prefillRank, peers.get(prefillRank), done)).then((delivered) => {
+          if (delivered || this.core.closed) return;
+          const peer = { engineId: p.remote_engine_id, dpRank: p.remote_dp_rank ?? 0, tpRank: prefillRank };
+          this.recordFailure(requestId, 'NOTIFY', new MooncakeError('CONNECTION_LOST', `"done" for ${requestId} did not reach prefill rank ${peer.engineId}/${peer.tpRank}: it keeps its blocks until its abort timeout`), [], peer);
+        });
+      }
     }
     this.core.metrics.record(outcome);
+    this.recordFailures(outcome.failures);
     this.emit('transfer', outcome);
     return outcome;
   }
@@ -185,6 +212,9 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
    */
   expect(requestId: string, blockIds: readonly number[], options: { timeoutMs?: number } & KvParamsExtra = {}): KvExpectation {
     this.core.assertOpen();
+    if (this.core.channel.receive) {
+      throw new MooncakeError('INVALID_CONFIG', `the ${this.core.channel.name} side channel asks the prefill to write: call pull(params, blockIds) with the params the proxy gave`, { details: { field: 'sideChannel' } });
+    }
     checkRequestId(requestId);
     const ids = checkBlockIds(this.layout, blockIds, 'blockIds');
     if (this.expectations.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already expected`);
@@ -317,6 +347,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const reports = [...x.reports.values()];
     const failedBlockIds = x.blockIds.filter((b) => failed.has(b));
     const outcome: KvTransferOutcome = {
+      failures: [],
       requestId: x.requestId,
       mode: 'push',
       direction: 'receive',
@@ -336,11 +367,31 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
         ok: r.ok,
       })),
     };
-    if (!outcome.ok) outcome.error = error ?? new MooncakeError('REMOTE_REJECTED', `the producer reported ${failedBlockIds.length} failed blocks for ${x.requestId}`);
+    if (!outcome.ok) {
+      outcome.error = error ?? new MooncakeError('REMOTE_REJECTED', `the producer reported ${failedBlockIds.length} failed blocks for ${x.requestId}`);
+      outcome.failures = this.expectationFailures(x, error, failedBlockIds);
+    }
     this.core.metrics.started++;
     this.core.metrics.record(outcome);
+    this.recordFailures(outcome.failures);
     x.resolve(outcome);
     this.emit('transfer', outcome);
+  }
+
+  /** Ledger records of a push expectation that failed: each producer's failure report, and why waiting ended. */
+  private expectationFailures(x: Expectation, error: MooncakeError | undefined, failedBlockIds: number[]): KvFailureRecord[] {
+    const src = this.failureSource;
+    const out: KvFailureRecord[] = [];
+    for (const r of x.reports.values()) {
+      if (r.ok && r.failed.length === 0) continue;
+      const peer = { engineId: r.from.engine_id, dpRank: r.from.dp_rank, tpRank: r.from.tp_rank };
+      out.push(failureRecord(src, x.requestId, 'SEND', new MooncakeError('REMOTE_REJECTED', `prefill rank ${peer.engineId}/${peer.tpRank} reported ${r.failed.length} failed blocks for ${x.requestId}`), r.failed, peer));
+    }
+    if (error) {
+      const stage: KvFailureStage = error.code === 'ABORT_ERR' || error.code === 'CLOSED' ? 'ABORT' : error.code === 'TIMEOUT' ? 'TIMEOUT' : error.code === 'INVALID_CONFIG' ? 'REGISTRATION' : 'RECV';
+      out.push(failureRecord(src, x.requestId, stage, error, failedBlockIds));
+    }
+    return out;
   }
 
   metrics(): KvMetricsSnapshot {

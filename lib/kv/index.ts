@@ -10,7 +10,7 @@ export { KvLayout, blockRuns, pairedRuns } from './layout';
 export type { KvAttention, KvHeadLayout, KvTensorKind, KvLayoutSpec, KvLayoutJson, ByteRange, BlockRun, PairedRun } from './layout';
 export { KvCaches, allocateHostCaches, DEFAULT_MAX_REGION_BYTES } from './caches';
 export type { KvCachesInput, KvRegionInput } from './caches';
-export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping } from './rank-map';
+export { heldHeads, requestHash, sourcesForDecodeRank, targetsForPrefillRank, prefillRanksOf, validateTpMapping, vllmTargetRanks, vllmRequesters } from './rank-map';
 export type { TpMapping, HeadSpan, HeadSlice, RankSelection } from './rank-map';
 export { PyRandom, stringToInt64Hash } from './py-random';
 export { KV_SIDE_CHANNELS } from './side-channel';
@@ -28,7 +28,11 @@ export { KV_REFUSAL_REASONS } from './metrics';
 export { FENCE_BYTES } from './fence';
 export { TOKEN_PARAM } from './tokens';
 export { resolveKvOptions, checkEngineId, VLLM_ASCEND_PROFILES } from './options';
-export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile } from './options';
+export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile, VllmOptions } from './options';
+export { KV_FAILURE_STAGES } from './ledger';
+export type { KvFailureStage, KvFailureRecord, KvFailureAdvice } from './ledger';
+export { BootstrapServer, DEFAULT_BOOTSTRAP_PORT } from './vllm/bootstrap';
+export type { BootstrapRegistration } from './vllm/bootstrap';
 export {
   parseKvTransferConfig,
   parseMooncakeConfig,

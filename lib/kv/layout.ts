@@ -2,8 +2,11 @@
  * The KV-cache layout of one rank, and its address arithmetic.
  *
  * A rank holds `numLayers` layers. With `attention: 'mha'` (MHA, GQA, MQA) each layer has a K tensor and a
- * V tensor; with `attention: 'mla'` each layer has one latent tensor, or, with `ropeBytes`, two as
- * vLLM-Ascend keeps them: the latent ("nope", `headBytes` wide) and the rope part (`ropeBytes` wide).
+ * V tensor, or, with `combinedKv`, one tensor whose every (head, token) cell holds that head's K then V (vLLM's
+ * `[num_blocks, heads, block_size, K|V]` page, the LBHNC layout its MooncakeConnector registers: `headBytes`
+ * then counts K and V together); with `attention: 'mla'` each layer has one latent tensor, or, with
+ * `ropeBytes`, two as vLLM-Ascend keeps them: the latent ("nope", `headBytes` wide) and the rope part
+ * (`ropeBytes` wide).
  * Every tensor is
  * `[numBlocks][block]`, and a block is `blockSize` tokens × `numHeads` heads × `headBytes` bytes
  * (`headBytes` = head_dim × dtype bytes; for MLA the latent width × dtype bytes, with `numHeads` 1).
@@ -14,16 +17,16 @@
  * - `HND` (`[num_blocks, num_kv_heads, block_size, head_size]`): head-major, so a slice of consecutive
  *   heads is one contiguous piece of the block (the better choice when prefill TP > decode TP).
  *
- * Tensors are numbered layer-major: tensor `2*layer` is K and `2*layer + 1` is V (MLA: tensor `layer`;
- * with `ropeBytes`, `2*layer` is the latent and `2*layer + 1` the rope part, whose blocks are
- * `blockSize × ropeBytes` bytes).
+ * Tensors are numbered layer-major: tensor `2*layer` is K and `2*layer + 1` is V (`combinedKv`: tensor `layer`,
+ * kind 'kv'; MLA: tensor `layer`; with `ropeBytes`, `2*layer` is the latent and `2*layer + 1` the rope part,
+ * whose blocks are `blockSize × ropeBytes` bytes).
  */
 import { MooncakeError, describeValue } from '../errors';
 
 export type KvAttention = 'mha' | 'mla';
 export type KvHeadLayout = 'NHD' | 'HND';
-/** Which tensor of a layer: K or V (MHA/GQA), or the latent tensor (MLA). */
-export type KvTensorKind = 'k' | 'v' | 'latent' | 'rope';
+/** Which tensor of a layer: K or V (MHA/GQA), both in one ('kv', `combinedKv`), or the latent tensor (MLA). */
+export type KvTensorKind = 'k' | 'v' | 'kv' | 'latent' | 'rope';
 
 export interface KvLayoutSpec {
   /** 'mha' (K and V per layer; also GQA/MQA) or 'mla' (one latent tensor per layer). Default 'mha'. */
@@ -41,6 +44,11 @@ export interface KvLayoutSpec {
   headLayout?: KvHeadLayout;
   /** MLA only: a second tensor per layer holding the rope part, this many bytes per token. */
   ropeBytes?: number;
+  /**
+   * MHA only: K and V share one tensor per layer, each (head, token) cell holding K then V (`headBytes` = both);
+   * with `headLayout: 'HND'` this is vLLM's LBHNC page. Default false (a K and a V tensor per layer).
+   */
+  combinedKv?: boolean;
 }
 
 /** The layout as published in the registry (snake_case, like the rest of the metadata). */
@@ -54,6 +62,8 @@ export interface KvLayoutJson {
   head_layout: KvHeadLayout;
   /** Present for MLA layouts with a separate rope tensor. */
   rope_bytes?: number;
+  /** Present (true) for MHA layouts with K and V in one tensor per layer. */
+  combined_kv?: boolean;
 }
 
 /** A piece of a block: `offset` bytes from the block start, `length` bytes long. */
@@ -100,10 +110,12 @@ export class KvLayout {
   readonly headLayout: KvHeadLayout;
   /** MLA: bytes per token of the rope tensor (0: no rope tensor). */
   readonly ropeBytes: number;
-  /** 2 for MHA (K, V) and for MLA with a rope tensor, 1 for MLA. */
+  /** K and V in one tensor per layer (MHA). */
+  readonly combinedKv: boolean;
+  /** 2 for MHA (K, V) and for MLA with a rope tensor, 1 for MLA and for MHA with combinedKv. */
   readonly tensorsPerLayer: 1 | 2;
   readonly tensorCount: number;
-  /** Bytes of one block of a K, V or latent tensor (rope tensors: tensorBlockBytes). */
+  /** Bytes of one block of a K, V, K|V or latent tensor (rope tensors: tensorBlockBytes). */
   readonly blockBytes: number;
   /** Bytes of a K, V or latent tensor, all its blocks (rope tensors: tensorSize). */
   readonly tensorBytes: number;
@@ -119,11 +131,12 @@ export class KvLayout {
     this.numHeads = s.numHeads;
     this.headLayout = s.headLayout;
     this.ropeBytes = s.ropeBytes;
-    this.tensorsPerLayer = s.attention === 'mla' && s.ropeBytes === 0 ? 1 : 2;
+    this.combinedKv = s.combinedKv;
+    this.tensorsPerLayer = (s.attention === 'mla' && s.ropeBytes === 0) || s.combinedKv ? 1 : 2;
     this.tensorCount = this.numLayers * this.tensorsPerLayer;
     this.blockBytes = this.blockSize * this.numHeads * this.headBytes;
     this.tensorBytes = this.blockBytes * this.numBlocks;
-    this.totalBytes = this.numLayers * (this.tensorBytes * (this.attention === 'mha' ? 2 : 1) + this.blockSize * this.ropeBytes * this.numBlocks);
+    this.totalBytes = this.numLayers * (this.tensorBytes * (this.attention === 'mha' && !s.combinedKv ? 2 : 1) + this.blockSize * this.ropeBytes * this.numBlocks);
   }
 
   /** True when tensor `t` is an MLA rope tensor. */
@@ -162,12 +175,15 @@ export class KvLayout {
     if (attention === 'mla' && numHeads !== 1) throw bad('numHeads', numHeads, '1 for MLA (one latent per token)');
     const ropeBytes = spec.ropeBytes === undefined ? 0 : positiveInt('ropeBytes', spec.ropeBytes);
     if (ropeBytes > 0 && attention !== 'mla') throw bad('ropeBytes', ropeBytes, "unset for 'mha' (a rope tensor is MLA's)");
+    const combinedKv = spec.combinedKv ?? false;
+    if (typeof combinedKv !== 'boolean') throw bad('combinedKv', combinedKv, 'a boolean');
+    if (combinedKv && attention !== 'mha') throw bad('combinedKv', combinedKv, "unset for 'mla' (MLA has no K and V)");
     const blockBytes = blockSize * numHeads * headBytes;
-    const total = (blockBytes * (attention === 'mla' ? 1 : 2) + blockSize * ropeBytes) * numBlocks * numLayers;
+    const total = (blockBytes * (attention === 'mla' || combinedKv ? 1 : 2) + blockSize * ropeBytes) * numBlocks * numLayers;
     if (!Number.isSafeInteger(total) || total > MAX_BYTES) {
       throw new MooncakeError('INVALID_CONFIG', `layout is too large (${total} bytes)`, { details: { field: 'layout' } });
     }
-    return new KvLayout({ attention, numLayers, numBlocks, blockSize, headBytes, numHeads, headLayout, ropeBytes });
+    return new KvLayout({ attention, numLayers, numBlocks, blockSize, headBytes, numHeads, headLayout, ropeBytes, combinedKv });
   }
 
   static fromJSON(j: KvLayoutJson): KvLayout {
@@ -180,6 +196,7 @@ export class KvLayout {
       numHeads: j.num_heads,
       headLayout: j.head_layout,
       ...(j.rope_bytes !== undefined ? { ropeBytes: j.rope_bytes } : {}),
+      ...(j.combined_kv === true ? { combinedKv: true } : {}),
     });
   }
 
@@ -193,6 +210,7 @@ export class KvLayout {
       num_heads: this.numHeads,
       head_layout: this.headLayout,
       ...(this.ropeBytes > 0 ? { rope_bytes: this.ropeBytes } : {}),
+      ...(this.combinedKv ? { combined_kv: true } : {}),
     };
   }
 
@@ -206,6 +224,10 @@ export class KvLayout {
       if (kind !== 'latent') throw new MooncakeError('INVALID_ARGUMENT', `this MLA layout has ${this.ropeBytes > 0 ? "'latent' and 'rope' tensors" : "one 'latent' tensor"} per layer, not '${kind}'`);
       return layer;
     }
+    if (this.combinedKv) {
+      if (kind === 'kv') return layer;
+      throw new MooncakeError('INVALID_ARGUMENT', `this MHA layout has one 'kv' tensor per layer (combinedKv), not '${kind}'`);
+    }
     if (kind === 'k') return 2 * layer;
     if (kind === 'v') return 2 * layer + 1;
     throw new MooncakeError('INVALID_ARGUMENT', `an MHA layout has 'k' and 'v' tensors, not '${kind}'`);
@@ -217,6 +239,7 @@ export class KvLayout {
       throw new MooncakeError('INVALID_ARGUMENT', `tensor ${index} is outside [0, ${this.tensorCount})`);
     }
     if (this.attention === 'mla') return this.ropeBytes > 0 ? { layer: index >> 1, kind: index % 2 === 0 ? 'latent' : 'rope' } : { layer: index, kind: 'latent' };
+    if (this.combinedKv) return { layer: index, kind: 'kv' };
     return { layer: index >> 1, kind: index % 2 === 0 ? 'k' : 'v' };
   }
 
@@ -263,6 +286,7 @@ export class KvLayout {
     if (other.blockSize !== this.blockSize) return `blockSize ${this.blockSize} vs ${other.blockSize}`;
     if (other.headBytes !== this.headBytes) return `headBytes ${this.headBytes} vs ${other.headBytes}`;
     if (other.ropeBytes !== this.ropeBytes) return `ropeBytes ${this.ropeBytes} vs ${other.ropeBytes}`;
+    if (other.combinedKv !== this.combinedKv) return `combinedKv ${this.combinedKv} vs ${other.combinedKv}`;
     return undefined;
   }
 

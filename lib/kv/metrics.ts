@@ -3,6 +3,7 @@
  */
 import { summarizeSorted } from '../latency';
 import type { ErrorCode, MooncakeError } from '../errors';
+import { KvFailureLedger, type KvFailureRecord, type KvFailureStage } from './ledger';
 
 /** One peer of a request: the rank it moved blocks with. */
 export interface KvTransferPeer {
@@ -40,6 +41,11 @@ export interface KvTransferOutcome {
   peers: KvTransferPeer[];
   /** The first error, when not ok. */
   error?: MooncakeError;
+  /**
+   * The failure ledger's records of this transfer (empty when ok): where each failure came from, which peer,
+   * which blocks, and whether to recompute or re-route (ledger.ts).
+   */
+  failures: KvFailureRecord[];
 }
 
 /**
@@ -85,10 +91,12 @@ export interface KvMetricsSnapshot {
   /** Over the last 1024 finished transfers. */
   duration: KvDurationSummary;
   notifies: { sent: number; sendFailed: number; received: number; malformed: number };
-  /** KV messages refused, by reason (see KvRefusalReason). */
+  /** KV messages refused, by reason (see KvRefusalReason). Refused messages never reach the failure ledger. */
   refused: Record<KvRefusalReason, number>;
   /** Messages kept for requests not held / expected yet, and those dropped when their time ran out. */
   early: { held: number; bytes: number; expired: number };
+  /** Failure-ledger records so far, by stage. */
+  failures: Record<KvFailureStage, number>;
   /** Producer only: requests whose blocks are held for consumers. */
   holds?: { active: number; released: Record<KvReleaseReason, number>; lateDone: number };
   /** Consumer only: push expectations waiting for producers. */
@@ -113,6 +121,8 @@ export class KvMetrics {
   staleBlocks = 0;
   readonly released: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
   readonly refused = Object.fromEntries(KV_REFUSAL_REASONS.map((r) => [r, 0])) as Record<KvRefusalReason, number>;
+  /** The failure ledger of the rank (records for takeFailures(), counts for snapshot()). */
+  readonly ledger = new KvFailureLedger();
   private readonly durations: number[] = [];
   private next = 0;
 
@@ -142,6 +152,7 @@ export class KvMetrics {
       notifies: { sent: this.notifiesSent, sendFailed: this.notifiesFailed, received: this.notifiesReceived, malformed: this.malformed },
       refused: { ...this.refused },
       early,
+      failures: { ...this.ledger.counts },
     };
   }
 }

@@ -217,9 +217,14 @@ export class MooncakeNodeChannel implements KvSideChannel {
     });
   }
 
-  /** `signal.token` is the token of the consumer's params (KvProducer.push sets it). */
+  /**
+   * `signal.token` is the token of the consumer's params (KvProducer.push sets it). A failed push's `error`
+   * (for channels whose answer carries a reason, vLLM's) is not sent: a KV message has no field for it, and
+   * its length would count against the receiver's message limit.
+   */
   sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean> {
-    return this.send(peer.entry.host, peer.entry.rpc_port, { ...signal, from: this.ref });
+    const { error: _reason, ...s } = signal as KvPushSignal & { error?: string };
+    return this.send(peer.entry.host, peer.entry.rpc_port, { ...s, from: this.ref } as KvMessage);
   }
 
   /** Sends a KV message to a rank's handshake port (bounded, 3 tries); resolves false when it could not. */

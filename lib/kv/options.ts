@@ -25,6 +25,20 @@ export interface VllmAscendOptions {
   dtypeBytes?: number;
 }
 
+export interface VllmOptions {
+  /**
+   * Prefill: the bootstrap server to register with, 'host:port' (vLLM's `bootstrap_server_address`). Unset:
+   * dp rank 0, tp rank 0 serves it on `host:bootstrapPort` and every rank registers there.
+   */
+  bootstrapAddress?: string;
+  /** Port of the bootstrap server a prefill instance serves (default 8998, vLLM's VLLM_MOONCAKE_BOOTSTRAP_PORT). */
+  bootstrapPort?: number;
+  /** Address the bootstrap server listens on (default: the rank's host). */
+  bootstrapHost?: string;
+  /** vLLM layer names, one per layer: regions are matched by them (default `model.layers.<i>.self_attn.attn`). */
+  layerNames?: readonly string[];
+}
+
 export interface KvParallelSize {
   dpSize: number;
   tpSize: number;
@@ -37,11 +51,16 @@ export interface KvRankOptions {
    * How ranks find each other and signal completion (default 'mooncake-node': registry entries in the
    * metadata store, Node <-> Node). 'vllm-ascend': vllm-ascend's MooncakeConnector side channel (ZMQ +
    * msgpack on kv_port + rank), to pair with real vllm-ascend nodes; needs `kvPort` and the optional
-   * packages `zeromq` and `msgpackr`. Both sides of a pair must use the same one.
+   * packages `zeromq` and `msgpackr`. 'vllm': vLLM's own MooncakeConnector (an HTTP bootstrap server, ZMQ +
+   * msgpack, the prefill writes on the decode's request), to pair with real vLLM nodes; needs a one-tensor
+   * layout per layer (`combinedKv` + HND, or MLA) and the same optional packages. Both sides of a pair must
+   * use the same one.
    */
   sideChannel?: KvSideChannelName;
   /** Details of the 'vllm-ascend' side channel. */
   vllmAscend?: VllmAscendOptions;
+  /** Details of the 'vllm' side channel (vLLM's own MooncakeConnector). */
+  vllm?: VllmOptions;
   /** Role published in the registry. Default: the class's ('kv_producer' / 'kv_consumer'); 'kv_both' is accepted by both. */
   role?: KvRole;
   /** This rank's data-parallel rank (default 0). */
@@ -112,6 +131,7 @@ export interface ResolvedKvOptions {
   engineId: string;
   sideChannel: KvSideChannelName;
   vllmAscend: { profile: VllmAscendProfile; layerNames: string[]; dtypeBytes: number };
+  vllm: { bootstrapAddress: string | undefined; bootstrapPort: number; bootstrapHost: string | undefined; layerNames: string[] };
   role: KvRole;
   dpRank: number;
   tpRank: number;
@@ -185,6 +205,7 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
   else totalKvHeads = layout.numHeads * own.tpSize;
   const mapping: TpMapping = { attention: layout.attention, totalHeads: totalKvHeads, prefillTp: prefill.tpSize, decodeTp: decode.tpSize };
   if (sideChannel === 'vllm-ascend') mapping.selection = 'vllm-ascend';
+  if (sideChannel === 'vllm') mapping.selection = 'vllm';
   validateTpMapping(mapping);
   if (layout.attention === 'mha') {
     const expect = own.tpSize <= totalKvHeads ? totalKvHeads / own.tpSize : 1;
@@ -211,12 +232,14 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
     throw invalid('kvPort', o.kvPort, "an integer in [1, 65535] with the 'vllm-ascend' side channel (peers compute every rank's port from it)");
   }
   const vllmAscend = resolveVllmAscend(o.vllmAscend, layout.numLayers);
+  const vllm = resolveVllm(o.vllm, layout.numLayers);
   const heartbeatMs = o.heartbeatMs === undefined ? 2000 : int('heartbeatMs', o.heartbeatMs, 10, 2 ** 31 - 1);
   const staleAfterMs = o.staleAfterMs === undefined ? 3 * heartbeatMs + 2000 : int('staleAfterMs', o.staleAfterMs, heartbeatMs + 1, 2 ** 31 - 1);
   return {
     engineId,
     sideChannel,
     vllmAscend,
+    vllm,
     role,
     dpRank,
     tpRank,
@@ -257,14 +280,35 @@ function resolveEarly(v: KvRankOptions['earlyMessages']): ResolvedKvOptions['ear
   };
 }
 
+function layerNamesOf(field: string, names: unknown, numLayers: number): string[] {
+  const list = names ?? [...Array(numLayers).keys()].map((i) => `model.layers.${i}.self_attn.attn`);
+  if (!Array.isArray(list) || list.length !== numLayers || list.some((n) => typeof n !== 'string' || n === '') || new Set(list).size !== list.length) {
+    throw invalid(field, names, `${numLayers} distinct non-empty layer names (one per layer)`);
+  }
+  return [...(list as string[])];
+}
+
+function resolveVllm(v: VllmOptions | undefined, numLayers: number): ResolvedKvOptions['vllm'] {
+  if (v !== undefined && (v === null || typeof v !== 'object')) throw invalid('vllm', v, 'an object { bootstrapAddress, bootstrapPort, layerNames }');
+  const address = v?.bootstrapAddress;
+  if (address !== undefined && (typeof address !== 'string' || !/^(https?:\/\/)?(\[[^\]]+\]|[^:/\s]+):\d{1,5}\/?$/.test(address))) {
+    throw invalid('vllm.bootstrapAddress', address, "'host:port' of a bootstrap server");
+  }
+  const host = v?.bootstrapHost;
+  if (host !== undefined && (typeof host !== 'string' || host === '')) throw invalid('vllm.bootstrapHost', host, 'a host name or address');
+  return {
+    bootstrapAddress: address,
+    bootstrapPort: v?.bootstrapPort === undefined ? 8998 : int('vllm.bootstrapPort', v.bootstrapPort, 0, 65535),
+    bootstrapHost: host,
+    layerNames: layerNamesOf('vllm.layerNames', v?.layerNames, numLayers),
+  };
+}
+
 function resolveVllmAscend(v: VllmAscendOptions | undefined, numLayers: number): ResolvedKvOptions['vllmAscend'] {
   if (v !== undefined && (v === null || typeof v !== 'object')) throw invalid('vllmAscend', v, 'an object { profile, layerNames, dtypeBytes }');
   const profile = v?.profile ?? '0.23';
   if (!VLLM_ASCEND_PROFILES.includes(profile)) throw invalid('vllmAscend.profile', profile, VLLM_ASCEND_PROFILES.map((p) => `'${p}'`).join(' or '));
-  const names = v?.layerNames ?? [...Array(numLayers).keys()].map((i) => `model.layers.${i}.self_attn.attn`);
-  if (!Array.isArray(names) || names.length !== numLayers || names.some((n) => typeof n !== 'string' || n === '') || new Set(names).size !== names.length) {
-    throw invalid('vllmAscend.layerNames', v?.layerNames, `${numLayers} distinct non-empty layer names (one per layer)`);
-  }
+  const names = layerNamesOf('vllmAscend.layerNames', v?.layerNames, numLayers);
   const dtypeBytes = v?.dtypeBytes === undefined ? 2 : int('vllmAscend.dtypeBytes', v.dtypeBytes, 1, 16);
-  return { profile, layerNames: [...names], dtypeBytes };
+  return { profile, layerNames: names, dtypeBytes };
 }

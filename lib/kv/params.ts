@@ -145,3 +145,20 @@ export function alignBlocks(local: readonly number[], remote: readonly number[])
   const offset = remote.length - local.length;
   return { remote: remote.slice(offset), offset };
 }
+
+/**
+ * Blocks that are written into (a pull's or an expectation's local blocks, a push's remote ones) must be
+ * distinct: a block listed twice would receive two blocks' KV and keep one of them, reported as success.
+ * INVALID_ARGUMENT before anything moves.
+ */
+export function checkDistinct(ids: readonly number[], field: string): void {
+  const seen = new Set<number>();
+  for (const id of ids) {
+    if (seen.has(id)) {
+      throw new MooncakeError('INVALID_ARGUMENT', `${field} lists block ${id} more than once: two blocks of KV cannot land in one block`, {
+        details: { field, blockId: id },
+      });
+    }
+    seen.add(id);
+  }
+}

@@ -8,20 +8,26 @@
  * (reason 'abort-timeout'). A rank the mapping does not choose is released at once ('not-selected').
  *
  * Push (layerwise / SGLang flow): `push(params, blockIds)` writes this rank's head slices into the blocks the
- * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank.
+ * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank. With vLLM's
+ * MooncakeConnector (side channel 'vllm') the params only carry the transfer id: the push waits for each decode
+ * rank's transfer request, which names its blocks, and answers it.
+ *
+ * Every failure leaves a failure-ledger record (ledger.ts): on the push's outcome, as a 'failure' event, and
+ * in takeFailures().
  */
 import { MooncakeError } from '../errors';
-import { batchOutcome, checkBlockIds, checkDistinct, checkRequestId, KvRankBase, MEMORY } from './rank-base';
+import { batchOutcome, checkBlockIds, checkRequestId, KvRankBase, MEMORY } from './rank-base';
 import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
-import type { KvTransferParams, KvTransferParamsWire } from './params';
+import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from './params';
 import { planTransfer } from './plan';
 import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
 import type { KvParamsExtra } from './side-channel';
 import { ANY_RANK } from './messages';
+import type { KvFailureRecord, KvFailureStage } from './ledger';
 
 /** What a consumer rank reported in its "done". */
 export interface KvConsumerReport {
@@ -56,6 +62,8 @@ export interface KvProducerEvents {
   transfer: [outcome: KvTransferOutcome];
   /** Something went wrong in the background (heartbeat, unexpected notification). */
   warning: [error: MooncakeError];
+  /** A failure-ledger record: a push failed (also on its outcome), a signal was lost, a hold timed out. */
+  failure: [record: KvFailureRecord];
   /** A "done" (or another KV message) was refused and did not release anything (see KvRefusalReason). */
   refused: [refusal: KvRefusal];
 }
@@ -108,6 +116,9 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    */
   hold(requestId: string, blockIds: readonly number[], options: KvHoldOptions = {}): KvHold {
     this.core.assertOpen();
+    if (this.core.channel.awaitRequest) {
+      throw new MooncakeError('INVALID_CONFIG', `the ${this.core.channel.name} side channel writes when the decode asks: call push(params, blockIds) with the prefill's kv_transfer_params`, { details: { field: 'sideChannel' } });
+    }
     checkRequestId(requestId);
     const ids = checkBlockIds(this.layout, blockIds);
     if (this.holds.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already held`);
@@ -162,35 +173,58 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    */
   async push(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
-    const p = this.core.channel.parseParams(params);
+    const channel = this.core.channel;
+    let p = channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
-    checkDistinct(p.remote_block_ids, 'kv_transfer_params.remote_block_ids');
-    if (p.remote_block_ids.length > local.length) {
-      throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
-    }
-    const pairedLocal = local.slice(local.length - p.remote_block_ids.length);
+    if (!channel.awaitRequest) this.checkRemoteBlocks(p, local);
     const requestId = p.remote_request_id;
     const o = this.core.options;
     const start = performance.now();
-    const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
+    let deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
     this.core.metrics.started++;
-    const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
+    let pairedLocal = local;
     const results: BatchResult[] = [];
-    let setupError: MooncakeError | undefined;
+    let setup: { error: MooncakeError; stage: KvFailureStage } | undefined;
+    let stage: KvFailureStage = 'BOOTSTRAP';
     try {
+      if (channel.awaitRequest) {
+        // vLLM: the decode names its blocks in its transfer request; the transfer timeout runs from there.
+        p = await channel.awaitRequest(p, options.signal);
+        deadline = performance.now() + (options.timeoutMs ?? o.transferTimeoutMs);
+        stage = 'REGISTRATION';
+        this.checkRemoteBlocks(p, local);
+      }
+      stage = 'REGISTRATION';
       this.checkParamsShape(p);
+      pairedLocal = local.slice(local.length - p.remote_block_ids.length);
+      const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
+      for (const r of channel.peerRanks?.(requestId, this.tpRank) ?? []) if (!targets.has(r)) targets.set(r, []);
       await Promise.all(
         [...targets].map(async ([decodeRank, slices]) => {
           results.push(await this.pushTo(p, decodeRank, slices, pairedLocal, deadline, options.signal));
         }),
       );
     } catch (err) {
-      setupError = asMooncakeError(err, 'push failed');
+      const error = asMooncakeError(err, 'push failed');
+      setup = { error, stage: error.code === 'ABORT_ERR' ? 'ABORT' : error.code === 'TIMEOUT' ? 'BOOTSTRAP' : stage };
     }
-    const { outcome } = batchOutcome(requestId, 'push', 'write', pairedLocal, results, setupError, start);
+    const { outcome } = batchOutcome(this.failureSource, requestId, 'push', 'write', pairedLocal, results, setup, start);
+    await channel.pushSettled?.(p, outcome).catch(() => undefined);
     this.core.metrics.record(outcome);
+    this.recordFailures(outcome.failures);
     this.emit('transfer', outcome);
     return outcome;
+  }
+
+  /**
+   * INVALID_ARGUMENT when the decode assigned a block twice (checkDistinct) or more blocks than this rank has
+   * for the request.
+   */
+  private checkRemoteBlocks(p: KvTransferParams, local: readonly number[]): void {
+    checkDistinct(p.remote_block_ids, 'kv_transfer_params.remote_block_ids');
+    if (p.remote_block_ids.length > local.length) {
+      throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
+    }
   }
 
   private async pushTo(p: KvTransferParams, decodeRank: number, slices: HeadSlice[], local: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
@@ -208,7 +242,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     const token = typeof p.remote_token === 'string' ? { token: p.remote_token } : {};
     void this.core.track(this.core.channel.sendPush(peer, { type: 'push_start', request_id: requestId, ...token }));
     let result: BatchResult;
-    const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error);
+    const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error, 'REGISTRATION');
     const mismatch = this.peerShapeError(e, `${engineId}/${dp}/${decodeRank}`);
     if (mismatch) {
       result = fail(mismatch);
@@ -222,15 +256,19 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
         result = fail(asMooncakeError(err, 'planning the push failed'));
       }
     }
-    await this.core.track(this.core.channel.sendPush(peer, {
+    const delivered = await this.core.track(this.core.channel.sendPush(peer, {
       type: 'push_done',
       request_id: requestId,
       ok: result.failed.length === 0,
       failed_block_ids: result.failed.map((i) => remote[i]),
       bytes: result.peer.bytes,
       ranges: result.peer.ranges,
+      ...(result.error ? { error: result.error.message } : {}),
       ...token,
     }));
+    if (!delivered) {
+      this.recordFailure(requestId, 'NOTIFY', new MooncakeError('CONNECTION_LOST', `push_done for ${requestId} did not reach decode rank ${engineId}/${dp}/${decodeRank}`), [], { engineId, dpRank: dp, tpRank: decodeRank });
+    }
     return result;
   }
 
@@ -283,6 +321,13 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     } else if (!s.pending.delete(m.from.tp_rank)) {
       return true; // a repeated "done" (a retry): already counted
     }
+    if (!m.ok) {
+      // Recorded once per decode rank (a repeated "done" returned above), and only for a "done" that passed
+      // checkDone: a refused one never reaches the ledger.
+      const failed = m.failed_block_ids.length > 0 ? m.failed_block_ids : s.blockIds;
+      const peer = { engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank };
+      this.recordFailure(m.request_id, 'RECV', new MooncakeError('REMOTE_REJECTED', `decode rank ${peer.engineId}/${peer.dpRank}/${peer.tpRank} did not get ${failed.length} blocks of ${m.request_id}`), failed, peer);
+    }
     s.reports.push({ engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank, ok: m.ok, failedBlockIds: m.failed_block_ids });
     if (s.pending.size === 0) this.finish(s, 'done');
     return true;
@@ -301,6 +346,9 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       if (oldest !== undefined) this.recentlyReleased.delete(oldest);
     }
     this.core.metrics.released[reason]++;
+    if (reason === 'abort-timeout') {
+      this.recordFailure(s.requestId, 'TIMEOUT', new MooncakeError('TIMEOUT', `no decode rank said "done" for ${s.requestId} within abortTimeoutMs: its blocks are freed`), s.blockIds);
+    }
     const r: KvRelease = { requestId: s.requestId, blockIds: s.blockIds, reason, heldMs: performance.now() - s.started, consumers: s.reports };
     s.resolve(r);
     this.emit('released', r);

@@ -5,10 +5,11 @@ import type { KvLayout } from './layout';
 import { kvMessageBytes, type KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvTransferOutcome } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
-import type { KvTransferParams, KvTransferParamsWire } from './params';
+import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from './params';
 import { EarlyMessages } from './early';
 import { KvRankCore, type BatchResult } from './rank';
 import type { KvParamsExtra, KvSideChannelName } from './side-channel';
+import { failureAdvice, type KvFailureRecord, type KvFailureStage } from './ledger';
 import type { KvRankEntry } from './registry';
 import { RequestTokens } from './tokens';
 
@@ -31,39 +32,57 @@ export function checkBlockIds(layout: KvLayout, ids: unknown, distinct?: string)
   return [...(ids as number[])];
 }
 
-/**
- * Blocks that are written into (a pull's or an expectation's local blocks, a push's remote ones) must be
- * distinct: a block listed twice would receive two blocks' KV and keep one of them, reported as success.
- * INVALID_ARGUMENT before anything moves.
- */
-export function checkDistinct(ids: readonly number[], field: string): void {
-  const seen = new Set<number>();
-  for (const id of ids) {
-    if (seen.has(id)) {
-      throw new MooncakeError('INVALID_ARGUMENT', `${field} lists block ${id} more than once: two blocks of KV cannot land in one block`, {
-        details: { field, blockId: id },
-      });
-    }
-    seen.add(id);
-  }
+
+/** Which rank records a failure: its side and side channel. */
+export interface FailureSource {
+  side: 'prefill' | 'decode';
+  sideChannel: KvSideChannelName;
+}
+
+/** A ledger record of `error` at `stage` (ledger.ts). */
+export function failureRecord(src: FailureSource, requestId: string, stage: KvFailureStage, error: MooncakeError, blockIds: number[], peer?: KvFailureRecord['peer']): KvFailureRecord {
+  return {
+    requestId,
+    stage,
+    code: error.code,
+    detail: error.message,
+    advice: failureAdvice(stage, error.code),
+    side: src.side,
+    sideChannel: src.sideChannel,
+    ...(peer ? { peer } : {}),
+    blockIds,
+    at: Date.now(),
+  };
 }
 
 /**
  * The outcome of a pull or push run as one batch per peer: a block failed when a batch failed its pair,
- * or every block when the set-up failed (`setupError`). Also returns the failed pair indices, sorted.
+ * or every block when the set-up failed (`setup`). Every failed batch (and the set-up) leaves a failure-ledger
+ * record. Also returns the failed pair indices, sorted.
  */
 export function batchOutcome(
+  src: FailureSource,
   requestId: string,
   mode: 'pull' | 'push',
-  direction: 'read' | 'write',
+  direction: KvTransferOutcome['direction'],
   blockIds: number[],
   results: readonly BatchResult[],
-  setupError: MooncakeError | undefined,
+  setup: { error: MooncakeError; stage: KvFailureStage } | undefined,
   start: number,
 ): { outcome: KvTransferOutcome; failed: number[] } {
   const failedIdx = new Set<number>();
-  for (const r of results) for (const i of r.failed) failedIdx.add(i);
-  if (setupError) for (let i = 0; i < blockIds.length; i++) failedIdx.add(i);
+  const failures: KvFailureRecord[] = [];
+  for (const r of results) {
+    for (const i of r.failed) failedIdx.add(i);
+    if (r.failed.length === 0 && !r.error) continue;
+    const error = r.error ?? new MooncakeError('INTERNAL', `${r.failed.length} blocks did not arrive`);
+    const peer = { engineId: r.peer.engineId, dpRank: r.peer.dpRank, tpRank: r.peer.tpRank };
+    failures.push(failureRecord(src, requestId, r.stage ?? 'RECV', error, r.failed.map((i) => blockIds[i]), peer));
+  }
+  if (setup) {
+    for (let i = 0; i < blockIds.length; i++) failedIdx.add(i);
+    failures.push(failureRecord(src, requestId, setup.stage, setup.error, [...blockIds]));
+  }
   const failed = [...failedIdx].sort((a, b) => a - b);
   const outcome: KvTransferOutcome = {
     requestId,
@@ -76,14 +95,15 @@ export function batchOutcome(
     ranges: results.reduce((a, r) => a + r.peer.ranges, 0),
     durationMs: performance.now() - start,
     peers: results.map((r) => r.peer),
+    failures,
   };
-  const error = setupError ?? results.find((r) => r.error)?.error;
+  const error = setup?.error ?? results.find((r) => r.error)?.error;
   if (!outcome.ok && error) outcome.error = error;
   return { outcome, failed };
 }
 
 /** What KvProducer and KvConsumer share: the rank core behind them, its identity, warnings, disposal. */
-export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> & { warning: [error: MooncakeError]; refused: [refusal: KvRefusal] }> extends EventEmitter<Events> {
+export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> & { warning: [error: MooncakeError]; failure: [record: KvFailureRecord]; refused: [refusal: KvRefusal] }> extends EventEmitter<Events> {
   protected core!: KvRankCore;
   /** Tokens of the requests this rank makes params for, and of the other side's signals about them. */
   protected tokens!: RequestTokens;
@@ -247,6 +267,33 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   protected warmUpRanks(engineId: string, dpRanks: readonly number[] | undefined, tpRanks: readonly number[]): Promise<{ peers: number; failed: number }> {
     const dps = dpRanks ?? [...Array(this.core.options[this.otherSide].dpSize).keys()];
     return this.core.warmUp(engineId, dps.flatMap((dpRank) => tpRanks.map((tpRank) => ({ dpRank, tpRank }))));
+  }
+
+  /** Who records this rank's failures. */
+  protected get failureSource(): FailureSource {
+    return { side: this.side, sideChannel: this.core.channel.name };
+  }
+
+  /** Keeps failure-ledger records (takeFailures, metrics) and emits each as a 'failure' event. */
+  protected recordFailures(records: readonly KvFailureRecord[]): void {
+    const emitter = this as unknown as EventEmitter;
+    for (const r of records) {
+      this.core.metrics.ledger.add(r);
+      if (emitter.listenerCount('failure') > 0) emitter.emit('failure', r);
+    }
+  }
+
+  /** A failure outside a transfer outcome (a completion signal not delivered, a hold force-freed). */
+  protected recordFailure(requestId: string, stage: KvFailureStage, error: MooncakeError, blockIds: number[], peer?: KvFailureRecord['peer']): void {
+    this.recordFailures([failureRecord(this.failureSource, requestId, stage, error, blockIds, peer)]);
+  }
+
+  /**
+   * Drains the failure-ledger records kept since the last call (the last 1024 at the most), oldest first:
+   * where each transfer failure came from and whether to recompute or re-route (see the 'failure' event).
+   */
+  takeFailures(): KvFailureRecord[] {
+    return this.core.metrics.ledger.take();
   }
 
   /** Background problems go to 'warning' listeners when there are any (never an unhandled 'error'). */

@@ -12,16 +12,23 @@
  * spread over different prefill ranks. With `selection: 'vllm-ascend'` the replica is the one vllm-ascend's
  * MooncakeConnector picks: equal TP maps rank r to rank r, otherwise CPython's `random.Random(h).sample` over
  * the replica groups, h being the request id's 64-bit SHA-256 prefix (the prefill frees the blocks of the
- * ranks that choice leaves out, so the decode must make the same one).
- * Consecutive heads served by one prefill rank form one slice. Prefill TP must be a multiple of decode TP.
+ * ranks that choice leaves out, so the decode must make the same one). With `selection: 'vllm'` the mapping
+ * is vLLM's own MooncakeConnector's: a decode rank exchanges messages with the prefill ranks
+ * `[d·r, …, d·r + r − 1]` (prefill TP = r × decode TP) or `[⌊d / r⌋]` (decode TP = r × prefill TP), and
+ * takes each head from the first of them that holds it; decode TP may then also be a multiple of prefill TP.
+ * Consecutive heads served by one prefill rank form one slice. Prefill TP must be a multiple of decode TP
+ * (or, with 'vllm', one of the two a multiple of the other).
  */
 import { createHash } from 'node:crypto';
 import { MooncakeError } from '../errors';
 import type { KvAttention } from './layout';
 import { PyRandom, stringToInt64Hash } from './py-random';
 
-/** How a replica is chosen when several prefill ranks hold a head: mooncake-node's hash, or vllm-ascend's RNG. */
-export type RankSelection = 'mooncake-node' | 'vllm-ascend';
+/**
+ * How a replica is chosen when several prefill ranks hold a head: mooncake-node's hash, vllm-ascend's RNG, or
+ * vLLM's first-target rule.
+ */
+export type RankSelection = 'mooncake-node' | 'vllm-ascend' | 'vllm';
 
 export interface TpMapping {
   attention: KvAttention;
@@ -60,7 +67,8 @@ export function validateTpMapping(m: TpMapping): void {
   for (const [name, v] of [['prefill tp_size', prefillTp], ['decode tp_size', decodeTp]] as const) {
     if (!Number.isSafeInteger(v) || v <= 0) throw invalid(`${name} must be a positive integer, got ${String(v)}`, { field: name, value: v });
   }
-  if (prefillTp < decodeTp || prefillTp % decodeTp !== 0) {
+  const vllmDecodeWider = m.selection === 'vllm' && decodeTp > prefillTp && decodeTp % prefillTp === 0;
+  if (!vllmDecodeWider && (prefillTp < decodeTp || prefillTp % decodeTp !== 0)) {
     throw invalid(
       `prefill tp_size (${prefillTp}) must be a multiple of decode tp_size (${decodeTp}): a decode rank gathers its heads from whole prefill ranks`,
       { field: 'tp_size', prefillTp, decodeTp },
@@ -123,6 +131,32 @@ function replicaChooser(requestId: string, m: TpMapping, decodeRank: number): (n
   return (n) => (hash + decodeRank) % n;
 }
 
+/**
+ * The prefill ranks vLLM's MooncakeConnector has decode rank `decodeRank` send its transfer request to (its
+ * TransferTopology.handshake_target_ranks): every one answers, even those that write nothing.
+ */
+export function vllmTargetRanks(m: Pick<TpMapping, 'prefillTp' | 'decodeTp'>, decodeRank: number): number[] {
+  if (m.decodeTp >= m.prefillTp) return [Math.floor(decodeRank / (m.decodeTp / m.prefillTp))];
+  const r = m.prefillTp / m.decodeTp;
+  return [...Array(r).keys()].map((i) => decodeRank * r + i);
+}
+
+/** The decode ranks that send vLLM transfer requests to prefill rank `prefillRank` (the inverse of vllmTargetRanks). */
+export function vllmRequesters(m: Pick<TpMapping, 'prefillTp' | 'decodeTp'>, prefillRank: number): number[] {
+  if (m.prefillTp >= m.decodeTp) return [Math.floor(prefillRank / (m.prefillTp / m.decodeTp))];
+  const r = m.decodeTp / m.prefillTp;
+  return [...Array(r).keys()].map((i) => prefillRank * r + i);
+}
+
+/** vLLM's source of `head` for decode rank `decodeRank`: the first of its target ranks holding the head. */
+function vllmSource(m: TpMapping, decodeRank: number, head: number): number {
+  for (const t of vllmTargetRanks(m, decodeRank)) {
+    const held = heldHeads(m.attention, m.totalHeads, m.prefillTp, t);
+    if (head >= held.start && head < held.start + held.count) return t;
+  }
+  throw new MooncakeError('INVALID_CONFIG', `no prefill rank decode rank ${decodeRank} talks to holds head ${head} (prefill tp ${m.prefillTp}, decode tp ${m.decodeTp}, ${m.totalHeads} heads)`);
+}
+
 /** The slices decode rank `decodeRank` gathers for a request, in its head order. */
 export function sourcesForDecodeRank(requestId: string, m: TpMapping, decodeRank: number): HeadSlice[] {
   if (!Number.isSafeInteger(decodeRank) || decodeRank < 0 || decodeRank >= m.decodeTp) {
@@ -138,7 +172,8 @@ export function sourcesForDecodeRank(requestId: string, m: TpMapping, decodeRank
   for (let i = 0; i < mine.count; i++) {
     const head = mine.start + i;
     let prefillRank: number;
-    if (m.attention === 'mla') prefillRank = replica(m.prefillTp);
+    if (m.selection === 'vllm') prefillRank = vllmSource(m, decodeRank, head);
+    else if (m.attention === 'mla') prefillRank = replica(m.prefillTp);
     else if (m.prefillTp <= m.totalHeads) prefillRank = Math.floor(head / (m.totalHeads / m.prefillTp));
     else {
       const reps = m.prefillTp / m.totalHeads;

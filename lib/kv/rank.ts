@@ -13,6 +13,7 @@ import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { failedPairs, type TransferPlan } from './plan';
 import type { KvPeer } from './registry';
 import { createSideChannel } from './channels';
+import { failureStage, type KvFailureStage } from './ledger';
 import { distinctSorted, FenceReader, HoldFence, staleError, stalePairs } from './fence';
 import type { KvSideChannel } from './side-channel';
 
@@ -22,14 +23,20 @@ export interface BatchResult {
   /** Indices (into the request's block pairs) that did not arrive. */
   failed: number[];
   error?: MooncakeError;
+  /** Where it failed (the failure ledger's stage), when it did. */
+  stage?: KvFailureStage;
 }
 
-/** A batch with one peer that moved nothing: every one of its `pairs` block pairs failed with `error`. */
-export function failedBatch(peer: Pick<KvTransferPeer, 'engineId' | 'dpRank' | 'tpRank' | 'segment'>, pairs: number, error: MooncakeError): BatchResult {
+/**
+ * A batch with one peer that moved nothing: every one of its `pairs` block pairs failed with `error`, at
+ * `stage` (default: finding the peer, or its timeout).
+ */
+export function failedBatch(peer: Pick<KvTransferPeer, 'engineId' | 'dpRank' | 'tpRank' | 'segment'>, pairs: number, error: MooncakeError, stage?: KvFailureStage): BatchResult {
   return {
     peer: { engineId: peer.engineId, dpRank: peer.dpRank, tpRank: peer.tpRank, segment: peer.segment, bytes: 0, ranges: 0, ok: false, error: error.code },
     failed: [...Array(pairs).keys()],
     error,
+    stage: stage ?? failureStage(error, 'lookup', 'local'),
   };
 }
 
@@ -109,7 +116,8 @@ export class KvRankCore {
         } as TransferEngineOptions);
       }
       caches = await KvCaches.register(engine, o.layout, raw.caches as KvCachesInput | undefined);
-      if (side === 'prefill') fence = await HoldFence.create(engine, o.layout.numBlocks);
+      // A producer that only writes when the decode asks (vLLM's side channel: no hold()) has nothing to fence.
+      if (side === 'prefill' && channel.awaitRequest === undefined) fence = await HoldFence.create(engine, o.layout.numBlocks);
       core = new KvRankCore(o, engine, ownsEngine, caches, channel, side, fence);
       await channel.start({ options: o, raw, side, engine, caches, fence: fence?.address, metrics: core.metrics, onMessage, onWarning, onRefused });
       return core;
@@ -164,7 +172,7 @@ export class KvRankCore {
         if (stale.length > 0) {
           info.error = 'STALE_KV';
           this.metrics.staleBlocks += stale.length;
-          return { peer: info, failed: stale, error: staleError(fenced!.requestId, e.segment, stale.length, pairs.length) };
+          return { peer: info, failed: stale, error: staleError(fenced!.requestId, e.segment, stale.length, pairs.length), stage: 'RECV' };
         }
       }
       info.ok = true;
@@ -180,7 +188,7 @@ export class KvRankCore {
       if (failures && failures.length === plan.requests.length) {
         for (let i = 0; i < plan.requests.length; i++) if (failures[i] === undefined) info.bytes += plan.requests[i].length;
       }
-      return { peer: info, failed, error };
+      return { peer: info, failed, error, stage: failureStage(error, 'transfer', opcode === 'write' ? 'local' : 'remote') };
     }
   }
 

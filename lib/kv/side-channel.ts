@@ -9,9 +9,11 @@
  *   the engine's handshake port. Node <-> Node.
  * - `vllm-ascend` (vllm-ascend/channel.ts): vllm-ascend's MooncakeConnector side channel, ZMQ + msgpack on
  *   the handshake ports, in its released wire profiles. Node <-> vllm-ascend.
+ * - `vllm` (vllm/channel.ts): vLLM's own MooncakeConnector: an HTTP bootstrap server where prefill ranks
+ *   register, the decode's transfer request over ZMQ, the prefill writing on that request. Node <-> vLLM.
  *
- * A new one (vLLM's own MooncakeConnector, say) implements KvSideChannel, adds its name to
- * KV_SIDE_CHANNELS and a case to createSideChannel (channels.ts); KvProducer/KvConsumer need no change.
+ * A new one implements KvSideChannel, adds its name to KV_SIDE_CHANNELS and a case to createSideChannel
+ * (channels.ts); KvProducer/KvConsumer need no change.
  * Where the pieces a channel may need plug in:
  * - a peer that announces itself instead of being asked (vLLM's decode sends its MooncakeXferMetadata to
  *   the prefill): `lookup` may wait, bounded by its signal, for that message keyed by something in the
@@ -32,15 +34,18 @@
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
+import { isP2PHandshake } from '../metadata/store';
 import type { KvCaches } from './caches';
 import type { InstanceKeys } from './instance-keys';
 import type { KvMessage } from './messages';
-import type { KvMetrics, KvRefusal } from './metrics';
+import type { KvMetrics, KvRefusal, KvTransferOutcome } from './metrics';
+import type { BatchResult } from './rank';
+import type { HeadSlice } from './rank-map';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
 import type { KvPeer } from './registry';
 
-export const KV_SIDE_CHANNELS = ['mooncake-node', 'vllm-ascend'] as const;
+export const KV_SIDE_CHANNELS = ['mooncake-node', 'vllm-ascend', 'vllm'] as const;
 export type KvSideChannelName = (typeof KV_SIDE_CHANNELS)[number];
 
 /** What a side channel is started with: the rank it serves. */
@@ -116,14 +121,46 @@ export interface KvSideChannel {
   announce?(requestId: string, blockIds: readonly number[], params: KvTransferParamsWire): void;
   /** Producer -> consumer (push): push_start / push_done for `peer`. Resolves false when not delivered. */
   sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean>;
+  /**
+   * The other side's tp ranks this rank exchanges messages with for a request, beyond those the rank mapping
+   * moves heads with (vLLM: every rank of its handshake set answers, even one that writes nothing). Those
+   * ranks take part with nothing to move.
+   */
+  peerRanks?(requestId: string, tpRank: number): number[];
+  /**
+   * Producer, push: for a protocol in which the decode announces a request (vLLM's transfer request), waits
+   * (bounded by abortTimeoutMs and `signal`) until it does and returns `params` completed with what it
+   * announced (its block ids, tp size).
+   */
+  awaitRequest?(params: KvTransferParams, signal?: AbortSignal): Promise<KvTransferParams>;
+  /** Producer, push: the push of `params` is over; answer the decode ranks not yet told, forget the request. */
+  pushSettled?(params: KvTransferParams, outcome: KvTransferOutcome): Promise<void>;
+  /**
+   * Consumer: for a protocol in which the producer writes when the consumer asks (vLLM), asks producer rank
+   * `tpRank` to write `slices` of the request into `blockIds` and resolves once it answered (a failed batch,
+   * never a rejection, when it did not).
+   */
+  receive?(params: KvTransferParams, tpRank: number, blockIds: number[], slices: readonly HeadSlice[], deadline: number, signal?: AbortSignal): Promise<BatchResult>;
   /** Stops serving and forgets peers. Idempotent. */
   close(): Promise<void>;
+}
+
+/**
+ * INVALID_CONFIG unless `engine` runs in P2PHANDSHAKE mode: the vLLM-family side channels' peers open the
+ * engine as 'host:rpc_port', without a metadata store.
+ */
+export function checkP2PEngine(engine: TransferEngine, channel: KvSideChannelName, port: string): void {
+  if (!isP2PHandshake(engine.metadataServer)) {
+    throw new MooncakeError('INVALID_CONFIG', `the '${channel}' side channel needs an engine in P2PHANDSHAKE mode (its peers open 'host:${port}')`, {
+      details: { field: 'engine', value: engine.metadataServer },
+    });
+  }
 }
 
 /** What a producer tells a consumer rank in push mode (the channel adds who is sending). */
 export type KvPushSignal =
   | { type: 'push_start'; request_id: string; token?: string }
-  | { type: 'push_done'; request_id: string; ok: boolean; failed_block_ids: number[]; bytes: number; ranges: number; token?: string };
+  | { type: 'push_done'; request_id: string; ok: boolean; failed_block_ids: number[]; bytes: number; ranges: number; error?: string; token?: string };
 
 /** Per-request facts for the params of channels that carry them (vllm-ascend's request_finished). */
 export interface KvParamsExtra {

@@ -76,7 +76,7 @@ export interface PrefillResult {
  * Runs `attempt` on an instance of `role` with the retry policy; an error comes out marked with the role (or,
  * when the request itself was failed, as the request's reason).
  */
-async function onInstance<T>(deps: CompletionDeps, ctx: CompletionContext, role: Role, tokens: number, attempt: (inst: Instance) => Promise<T>): Promise<Routed<T>> {
+export async function onInstance<T>(deps: CompletionDeps, ctx: CompletionContext, role: Role, tokens: number, attempt: (inst: Instance) => Promise<T>): Promise<Routed<T>> {
   try {
     return await withRetries(deps.pools[role], tokens, deps.o.retries, ctx.signal, attempt, (inst, e) => deps.onRetry(role, inst, e, ctx.requestId));
   } catch (e) {
@@ -91,9 +91,10 @@ function post(deps: CompletionDeps, ctx: CompletionContext, inst: Instance, head
 
 /**
  * Sends a prefill request (within `timeouts.prefillMs`; a timeout fails the whole request) and reads its JSON
- * answer. Rejects with the HTTP answer to forward (answerOf) when prefill refused, or a coded error.
+ * answer. Rejects with the HTTP answer to forward (answerOf) when prefill refused, or a coded error. `pinned`:
+ * on that instance only (already chosen and acquired by the caller, who releases it), with extra headers.
  */
-export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payload: JsonObject, upstreamId: string): Promise<PrefillResult> {
+export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payload: JsonObject, upstreamId: string, pinned?: { instance: Instance; headers: http.OutgoingHttpHeaders }): Promise<PrefillResult> {
   const { o } = deps;
   const started = process.hrtime.bigint();
   const timer = setTimeout(
@@ -101,20 +102,27 @@ export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payl
     o.timeouts.prefillMs,
   );
   const raw = Buffer.from(JSON.stringify(payload));
-  const headers = { ...ctx.headers, 'x-request-id': upstreamId, accept: 'application/json', 'accept-encoding': 'identity' };
+  const headers = { ...ctx.headers, ...pinned?.headers, 'x-request-id': upstreamId, accept: 'application/json', 'accept-encoding': 'identity' };
+  const attempt = async (inst: Instance): Promise<Buffer> => {
+    const up = await post(deps, ctx, inst, headers, raw, 0);
+    const body = await readBody(up, o.maxPrefillResponseBytes, `prefill response from ${inst.url}`);
+    const status = up.statusCode ?? 502;
+    if (status >= 300) throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError && status >= 400);
+    return body;
+  };
   let routed: Routed<Buffer>;
   try {
-    routed = await onInstance(deps, ctx, 'prefill', ctx.promptTokens, async (inst) => {
-      const up = await post(deps, ctx, inst, headers, raw, 0);
-      const body = await readBody(up, o.maxPrefillResponseBytes, `prefill response from ${inst.url}`);
-      const status = up.statusCode ?? 502;
-      if (status >= 300) throw httpError(inst.url, { status, headers: up.headers, body }, o.retries.onHttpError && status >= 400);
-      return body;
-    });
+    if (pinned) {
+      try {
+        routed = { instance: pinned.instance, result: await attempt(pinned.instance), attempts: 1 };
+      } catch (e) {
+        throw withRole(ctx.signal.aborted ? ctx.signal.reason : e, 'prefill');
+      }
+    } else routed = await onInstance(deps, ctx, 'prefill', ctx.promptTokens, attempt);
   } finally {
     clearTimeout(timer);
   }
-  routed.instance.release(ctx.promptTokens);
+  if (!pinned) routed.instance.release(ctx.promptTokens);
   ctx.route.prefill = routed.instance.url;
   deps.metrics.prefillDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
   let json: unknown;
@@ -151,7 +159,7 @@ export async function openDecode(deps: CompletionDeps, ctx: CompletionContext, p
 }
 
 /** Marks which step an error comes from (for the client's message and the metrics), unless it says already. */
-function withRole(e: unknown, role: Role): unknown {
+export function withRole(e: unknown, role: Role): unknown {
   if (e instanceof MooncakeError && answerOf(e) === undefined) {
     if (e.details === undefined) return new MooncakeError(e.code, e.message, { cause: e.cause, details: { role } });
     e.details.role ??= role;

@@ -28,7 +28,8 @@ export const PROXY_FLAGS = {
   'prefiller-ports': { type: 'list', aliases: ['prefiller-port'], arg: 'P', defaultText: String(DEFAULT_PREFILLER_PORT), help: 'prefill ports, one per host, same order' },
   'decoder-hosts': { type: 'list', aliases: ['decoder-host'], arg: 'H', defaultText: 'localhost', help: 'decode hosts' },
   'decoder-ports': { type: 'list', aliases: ['decoder-port'], arg: 'P', defaultText: String(DEFAULT_DECODER_PORT), help: 'decode ports, one per host' },
-  mode: { type: 'string', choices: PROXY_MODES, default: 'pull', help: "pull: prefill, then decode (MooncakeConnectorV1); layerwise: decode first, prefill through /v1/metaserver" },
+  mode: { type: 'string', choices: PROXY_MODES, default: 'pull', help: "pull: prefill, then decode (MooncakeConnectorV1); layerwise: decode first, prefill through /v1/metaserver; push: both at once with one transfer_id (vLLM's MooncakeConnector)" },
+  'bootstrap-ports': { type: 'list', aliases: ['bootstrap-port'], arg: 'P', defaultText: '8998', help: "push: each prefill instance's bootstrap server port (one for all, or one per host)" },
   'metaserver-url': { type: 'string', arg: 'URL', defaultText: 'http://<host>:<port>/v1/metaserver', help: 'layerwise: where decode instances reach this proxy' },
   policy: { type: 'string', choices: policies, default: 'round-robin', help: 'instance choice for both roles' },
   'prefiller-policy': { type: 'string', choices: policies, arg: 'NAME', help: 'policy for prefill instances only' },
@@ -95,12 +96,21 @@ const LOG_LEVELS: Record<string, ProxyLogLevel | 'silent'> = { WARNING: 'warn', 
 /** ProxyOptions from parsed flags; `env` supplies OPENAI_API_KEY. Every value is validated before anything listens. */
 export function proxyOptionsFromFlags(v: FlagValues<typeof PROXY_FLAGS>, env: Readonly<Record<string, string | undefined>> = {}): { logLevel: ProxyLogLevel | 'silent'; options: ProxyOptions } {
   const retryDelayMs = v['retry-delay-ms'] ?? (v['retry-delay'] !== undefined ? Math.round(v['retry-delay'] * 1000) : undefined);
+  const prefill = pairs(v, 'prefiller-hosts', 'prefiller-ports', DEFAULT_PREFILLER_PORT);
+  const bootstrap = (v['bootstrap-ports'] ?? []).map((p) => port('bootstrap-ports', p));
+  if (bootstrap.length > 1 && bootstrap.length !== prefill.length) {
+    throw new MooncakeError('INVALID_CONFIG', `--bootstrap-ports has ${bootstrap.length} values but there are ${prefill.length} prefill instances; give one port for all or one per host`, {
+      details: { flag: '--bootstrap-ports', value: bootstrap },
+    });
+  }
   const options: ProxyOptions = {
     host: v.host,
     port: v.port,
     mode: v.mode as ProxyMode,
     metaserverUrl: v['metaserver-url'],
-    prefill: pairs(v, 'prefiller-hosts', 'prefiller-ports', DEFAULT_PREFILLER_PORT),
+    ...(bootstrap.length === 1 ? { bootstrapPort: bootstrap[0] } : {}),
+    ...(bootstrap.length > 1 ? { bootstrapPorts: Object.fromEntries(prefill.map((url, k) => [url, bootstrap[k]])) } : {}),
+    prefill,
     decode: pairs(v, 'decoder-hosts', 'decoder-ports', DEFAULT_DECODER_PORT),
     policy: v.policy as PolicyName,
     prefillPolicy: v['prefiller-policy'] as PolicyName | undefined,
@@ -149,6 +159,7 @@ const OPTION_TO_FLAG: Record<string, string> = {
   port: '--port',
   host: '--host',
   mode: '--mode',
+  bootstrapPort: '--bootstrap-ports',
   metaserverUrl: '--metaserver-url',
   policy: '--policy',
   prefillPolicy: '--prefiller-policy',

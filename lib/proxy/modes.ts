@@ -1,8 +1,8 @@
 /**
  * The proxy's request flows (ProxyOptions.mode). A mode dispatches one request: it makes prefill happen and
  * opens decode's answer; lib/proxy/completion.ts does the rest (relay, cached_tokens, re-dispatch). A new flow
- * (e.g. vLLM's own MooncakeConnector, which calls prefill and decode concurrently with one transfer id) is one
- * more CompletionMode here.
+ * is one more CompletionMode: 'pull' and 'layerwise' are here, 'push' (vLLM's own MooncakeConnector, prefill
+ * and decode called at once with one transfer id) in push-mode.ts.
  */
 import { randomUUID } from 'node:crypto';
 import { MooncakeError } from '../errors';
@@ -11,7 +11,7 @@ import { answerOf } from './forward';
 import { buildDecodeBody, buildPrefillBody, cachedTokensOf, type JsonObject } from './rewrite';
 
 /** The id of the n-th dispatch of a request: the client's id first, a suffixed one for re-dispatches. */
-function dispatchId(ctx: CompletionContext, n: number): string {
+export function dispatchId(ctx: CompletionContext, n: number): string {
   return n === 0 ? ctx.requestId : `${ctx.requestId.slice(0, 200)}-recompute-${n}`;
 }
 
@@ -31,7 +31,7 @@ export class PullMode implements CompletionMode {
   }
 }
 
-function releaseOnce(inst: { release(tokens: number): void }, tokens: number): () => void {
+export function releaseOnce(inst: { release(tokens: number): void }, tokens: number): () => void {
   let done = false;
   return () => {
     if (done) return;

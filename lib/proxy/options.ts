@@ -4,6 +4,7 @@
  */
 import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError, describeValue } from '../errors';
+import { DEFAULT_BOOTSTRAP_PORT } from '../kv/vllm/bootstrap';
 
 export type Role = 'prefill' | 'decode';
 export const ROLES: readonly Role[] = ['prefill', 'decode'];
@@ -19,9 +20,13 @@ export const POLICY_NAMES: readonly PolicyName[] = ['round-robin', 'least-reques
  * - 'layerwise' (vllm-ascend's layerwise connector): decode first, with `metaserver` pointing at this proxy's
  *   `/v1/metaserver`; decode POSTs its own params there, the proxy sends them to a prefill instance, which
  *   pushes the KV cache into decode layer by layer.
+ * - 'push' (vLLM's own MooncakeConnector): prefill and decode at once, both given one `transfer_id`; decode
+ *   also gets the prefill instance's bootstrap server and engine id, prefill an `X-data-parallel-rank`; decode
+ *   asks prefill for the KV and prefill writes it.
  */
-export type ProxyMode = 'pull' | 'layerwise';
-export const PROXY_MODES: readonly ProxyMode[] = ['pull', 'layerwise'];
+export type ProxyMode = 'pull' | 'layerwise' | 'push';
+export const PROXY_MODES: readonly ProxyMode[] = ['pull', 'layerwise', 'push'];
+
 
 export type ProxyLogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type ProxyLogger = (level: ProxyLogLevel, message: string, fields?: Readonly<Record<string, unknown>>) => void;
@@ -88,6 +93,13 @@ export interface ProxyOptions {
    * `<listen url>/v1/metaserver`; required when listening on a wildcard address, which decode cannot reach).
    */
   metaserverUrl?: string;
+  /**
+   * Push mode: the port of every prefill instance's bootstrap server, on the instance's host (default 8998,
+   * vLLM's VLLM_MOONCAKE_BOOTSTRAP_PORT).
+   */
+  bootstrapPort?: number;
+  /** Push mode: bootstrap ports (or 'host:port' addresses) of particular prefill instances, keyed by their address. */
+  bootstrapPorts?: Readonly<Record<string, number | string>>;
   /** Prefill instances: 'host:port' or 'http://host:port'. May be empty and filled through the admin API. */
   prefill?: readonly string[];
   /** Decode instances: 'host:port' or 'http://host:port'. */
@@ -150,6 +162,9 @@ export interface ResolvedProxyOptions {
   port: number;
   mode: ProxyMode;
   metaserverUrl: string | undefined;
+  bootstrapPort: number;
+  /** Normalised prefill instance origin → 'http://host:port' of its bootstrap server. */
+  bootstrapAddresses: Map<string, string>;
   prefill: string[];
   decode: string[];
   prefillPolicy: PolicyName;
@@ -254,6 +269,29 @@ function instanceList(name: string, value: unknown): string[] {
   return out;
 }
 
+/** `bootstrapPorts` normalised: instance origin → bootstrap server origin (a bare port is on the instance's host). */
+function bootstrapAddresses(value: unknown): Map<string, string> {
+  const out = new Map<string, string>();
+  if (value === undefined) return out;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw invalid('bootstrapPorts', value, 'expected an object { "host:port": port }');
+  for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
+    const origin = normalizeInstanceUrl(k, `bootstrapPorts key ${k}`);
+    if (typeof v === 'number') {
+      const u = new URL(origin);
+      out.set(origin, `http://${u.hostname}:${int(`bootstrapPorts[${k}]`, v, 0, 1, 65535)}`);
+    } else out.set(origin, normalizeInstanceUrl(v, `bootstrapPorts[${k}]`));
+  }
+  return out;
+}
+
+/** The bootstrap server of prefill instance `origin` (push mode). */
+export function bootstrapOf(o: Pick<ResolvedProxyOptions, 'bootstrapPort' | 'bootstrapAddresses'>, origin: string): string {
+  const known = o.bootstrapAddresses.get(origin);
+  if (known !== undefined) return known;
+  const u = new URL(origin);
+  return `http://${u.hostname}:${o.bootstrapPort}`;
+}
+
 /** Applies defaults and validates; throws MooncakeError('INVALID_CONFIG') naming the option and value. */
 export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions {
   if (options === null || typeof options !== 'object') throw invalid('options', options, 'expected an object');
@@ -288,6 +326,8 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
     port: int('port', options.port, 0, 0, 65535),
     mode,
     metaserverUrl,
+    bootstrapPort: int('bootstrapPort', options.bootstrapPort, DEFAULT_BOOTSTRAP_PORT, 1, 65535),
+    bootstrapAddresses: bootstrapAddresses(options.bootstrapPorts),
     prefill: instanceList('prefill', options.prefill),
     decode: instanceList('decode', options.decode),
     prefillPolicy: policy('prefillPolicy', options.prefillPolicy, base),

@@ -16,8 +16,9 @@ import { runCompletion, type CompletionContext, type CompletionDeps, type Comple
 import { readBody, relay, sendUpstream, withRetries, type Routed } from './forward';
 import { HealthChecker, Instance, InstancePool, type InstanceSnapshot } from './instances';
 import { ProxyMetrics, type EndpointLabel, type ProxyCounters } from './metrics';
-import { ROLES, normalizeInstanceUrl, resolveProxyOptions, type ProxyOptions, type ResolvedProxyOptions, type Role } from './options';
+import { ROLES, bootstrapOf, normalizeInstanceUrl, resolveProxyOptions, type ProxyOptions, type ResolvedProxyOptions, type Role } from './options';
 import { LayerwiseMode, PullMode } from './modes';
+import { PushMode } from './push-mode';
 import { createPolicy } from './policies';
 import { clientResponseHeaders, estimatePromptTokens, isJsonObject, requestedOutputTokens, upstreamRequestHeaders, type JsonObject } from './rewrite';
 
@@ -145,7 +146,7 @@ class ProxyServer implements PdProxy {
       upstreamFailure: (res, role, e, requestId) => this.upstreamFailure(res, role, e, requestId),
     };
     this.layerwise = o.mode === 'layerwise' ? new LayerwiseMode(this.deps, () => this.metaserverUrl()) : undefined;
-    this.mode = this.layerwise ?? new PullMode(this.deps);
+    this.mode = this.layerwise ?? (o.mode === 'push' ? new PushMode(this.deps, (url) => bootstrapOf(o, url)) : new PullMode(this.deps));
     this.server = http.createServer((req, res) => this.route(req, res));
     this.server.on('clientError', (_err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');

@@ -222,7 +222,13 @@ describe.skipIf(!setup)('Node decode pulls from a real vllm-ascend prefill', () 
         expect(outcome.failedBlockIds).toEqual([3, 4]);
         expect(outcome.error?.code).toMatch(/CONNECT_FAILED|CONNECTION_LOST|TIMEOUT|SEGMENT_NOT_FOUND/);
         expect(performance.now() - t0).toBeLessThan(10_000);
+        // The failure ledger says where: the read (or its deadline), with the blocks to recompute.
+        expect(outcome.failures).toHaveLength(1);
+        expect(outcome.failures[0]).toMatchObject({ side: 'decode', sideChannel: 'vllm-ascend', blockIds: [3, 4], peer: { tpRank: 0 } });
+        expect(['RECV', 'TIMEOUT', 'BOOTSTRAP']).toContain(outcome.failures[0].stage);
         await eventually(() => c.metrics().notifies.sendFailed === 1, 8000, 'the DONE attempt to give up');
+        // The DONE that could not be delivered is a NOTIFY record (the prefill keeps its blocks until its timeout).
+        await eventually(() => c.metrics().failures.NOTIFY === 1, 8000, 'the NOTIFY record');
       }, 60_000);
     });
   }

@@ -82,6 +82,7 @@ describe.skipIf(!setup)('layerwise push with the released MooncakeLayerwiseConne
         live.push(p);
         const o = await p.push({ ...params, remote_block_ids: [[BLOCKS + 3]] }, [1]); // a block the decode does not have
         expect(o.ok).toBe(false);
+        expect(o.failures).toEqual([expect.objectContaining({ stage: 'REGISTRATION', code: 'INVALID_ARGUMENT', side: 'prefill', sideChannel: 'vllm-ascend', blockIds: [1] })]);
         const r = await peer.call({ cmd: 'layer_done', request_id: 'cmpl-lwf-0', timeout: profile === '0.23' ? 10 : 1.5 });
         expect(r).toMatchObject(profile === '0.23' ? { done: false, failed: true } : { done: false, failed: false });
       }, 60_000);

@@ -258,6 +258,34 @@ describe('options from the configs', () => {
     expect(err(() => kvOptionsFromConfig(t, p2p, { dpRank: 0, tpRank: 0, layout })).details?.field).toBe('metadata_backend');
   });
 
+  it("side_channel 'vllm': no metadata server, the bootstrap server address and port, decode TP above prefill TP", () => {
+    const cfg = {
+      kv_connector: 'MooncakeConnector', kv_role: 'kv_producer', engine_id: 'p0',
+      kv_connector_extra_config: { prefill: { dp_size: 1, tp_size: 1 }, decode: { dp_size: 1, tp_size: 2 }, side_channel: 'vllm', bootstrap_server_address: '10.0.0.2:9000' },
+    };
+    const t = parseKvTransferConfig(cfg);
+    expect(t).toMatchObject({ sideChannel: 'vllm', bootstrapServerAddress: '10.0.0.2:9000', kvPort: undefined });
+    const combined = { ...layout, headLayout: 'HND' as const, combinedKv: true };
+    const o = kvOptionsFromConfig(t, undefined, { dpRank: 0, tpRank: 0, layout: combined, bootstrapPort: 9001 });
+    expect(o).toMatchObject({ sideChannel: 'vllm', vllm: { bootstrapAddress: '10.0.0.2:9000', bootstrapPort: 9001 } });
+    expect(o.metadataServer).toBeUndefined();
+    expect(resolveKvOptions(o, 'kv_producer').mapping).toMatchObject({ prefillTp: 1, decodeTp: 2, selection: 'vllm' });
+    // Decode TP above prefill TP is vLLM's only; the other side channels still refuse it.
+    const ascend = { ...cfg, kv_port: 30000, kv_connector_extra_config: { ...cfg.kv_connector_extra_config, side_channel: 'vllm-ascend' } };
+    expect(err(() => parseKvTransferConfig(ascend)).details?.field).toBe('kv_connector_extra_config.prefill.tp_size');
+    expect(err(() => parseKvTransferConfig({ ...cfg, kv_connector_extra_config: { ...cfg.kv_connector_extra_config, bootstrap_server_address: 'no-port' } })).details?.field).toBe('kv_connector_extra_config.bootstrap_server_address');
+    const env = process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT;
+    process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT = '9100';
+    try {
+      expect(kvOptionsFromConfig(t, undefined, { dpRank: 0, tpRank: 0, layout: combined }).vllm?.bootstrapPort).toBe(9100);
+      process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT = 'x';
+      expect(err(() => kvOptionsFromConfig(t, undefined, { dpRank: 0, tpRank: 0, layout: combined })).details?.field).toBe('VLLM_MOONCAKE_BOOTSTRAP_PORT');
+    } finally {
+      if (env === undefined) delete process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT;
+      else process.env.VLLM_MOONCAKE_BOOTSTRAP_PORT = env;
+    }
+  });
+
   it('labels caches given by address with kv_buffer_device; host Buffers stay cpu', () => {
     const t = parseKvTransferConfig(SEED_PREFILL); // kv_buffer_device "npu"
     const byAddress = kvOptionsFromConfig(t, mc, { dpRank: 1, tpRank: 1, layout, caches: { regions: [{ address: 0x200000n, length: 1 << 21 }] } });

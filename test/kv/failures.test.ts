@@ -38,6 +38,7 @@ describe('pull failures', () => {
         expect(x.ok).toBe(false);
         expect(x.error).toBe('TIMEOUT');
         expect(sorted(x.failedBlockIds)).toEqual([10, 11, 12]);
+        expect(x.stages).toEqual(['TIMEOUT']); // the failure ledger: no answer within the deadline
       }
     } finally {
       prefill.signal('SIGCONT');
@@ -62,6 +63,7 @@ describe('pull failures', () => {
       // Typically CONNECTION_LOST (or CONNECT_FAILED after the engine's retry); never a waited-out TIMEOUT.
       expect(x.error, JSON.stringify(x)).toBeDefined();
       expect(x.error, JSON.stringify(x)).not.toBe('TIMEOUT');
+      expect(x.stages).toEqual(['RECV']); // the read itself failed
     }
     expect(afterKill).toBeLessThan(30_000); // the transfer timeout was 60 s: death is detected, not waited out
     await prefill.exited;
@@ -77,7 +79,7 @@ describe('pull failures', () => {
     // Once the heartbeat is stale, the registry itself declares the rank dead.
     await new Promise((r) => setTimeout(r, 1500));
     const stale = await decode.call<RankOutcome[]>('pull', { dp: 0, params: later, blockIds: [7, 8], timeoutMs: 60_000 });
-    for (const x of stale) expect(x).toMatchObject({ ok: false, error: 'CONNECT_FAILED', failedBlockIds: [7, 8] });
+    for (const x of stale) expect(x).toMatchObject({ ok: false, error: 'CONNECT_FAILED', failedBlockIds: [7, 8], stages: ['BOOTSTRAP'] });
   });
 });
 
@@ -129,6 +131,7 @@ describe('push: producer killed mid-request', () => {
           failed++;
           expect(sorted(x.failedBlockIds)).toEqual(sorted(r.d));
           expect(x.error).toBe('CONNECTION_LOST');
+          expect(x.stages).toEqual(['RECV']); // the producer vanished while this rank waited
         }
       }
     }
@@ -186,6 +189,8 @@ describe('consumer that never says done', () => {
       late = m.reduce((a, x) => a + x.metrics.holds.lateDone, 0);
       if (late === 2) {
         expect(m.reduce((a, x) => a + x.metrics.holds.released['abort-timeout'], 0)).toBe(3);
+        // Each force-free left a TIMEOUT record in the producer's failure ledger.
+        expect(m.reduce((a, x) => a + (x.metrics as unknown as { failures: { TIMEOUT: number } }).failures.TIMEOUT, 0)).toBe(3);
         break;
       }
       await new Promise((r) => setTimeout(r, 50));

@@ -37,6 +37,8 @@ export interface RankOutcome {
   durationMs: number;
   peers: number;
   error?: string;
+  /** The failure-ledger stages of the outcome's records (empty when ok). */
+  stages: string[];
   checkedBytes?: number;
   mismatches?: number;
 }

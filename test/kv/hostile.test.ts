@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, isMooncakeError } from '../../lib';
 import { sendNotify } from '../../lib/handshake';
-import { KV_NOTIFY_NAME, KvConsumer, KvProducer, encodeKvMessage, type KvMessage, type KvRankRef, type KvRefusal, type KvTransferParams } from '../../lib/kv';
+import { KV_NOTIFY_NAME, KvConsumer, KvProducer, encodeKvMessage, type KvFailureRecord, type KvMessage, type KvRankRef, type KvRefusal, type KvTransferParams } from '../../lib/kv';
 import { ReqClient } from '../../lib/kv/zmq/sockets';
 import { pack } from '../../lib/kv/zmq/wire';
 import { freePortRange } from '../helpers/ports';
@@ -91,6 +91,38 @@ describe('who may release a hold (mooncake-node side channel, prefill tp 2 -> de
     const outcomes = await Promise.all(consumers.map((c) => c.pull(holds[0].params, [10, 11, 12])));
     for (const o of outcomes) expect(o.ok, o.error?.message).toBe(true);
     expect((await Promise.all(holds.map((h) => h.released))).map((r) => r.reason)).toEqual(['done', 'done']);
+  });
+
+  it('a refused done reporting failed blocks leaves no failure-ledger record; the paired rank\'s does (RECV)', async () => {
+    const h = producers[0].hold('ledger', [1, 2, 3]);
+    const token = h.params.remote_token as string;
+    producers[0].takeFailures();
+    const recv = producers[0].metrics().failures.RECV;
+    const seen: KvFailureRecord[] = [];
+    const onFailure = (r: KvFailureRecord) => seen.push(r);
+    producers[0].on('failure', onFailure);
+    try {
+      const failedDone = { ok: false, failed_block_ids: [2] };
+      const answers = [
+        await send(producers[0], done('ledger', failedDone)),
+        await send(producers[0], done('ledger', { ...failedDone, token: 'B'.repeat(22) })),
+        await send(producers[0], done('ledger', { ...failedDone, token, from: decode(0, { tp_size: 7 }) })),
+        await send(producers[0], done('ledger', { ...failedDone, token, from: decode(1) })),
+        await send(producers[0], done('ledger', { ok: false, failed_block_ids: [9], token })),
+      ];
+      expect(answers).toEqual(Array(5).fill('REJECT_HANDSHAKE'));
+      await tick();
+      expect(seen).toEqual([]);
+      expect(producers[0].takeFailures()).toEqual([]);
+      expect(producers[0].metrics().failures.RECV).toBe(recv);
+      // The paired decode rank, with the token, reporting a block it did not get: one record, and the release.
+      expect(await send(producers[0], done('ledger', { ...failedDone, token }))).toBe(true);
+      expect((await h.released).reason).toBe('done');
+      expect(seen).toEqual([expect.objectContaining({ requestId: 'ledger', stage: 'RECV', code: 'REMOTE_REJECTED', advice: 'recompute', side: 'prefill', blockIds: [2], peer: { engineId: 'd', dpRank: 0, tpRank: 0 } })]);
+      expect(producers[0].metrics().failures.RECV).toBe(recv + 1);
+    } finally {
+      producers[0].off('failure', onFailure);
+    }
   });
 
   it('a done before hold() is checked on arrival: forged ones are refused, a valid one releases the later hold, and it expires', async () => {

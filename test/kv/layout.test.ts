@@ -39,6 +39,24 @@ describe('KvLayout', () => {
     expect(l.headRanges(0, 1)).toEqual([{ offset: 0, length: 16 * 1152 }]);
   });
 
+  it("computes sizes for K|V in one tensor per layer (combinedKv: vLLM's LBHNC page)", () => {
+    const l = KvLayout.from({ ...base, headBytes: 16, headLayout: 'HND', combinedKv: true });
+    expect(l.tensorsPerLayer).toBe(1);
+    expect(l.tensorCount).toBe(2);
+    expect(l.blockBytes).toBe(4 * 2 * 16);
+    expect(l.totalBytes).toBe(2 * 10 * 128);
+    expect(l.tensorIndex(1, 'kv')).toBe(1);
+    expect(l.tensorAt(1)).toEqual({ layer: 1, kind: 'kv' });
+    expect(code(() => l.tensorIndex(0, 'k'))).toBe('INVALID_ARGUMENT');
+    // Head 1 of a block is one piece after head 0's tokens (HND).
+    expect(l.headRanges(1, 1)).toEqual([{ offset: 4 * 16, length: 4 * 16 }]);
+    expect(KvLayout.fromJSON(l.toJSON())).toEqual(l);
+    expect(l.toJSON().combined_kv).toBe(true);
+    expect(l.incompatibility(KvLayout.from({ ...base, headBytes: 16, headLayout: 'HND' }))).toMatch(/combinedKv/);
+    expect(code(() => KvLayout.from({ attention: 'mla', numLayers: 1, numBlocks: 1, blockSize: 1, headBytes: 1, combinedKv: true }))).toBe('INVALID_CONFIG');
+    expect(code(() => KvLayout.from({ ...base, combinedKv: 'yes' as unknown as boolean }))).toBe('INVALID_CONFIG');
+  });
+
   it('rejects every invalid field with INVALID_CONFIG naming it', () => {
     const cases: [Partial<KvLayoutSpec> & Record<string, unknown>, string][] = [
       [{ numLayers: 0 }, 'layout.numLayers'],

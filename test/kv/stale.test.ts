@@ -5,7 +5,7 @@
 // bytes that are not the held request's.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, type TransferEngine } from '../../lib';
-import { KvConsumer, KvProducer, checkKvPattern, fillKvPattern, type KvTransferOutcome } from '../../lib/kv';
+import { KvConsumer, KvProducer, checkKvPattern, fillKvPattern, type KvFailureRecord, type KvTransferOutcome } from '../../lib/kv';
 
 const common = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' };
 const layout = { numLayers: 4, numBlocks: 64, blockSize: 16, headBytes: 256, numHeads: 2 };
@@ -108,6 +108,29 @@ describe('stale KV (a pull racing a force-free)', () => {
     expectStale(await consumer.pull(late.params, [25, 26]), [25, 26]);
     const early = producer.transferParams('early', [11]); // params before hold(): nothing is held
     expectStale(await consumer.pull(early, [27]), [27]);
+  });
+
+  it('stale blocks leave a failure-ledger record: RECV, STALE_KV, recompute, naming the producer rank and the stale blocks only', async () => {
+    fill(5, [17, 18, 19]);
+    const keep = producer.hold('ledger-keep', [19]);
+    const h = producer.hold('ledger', [17, 18, 19], { abortTimeoutMs: 10 });
+    expect((await h.released).reason).toBe('abort-timeout');
+    consumer.takeFailures();
+    const seen: KvFailureRecord[] = [];
+    const onFailure = (r: KvFailureRecord) => seen.push(r);
+    consumer.on('failure', onFailure);
+    const recv = consumer.metrics().failures.RECV;
+    const o = await consumer.pull(h.params, [34, 35, 36]).finally(() => consumer.off('failure', onFailure));
+    expectStale(o, [34, 35]);
+    expect(o.failures).toEqual([expect.objectContaining({
+      requestId: 'ledger', stage: 'RECV', code: 'STALE_KV', advice: 'recompute', side: 'decode', sideChannel: 'mooncake-node',
+      peer: { engineId: 'p', dpRank: 0, tpRank: 0 }, blockIds: [34, 35],
+    })]);
+    expect(seen).toEqual(o.failures);
+    expect(consumer.takeFailures()).toEqual(o.failures);
+    expect(consumer.metrics().failures.RECV - recv).toBe(1);
+    producer.release('ledger-keep');
+    await keep.released;
   });
 
   it('a block another hold still covers stays valid: only the released request\'s own blocks are stale', async () => {

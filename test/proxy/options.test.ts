@@ -124,7 +124,7 @@ describe('parseProxyArgs', () => {
       recompute: { enabled: false, maxRedispatches: 5 },
       retries: { baseDelayMs: 250, onHttpError: false },
     });
-    expect(configError(() => parseProxyArgs(['--mode', 'push'])).message).toMatch(/^--mode="push": expected one of pull, layerwise/);
+    expect(configError(() => parseProxyArgs(['--mode', 'scatter'])).message).toMatch(/^--mode="scatter": expected one of pull, layerwise, push/);
     expect(configError(() => parseProxyArgs(['--mode', 'layerwise', '--host', '0.0.0.0'])).message).toMatch(/^--host="0\.0\.0\.0": layerwise decode instances must reach/);
   });
 

@@ -19,14 +19,14 @@
  */
 import { MooncakeError } from '../../errors';
 import type { TransferEngine, TransferEngineOptions } from '../../engine';
-import { isP2PHandshake, P2P_HANDSHAKE } from '../../metadata/store';
+import { P2P_HANDSHAKE } from '../../metadata/store';
 import { KvLayout } from '../layout';
 import { ANY_RANK } from '../messages';
 import type { KvRankOptions, ResolvedKvOptions } from '../options';
 import { parseKvTransferParams, type KvTransferParams, type KvTransferParamsWire } from '../params';
 import { heldHeads, prefillRanksOf, sourcesForDecodeRank } from '../rank-map';
 import { KV_REGISTRY_VERSION, type KvPeer } from '../registry';
-import type { KvParamsExtra, KvPushSignal, KvSideChannel, KvSideChannelContext } from '../side-channel';
+import { checkP2PEngine, type KvParamsExtra, type KvPushSignal, type KvSideChannel, type KvSideChannelContext } from '../side-channel';
 import { ReqClient, RouterServer } from '../zmq/sockets';
 import { messageTag, pack, unpack } from '../zmq/wire';
 import { agentMetadata, parseAgentMetadata, peerLayout } from './metadata';
@@ -74,11 +74,7 @@ export class VllmAscendChannel implements KvSideChannel {
   }
 
   checkEngine(engine: TransferEngine): void {
-    if (!isP2PHandshake(engine.metadataServer)) {
-      throw new MooncakeError('INVALID_CONFIG', "the 'vllm-ascend' side channel needs an engine in P2PHANDSHAKE mode (vllm-ascend peers open 'host:te_rpc_port')", {
-        details: { field: 'engine', value: engine.metadataServer },
-      });
-    }
+    checkP2PEngine(engine, this.name, 'te_rpc_port');
     if (engine.rpcPort === this.handshakePort) {
       throw new MooncakeError('INVALID_CONFIG', `the engine listens on ${engine.rpcPort}, the vllm-ascend handshake port of this rank (kv_port + dp × tp + tp); give it another port`, {
         details: { field: 'engine.rpcPort', value: engine.rpcPort },

@@ -121,6 +121,28 @@ export class ReqClient {
   }
 }
 
+/**
+ * The next well-formed request a ROUTER receives, `[identity, (empty delimiter,) payload]` (REQ peers send the
+ * delimiter, DEALER peers do not); malformed ones are reported and skipped. Undefined once it is closed.
+ */
+export async function nextRequest(sock: ZmqSocket, closed: () => boolean, onError?: (err: unknown) => void): Promise<{ identity: Buffer; body: Buffer } | undefined> {
+  while (!closed()) {
+    let frames: Buffer[];
+    try {
+      frames = await sock.receive();
+    } catch (err) {
+      if (closed() || sock.closed) return undefined;
+      onError?.(err);
+      continue;
+    }
+    const identity = frames[0];
+    const body = frames.slice(1).filter((f) => f.length > 0);
+    if (identity !== undefined && body.length === 1) return { identity, body: body[0] };
+    onError?.(new MooncakeError('PROTOCOL_ERROR', `side-channel request of ${frames.length} frames ignored`));
+  }
+  return undefined;
+}
+
 /** What a handler answers: one frame, or nothing (the requester times out, as upstream's ROUTER does for bad requests). */
 export type RouterReply = Buffer | undefined;
 
@@ -156,25 +178,13 @@ export class RouterServer {
   }
 
   private async serve(handler: (payload: Buffer) => RouterReply | Promise<RouterReply>, options: RouterServerOptions): Promise<void> {
-    while (!this.closed) {
-      let frames: Buffer[];
-      try {
-        frames = await this.sock.receive();
-      } catch (err) {
-        if (this.closed || this.sock.closed) return;
-        options.onError?.(err);
-        continue;
-      }
-      // [identity, (empty delimiter,) payload]: REQ peers send the delimiter, DEALER peers may not.
-      const identity = frames[0];
-      const body = frames.slice(1).filter((f) => f.length > 0);
-      if (identity === undefined || body.length !== 1) {
-        options.onError?.(new MooncakeError('PROTOCOL_ERROR', `side-channel request of ${frames.length} frames ignored`));
-        continue;
-      }
+    for (;;) {
+      const request = await nextRequest(this.sock, () => this.closed, options.onError);
+      if (!request) return;
+      const { identity, body } = request;
       let reply: RouterReply;
       try {
-        reply = await handler(body[0]);
+        reply = await handler(body);
       } catch (err) {
         options.onError?.(err);
         continue;
