@@ -56,7 +56,8 @@ export type CompletionCallback = (
 ) => void;
 
 export interface ManagedAllocation {
-  buffer: ArrayBuffer;
+  /** Absent when this Node cannot make an ArrayBuffer that large over external memory. */
+  buffer?: ArrayBuffer;
   address: bigint;
   shmPath: string;
 }

@@ -5,6 +5,7 @@
 
 #include "addon.h"
 #include "host_memory.h"
+#include "managed_view.h"
 
 namespace mcaddon {
 
@@ -400,7 +401,8 @@ Napi::Value EngineWrap::RegisterAddress(const Napi::CallbackInfo& info) {
   return run(env, asyncArg(info, 4), [&e, addr, len, o] { return e.registerMemory(addr, len, o); }, nullptr);
 }
 
-// allocateManaged(size, shareable, location) -> { buffer: ArrayBuffer, address: bigint }
+// allocateManaged(size, shareable, location, async?) -> { buffer?: ArrayBuffer, address: bigint, shmPath }
+// (a Promise of it when async). `buffer` is left out when this Node cannot view that many bytes at once.
 Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
@@ -415,12 +417,10 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   o.owner = mem;
   o.shmPath = mem->shmPath();
   uint64_t addr = reinterpret_cast<uint64_t>(mem->data());
-  auto result = [mem, size, addr](Napi::Env env2) -> Napi::Value {
-    auto* hold = new std::shared_ptr<mc::HostAllocation>(mem);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-        env2, mem->data(), size, [](Napi::Env, void*, std::shared_ptr<mc::HostAllocation>* h) { delete h; }, hold);
+  auto result = [mem, addr](Napi::Env env2) -> Napi::Value {
     Napi::Object out = Napi::Object::New(env2);
-    out.Set("buffer", ab);
+    Napi::Value view = managedView(env2, mem);  // absent when too large for a JS view on this Node
+    if (!view.IsEmpty()) out.Set("buffer", view);
     out.Set("address", Napi::BigInt::New(env2, addr));
     out.Set("shmPath", Napi::String::New(env2, mem->shmPath()));
     return out;
