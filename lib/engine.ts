@@ -13,6 +13,8 @@ import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metad
 import { rpcMetaKey, segmentKey } from './metadata/keys';
 import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
+import { engineFamilies } from './metrics/engine';
+import type { MetricFamily } from './metrics/types';
 import { createUpstreamNative, pollUpstreamNotifies, type UpstreamBackendInfo } from './upstream-backend';
 import {
   defaultAdvertiseAddress,
@@ -209,6 +211,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           allowedPeers: o.allowedPeers,
           sameHost: o.sameHostFastPath,
           deviceLibrary: o.ascendRuntimeLibrary,
+          metricsMaxPeers: o.metricsMaxPeers,
         },
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
       );
@@ -610,6 +613,16 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       notifiesDropped: this.notifications.dropped,
       notifiesRejected: this.notifications.rejected,
     };
+  }
+
+  /**
+   * The engine's metrics, for a `MetricsRegistry` (docs/metrics.md): per-peer bytes, requests and
+   * failures and the transfer latency histogram (counted natively, read in one call), connections,
+   * notifies and the handshake port. A closed engine reports no samples.
+   */
+  collectMetrics(): MetricFamily[] {
+    if (this.closing) return engineFamilies({ engine: this.localServerName, stats: {} });
+    return engineFamilies({ engine: this.localServerName, native: this.native.metrics(), stats: this.stats(), handshake: this.handshake?.stats() });
   }
 
   get closed(): boolean {

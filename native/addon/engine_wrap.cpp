@@ -6,6 +6,7 @@
 #include "addon.h"
 #include "host_memory.h"
 #include "managed_view.h"
+#include "metrics_js.h"
 
 namespace mcaddon {
 
@@ -32,6 +33,7 @@ mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   addU(env, o, "retries", &t.retries);
   addU(env, o, "maxServerConnections", &t.maxServerConnections);
   addU(env, o, "maxServerConnectionsPerPeer", &t.maxServerConnectionsPerPeer);
+  addU(env, o, "metricsMaxPeers", &t.metricsMaxPeers);
   unsigned tmp = 0;
   if (!o.Get("firstByteTimeoutMs").IsUndefined()) { addU(env, o, "firstByteTimeoutMs", &tmp); t.firstByteTimeoutMs = static_cast<int>(tmp); }
   if (!o.Get("sliceSize").IsUndefined()) t.sliceSize = toLength(env, o.Get("sliceSize"), "sliceSize");
@@ -199,6 +201,7 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("freeBatch", &EngineWrap::Tagged<&EngineWrap::FreeBatch>),
                          InstanceMethod("localDescriptor", &EngineWrap::Tagged<&EngineWrap::LocalDescriptor>),
                          InstanceMethod("stats", &EngineWrap::Tagged<&EngineWrap::Stats>),
+                         InstanceMethod("metrics", &EngineWrap::Tagged<&EngineWrap::Metrics>),
                          InstanceMethod("backend", &EngineWrap::Tagged<&EngineWrap::Backend>),
                          InstanceMethod("localEndpoint", &EngineWrap::Tagged<&EngineWrap::LocalEndpoint>),
                          InstanceMethod("backendInfo", &EngineWrap::Tagged<&EngineWrap::BackendInfo>),
@@ -685,6 +688,12 @@ Napi::Value EngineWrap::FreeBatch(const Napi::CallbackInfo& info) {
 
 Napi::Value EngineWrap::LocalDescriptor(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), live(info.Env()).localDescriptor());
+}
+
+// metrics() -> the per-peer counters and latency histogram (see metrics_js.h).
+Napi::Value EngineWrap::Metrics(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return metricsToJs(env, live(env).metrics());
 }
 
 Napi::Value EngineWrap::Stats(const Napi::CallbackInfo& info) {
