@@ -76,7 +76,7 @@ interface Watch {
 
 export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly expectations = new Map<string, Expectation>();
-  private readonly early = new EarlyMessages<KvMessage>();
+  private readonly early = new EarlyMessages<KvMessage>((n) => this.core.metrics.count('earlyDropped', n));
   private readonly watches = new Map<string, Watch>();
 
   protected readonly side = 'decode';
@@ -111,7 +111,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const start = performance.now();
     const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
     const signal = options.signal;
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     const groups = slicesByRank(this.sources(requestId), 'prefillRank');
     const results: BatchResult[] = [];
     const peers = new Map<number, KvPeer>();
@@ -327,7 +327,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       })),
     };
     if (!outcome.ok) outcome.error = error ?? new MooncakeError('REMOTE_REJECTED', `the producer reported ${failedBlockIds.length} failed blocks for ${x.requestId}`);
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     this.core.metrics.record(outcome);
     x.resolve(outcome);
     this.emit('transfer', outcome);

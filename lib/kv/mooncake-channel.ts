@@ -67,9 +67,9 @@ export class MooncakeNodeChannel implements KvSideChannel {
     this.ref = { engine_id: o.engineId, dp_rank: o.dpRank, tp_rank: o.tpRank, tp_size: this.own.tpSize, host: engine.advertiseAddress, rpc_port: engine.rpcPort };
     this.onNotify = (n: Notify) => {
       const { message, malformed } = decodeKvMessage(n);
-      if (malformed) ctx.metrics.malformed++;
+      if (malformed) ctx.metrics.count('malformed');
       if (!message) return;
-      ctx.metrics.notifiesReceived++;
+      ctx.metrics.count('notifiesReceived');
       ctx.onMessage(message);
     };
     engine.on('notify', this.onNotify);
@@ -185,7 +185,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
-        metrics.notifiesSent++;
+        metrics.count('notifiesSent');
         return true;
       } catch (err) {
         // A refused connection means the rank is gone: no point retrying.
@@ -193,7 +193,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
         if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
       }
     }
-    metrics.notifiesFailed++;
+    metrics.count('notifiesFailed');
     return false;
   }
 

@@ -81,7 +81,7 @@ export interface KvPushOptions {
 
 export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly holds = new Map<string, HoldState>();
-  private readonly early = new EarlyMessages<Extract<KvMessage, { type: 'done' }>>();
+  private readonly early = new EarlyMessages<Extract<KvMessage, { type: 'done' }>>((n) => this.core.metrics.count('earlyDropped', n));
   private readonly recentlyReleased = new Map<string, number>();
 
   protected readonly side = 'prefill';
@@ -165,7 +165,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     const o = this.core.options;
     const start = performance.now();
     const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
     const results: BatchResult[] = [];
     let setupError: MooncakeError | undefined;
@@ -232,7 +232,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       return;
     }
     if (this.recentlyReleased.has(m.request_id)) {
-      this.core.metrics.lateDone++;
+      this.core.metrics.count('lateDone');
       return;
     }
     // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
@@ -259,7 +259,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       const oldest = this.recentlyReleased.keys().next().value;
       if (oldest !== undefined) this.recentlyReleased.delete(oldest);
     }
-    this.core.metrics.released[reason]++;
+    this.core.metrics.release(reason);
     const r: KvRelease = { requestId: s.requestId, blockIds: s.blockIds, reason, heldMs: performance.now() - s.started, consumers: s.reports };
     s.resolve(r);
     this.emit('released', r);

@@ -3,7 +3,8 @@ import { MooncakeError } from '../errors';
 import type { KvCaches } from './caches';
 import type { KvLayout } from './layout';
 import type { KvMessage } from './messages';
-import type { KvTransferOutcome } from './metrics';
+import type { MetricFamily } from '../metrics/types';
+import type { KvMetricsSnapshot, KvTransferOutcome } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
 import { KvRankCore, type BatchResult } from './rank';
@@ -32,10 +33,18 @@ export function checkBlockIds(layout: KvLayout, ids: unknown): number[] {
 export class EarlyMessages<M> {
   private readonly byRequest = new Map<string, { messages: M[]; expires: number }>();
 
+  /** `onDrop` hears how many messages were given up without their request showing up. */
+  constructor(private readonly onDrop: (messages: number) => void = () => undefined) {}
+
   keep(requestId: string, m: M, ttlMs: number): void {
     const now = performance.now();
     if (this.byRequest.size >= MEMORY) {
-      for (const [k, v] of this.byRequest) if (v.expires < now || this.byRequest.size >= MEMORY) this.byRequest.delete(k);
+      for (const [k, v] of this.byRequest) {
+        if (v.expires < now || this.byRequest.size >= MEMORY) {
+          this.byRequest.delete(k);
+          this.onDrop(v.messages.length);
+        }
+      }
     }
     const e = this.byRequest.get(requestId) ?? { messages: [], expires: now + ttlMs };
     e.messages.push(m);
@@ -98,6 +107,17 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   }
 
   protected abstract onMessage(m: KvMessage): void;
+
+  /** Counters of this rank (holds for a producer, expectations for a consumer). */
+  abstract metrics(): KvMetricsSnapshot;
+
+  /**
+   * This rank's metrics for a `MetricsRegistry` (docs/metrics.md), labelled with its side and its
+   * engine's name. The engine (`rank.engine`) reports its own: register both.
+   */
+  collectMetrics(): MetricFamily[] {
+    return this.core.metrics.families(this.metrics(), { side: this.side, engine: this.core.engine.localServerName });
+  }
 
   /** The group this rank moves KV with: decode for a producer, prefill for a consumer. */
   private get otherSide(): 'prefill' | 'decode' {

@@ -31,6 +31,8 @@ import { allowList } from '../allow-list';
 import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
+import { MetadataServerMetrics } from './metrics';
+import type { MetricFamily } from '../metrics/types';
 import { ClientGone, readBody } from './request-body';
 import { DATA_FILE, DEFAULT_LOG_SLACK_BYTES, PersistError } from './persistence';
 
@@ -157,6 +159,8 @@ export class MetadataServer {
   private readonly store: EntryStore;
   private readonly bodies = { bytes: 0 };
   private refused = 0;
+  private readonly metrics = new MetadataServerMetrics();
+  private readonly startedAt = new WeakMap<http.ServerResponse, number>();
   private readonly server: http.Server;
   private readonly sockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -224,6 +228,11 @@ export class MetadataServer {
       refusedConnections: this.refused,
       bufferedBytes: this.bodies.bytes,
     };
+  }
+
+  /** The server's metrics for a `MetricsRegistry` (docs/metrics.md). */
+  collectMetrics(): MetricFamily[] {
+    return this.metrics.families(this.stats());
   }
 
   /**
@@ -301,6 +310,7 @@ export class MetadataServer {
   // Request handling
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
+    this.startedAt.set(res, performance.now());
     this.route(req, res, expectContinue).catch((e: unknown) => {
       if (e instanceof ClientGone) {
         res.destroy();
@@ -412,6 +422,7 @@ export class MetadataServer {
     // While closing, finish the connection with this answer instead of keeping it alive.
     if (expectContinue || this.closing) res.setHeader('Connection', 'close');
     res.end(data);
+    this.metrics.answered(res.req.method ?? '', status, (performance.now() - (this.startedAt.get(res) ?? performance.now())) / 1000);
     if (this.onRequest) {
       try {
         this.onRequest({ method: res.req.method ?? '', key: this.keyOf.get(res), status, bytes: data.length });

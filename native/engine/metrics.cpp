@@ -67,7 +67,7 @@ MetricsSnapshot EngineMetrics::snapshot() const {
   MetricsSnapshot s;
   initiator_.snapshot(&s.initiator);
   target_.snapshot(&s.target);
-  latency_.snapshot(&s.latencyCounts, &s.latencySum, &s.latencyCount);
+  if (enabled_) latency_.snapshot(&s.latencyCounts, &s.latencySum, &s.latencyCount);
   s.batchesOk = batchesOk_.load(std::memory_order_relaxed);
   s.batchesFailed = batchesFailed_.load(std::memory_order_relaxed);
   return s;
