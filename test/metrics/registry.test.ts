@@ -48,7 +48,7 @@ describe('MetricsRegistry', () => {
   });
 
   describe('prom-client bridge', () => {
-    const registries: client.Registry[] = [];
+    const registries: { clear(): void }[] = [];
     afterAll(() => {
       for (const r of registries) r.clear();
     });
@@ -82,7 +82,8 @@ describe('MetricsRegistry', () => {
     });
 
     it('works with an OpenMetrics registry and with prom-client default labels', async () => {
-      const prom = new client.Registry(client.Registry.OPENMETRICS_CONTENT_TYPE);
+      const prom = new client.Registry<typeof client.openMetricsContentType>();
+      prom.setContentType(client.openMetricsContentType);
       registries.push(prom);
       prom.setDefaultLabels({ service: 'pd' });
       new MetricsRegistry().register(fake).registerWith(prom);
