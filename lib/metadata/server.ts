@@ -19,7 +19,7 @@
  * - re-PUT of an existing rpc_meta key with a byte-identical body → 200 `metadata unchanged` (like the
  *   C++ server in mooncake_master) and refreshes the entry's TTL; a different body is still 400.
  *   `identicalRpcMetaPut: 'reject'` restores the Python server's 400.
- * - `GET /health` → 200 `OK`; key/entry/size limits → 414 / 507; bodies arriving at once beyond a
+ * - `GET /health` → 200 `OK`; `GET /metrics` → the server's metrics (Prometheus text); key/entry/size limits → 414 / 507; bodies arriving at once beyond a
  *   budget → 503; a full disk → 507. A change is applied only once it is stored: a refused or failed
  *   write changes nothing.
  */
@@ -32,6 +32,7 @@ import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
 import { MetadataServerMetrics } from './metrics';
+import { PROMETHEUS_CONTENT_TYPE, renderText } from '../metrics/text';
 import type { MetricFamily } from '../metrics/types';
 import { ClientGone, readBody } from './request-body';
 import { DATA_FILE, DEFAULT_LOG_SLACK_BYTES, PersistError } from './persistence';
@@ -332,6 +333,10 @@ export class MetadataServer {
 
     if (route === '/health' && this.options.path !== '/health') {
       if (method === 'GET' || method === 'HEAD') return this.reply(res, 200, 'OK', PLAIN_TEXT, expectContinue);
+      return this.reply(res, 405, 'Method not allowed', JSON_TEXT, expectContinue);
+    }
+    if (route === '/metrics' && this.options.path !== '/metrics') {
+      if (method === 'GET' || method === 'HEAD') return this.reply(res, 200, renderText(this.collectMetrics()), PROMETHEUS_CONTENT_TYPE, expectContinue);
       return this.reply(res, 405, 'Method not allowed', JSON_TEXT, expectContinue);
     }
     if (route !== this.options.path) return this.reply(res, 404, '404: Not Found', PLAIN_TEXT, expectContinue);
