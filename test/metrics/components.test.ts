@@ -4,7 +4,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MetadataServer, MetricsRegistry } from '../../lib';
 import { KvConsumer, KvProducer, fillKvPattern, patternSeed, type KvLayoutSpec } from '../../lib/kv';
-import { EarlyMessages, MEMORY } from '../../lib/kv/rank-base';
 import { Harness, request } from '../proxy/stand-ins';
 import { parseText, value } from './helpers';
 
@@ -49,6 +48,9 @@ describe('KV, metadata server and proxy metrics', () => {
       expect(value(s, 'mooncake_kv_holds_released_total', { ...p, reason: 'done' })).toBe(1);
       expect(value(s, 'mooncake_kv_holds_released_total', { ...p, reason: 'abort-timeout' })).toBe(0);
       expect(value(s, 'mooncake_kv_notifies_received_total', p)).toBe(1);
+      expect(value(s, 'mooncake_kv_refused_messages_total', { ...p, reason: 'early-full' })).toBe(0);
+      expect(value(s, 'mooncake_kv_early_messages', p)).toBe(0);
+      expect(value(s, 'mooncake_kv_stale_blocks_total', d)).toBe(0);
       // The consumer's engine pulled the same bytes from the producer's engine.
       expect(value(s, 'mooncake_engine_bytes_total', { engine: d.engine, role: 'initiator', op: 'read' })).toBe(outcome.bytes);
       // The metadata server answered the ranks' PUTs and GETs.
@@ -61,17 +63,6 @@ describe('KV, metadata server and proxy metrics', () => {
       await producer.close();
       await consumer.close();
     }
-  });
-
-  it('counts early messages dropped when too many requests wait', () => {
-    let dropped = 0;
-    const early = new EarlyMessages<number>((n) => (dropped += n));
-    for (let i = 0; i < MEMORY; i++) early.keep(`r${i}`, i, 60_000);
-    expect(dropped).toBe(0);
-    early.keep('one-more', 0, 60_000);
-    expect(dropped).toBe(1);
-    expect(early.take('r0')).toEqual([]);
-    expect(early.take('one-more')).toEqual([0]);
   });
 
   it('the metadata server counts refused answers by status', async () => {
