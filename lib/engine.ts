@@ -13,6 +13,8 @@ import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metad
 import { rpcMetaKey, segmentKey } from './metadata/keys';
 import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
+import { engineFamilies } from './metrics/engine';
+import type { MetricFamily } from './metrics/types';
 import { createUpstreamNative, pollUpstreamNotifies, type UpstreamBackendInfo } from './upstream-backend';
 import {
   defaultAdvertiseAddress,
@@ -210,6 +212,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           allowedPeers: o.allowedPeers,
           sameHost: o.sameHostFastPath,
           deviceLibrary: o.ascendRuntimeLibrary,
+          metricsMaxPeers: o.metricsMaxPeers,
         },
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
       );
@@ -297,19 +300,19 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
 
   /**
    * Allocates page-aligned, zeroed host memory owned by the engine and registers it. With `shareable`
-   * (default true) it lives in shared memory, so a peer on the same host can copy without TCP.
+   * (default true) it lives in shared memory, so a peer on the same host can copy without TCP. Sizes
+   * above this machine's memory are refused (MEMORY). `region.buffer` views the memory when this Node
+   * can make a Buffer that large (`buffer.constants.MAX_LENGTH`: 4 GiB on Node 20); a larger region has
+   * no `buffer` but moves bytes like any other.
    */
   async allocateManagedBuffer(size: number, options: RegisterOptions & { shareable?: boolean } = {}): Promise<MemoryRegion> {
     this.assertOpen();
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
-    // The region is handed back as a Buffer over the memory: no larger than the biggest Buffer Node makes.
-    if (size > bufferConstants.MAX_LENGTH) {
-      throw new MooncakeError('INVALID_ARGUMENT', `size ${size} is larger than the biggest Buffer this Node can make (${bufferConstants.MAX_LENGTH} bytes); register several regions instead`);
-    }
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
     const m = await this.native.allocateManaged(size, shareable, location, this.blocking);
-    return (await this.adopt([new MemoryRegion(this, m.address, size, location, Buffer.from(m.buffer), undefined, (r) => this.unregisterMemory(r))]))[0];
+    const view = m.buffer !== undefined && m.buffer.byteLength <= bufferConstants.MAX_LENGTH ? Buffer.from(m.buffer) : undefined;
+    return (await this.adopt([new MemoryRegion(this, m.address, size, location, view, undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
   /**
@@ -623,6 +626,16 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       notifiesDropped: this.notifications.dropped,
       notifiesRejected: this.notifications.rejected,
     };
+  }
+
+  /**
+   * The engine's metrics, for a `MetricsRegistry` (docs/metrics.md): per-peer bytes, requests and
+   * failures and the transfer latency histogram (counted natively, read in one call), connections,
+   * notifies and the handshake port. A closed engine reports no samples.
+   */
+  collectMetrics(): MetricFamily[] {
+    if (this.closing) return engineFamilies({ engine: this.localServerName, stats: {} });
+    return engineFamilies({ engine: this.localServerName, native: this.native.metrics(), stats: this.stats(), handshake: this.handshake?.stats() });
   }
 
   get closed(): boolean {

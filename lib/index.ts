@@ -124,3 +124,5 @@ export type {
 } from './kv';
 export { createProxy, runProxyBench } from './proxy';
 export type { PdProxy, ProxyOptions, ProxyAddress, ProxyStats, ProxyBenchOptions, ProxyBenchResult, InstanceSnapshot, PolicyName } from './proxy';
+export { MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from './metrics';
+export type { MetricsRegistryOptions, PromClientRegistry, MetricFamily, MetricsSource, MetricType, Labels, ValueSample, HistogramSample } from './metrics';

@@ -22,7 +22,10 @@ export class MemoryRegion {
     readonly address: bigint,
     readonly length: number,
     readonly location: MemoryLocation,
-    /** The JS view over the memory, when it is host memory JS can see (undefined for device memory). */
+    /**
+     * The JS view over the memory, when it is host memory JS can see (undefined for device memory, and
+     * for managed memory larger than the biggest Buffer this Node makes).
+     */
     readonly buffer: Buffer | undefined,
     private readonly source: ArrayBuffer | ArrayBufferView | undefined,
     private readonly release: (region: MemoryRegion) => Promise<void>,

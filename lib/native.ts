@@ -36,6 +36,8 @@ export interface NativeEngineConfig {
   protoVersion?: number;
   allowedPeers?: string[];
   sameHost?: boolean;
+  /** Peers with their own metrics counters (the rest count as 'other'); 0 turns per-peer metrics off. */
+  metricsMaxPeers?: number;
 }
 
 export interface NativeSegmentInfo {
@@ -56,9 +58,26 @@ export type CompletionCallback = (
 ) => void;
 
 export interface ManagedAllocation {
-  buffer: ArrayBuffer;
+  /** Absent when this Node cannot make an ArrayBuffer that large over external memory. */
+  buffer?: ArrayBuffer;
   address: bigint;
   shmPath: string;
+}
+
+/** One peer's counters in one role; pairs are [read, write]. */
+export interface NativePeerRow {
+  peer: string;
+  bytes: [number, number];
+  ops: [number, number];
+  failed: [number, number];
+}
+
+export interface NativeMetrics {
+  initiator: NativePeerRow[];
+  target: NativePeerRow[];
+  /** counts: per bucket, not cumulative, one more than bounds (above every bound); empty when off. */
+  latency: { bounds: number[]; counts: number[]; sum: number; count: number };
+  batches: { ok: number; failed: number };
 }
 
 export interface DeviceAllocation {
@@ -104,6 +123,8 @@ export interface NativeEngine {
   freeBatch(batchId: bigint): void;
   localDescriptor(): string;
   stats(): Record<string, number>;
+  /** Per-peer counters and the batch latency histogram: one call per scrape. */
+  metrics(): NativeMetrics;
   backend(): string;
   /** mooncake backend: upstream's getLocalIpAndPort ("ip:rpcPort"). */
   localEndpoint(): string;

@@ -99,6 +99,13 @@ export interface TransferEngineOptions {
    */
   firstByteTimeoutMs?: number;
   /**
+   * Peers that get their own series in the engine's metrics (bytes, requests and failures per peer;
+   * see `collectMetrics()`); peers seen after that many are counted together as peer `other`, so
+   * the label set stays bounded. Default 64. 0 turns the per-peer counters and the transfer latency
+   * histogram off.
+   */
+  metricsMaxPeers?: number;
+  /**
    * Bounds of the received-notify buffer (see `getNotifies()`): entries (default 4096), bytes
    * (default 64 MiB), one notify's size (default 1 MiB; larger ones are refused, the sender's
    * `sendNotify` fails) and what a full buffer does: `'drop-oldest'` (default; dropped ones were
@@ -198,6 +205,7 @@ export function validateOptions(o: TransferEngineOptions): void {
   checkPositiveInt('maxServerConnections', o.maxServerConnections, { max: 1 << 20 });
   checkPositiveInt('maxServerConnectionsPerPeer', o.maxServerConnectionsPerPeer, { max: 1 << 20 });
   checkPositiveInt('firstByteTimeoutMs', o.firstByteTimeoutMs, { max: 2 ** 31 - 1 });
+  checkPositiveInt('metricsMaxPeers', o.metricsMaxPeers, { min: 0, max: 1 << 16 });
   if (o.notifies !== undefined) {
     if (o.notifies === null || typeof o.notifies !== 'object') throw new MooncakeError('INVALID_CONFIG', 'notifies must be an object');
     checkPositiveInt('notifies.capacity', o.notifies.capacity, { min: 0 });

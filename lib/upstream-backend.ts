@@ -68,6 +68,7 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
       rpcPort: o.rpcPort,
       device: o.device,
       deviceLibrary: o.ascendRuntimeLibrary,
+      metricsMaxPeers: o.metricsMaxPeers,
     },
     onCompletions,
   );

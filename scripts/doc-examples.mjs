@@ -162,6 +162,12 @@ function scratch() {
   );
   fs.mkdirSync(path.join(dir, 'node_modules', '@types'), { recursive: true });
   fs.symlinkSync(repo, path.join(dir, 'node_modules', 'mooncake-node'));
+  // The optional peer dependencies a reader installs beside the package when an example uses one.
+  const peers = Object.keys(JSON.parse(fs.readFileSync(path.join(repo, 'package.json'), 'utf8')).peerDependencies ?? {});
+  for (const p of peers) {
+    const at = path.join(repo, 'node_modules', p);
+    if (fs.existsSync(at)) fs.symlinkSync(at, path.join(dir, 'node_modules', p));
+  }
   const types = path.join(repo, 'node_modules', '@types', 'node');
   if (fs.existsSync(types)) fs.symlinkSync(types, path.join(dir, 'node_modules', '@types', 'node'));
   const work = path.join(dir, 'work');

@@ -4,8 +4,8 @@ import type { TransferEngineOptions } from '../options';
 import type { BenchOptions } from './options';
 
 /** The engine knobs every bench side (initiator, target, loopback) takes from the command line. */
-export function benchEngineOptions(o: BenchOptions): Pick<TransferEngineOptions, 'ioThreads' | 'connectionsPerPeer' | 'sameHostFastPath'> {
-  return { ioThreads: o.ioThreads, connectionsPerPeer: o.connectionsPerPeer, sameHostFastPath: o.sameHost };
+export function benchEngineOptions(o: BenchOptions): Pick<TransferEngineOptions, 'ioThreads' | 'connectionsPerPeer' | 'sameHostFastPath' | 'metricsMaxPeers'> {
+  return { ioThreads: o.ioThreads, connectionsPerPeer: o.connectionsPerPeer, sameHostFastPath: o.sameHost, metricsMaxPeers: o.metricsMaxPeers };
 }
 
 /** The buffer a bench side moves bytes in and out of: engine-allocated shared memory with --managed, else a registered Buffer. */

@@ -47,6 +47,7 @@ export async function spawnTarget(o: BenchOptions, metadataServer: string, signa
   if (o.managed) args.push('--managed');
   if (o.ioThreads) args.push('--io-threads', String(o.ioThreads));
   if (o.connectionsPerPeer) args.push('--connections', String(o.connectionsPerPeer));
+  if (o.metricsMaxPeers !== undefined) args.push('--metrics-max-peers', String(o.metricsMaxPeers));
   if (!o.sameHost) args.push('--no-same-host');
   // The child's stderr is read, not inherited: its failure becomes this process's one error line.
   const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });

@@ -35,6 +35,8 @@ export interface BenchOptions {
   /** Engine knobs. */
   ioThreads?: number;
   connectionsPerPeer?: number;
+  /** Peers with their own metrics counters; 0 turns per-peer metrics off (to measure their cost). */
+  metricsMaxPeers?: number;
   /** Use engine-allocated shared memory on both sides (enables the same-host fast path). */
   managed: boolean;
   /** Allow the same-host memcpy path when both ends are on one host (default true). */
@@ -61,6 +63,7 @@ export const BENCH_FLAGS = {
   'device-name': { type: 'string', arg: 'NAME', help: 'RDMA device (upstream); tcp does not use it, as upstream ignores it for tcp' },
   'io-threads': { type: 'int', min: 1, max: 64, help: 'engine I/O threads' },
   connections: { type: 'int', min: 1, max: 64, help: 'connections per peer' },
+  'metrics-max-peers': { type: 'int', min: 0, max: 65536, help: 'peers with their own metrics counters on both sides; 0 = per-peer metrics off (default 64)' },
   managed: { type: 'boolean', help: 'engine-allocated shared memory on both sides (same-host memcpy path)' },
   'same-host': { type: 'boolean', negatable: true, default: true, help: 'never use the same-host memcpy path' },
   compare: { type: 'boolean', help: "also run upstream's transfer_engine_bench and a raw TCP reference, and print ratios (set-up: mooncake-node setup-upstream)" },
@@ -102,6 +105,7 @@ export function benchOptionsFromFlags(v: BenchFlagValues): BenchOptions {
     sweep: v.sweep,
     ioThreads: v['io-threads'],
     connectionsPerPeer: v.connections,
+    metricsMaxPeers: v['metrics-max-peers'],
     managed: v.managed === true,
     sameHost: v['same-host'] !== false,
     reportUnit: v['report-unit'] as ReportUnit,

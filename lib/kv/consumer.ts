@@ -126,7 +126,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const start = performance.now();
     const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
     const signal = options.signal;
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     const groups = slicesByRank(this.sources(requestId), 'prefillRank');
     for (const r of channel.peerRanks?.(requestId, this.tpRank) ?? []) if (!groups.has(r)) groups.set(r, []);
     const results: BatchResult[] = [];
@@ -371,7 +371,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
       outcome.error = error ?? new MooncakeError('REMOTE_REJECTED', `the producer reported ${failedBlockIds.length} failed blocks for ${x.requestId}`);
       outcome.failures = this.expectationFailures(x, error, failedBlockIds);
     }
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     this.core.metrics.record(outcome);
     this.recordFailures(outcome.failures);
     x.resolve(outcome);

@@ -2,6 +2,8 @@
  * Per-request transfer outcomes and the counters behind `metrics()`.
  */
 import { summarizeSorted } from '../latency';
+import { Histogram } from '../metrics/histogram';
+import { counter, gauge, histogram, type Labels, type MetricFamily } from '../metrics/types';
 import type { ErrorCode, MooncakeError } from '../errors';
 import { KvFailureLedger, type KvFailureRecord, type KvFailureStage } from './ledger';
 
@@ -105,35 +107,107 @@ export interface KvMetricsSnapshot {
 
 const WINDOW = 1024;
 
+/** Event counters a rank bumps through `KvMetrics.count()`. */
+export type KvCounter = 'started' | 'notifiesSent' | 'notifiesFailed' | 'notifiesReceived' | 'malformed' | 'lateDone' | 'staleBlocks';
+
+type Direction = KvTransferOutcome['direction'];
+const DIRECTIONS: readonly Direction[] = ['read', 'write', 'receive'];
+
+interface PerDirection {
+  ok: number;
+  failed: number;
+  bytes: number;
+  failedBlocks: number;
+  duration: Histogram;
+}
+
+/**
+ * A rank's counters. Read-only from outside: the rank changes them through `count`, `refuse`,
+ * `release` and `record`; `snapshot()` and `families()` read them.
+ */
 export class KvMetrics {
-  started = 0;
-  succeeded = 0;
-  failed = 0;
-  bytes = 0;
-  ranges = 0;
-  failedBlocks = 0;
-  notifiesSent = 0;
-  notifiesFailed = 0;
-  notifiesReceived = 0;
-  malformed = 0;
-  lateDone = 0;
-  /** Consumer: blocks a pull read while their producer did not hold them (STALE_KV). */
-  staleBlocks = 0;
-  readonly released: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
-  readonly refused = Object.fromEntries(KV_REFUSAL_REASONS.map((r) => [r, 0])) as Record<KvRefusalReason, number>;
+  private readonly counters: Record<KvCounter, number> = { started: 0, notifiesSent: 0, notifiesFailed: 0, notifiesReceived: 0, malformed: 0, lateDone: 0, staleBlocks: 0 };
+  private readonly releasedBy: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
+  private readonly refusedBy = Object.fromEntries(KV_REFUSAL_REASONS.map((r) => [r, 0])) as Record<KvRefusalReason, number>;
+  private readonly byDirection = new Map<Direction, PerDirection>();
+  private rangeCount = 0;
   /** The failure ledger of the rank (records for takeFailures(), counts for snapshot()). */
   readonly ledger = new KvFailureLedger();
   private readonly durations: number[] = [];
   private next = 0;
 
+  count(name: KvCounter, n = 1): void {
+    this.counters[name] += n;
+  }
+
+  /** A producer let go of a request's blocks. */
+  release(reason: KvReleaseReason): void {
+    this.releasedBy[reason]++;
+  }
+
+  /** A KV message was refused. */
+  refuse(reason: KvRefusalReason): void {
+    this.refusedBy[reason]++;
+  }
+
   record(o: KvTransferOutcome): void {
-    if (o.ok) this.succeeded++;
-    else this.failed++;
-    this.bytes += o.bytes;
-    this.ranges += o.ranges;
-    this.failedBlocks += o.failedBlockIds.length;
+    let d = this.byDirection.get(o.direction);
+    if (d === undefined) {
+      d = { ok: 0, failed: 0, bytes: 0, failedBlocks: 0, duration: new Histogram() };
+      this.byDirection.set(o.direction, d);
+    }
+    if (o.ok) d.ok++;
+    else d.failed++;
+    d.bytes += o.bytes;
+    d.failedBlocks += o.failedBlockIds.length;
+    d.duration.observe(o.durationMs / 1000);
+    this.rangeCount += o.ranges;
     if (this.durations.length < WINDOW) this.durations.push(o.durationMs);
     else this.durations[this.next++ % WINDOW] = o.durationMs;
+  }
+
+  get started(): number {
+    return this.counters.started;
+  }
+  get succeeded(): number {
+    return this.sum((d) => d.ok);
+  }
+  get failed(): number {
+    return this.sum((d) => d.failed);
+  }
+  get bytes(): number {
+    return this.sum((d) => d.bytes);
+  }
+  get ranges(): number {
+    return this.rangeCount;
+  }
+  get failedBlocks(): number {
+    return this.sum((d) => d.failedBlocks);
+  }
+  /** Consumer: blocks a pull read while their producer did not hold them (STALE_KV). */
+  get staleBlocks(): number {
+    return this.counters.staleBlocks;
+  }
+  get notifiesSent(): number {
+    return this.counters.notifiesSent;
+  }
+  get notifiesFailed(): number {
+    return this.counters.notifiesFailed;
+  }
+  get notifiesReceived(): number {
+    return this.counters.notifiesReceived;
+  }
+  get malformed(): number {
+    return this.counters.malformed;
+  }
+  get lateDone(): number {
+    return this.counters.lateDone;
+  }
+  get released(): Readonly<Record<KvReleaseReason, number>> {
+    return { ...this.releasedBy };
+  }
+  get refused(): Readonly<Record<KvRefusalReason, number>> {
+    return { ...this.refusedBy };
   }
 
   summary(): KvDurationSummary {
@@ -150,9 +224,50 @@ export class KvMetrics {
       staleBlocks: this.staleBlocks,
       duration: this.summary(),
       notifies: { sent: this.notifiesSent, sendFailed: this.notifiesFailed, received: this.notifiesReceived, malformed: this.malformed },
-      refused: { ...this.refused },
+      refused: this.refused,
       early,
       failures: { ...this.ledger.counts },
     };
+  }
+
+  /** The Prometheus families of a rank (`snap` is its `metrics()`, with holds or expectations). */
+  families(snap: KvMetricsSnapshot, rank: { side: 'prefill' | 'decode'; engine: string }): MetricFamily[] {
+    const l: Labels = { side: rank.side, engine: rank.engine };
+    const dirs = DIRECTIONS.flatMap((direction) => {
+      const d = this.byDirection.get(direction);
+      return d ? [{ labels: { ...l, direction }, d }] : [];
+    });
+    const holds = snap.holds;
+    const byStage = (r: Readonly<Record<string, number>>): [Labels, number][] => Object.entries(r).map(([stage, v]) => [{ ...l, stage }, v]);
+    const byReason = (r: Readonly<Record<string, number>>): [Labels, number][] => Object.entries(r).map(([reason, v]) => [{ ...l, reason }, v]);
+    return [
+      counter('mooncake_kv_transfers_total', 'Requests whose blocks were moved (read: pulled by the consumer; write: pushed by the producer; receive: pushes the consumer got), by result.',
+        dirs.flatMap(({ labels, d }) => [[{ ...labels, result: 'ok' }, d.ok], [{ ...labels, result: 'failed' }, d.failed]] as [Labels, number][])),
+      counter('mooncake_kv_transfers_started_total', 'Requests whose transfer started.', [[l, this.started]]),
+      gauge('mooncake_kv_transfers_in_flight', 'Requests being transferred.', [[l, snap.transfers.inFlight]]),
+      counter('mooncake_kv_bytes_total', 'Bytes of KV moved, by direction.', dirs.map(({ labels, d }) => [labels, d.bytes])),
+      counter('mooncake_kv_failed_blocks_total', 'Blocks that did not arrive (to be recomputed), by direction.', dirs.map(({ labels, d }) => [labels, d.failedBlocks])),
+      counter('mooncake_kv_stale_blocks_total', 'Blocks a pull read while their producer no longer (or not yet) held them (STALE_KV; also failed).', [[l, this.staleBlocks]]),
+      histogram('mooncake_kv_transfer_duration_seconds', 'Time to move one request\'s blocks on this rank, by direction.', dirs.map(({ labels, d }) => d.duration.sample(labels))),
+      counter('mooncake_kv_notifies_sent_total', 'Completion messages sent to peers.', [[l, this.notifiesSent]]),
+      counter('mooncake_kv_notify_send_failures_total', 'Completion messages that could not be sent.', [[l, this.notifiesFailed]]),
+      counter('mooncake_kv_notifies_received_total', 'Completion messages received.', [[l, this.notifiesReceived]]),
+      counter('mooncake_kv_malformed_messages_total', 'Messages from peers that were not understood (ignored).', [[l, this.malformed]]),
+      counter('mooncake_kv_failures_total', 'Failures in the failure ledger, by stage (BOOTSTRAP, REGISTRATION, SEND, RECV, NOTIFY, TIMEOUT, ABORT).', byStage(this.ledger.counts)),
+      counter('mooncake_kv_refused_messages_total', 'KV messages refused, by reason (early-full: the early-message buffer was full).', byReason(this.refusedBy)),
+      gauge('mooncake_kv_early_messages', 'Messages kept for requests not held or expected yet.', [[l, snap.early.held]]),
+      gauge('mooncake_kv_early_message_bytes', 'Bytes of those messages.', [[l, snap.early.bytes]]),
+      counter('mooncake_kv_early_messages_expired_total', 'Early messages dropped because their request never came in time.', [[l, snap.early.expired]]),
+      gauge('mooncake_kv_holds', 'Requests whose blocks the producer holds for consumers.', holds ? [[l, holds.active]] : []),
+      counter('mooncake_kv_holds_released_total', 'Holds ended, by reason (abort-timeout: freed by force after no consumer finished in time).', holds ? byReason(holds.released) : []),
+      counter('mooncake_kv_late_done_total', 'Completion messages for requests already released.', holds ? [[l, holds.lateDone]] : []),
+      gauge('mooncake_kv_expectations', 'Pushes the consumer waits for.', snap.expectations ? [[l, snap.expectations.active]] : []),
+    ];
+  }
+
+  private sum(f: (d: PerDirection) => number): number {
+    let n = 0;
+    for (const d of this.byDirection.values()) n += f(d);
+    return n;
   }
 }

@@ -83,10 +83,10 @@ export class MooncakeNodeChannel implements KvSideChannel {
     try {
       this.unclaim = engine.claimNotifies(KV_NOTIFY_NAME, (n: Notify) => {
         const { message, failure } = decodeKvMessage(n, o.layout.numBlocks);
-        if (failure === 'malformed') ctx.metrics.malformed++;
+        if (failure === 'malformed') ctx.metrics.count('malformed');
         if (failure) ctx.onRefused({ reason: failure });
         if (!message) return false;
-        ctx.metrics.notifiesReceived++;
+        ctx.metrics.count('notifiesReceived');
         return ctx.onMessage(message);
       });
     } catch (err) {
@@ -235,7 +235,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
         await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
-        metrics.notifiesSent++;
+        metrics.count('notifiesSent');
         return true;
       } catch (err) {
         // A refused connection means the rank is gone, and a refused message would be refused again.
@@ -247,7 +247,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
         if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
       }
     }
-    metrics.notifiesFailed++;
+    metrics.count('notifiesFailed');
     return false;
   }
 

@@ -181,7 +181,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     const o = this.core.options;
     const start = performance.now();
     let deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
-    this.core.metrics.started++;
+    this.core.metrics.count('started');
     let pairedLocal = local;
     const results: BatchResult[] = [];
     let setup: { error: MooncakeError; stage: KvFailureStage } | undefined;
@@ -290,7 +290,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     const s = this.holds.get(m.request_id);
     if (s) return this.onDone(s, m);
     if (this.recentlyReleased.has(m.request_id)) {
-      this.core.metrics.lateDone++;
+      this.core.metrics.count('lateDone');
       return true;
     }
     // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
@@ -345,7 +345,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       const oldest = this.recentlyReleased.keys().next().value;
       if (oldest !== undefined) this.recentlyReleased.delete(oldest);
     }
-    this.core.metrics.released[reason]++;
+    this.core.metrics.release(reason);
     if (reason === 'abort-timeout') {
       this.recordFailure(s.requestId, 'TIMEOUT', new MooncakeError('TIMEOUT', `no decode rank said "done" for ${s.requestId} within abortTimeoutMs: its blocks are freed`), s.blockIds);
     }

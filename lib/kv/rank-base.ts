@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { MooncakeError } from '../errors';
+import type { MetricFamily } from '../metrics/types';
 import type { KvCaches } from './caches';
 import type { KvLayout } from './layout';
 import { kvMessageBytes, type KvMessage } from './messages';
@@ -169,7 +170,7 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   }
 
   private refused(r: KvRefusal): true {
-    this.core.metrics.refused[r.reason]++;
+    this.core.metrics.refuse(r.reason);
     const emitter = this as unknown as EventEmitter;
     if (emitter.listenerCount('refused') > 0) emitter.emit('refused', r);
     return true;
@@ -178,6 +179,17 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
   /** The metrics both sides share (early messages included). */
   protected snapshot(): KvMetricsSnapshot {
     return this.core.metrics.snapshot(this.early.stats());
+  }
+
+  /** Counters of this rank (holds for a producer, expectations for a consumer). */
+  abstract metrics(): KvMetricsSnapshot;
+
+  /**
+   * This rank's metrics for a `MetricsRegistry` (docs/metrics.md), labelled with its side and its
+   * engine's name. The engine (`rank.engine`) reports its own: register both.
+   */
+  collectMetrics(): MetricFamily[] {
+    return this.core.metrics.families(this.metrics(), { side: this.side, engine: this.core.engine.localServerName });
   }
 
   /** The group this rank moves KV with: decode for a producer, prefill for a consumer. */

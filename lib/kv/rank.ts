@@ -171,7 +171,7 @@ export class KvRankCore {
         const stale = stalePairs(pairs, blocks, before, after);
         if (stale.length > 0) {
           info.error = 'STALE_KV';
-          this.metrics.staleBlocks += stale.length;
+          this.metrics.count('staleBlocks', stale.length);
           return { peer: info, failed: stale, error: staleError(fenced!.requestId, e.segment, stale.length, pairs.length), stage: 'RECV' };
         }
       }

@@ -19,7 +19,7 @@
  * - re-PUT of an existing rpc_meta key with a byte-identical body → 200 `metadata unchanged` (like the
  *   C++ server in mooncake_master) and refreshes the entry's TTL; a different body is still 400.
  *   `identicalRpcMetaPut: 'reject'` restores the Python server's 400.
- * - `GET /health` → 200 `OK`; key/entry/size limits → 414 / 507; bodies arriving at once beyond a
+ * - `GET /health` → 200 `OK`; `GET /metrics` → the server's metrics (Prometheus text); key/entry/size limits → 414 / 507; bodies arriving at once beyond a
  *   budget → 503; a full disk → 507. A change is applied only once it is stored: a refused or failed
  *   write changes nothing.
  */
@@ -31,6 +31,9 @@ import { allowList } from '../allow-list';
 import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
+import { MetadataServerMetrics } from './metrics';
+import { PROMETHEUS_CONTENT_TYPE, renderText } from '../metrics/text';
+import type { MetricFamily } from '../metrics/types';
 import { ClientGone, readBody } from './request-body';
 import { DATA_FILE, DEFAULT_LOG_SLACK_BYTES, PersistError } from './persistence';
 
@@ -157,6 +160,8 @@ export class MetadataServer {
   private readonly store: EntryStore;
   private readonly bodies = { bytes: 0 };
   private refused = 0;
+  private readonly metrics = new MetadataServerMetrics();
+  private readonly startedAt = new WeakMap<http.ServerResponse, number>();
   private readonly server: http.Server;
   private readonly sockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -224,6 +229,11 @@ export class MetadataServer {
       refusedConnections: this.refused,
       bufferedBytes: this.bodies.bytes,
     };
+  }
+
+  /** The server's metrics for a `MetricsRegistry` (docs/metrics.md). */
+  collectMetrics(): MetricFamily[] {
+    return this.metrics.families(this.stats());
   }
 
   /**
@@ -301,6 +311,7 @@ export class MetadataServer {
   // Request handling
 
   private handle(req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
+    this.startedAt.set(res, performance.now());
     this.route(req, res, expectContinue).catch((e: unknown) => {
       if (e instanceof ClientGone) {
         res.destroy();
@@ -322,6 +333,10 @@ export class MetadataServer {
 
     if (route === '/health' && this.options.path !== '/health') {
       if (method === 'GET' || method === 'HEAD') return this.reply(res, 200, 'OK', PLAIN_TEXT, expectContinue);
+      return this.reply(res, 405, 'Method not allowed', JSON_TEXT, expectContinue);
+    }
+    if (route === '/metrics' && this.options.path !== '/metrics') {
+      if (method === 'GET' || method === 'HEAD') return this.reply(res, 200, renderText(this.collectMetrics()), PROMETHEUS_CONTENT_TYPE, expectContinue);
       return this.reply(res, 405, 'Method not allowed', JSON_TEXT, expectContinue);
     }
     if (route !== this.options.path) return this.reply(res, 404, '404: Not Found', PLAIN_TEXT, expectContinue);
@@ -412,6 +427,7 @@ export class MetadataServer {
     // While closing, finish the connection with this answer instead of keeping it alive.
     if (expectContinue || this.closing) res.setHeader('Connection', 'close');
     res.end(data);
+    this.metrics.answered(res.req.method ?? '', status, (performance.now() - (this.startedAt.get(res) ?? performance.now())) / 1000);
     if (this.onRequest) {
       try {
         this.onRequest({ method: res.req.method ?? '', key: this.keyOf.get(res), status, bytes: data.length });

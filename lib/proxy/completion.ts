@@ -124,7 +124,7 @@ export async function prefill(deps: CompletionDeps, ctx: CompletionContext, payl
   }
   if (!pinned) routed.instance.release(ctx.promptTokens);
   ctx.route.prefill = routed.instance.url;
-  deps.metrics.prefillDuration.observe(Number(process.hrtime.bigint() - started) / 1e9);
+  deps.metrics.observePrefill(Number(process.hrtime.bigint() - started) / 1e9);
   let json: unknown;
   try {
     json = JSON.parse(routed.result.toString('utf8'));
@@ -218,7 +218,7 @@ export async function runCompletion(deps: CompletionDeps, mode: CompletionMode, 
       if (ctx.signal.aborted) return; // the client went away, or the proxy is closing
       ctx.markUpstreamFailed();
       const why = d.decode.lateError() ?? e;
-      if (why instanceof MooncakeError && why.code === 'TIMEOUT') deps.metrics.timeouts.decode++;
+      if (why instanceof MooncakeError && why.code === 'TIMEOUT') deps.metrics.timeout('decode');
       o.log('warn', `decode ${d.decode.instance.url} failed mid-response: ${why.message}`, { requestId: ctx.requestId });
     };
     let outcome: RelayOutcome;
@@ -241,7 +241,7 @@ export async function runCompletion(deps: CompletionDeps, mode: CompletionMode, 
     // Decode gave up on the request: continue it on a new prefill/decode pair.
     earlierText += outcome.text;
     tokens += outcome.tokens;
-    deps.metrics.recomputes++;
+    deps.metrics.recompute();
     const next = continuedRequest(ctx.body, earlierText, tokens, n + 1)!;
     o.log('info', `decode ${d.decode.instance.url} answered "recomputed"; re-dispatching (${n + 1}/${o.recompute.maxRedispatches})`, { requestId: ctx.requestId });
     body = next;

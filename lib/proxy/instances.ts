@@ -28,45 +28,101 @@ export interface InstanceSnapshot {
   lastError?: string;
 }
 
+/**
+ * One instance and its load and health counters. Read-only from outside: the pool changes them through
+ * the methods below.
+ */
 export class Instance implements LoadView {
-  inFlight = 0;
-  inFlightTokens = 0;
-  requests = 0;
-  connectFailures = 0;
-  consecutiveFailures = 0;
-  consecutiveSuccesses = 0;
-  ejections = 0;
-  healthy = true;
-  removed = false;
-  lastError: string | undefined;
+  private s = { inFlight: 0, inFlightTokens: 0, requests: 0, connectFailures: 0, consecutiveFailures: 0, consecutiveSuccesses: 0, ejections: 0 };
+  private up = true;
+  private gone = false;
+  private error: string | undefined;
 
   constructor(readonly role: Role, readonly url: string) {}
 
+  get inFlight(): number {
+    return this.s.inFlight;
+  }
+  get inFlightTokens(): number {
+    return this.s.inFlightTokens;
+  }
+  get requests(): number {
+    return this.s.requests;
+  }
+  get connectFailures(): number {
+    return this.s.connectFailures;
+  }
+  get consecutiveFailures(): number {
+    return this.s.consecutiveFailures;
+  }
+  get consecutiveSuccesses(): number {
+    return this.s.consecutiveSuccesses;
+  }
+  get ejections(): number {
+    return this.s.ejections;
+  }
+  /** False while ejected. */
+  get healthy(): boolean {
+    return this.up;
+  }
+  /** True once taken out of its pool. */
+  get removed(): boolean {
+    return this.gone;
+  }
+  get lastError(): string | undefined {
+    return this.error;
+  }
+
   acquire(tokens: number): void {
-    this.inFlight++;
-    this.inFlightTokens += tokens;
-    this.requests++;
+    this.s.inFlight++;
+    this.s.inFlightTokens += tokens;
+    this.s.requests++;
   }
 
   release(tokens: number): void {
-    this.inFlight = Math.max(0, this.inFlight - 1);
-    this.inFlightTokens = Math.max(0, this.inFlightTokens - tokens);
+    this.s.inFlight = Math.max(0, this.s.inFlight - 1);
+    this.s.inFlightTokens = Math.max(0, this.s.inFlightTokens - tokens);
+  }
+
+  /** @internal */
+  markRemoved(): void {
+    this.gone = true;
+  }
+
+  /** @internal A connection failure before any response byte. */
+  connectFailed(error: string): void {
+    this.s.connectFailures++;
+    this.error = error;
+  }
+
+  /** @internal The instance answered: passive failures start again from zero. */
+  responded(): void {
+    if (this.up) this.s.consecutiveFailures = 0;
+  }
+
+  /** @internal A good probe; true when it re-admits the instance. */
+  probeOk(healthyThreshold: number): boolean {
+    this.s.consecutiveFailures = 0;
+    this.s.consecutiveSuccesses++;
+    if (this.up || this.s.consecutiveSuccesses < healthyThreshold) return false;
+    this.up = true;
+    return true;
+  }
+
+  /** @internal A failure (probe or connection); true when it ejects the instance. */
+  failed(unhealthyThreshold: number, error?: string): boolean {
+    if (error !== undefined) this.error = error;
+    this.s.consecutiveSuccesses = 0;
+    this.s.consecutiveFailures++;
+    if (!this.up || this.s.consecutiveFailures < unhealthyThreshold) return false;
+    this.up = false;
+    this.s.ejections++;
+    return true;
   }
 
   snapshot(): InstanceSnapshot {
-    const s: InstanceSnapshot = {
-      role: this.role,
-      url: this.url,
-      healthy: this.healthy,
-      inFlight: this.inFlight,
-      inFlightTokens: this.inFlightTokens,
-      requests: this.requests,
-      connectFailures: this.connectFailures,
-      consecutiveFailures: this.consecutiveFailures,
-      consecutiveSuccesses: this.consecutiveSuccesses,
-      ejections: this.ejections,
-    };
-    if (this.lastError !== undefined) s.lastError = this.lastError;
+    const s: InstanceSnapshot = { role: this.role, url: this.url, healthy: this.up, ...this.s };
+    if (this.error !== undefined) s.lastError = this.error;
     return s;
   }
 }
@@ -121,7 +177,7 @@ export class InstancePool {
     const inst = this.byUrl.get(origin);
     if (inst === undefined) return undefined;
     this.byUrl.delete(origin);
-    inst.removed = true;
+    inst.markRemoved();
     this.log('info', `removed ${this.role} instance ${origin}`, { role: this.role, url: origin, inFlight: inst.inFlight });
     return inst;
   }
@@ -148,38 +204,27 @@ export class InstancePool {
 
   /** A connection failure before any response byte (passive health). */
   recordConnectFailure(inst: Instance, error: unknown): void {
-    inst.connectFailures++;
-    inst.lastError = error instanceof Error ? error.message : String(error);
+    inst.connectFailed(error instanceof Error ? error.message : String(error));
     if (this.health.enabled) this.fail(inst, 'connection failure');
   }
 
   /** The instance answered (any status): the connection works, so passive failures start again from zero. */
   recordResponse(inst: Instance): void {
-    if (inst.healthy) inst.consecutiveFailures = 0;
+    inst.responded();
   }
 
   /** Result of one active health probe. */
   recordProbe(inst: Instance, ok: boolean, error?: string): void {
     if (inst.removed) return;
     if (ok) {
-      inst.consecutiveFailures = 0;
-      inst.consecutiveSuccesses++;
-      if (!inst.healthy && inst.consecutiveSuccesses >= this.health.healthyThreshold) {
-        inst.healthy = true;
-        this.log('info', `re-admitted ${this.role} instance ${inst.url}`, { role: this.role, url: inst.url });
-      }
+      if (inst.probeOk(this.health.healthyThreshold)) this.log('info', `re-admitted ${this.role} instance ${inst.url}`, { role: this.role, url: inst.url });
     } else {
-      if (error !== undefined) inst.lastError = error;
-      this.fail(inst, error ?? 'health check failed');
+      this.fail(inst, error ?? 'health check failed', error);
     }
   }
 
-  private fail(inst: Instance, why: string): void {
-    inst.consecutiveSuccesses = 0;
-    inst.consecutiveFailures++;
-    if (inst.healthy && inst.consecutiveFailures >= this.health.unhealthyThreshold) {
-      inst.healthy = false;
-      inst.ejections++;
+  private fail(inst: Instance, why: string, error?: string): void {
+    if (inst.failed(this.health.unhealthyThreshold, error)) {
       this.log('warn', `ejected ${this.role} instance ${inst.url} after ${inst.consecutiveFailures} consecutive failures (${why})`, {
         role: this.role,
         url: inst.url,

@@ -16,6 +16,8 @@ import { runCompletion, type CompletionContext, type CompletionDeps, type Comple
 import { readBody, relay, sendUpstream, withRetries, type Routed } from './forward';
 import { HealthChecker, Instance, InstancePool, type InstanceSnapshot } from './instances';
 import { ProxyMetrics, type EndpointLabel, type ProxyCounters } from './metrics';
+import { PROMETHEUS_CONTENT_TYPE, renderText } from '../metrics/text';
+import type { MetricFamily } from '../metrics/types';
 import { ROLES, bootstrapOf, normalizeInstanceUrl, resolveProxyOptions, type ProxyOptions, type ResolvedProxyOptions, type Role } from './options';
 import { LayerwiseMode, PullMode } from './modes';
 import { PushMode } from './push-mode';
@@ -56,6 +58,8 @@ export interface PdProxy {
   /** The instances of one role, or of both. */
   instances(role?: Role): InstanceSnapshot[];
   stats(): ProxyStats;
+  /** The proxy's metrics (what `/metrics` serves), for a `MetricsRegistry` (docs/metrics.md). */
+  collectMetrics(): MetricFamily[];
   /** Runs one health-probe round now (also runs every `healthCheck.intervalMs`). */
   checkHealth(): Promise<void>;
 }
@@ -257,6 +261,10 @@ class ProxyServer implements PdProxy {
     return roles.flatMap((r) => this.pool(r).all().map((i) => i.snapshot()));
   }
 
+  collectMetrics(): MetricFamily[] {
+    return this.metrics.families([this.pools.prefill, this.pools.decode]);
+  }
+
   stats(): ProxyStats {
     return {
       ...this.metrics.counters(),
@@ -364,13 +372,13 @@ class ProxyServer implements PdProxy {
     const ctrl = new AbortController();
     const signal = ctrl.signal;
     this.active.add(ctrl);
-    this.metrics.inFlight++;
+    this.metrics.inFlightChange(1);
     res.once('close', () => {
       if (!res.writableFinished && !ex.upstreamFailed && !signal.aborted) {
-        this.metrics.clientAborts++;
+        this.metrics.clientAbort();
         ctrl.abort(new MooncakeError('ABORT_ERR', 'the client disconnected'));
       }
-      this.metrics.inFlight--;
+      this.metrics.inFlightChange(-1);
       this.active.delete(ctrl);
       if (this.active.size === 0) {
         const waiters = this.idleWaiters;
@@ -433,7 +441,7 @@ class ProxyServer implements PdProxy {
   }
 
   private onRetry(role: Role, inst: Instance, e: MooncakeError, requestId: string): void {
-    this.metrics.retries[role]++;
+    this.metrics.retry(role);
     this.o.log('warn', `${role} ${inst.url} failed (${e.message}); retrying`, { requestId });
   }
 
@@ -448,7 +456,7 @@ class ProxyServer implements PdProxy {
     const h = { 'x-request-id': requestId };
     if (e.code === 'CLOSED') return this.sendError(res, 503, 'the proxy is shutting down', h);
     if (e.code === 'TIMEOUT') {
-      this.metrics.timeouts[role]++;
+      this.metrics.timeout(role);
       this.o.log('warn', `${role} timed out: ${e.message}`, { requestId });
       return this.sendError(res, 504, `${role} instance timed out: ${e.message}`, h);
     }
@@ -507,7 +515,7 @@ class ProxyServer implements PdProxy {
 
   private metricsEndpoint(req: http.IncomingMessage, res: http.ServerResponse): void {
     if (req.method !== 'GET') return this.methodNotAllowed(res, req.method, 'GET');
-    this.send(res, 200, this.metrics.render([this.pools.prefill, this.pools.decode]), { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
+    this.send(res, 200, renderText(this.collectMetrics()), { 'content-type': PROMETHEUS_CONTENT_TYPE });
   }
 
   /**

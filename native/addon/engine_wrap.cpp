@@ -5,6 +5,8 @@
 
 #include "addon.h"
 #include "host_memory.h"
+#include "managed_view.h"
+#include "metrics_js.h"
 
 namespace mcaddon {
 
@@ -31,6 +33,7 @@ mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   addU(env, o, "retries", &t.retries);
   addU(env, o, "maxServerConnections", &t.maxServerConnections);
   addU(env, o, "maxServerConnectionsPerPeer", &t.maxServerConnectionsPerPeer);
+  addU(env, o, "metricsMaxPeers", &t.metricsMaxPeers);
   unsigned tmp = 0;
   if (!o.Get("firstByteTimeoutMs").IsUndefined()) { addU(env, o, "firstByteTimeoutMs", &tmp); t.firstByteTimeoutMs = static_cast<int>(tmp); }
   if (!o.Get("sliceSize").IsUndefined()) t.sliceSize = toLength(env, o.Get("sliceSize"), "sliceSize");
@@ -198,6 +201,7 @@ Napi::Function EngineWrap::Define(Napi::Env env) {
                          InstanceMethod("freeBatch", &EngineWrap::Tagged<&EngineWrap::FreeBatch>),
                          InstanceMethod("localDescriptor", &EngineWrap::Tagged<&EngineWrap::LocalDescriptor>),
                          InstanceMethod("stats", &EngineWrap::Tagged<&EngineWrap::Stats>),
+                         InstanceMethod("metrics", &EngineWrap::Tagged<&EngineWrap::Metrics>),
                          InstanceMethod("backend", &EngineWrap::Tagged<&EngineWrap::Backend>),
                          InstanceMethod("localEndpoint", &EngineWrap::Tagged<&EngineWrap::LocalEndpoint>),
                          InstanceMethod("backendInfo", &EngineWrap::Tagged<&EngineWrap::BackendInfo>),
@@ -400,7 +404,8 @@ Napi::Value EngineWrap::RegisterAddress(const Napi::CallbackInfo& info) {
   return run(env, asyncArg(info, 4), [&e, addr, len, o] { return e.registerMemory(addr, len, o); }, nullptr);
 }
 
-// allocateManaged(size, shareable, location) -> { buffer: ArrayBuffer, address: bigint }
+// allocateManaged(size, shareable, location, async?) -> { buffer?: ArrayBuffer, address: bigint, shmPath }
+// (a Promise of it when async). `buffer` is left out when this Node cannot view that many bytes at once.
 Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   mc::Engine& e = live(env);
@@ -415,12 +420,10 @@ Napi::Value EngineWrap::AllocateManaged(const Napi::CallbackInfo& info) {
   o.owner = mem;
   o.shmPath = mem->shmPath();
   uint64_t addr = reinterpret_cast<uint64_t>(mem->data());
-  auto result = [mem, size, addr](Napi::Env env2) -> Napi::Value {
-    auto* hold = new std::shared_ptr<mc::HostAllocation>(mem);
-    Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(
-        env2, mem->data(), size, [](Napi::Env, void*, std::shared_ptr<mc::HostAllocation>* h) { delete h; }, hold);
+  auto result = [mem, addr](Napi::Env env2) -> Napi::Value {
     Napi::Object out = Napi::Object::New(env2);
-    out.Set("buffer", ab);
+    Napi::Value view = managedView(env2, mem);  // absent when too large for a JS view on this Node
+    if (!view.IsEmpty()) out.Set("buffer", view);
     out.Set("address", Napi::BigInt::New(env2, addr));
     out.Set("shmPath", Napi::String::New(env2, mem->shmPath()));
     return out;
@@ -685,6 +688,12 @@ Napi::Value EngineWrap::FreeBatch(const Napi::CallbackInfo& info) {
 
 Napi::Value EngineWrap::LocalDescriptor(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), live(info.Env()).localDescriptor());
+}
+
+// metrics() -> the per-peer counters and latency histogram (see metrics_js.h).
+Napi::Value EngineWrap::Metrics(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return metricsToJs(env, live(env).metrics());
 }
 
 Napi::Value EngineWrap::Stats(const Napi::CallbackInfo& info) {

@@ -90,6 +90,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value FreeBatch(const Napi::CallbackInfo& info);
   Napi::Value LocalDescriptor(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
+  Napi::Value Metrics(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
   Napi::Value LocalEndpoint(const Napi::CallbackInfo& info);
   Napi::Value BackendInfo(const Napi::CallbackInfo& info);

@@ -55,6 +55,8 @@ class Batch : public std::enable_shared_from_this<Batch> {
   Code cancelCode() const { return static_cast<Code>(cancel_.load(std::memory_order_acquire)); }
   bool requestCancel(Code why);
   int64_t deadlineNs() const { return deadlineNs_; }
+  int64_t startNs() const { return startNs_; }
+  void setStartNs(int64_t s) { startNs_ = s; }
   void setDeadlineNs(int64_t d) { deadlineNs_ = d; }
 
   bool allTerminal() const;
@@ -73,6 +75,7 @@ class Batch : public std::enable_shared_from_this<Batch> {
   std::atomic<size_t> unfinished_{1};  // +1 until sealed, for token batches
   std::atomic<int32_t> cancel_{0};
   int64_t deadlineNs_ = 0;
+  int64_t startNs_ = 0;
   std::atomic<bool> reported_{false};
 };
 

@@ -133,6 +133,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     Status st = prepare(reqs, n, &prep, badIndex);
     if (!st.ok()) return st;
     auto batch = std::make_shared<Batch>(0, n, token, this);
+    batch->setStartNs(monotonicNs());
     if (timeoutMs > 0) batch->setDeadlineNs(monotonicNs() + timeoutMs * 1000000LL);
     size_t first = 0;
     batch->reserve(n, &first);
@@ -231,6 +232,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
 
   uint16_t dataPort() const override { return tcp_.port(); }
 
+  MetricsSnapshot metrics() override { return tcp_.metrics().snapshot(); }
+
   StatList stats() override {
     tcp::Stats s = tcp_.stats();
     return {
@@ -256,10 +259,16 @@ class BuiltinEngine final : public Engine, public CompletionSink {
 
   // CompletionSink (token batches): forget the batch, then tell the owner.
   void onBatchDone(uint64_t token, Code code, uint64_t bytes, std::vector<int32_t> taskCodes) override {
+    int64_t start = 0;
     {
       std::lock_guard<std::mutex> g(activeMu_);
-      active_.erase(token);
+      auto it = active_.find(token);
+      if (it != active_.end()) {
+        if (auto b = it->second.lock()) start = b->startNs();
+        active_.erase(it);
+      }
     }
+    if (start != 0) tcp_.metrics().batchDone(monotonicNs() - start, code == Code::OK);
     if (sink_) sink_->onBatchDone(token, code, bytes, std::move(taskCodes));
   }
 
@@ -314,6 +323,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     const uint8_t* src;
     uint64_t length;
     uint32_t task;
+    PeerCounters* counters;  // the peer's metrics (nullptr: metrics off)
+    bool write;
   };
 
   void dispatch(const std::shared_ptr<Batch>& batch, size_t first, const TransferRequest* reqs, size_t n,
@@ -342,7 +353,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
           batch->sliceDone(task, 0, Code::CONNECTION_LOST);
           continue;
         }
-        copies.push_back(r.opcode == 1 ? Copy{mapped[i], local, r.length, task} : Copy{local, mapped[i], r.length, task});
+        PeerCounters* pc = seg->peer ? seg->peer->counters : nullptr;
+        copies.push_back(r.opcode == 1 ? Copy{mapped[i], local, r.length, task, pc, true} : Copy{local, mapped[i], r.length, task, pc, false});
         if (keep.empty() || keep.back() != seg) keep.push_back(seg);
         continue;
       }
@@ -358,6 +370,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
       for (const Copy& c : copies) {
         std::memcpy(c.dst, c.src, c.length);
         sameHostBytes_.fetch_add(c.length, std::memory_order_relaxed);
+        if (c.counters != nullptr) c.counters->add(c.write, c.length, true);
         batch->sliceDone(c.task, c.length, Code::OK);
       }
     };

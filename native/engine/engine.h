@@ -11,6 +11,7 @@
 #include "batch.h"
 #include "descriptor.h"
 #include "device/device_runtime.h"
+#include "metrics.h"
 #include "status.h"
 #include "tcp/tcp_transport.h"
 
@@ -93,6 +94,8 @@ class Engine {
   virtual std::string localDescriptor() = 0;
   virtual uint16_t dataPort() const = 0;
   virtual StatList stats() = 0;
+  // Per-peer counters and the latency histogram (empty when the backend keeps none).
+  virtual MetricsSnapshot metrics() { return MetricsSnapshot(); }
 
   // Backends that run their own handshake daemon (upstream) implement these; the built-in engine's
   // control plane lives in TypeScript.

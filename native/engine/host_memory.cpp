@@ -18,6 +18,13 @@ HostAllocation::~HostAllocation() {
 
 Status HostAllocation::create(uint64_t length, bool shareable, std::shared_ptr<HostAllocation>* out) {
   if (length == 0) return Status(Code::INVALID_ARGUMENT, "size must be positive");
+  // Pages are taken when first touched, and a memfd's size is not charged up front: without this check
+  // an allocation larger than the machine would succeed and the process be killed once it is used.
+  const long pages = sysconf(_SC_PHYS_PAGES), pageSize = sysconf(_SC_PAGESIZE);
+  const uint64_t physical = pages > 0 && pageSize > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(pageSize) : 0;
+  if (physical != 0 && length > physical) {
+    return Status(Code::MEMORY, "size " + std::to_string(length) + " is more than this machine's memory (" + std::to_string(physical) + " bytes)");
+  }
   std::shared_ptr<HostAllocation> a(new HostAllocation());
   a->length_ = length;
   if (shareable) {

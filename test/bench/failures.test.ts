@@ -33,7 +33,7 @@ describe('bench: a target that cannot start', () => {
   it('--managed --buffer-size 64G: the target fails, the initiator reports its code, closes the metadata server and exits', async () => {
     const run = startCli(['bench', '--managed', '--buffer-size', '64G', '--duration', '1'], { timeoutMs: 30_000 });
     const r = await run.done;
-    expectOneCodedFailure(r, 'INVALID_ARGUMENT', /the bench target failed: size 68719476736 is larger than the biggest Buffer/);
+    expectOneCodedFailure(r, 'MEMORY', /the bench target failed: size 68719476736 is more than this machine's memory/);
     expect(await leftovers(run.marker)).toEqual([]);
   });
 

@@ -122,6 +122,27 @@ describe.skipIf(skipReason !== undefined)('backend mooncake against a real upstr
     for (let i = 0; i < 100; i++) expect(upMem.buffer!.subarray(offs[i]!, offs[i]! + lens[i]!).equals(data.subarray(offs[i]!, offs[i]! + lens[i]!))).toBe(true);
   });
 
+  it('its metrics count upstream\'s tasks per peer segment, and the built-in target counts what it served', async () => {
+    const sample = (e: TransferEngine, name: string, labels: Record<string, string>): number => {
+      const f = e.collectMetrics().find((x) => x.name === name)!;
+      let n = 0;
+      for (const s of f.samples) if ('value' in s && Object.entries(labels).every(([k, v]) => s.labels?.[k] === v)) n += s.value;
+      return n;
+    };
+    const before = {
+      up: sample(up, 'mooncake_engine_bytes_total', { peer: 'builtin-peer', role: 'initiator', op: 'write' }),
+      ok: sample(up, 'mooncake_engine_transfers_total', { result: 'ok' }),
+      served: sample(node, 'mooncake_engine_bytes_total', { role: 'target', op: 'write' }),
+    };
+    const n = 3 * 4096 + 5;
+    await up.write(segB, [{ local: upMem, remote: segB.address(0, 2 * MiB, n), length: n }]);
+    expect(sample(up, 'mooncake_engine_bytes_total', { peer: 'builtin-peer', role: 'initiator', op: 'write' }) - before.up).toBe(n);
+    expect(sample(up, 'mooncake_engine_transfers_total', { result: 'ok' }) - before.ok).toBe(1);
+    expect(sample(node, 'mooncake_engine_bytes_total', { role: 'target', op: 'write' }) - before.served).toBe(n);
+    const hist = up.collectMetrics().find((x) => x.name === 'mooncake_engine_transfer_duration_seconds')!;
+    expect(hist.samples).toHaveLength(1);
+  });
+
   it('reports failures by code, and keeps working after them', async () => {
     await expect(up.openSegment('no-such-segment')).rejects.toMatchObject({ code: 'SEGMENT_NOT_FOUND' });
     await expect(up.write(segB, [{ local: 123n, remote: segB.address(0), length: 16 }])).rejects.toMatchObject({ code: 'ADDRESS_NOT_REGISTERED' });

@@ -112,7 +112,7 @@ export class VllmAscendChannel implements KvSideChannel {
   }
 
   private malformed(what: string): undefined {
-    this.ctx.metrics.malformed++;
+    this.ctx.metrics.count('malformed');
     this.ctx.onRefused({ reason: 'malformed' });
     this.ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${what}; not answered`));
     return undefined;
@@ -133,7 +133,7 @@ export class VllmAscendChannel implements KvSideChannel {
     if (tag !== DONE_RECVING_MSG) return this.malformed(`unknown tag ${JSON.stringify(tag)}`);
     if (m.length < 3) return this.malformed(`a DONE of ${m.length} elements (3 expected)`);
     if (typeof m[1] !== 'string' || m[1] === '' || m[1].length > 1024) return this.malformed('a DONE without a request id (or one over 1024 characters)');
-    this.ctx.metrics.notifiesReceived++;
+    this.ctx.metrics.count('notifiesReceived');
     this.ctx.onMessage({
       type: 'done',
       request_id: m[1],
@@ -167,7 +167,7 @@ export class VllmAscendChannel implements KvSideChannel {
       this.ctx.onWarning(new MooncakeError('INVALID_CONFIG', `${tag} for ${rid} counts ${count} prefill ranks; this decode rank expects ${expected.length} (prefill tp_size ${this.o.prefill.tpSize})`));
     }
     const rank = this.senders.rank(rid, path, expected);
-    this.ctx.metrics.notifiesReceived++;
+    this.ctx.metrics.count('notifiesReceived');
     if (rank !== undefined) {
       const [host, port] = path.split(':');
       this.ctx.onMessage({
@@ -331,10 +331,10 @@ export class VllmAscendChannel implements KvSideChannel {
     try {
       const reply = await this.client.request(p.remote_host, p.remote_port + tpRank, pack([Buffer.from(DONE_RECVING_MSG), p.remote_request_id, null]));
       if (!reply.equals(ACK)) throw new MooncakeError('PROTOCOL_ERROR', `DONE answered ${JSON.stringify(reply.toString('latin1').slice(0, 32))}, not ACK`);
-      metrics.notifiesSent++;
+      metrics.count('notifiesSent');
       return true;
     } catch (err) {
-      metrics.notifiesFailed++;
+      metrics.count('notifiesFailed');
       this.ctx.onWarning(new MooncakeError('CONNECTION_LOST', `DONE for ${p.remote_request_id} to ${p.remote_host}:${p.remote_port + tpRank} was not acknowledged: ${(err as Error).message}`, { cause: err }));
       return false;
     }
@@ -358,10 +358,10 @@ export class VllmAscendChannel implements KvSideChannel {
     try {
       const reply = await this.client.request(e.host, e.rpc_port, pack([Buffer.from(tag), rid, senders, this.address]));
       if (!reply.equals(ACK)) throw new MooncakeError('PROTOCOL_ERROR', `${tag} answered ${JSON.stringify(reply.toString('latin1').slice(0, 32))}, not ACK`);
-      this.ctx.metrics.notifiesSent++;
+      this.ctx.metrics.count('notifiesSent');
       return true;
     } catch (err) {
-      this.ctx.metrics.notifiesFailed++;
+      this.ctx.metrics.count('notifiesFailed');
       this.ctx.onWarning(new MooncakeError('CONNECTION_LOST', `${tag} for ${rid} to ${e.host}:${e.rpc_port} was not acknowledged: ${(err as Error).message}`, { cause: err }));
       return false;
     }

@@ -174,13 +174,13 @@ export class VllmChannel implements KvSideChannel {
       }
       meta = parseXferMetadata(raw);
     } catch (err) {
-      this.ctx.metrics.malformed++;
+      this.ctx.metrics.count('malformed');
       this.ctx.onRefused({ reason: 'malformed' });
       this.ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${(err as Error).message}`, { cause: err }));
       void this.book.reject(identity, XFER_STATUS.ERROR, (err as Error).message);
       return;
     }
-    this.ctx.metrics.notifiesReceived++;
+    this.ctx.metrics.count('notifiesReceived');
     const problem = this.requestProblem(meta);
     if (problem) {
       if (problem.refused) this.refused(meta, problem.refused);
@@ -294,8 +294,8 @@ export class VllmChannel implements KvSideChannel {
     if (!pull) return false;
     this.served.delete(peer.key);
     const delivered = await this.book.answer(pull, signal.ok, signal.ok ? undefined : `Mooncake transfer failed on P side: ${signal.error ?? `${signal.failed_block_ids.length} blocks`}`);
-    if (delivered) this.ctx.metrics.notifiesSent++;
-    else this.ctx.metrics.notifiesFailed++;
+    if (delivered) this.ctx.metrics.count('notifiesSent');
+    else this.ctx.metrics.count('notifiesFailed');
     return delivered;
   }
 

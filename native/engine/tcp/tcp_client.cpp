@@ -317,6 +317,7 @@ void ClientConn::finish(Op* op, Code code) {
   if (code == Code::OK && op->devPtr && !op->write) {
     if (!op->runtime->copyToDevice(op->device, op->devPtr, op->local, op->length).ok()) code = Code::CONTEXT;
   }
+  if (peer_.counters != nullptr) peer_.counters->add(op->write, op->length, code == Code::OK);
   op->batch->sliceDone(op->task, code == Code::OK ? op->length : 0, code);
   op->reset();
   recycle_.push_back(op);

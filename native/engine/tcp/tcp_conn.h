@@ -80,6 +80,7 @@ class Peer {
   std::vector<std::unique_ptr<ClientConn>>& conns() { return conns_; }
   // Least-loaded connection, starting the search at a rotating index.
   ClientConn& pick();
+  PeerCounters* counters = nullptr;  // this peer's metrics (nullptr: metrics off)
 
  private:
   std::string key_;
@@ -129,6 +130,9 @@ class ServerConn : public EventHandler {
   LoopCtx& ctx_;
   int fd_;
   std::string source_;
+  PeerCounters* counters_ = nullptr;  // the source address's metrics (nullptr: metrics off)
+  bool curWrite_ = false;             // the request being handled is a WRITE
+  uint64_t bodySize_ = 0;             // its length
   uint8_t hdr_[kHeaderSize];
   size_t hdrHave_ = 0;
   // WRITE body in progress.

@@ -22,7 +22,9 @@ constexpr int kMaxReadsPerEvent = 64;
 }  // namespace
 
 ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd, std::string source)
-    : t_(t), ctx_(ctx), fd_(fd), source_(std::move(source)) {}
+    : t_(t), ctx_(ctx), fd_(fd), source_(std::move(source)) {
+  if (!source_.empty()) counters_ = t_.metrics().targetSlot(sourceText(source_));
+}
 
 ServerConn::~ServerConn() {
   if (fd_ >= 0) {
@@ -159,6 +161,7 @@ bool ServerConn::consume(const uint8_t* p, size_t n) {
 
 bool ServerConn::reject(bool v2) {
   t_.requestsRejected.fetch_add(1, std::memory_order_relaxed);
+  if (counters_ != nullptr) counters_->add(curWrite_, 0, false);
   // Answers to the requests before this one are still sent: upstream serves one request at a time, so a
   // peer receives them before it learns of the rejection. v2 then gets the rejected frame; v1 has no
   // status frame, so end-of-stream is its only signal. Either way the stream is half-closed once the
@@ -197,12 +200,15 @@ bool ServerConn::finishBody() {
   }
   bodyRef_.release();
   t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
+  if (counters_ != nullptr) counters_->add(true, bodySize_, true);
   if (bodyV2_) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef(), nullptr});  // applied: acknowledge
   return true;
 }
 
 bool ServerConn::handleHeader() {
   Header h = decodeHeader(hdr_);
+  curWrite_ = h.isWrite();
+  bodySize_ = h.size;
   RegionRef ref = t_.registry().acquire(h.addr, h.size, /*remote=*/true);
   if (!ref) return reject(h.v2());
   const Region* region = ref.get();
@@ -239,6 +245,7 @@ bool ServerConn::handleHeader() {
   out_.push_back(std::move(data));
   outBytes_ += h.size;
   t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
+  if (counters_ != nullptr) counters_->add(false, h.size, true);
   if (outBytes_ > kMaxQueuedOut) readPaused_ = true;
   return true;
 }

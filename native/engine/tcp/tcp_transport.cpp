@@ -14,7 +14,8 @@ namespace {
 constexpr size_t kScratchSize = 256 * 1024;
 }
 
-TcpTransport::TcpTransport(MemoryRegistry& registry, Options opts) : registry_(registry), opts_(std::move(opts)) {}
+TcpTransport::TcpTransport(MemoryRegistry& registry, Options opts)
+    : registry_(registry), opts_(std::move(opts)), metrics_(opts_.metricsMaxPeers) {}
 
 TcpTransport::~TcpTransport() {
   stop();
@@ -84,6 +85,7 @@ std::shared_ptr<Peer> TcpTransport::peer(const std::string& ip, uint16_t port, S
   auto it = peers_.find(key);
   if (it != peers_.end()) return it->second;
   auto p = std::make_shared<Peer>(*this, key, ep);
+  p->counters = metrics_.initiatorSlot(key);
   peers_.emplace(key, p);
   return p;
 }
@@ -305,6 +307,15 @@ std::string sourceKey(const sockaddr* sa) {
     return std::string("?");
   }
   return std::string(reinterpret_cast<const char*>(b), sizeof b);
+}
+
+std::string sourceText(const std::string& key) {
+  if (key.size() != 16) return "?";
+  static const uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  char text[INET6_ADDRSTRLEN] = {0};
+  const bool v4 = std::memcmp(key.data(), kMapped, sizeof kMapped) == 0;
+  if (inet_ntop(v4 ? AF_INET : AF_INET6, key.data() + (v4 ? 12 : 0), text, sizeof text) == nullptr) return "?";
+  return text;
 }
 
 }  // namespace mc::tcp

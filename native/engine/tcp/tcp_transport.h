@@ -23,6 +23,7 @@
 #include "../device/device_runtime.h"
 #include "../event_loop.h"
 #include "../memory_registry.h"
+#include "../metrics.h"
 #include "../net.h"
 #include "wire.h"
 
@@ -45,6 +46,7 @@ struct Options {
   int firstByteTimeoutMs = 5000;         // a connection that sends nothing for this long is closed
   int protoVersion = 2;                  // highest framing used as a client (MC_TCP_PROTO=1 forces v1)
   std::vector<std::string> allowedPeers; // numeric IPs allowed to connect to the data port; empty = any
+  unsigned metricsMaxPeers = 64;         // peers with their own metrics counters (the rest: "other"); 0 = off
 };
 
 struct Stats {
@@ -136,6 +138,7 @@ class TcpTransport {
   void kick();
 
   Stats stats() const;
+  EngineMetrics& metrics() { return metrics_; }
   MemoryRegistry& registry() { return registry_; }
 
   // Internal, used by the connection classes.
@@ -158,6 +161,7 @@ class TcpTransport {
  private:
   MemoryRegistry& registry_;
   Options opts_;
+  EngineMetrics metrics_;
   std::vector<std::unique_ptr<LoopCtx>> loops_;
   std::unique_ptr<Listener> listener_;
   uint16_t port_ = 0;
@@ -173,6 +177,8 @@ class TcpTransport {
 
 // A peer's address as 16 bytes (IPv4 as IPv4-mapped IPv6), so every spelling of one host is one key.
 std::string sourceKey(const sockaddr* sa);
+// The numeric address of a sourceKey() (IPv4 for IPv4-mapped keys), "?" for anything else.
+std::string sourceText(const std::string& key);
 
 // Collects one submission's slices per connection, then hands each connection its share with one
 // lock and at most one wake-up.

@@ -25,6 +25,8 @@ struct Active {
   size_t n = 0;
   int device = -1;  // device whose context the poller needs for this batch (-1: host only)
   DeviceRuntime* runtime = nullptr;
+  std::vector<PeerCounters*> peers;  // per task: the segment's metrics (empty: metrics off)
+  std::vector<bool> writes;
 };
 
 // Validated on the caller's thread, handed to upstream on the submitter thread.
@@ -36,7 +38,8 @@ struct Pending {
 
 class UpstreamEngine final : public Engine, public CompletionSink {
  public:
-  UpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink) : cfg_(cfg), up_(up), sink_(sink) {}
+  UpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink)
+      : cfg_(cfg), up_(up), sink_(sink), metrics_(cfg.tcp.metricsMaxPeers) {}
   ~UpstreamEngine() override { stop(); }
 
   Status start() override {
@@ -187,8 +190,10 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     } else {
       info.protocol = up_.protocol;
     }
+    PeerCounters* counters = metrics_.initiatorSlot(name);
     std::lock_guard<std::mutex> g(mu_);
     segments_[sid] = info;
+    segCounters_[sid] = counters;
     *id = sid;
     return Status();
   }
@@ -199,6 +204,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     if (!gs.ok()) return gs;
     std::lock_guard<std::mutex> g(mu_);
     if (!segments_.erase(id)) return Status(Code::SEGMENT_NOT_FOUND, "unknown segment handle");
+    segCounters_.erase(id);
     api_->closeSegment(engine_, id);
     return Status();
   }
@@ -215,6 +221,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     if (closing_) return Status(Code::CLOSED, "engine closed");
     if (n == 0) return Status(Code::INVALID_ARGUMENT, "empty batch");
     auto batch = std::make_shared<Batch>(0, n, token, this);
+    batch->setStartNs(monotonicNs());
     Pending p;
     Status st = prepare(batch, reqs, n, badIndex, &p);
     if (!st.ok()) return st;
@@ -322,6 +329,8 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::string localDescriptor() override { return ""; }  // upstream publishes its own descriptor
   uint16_t dataPort() const override { return 0; }
 
+  MetricsSnapshot metrics() override { return metrics_.snapshot(); }
+
   StatList stats() override {
     std::lock_guard<std::mutex> g(mu_);
     return {{"registeredRegions", static_cast<double>(registry_.size())}, {"activeBatches", static_cast<double>(active_.size())},
@@ -413,6 +422,14 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     }
     a.batch = batch;
     a.n = n;
+    if (metrics_.enabled()) {
+      std::lock_guard<std::mutex> g(mu_);
+      for (size_t i = 0; i < n; ++i) {
+        auto it = segCounters_.find(reqs[i].segment);
+        a.peers.push_back(it == segCounters_.end() ? nullptr : it->second);
+        a.writes.push_back(reqs[i].opcode == 1);
+      }
+    }
     return Status();
   }
 
@@ -487,13 +504,22 @@ class UpstreamEngine final : public Engine, public CompletionSink {
         for (size_t i = 0; i < a->n; ++i) {
           if (isTerminal(taskState(*a->batch, i))) continue;
           upstream::transfer_status s{};
-          if (api_->getTransferStatus(engine_, a->upstreamBatch, i, &s) != 0) { a->batch->failTask(i, Code::PROTOCOL_ERROR); continue; }
-          if (s.status == 4) a->batch->sliceDone(i, s.transferred_bytes, Code::OK);
+          PeerCounters* pc = i < a->peers.size() ? a->peers[i] : nullptr;
+          if (api_->getTransferStatus(engine_, a->upstreamBatch, i, &s) != 0) {
+            if (pc) pc->add(a->writes[i], 0, false);
+            a->batch->failTask(i, Code::PROTOCOL_ERROR);
+            continue;
+          }
+          const bool done = s.status == 4, failed = s.status == 5 || s.status == 6 || s.status == 3 || s.status == 2;
+          if (pc && (done || failed)) pc->add(a->writes[i], s.transferred_bytes, done);
+          if (done) a->batch->sliceDone(i, s.transferred_bytes, Code::OK);
           else if (s.status == 5) a->batch->sliceDone(i, 0, Code::TIMEOUT);
-          else if (s.status == 6 || s.status == 3 || s.status == 2) a->batch->sliceDone(i, 0, Code::CONNECTION_LOST);
+          else if (failed) a->batch->sliceDone(i, 0, Code::CONNECTION_LOST);
           else all = false;
         }
         if (all) {
+          uint64_t moved = 0;
+          metrics_.batchDone(monotonicNs() - a->batch->startNs(), a->batch->aggregate(&moved) == TaskState::COMPLETED);
           api_->freeBatchID(engine_, a->upstreamBatch);
           std::lock_guard<std::mutex> g(mu_);
           active_.erase(token);
@@ -527,6 +553,8 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::atomic<bool> closing_{false};
   bool running_ = false;
   uint64_t completed_ = 0;
+  std::unordered_map<int32_t, PeerCounters*> segCounters_;
+  EngineMetrics metrics_;
 };
 
 }  // namespace
