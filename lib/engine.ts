@@ -6,7 +6,7 @@ import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter, addAbortListener } from 'node:events';
 import * as dns from 'node:dns';
 import * as net from 'node:net';
-import { MooncakeError, codeForStatus, isMooncakeError, type ErrorCode } from './errors';
+import { MooncakeError, codeForStatus, isMooncakeError } from './errors';
 import { MemoryRegion, type RegisterOptions } from './memory';
 import { MetadataPublisher } from './metadata-publisher';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
@@ -46,17 +46,6 @@ export interface TransferResult {
   requests: number;
 }
 
-/** Upstream's per-task states (TransferStatusEnum). */
-export type TaskStatus = 'WAITING' | 'PENDING' | 'INVALID' | 'CANCELED' | 'COMPLETED' | 'TIMEOUT' | 'FAILED';
-const TASK_STATUS: TaskStatus[] = ['WAITING', 'PENDING', 'INVALID', 'CANCELED', 'COMPLETED', 'TIMEOUT', 'FAILED'];
-
-export interface TaskStatusInfo {
-  status: TaskStatus;
-  transferredBytes: number;
-  /** The failure's code, for FAILED and TIMEOUT tasks. */
-  error?: ErrorCode;
-}
-
 /** A received notify that did not make it into (or out of) the `getNotifies()` buffer. */
 export interface NotifyDropInfo {
   /**
@@ -80,6 +69,8 @@ export interface TransferEngineEvents {
 }
 
 const PACKED = Symbol('packed');
+/** Submits packed requests: throws (with the request's index) when one is invalid, else a Promise. */
+export const SUBMIT_PACKED = Symbol('submitPacked');
 const DEVICE_ALIGNMENT = 2n * 1024n * 1024n;
 
 /** A batch validated and packed once by `prepareBatch`. */
@@ -202,20 +193,21 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           connectTimeoutMs: o.connectTimeoutMs,
           bindAddress: o.bindAddress ?? '',
           advertiseAddress: advertise,
-          port: o.dataPort ?? 0,
+          dataPort: o.dataPort ?? 0,
           minPort: range.min,
           maxPort: range.max,
           maxServerConnections: o.maxServerConnections,
           maxServerConnectionsPerPeer: o.maxServerConnectionsPerPeer,
           firstByteTimeoutMs: o.firstByteTimeoutMs,
-          protoVersion: o.tcpProtoVersion,
+          tcpProtoVersion: o.tcpProtoVersion,
           allowedPeers: o.allowedPeers,
-          sameHost: o.sameHostFastPath,
-          deviceLibrary: o.ascendRuntimeLibrary,
+          sameHostFastPath: o.sameHostFastPath,
+          ascendRuntimeLibrary: o.ascendRuntimeLibrary,
           metricsMaxPeers: o.metricsMaxPeers,
         },
         (tokens, codes, bytes, details) => self?.onCompletions(tokens, codes, bytes, details),
       );
+      await native.start();
       engine = self = new TransferEngine({
         native, backend: 'builtin', protocol: 'tcp', handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
       });
@@ -236,7 +228,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       }
       return engine;
     } catch (err) {
-      native?.close();
+      await native?.close();
       await handshake.close().catch(() => undefined);
       await store?.close().catch(() => undefined);
       throw err;
@@ -310,7 +302,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
     const location = options.location ?? 'cpu:0';
     const shareable = options.shareable ?? true;
-    const m = await this.native.allocateManaged(size, shareable, location, this.blocking);
+    const m = await this.native.allocateManaged(size, shareable, location);
     const view = m.buffer !== undefined && m.buffer.byteLength <= bufferConstants.MAX_LENGTH ? Buffer.from(m.buffer) : undefined;
     return (await this.adopt([new MemoryRegion(this, m.address, size, location, view, undefined, (r) => this.unregisterMemory(r))]))[0];
   }
@@ -324,7 +316,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     if (typeof location !== 'string' || !/^npu:\d+$/.test(location)) throw new MooncakeError('INVALID_ARGUMENT', `device location must look like 'npu:0', got '${String(location)}'`);
     if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
-    const m = await this.native.allocateDevice(location, size, this.blocking);
+    const m = await this.native.allocateDevice(location, size);
     return (await this.adopt([new MemoryRegion(this, m.address, size, location, undefined, undefined, (r) => this.unregisterMemory(r))]))[0];
   }
 
@@ -358,7 +350,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const address = typeof region === 'bigint' ? region : region.address;
     if (region instanceof MemoryRegion && region.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'the region belongs to another engine');
-    await this.native.unregister(address, this.blocking);
+    await this.native.unregister(address);
     const r = this.regions.get(address);
     this.regions.delete(address);
     r?.markReleased();
@@ -394,7 +386,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const name = typeof segment === 'string' ? segment : segment.name;
     const s = this.segments.get(name);
     if (!s) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment ${name} is not open`);
-    this.native.closeSegment(s.handle);
+    await this.native.closeSegment(s.handle);
     s.closed = true;
     this.segments.delete(name);
   }
@@ -459,6 +451,12 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     }
   }
 
+  /** For the compat module's polled batches. */
+  [SUBMIT_PACKED](packed: PackedRequests): Promise<TransferResult> {
+    this.assertOpen();
+    return this.run(packed);
+  }
+
   private run(packed: PackedRequests, options: TransferOptions = {}): Promise<TransferResult> {
     const { signal, timeoutMs } = options;
     if (timeoutMs !== undefined && (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0)) {
@@ -495,42 +493,6 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     }
   }
 
-  // ---- upstream's batch model ------------------------------------------------------------------
-
-  /** Allocates a batch of `capacity` tasks (upstream's allocateBatchID). */
-  allocateBatch(capacity: number): bigint {
-    this.assertOpen();
-    return this.native.allocateBatch(capacity);
-  }
-
-  /** Submits requests into a batch; task ids are consecutive from the batch's current size. */
-  submitTransfer(batchId: bigint, requests: readonly BatchRequest[]): void {
-    this.assertOpen();
-    const p = packRequests(this, requests);
-    this.native.submitBatch(batchId, p.opcodes, p.segments, p.locals, p.remotes, p.lengths);
-  }
-
-  getTransferStatus(batchId: bigint, taskId: number): TaskStatusInfo {
-    this.assertOpen();
-    const [state, bytes, code] = this.native.taskStatus(batchId, taskId);
-    const info: TaskStatusInfo = { status: TASK_STATUS[state] ?? 'INVALID', transferredBytes: bytes };
-    const error = codeForStatus(code);
-    if (error) info.error = error;
-    return info;
-  }
-
-  getBatchTransferStatus(batchId: bigint): { status: TaskStatus; transferredBytes: number } {
-    this.assertOpen();
-    const [state, bytes] = this.native.batchStatus(batchId);
-    return { status: TASK_STATUS[state] ?? 'INVALID', transferredBytes: bytes };
-  }
-
-  /** Frees a batch; BATCH_BUSY while any task is still in flight. */
-  freeBatch(batchId: bigint): void {
-    this.assertOpen();
-    this.native.freeBatch(batchId);
-  }
-
   // ---- notifications ---------------------------------------------------------------------------
 
   /** Sends upstream's notify message to a peer (`sendNotifyByName`). */
@@ -538,7 +500,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.assertOpen();
     const seg = typeof target === 'string' ? await this.openSegment(target) : target;
     if (this.backend === 'mooncake') {
-      await this.native.sendNotify(seg.handle, notify.name, notify.msg, true);
+      await this.native.sendNotify(seg.handle, notify.name, notify.msg);
       return;
     }
     if (!seg.rpcPort) throw new MooncakeError('SEGMENT_NOT_FOUND', `no handshake port known for ${seg.name}`);
@@ -565,43 +527,6 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   /** Drains received notifications (upstream's getNotifies). */
   getNotifies(): Notify[] {
     return this.notifications.drain();
-  }
-
-  // ---- upstream Python names, for people porting code ------------------------------------------
-
-  /** `get_rpc_port()` */
-  getRpcPort(): number {
-    return this.rpcPort;
-  }
-
-  /** `getLocalIpAndPort()` */
-  getLocalIpAndPort(): string {
-    return `${formatHost(this.advertiseAddress)}:${this.rpcPort}`;
-  }
-
-  /** `get_first_buffer_address(segment_name)` */
-  async getFirstBufferAddress(segmentName: string): Promise<bigint> {
-    return (await this.openSegment(segmentName)).firstBufferAddress;
-  }
-
-  /** `transfer_sync_write(target_hostname, buffer, peer_buffer_address, length)`; rejects instead of -1. */
-  async transferSyncWrite(target: string, buffer: bigint, peerBufferAddress: bigint, length: number): Promise<void> {
-    await this.write(await this.openSegment(target), [{ local: buffer, remote: peerBufferAddress, length }]);
-  }
-
-  /** `transfer_sync_read(target_hostname, buffer, peer_buffer_address, length)` */
-  async transferSyncRead(target: string, buffer: bigint, peerBufferAddress: bigint, length: number): Promise<void> {
-    await this.read(await this.openSegment(target), [{ local: buffer, remote: peerBufferAddress, length }]);
-  }
-
-  /** `batch_transfer_sync_write(target_hostname, buffers, peer_buffer_addresses, lengths)` */
-  async batchTransferSyncWrite(target: string, buffers: bigint[], peerBufferAddresses: bigint[], lengths: number[]): Promise<void> {
-    await this.write(await this.openSegment(target), zipRequests(buffers, peerBufferAddresses, lengths));
-  }
-
-  /** `batch_transfer_sync_read(target_hostname, buffers, peer_buffer_addresses, lengths)` */
-  async batchTransferSyncRead(target: string, buffers: bigint[], peerBufferAddresses: bigint[], lengths: number[]): Promise<void> {
-    await this.read(await this.openSegment(target), zipRequests(buffers, peerBufferAddresses, lengths));
   }
 
   // ---- lifecycle -------------------------------------------------------------------------------
@@ -670,8 +595,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     // Joins the engine threads; pending Promises are rejected with CLOSED. Upstream's shutdown talks to
     // its metadata store, so that backend stops on a pool thread.
     if (this.notifyTimer) clearInterval(this.notifyTimer);
-    if (this.backend === 'mooncake') await this.native.closeAsync();
-    else this.native.close();
+    await this.native.close();
     for (const s of this.segments.values()) s.closed = true;
     for (const r of this.regions.values()) r.markReleased();
     this.segments.clear();
@@ -706,27 +630,22 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     }
     const release = (x: MemoryRegion) => this.unregisterMemory(x);
     if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) {
-      const address = await this.native.registerBuffer(memory, location, remote, this.blocking);
+      const address = await this.native.registerBuffer(memory, location, remote);
       const buffer = ArrayBuffer.isView(memory) ? Buffer.from(memory.buffer, memory.byteOffset, memory.byteLength) : Buffer.from(memory);
       return new MemoryRegion(this, address, buffer.length, location, buffer, memory, release);
     }
     if (memory !== null && typeof memory === 'object' && typeof (memory as { address?: unknown }).address === 'bigint') {
       const { address, length } = memory as { address: bigint; length: number };
       if (!Number.isSafeInteger(length) || length <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
-      await this.native.registerAddress(address, length, location, remote, this.blocking);
+      await this.native.registerAddress(address, length, location, remote);
       return new MemoryRegion(this, address, length, location, undefined, undefined, release);
     }
     throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
   }
 
-  /** The upstream backend's calls can block on its metadata store: they run on pool threads. */
-  private get blocking(): boolean {
-    return this.backend === 'mooncake';
-  }
-
   private async dropRegion(region: MemoryRegion): Promise<void> {
     try {
-      await this.native.unregister(region.address, this.blocking);
+      await this.native.unregister(region.address);
     } catch {
       /* already gone */
     }
@@ -744,8 +663,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       ? await this.resolveSegment(name).catch(() => ({ descriptor: '', ip: '', rpcPort: 0 }))
       : await this.resolveSegment(name);
     this.assertOpen();
-    const handle = await this.native.openSegment(name, r.descriptor, r.ip, this.blocking);
-    const info = this.native.segmentInfo(handle);
+    const info = await this.native.openSegment(name, r.descriptor, r.ip);
     const state = {
       handle: info.id,
       buffers: info.buffers,
@@ -818,18 +736,11 @@ function handshakeCounters(h: HandshakeServer): Record<string, number> {
   };
 }
 
-function zipRequests(locals: bigint[], remotes: bigint[], lengths: number[]): TransferRequest[] {
-  if (locals.length !== remotes.length || locals.length !== lengths.length) {
-    throw new MooncakeError('INVALID_ARGUMENT', 'buffers, peer addresses and lengths must have the same length');
-  }
-  return locals.map((local, i) => ({ local, remote: remotes[i], length: lengths[i] }));
-}
-
 function abortError(signal: AbortSignal): MooncakeError {
   return new MooncakeError('ABORT_ERR', 'the operation was aborted', { cause: signal.reason });
 }
 
-function formatHost(host: string): string {
+export function formatHost(host: string): string {
   return net.isIPv6(host) ? `[${host}]` : host;
 }
 

@@ -12,13 +12,13 @@ export type {
   TransferRequest,
   BatchRequest,
   Opcode,
-  TaskStatus,
-  TaskStatusInfo,
   TransferEngineEvents,
   Notify,
   NotifyDropInfo,
   PreparedBatch,
 } from './engine';
+/** @deprecated Upstream's polled batch states: import them from 'mooncake-node/compat'. */
+export type { TaskStatus, TaskStatusInfo } from './compat';
 export type { UpstreamBackendInfo } from './upstream-backend';
 export { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './upstream-wheel';
 export type { MooncakeWheel } from './upstream-wheel';
@@ -42,7 +42,7 @@ export {
 } from './metadata';
 export type { MetadataStore, MetadataServerOptions, MetadataConnection } from './metadata';
 
-// KV producer/consumer layer (issue 5; docs/kv.md).
+// KV producer/consumer layer (docs/kv.md).
 export {
   KvProducer,
   KvConsumer,

@@ -6,6 +6,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { MooncakeError } from './errors';
 
+/**
+ * The engine's settings, under the names `TransferEngineOptions` uses (options.ts), plus what the
+ * facade works out: the port range, the upstream backend's library.
+ */
 export interface NativeEngineConfig {
   localServerName: string;
   /** 'builtin' (default) or 'mooncake' (upstream libtransfer_engine.so). */
@@ -17,25 +21,25 @@ export interface NativeEngineConfig {
   rpcPort?: number;
   /** mooncake backend: 'npu:N' made current on every thread that calls into upstream. */
   device?: string;
-  deviceLibrary?: string;
+  ascendRuntimeLibrary?: string;
   ioThreads?: number;
   connectionsPerPeer?: number;
   sliceSize?: number;
   maxInflightPerConnection?: number;
   idleTimeoutMs?: number;
   connectTimeoutMs?: number;
-  retries?: number;
   bindAddress?: string;
   advertiseAddress?: string;
-  port?: number;
+  dataPort?: number;
+  /** Where a free data port is looked for when `dataPort` is 0 (upstream's RPC port range rule). */
   minPort?: number;
   maxPort?: number;
   maxServerConnections?: number;
   maxServerConnectionsPerPeer?: number;
   firstByteTimeoutMs?: number;
-  protoVersion?: number;
+  tcpProtoVersion?: number;
   allowedPeers?: string[];
-  sameHost?: boolean;
+  sameHostFastPath?: boolean;
   /** Peers with their own metrics counters (the rest count as 'other'); 0 turns per-peer metrics off. */
   metricsMaxPeers?: number;
 }
@@ -86,19 +90,24 @@ export interface DeviceAllocation {
   device: number;
 }
 
+/**
+ * One native engine. Control-plane calls return Promises (the binding runs them on a pool thread when
+ * the backend's calls may block); `submit` is synchronous and completes through the completion callback.
+ */
 export interface NativeEngine {
-  dataPort(): number;
-  // Calls that may block inside the upstream backend take a trailing `async`: true runs them on a libuv
-  // pool thread and returns a Promise; false (the built-in backend) runs them inline.
-  registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean, async: boolean): bigint | Promise<bigint>;
-  registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean, async: boolean): void | Promise<void>;
-  allocateManaged(size: number, shareable: boolean, location: string, async: boolean): ManagedAllocation | Promise<ManagedAllocation>;
-  allocateDevice(location: string, size: number, async: boolean): DeviceAllocation | Promise<DeviceAllocation>;
+  /** Starts the data plane (the upstream backend creates its engine and publishes its metadata). */
+  start(): Promise<void>;
+  /** Stops the engine; pending transfers complete with CLOSED first. Idempotent. */
+  close(): Promise<void>;
+  registerBuffer(memory: ArrayBuffer | ArrayBufferView, location: string, remoteAccessible: boolean): Promise<bigint>;
+  registerAddress(address: bigint, length: number, location: string, remoteAccessible: boolean): Promise<void>;
+  allocateManaged(size: number, shareable: boolean, location: string): Promise<ManagedAllocation>;
+  allocateDevice(location: string, size: number): Promise<DeviceAllocation>;
   copyDevice(toDevice: boolean, deviceAddress: bigint, host: ArrayBufferView): Promise<void>;
-  unregister(address: bigint, async: boolean): void | Promise<void>;
-  openSegment(name: string, descriptorJson: string, ip: string, async: boolean): number | Promise<number>;
-  closeSegment(handle: number): void;
-  segmentInfo(handle: number): NativeSegmentInfo;
+  unregister(address: bigint): Promise<void>;
+  /** Installs (or refreshes) a peer from its descriptor and numeric ip; answers with what it learned. */
+  openSegment(name: string, descriptorJson: string, ip: string): Promise<NativeSegmentInfo>;
+  closeSegment(handle: number): Promise<void>;
   submit(
     token: number,
     opcodes: Uint8Array,
@@ -109,18 +118,7 @@ export interface NativeEngine {
     timeoutMs: number,
   ): void;
   cancel(token: number, reason: 'abort' | 'timeout'): void;
-  allocateBatch(capacity: number): bigint;
-  submitBatch(
-    batchId: bigint,
-    opcodes: Uint8Array,
-    segments: Int32Array,
-    locals: BigUint64Array,
-    remotes: BigUint64Array,
-    lengths: Float64Array,
-  ): void;
-  taskStatus(batchId: bigint, task: number): [state: number, bytes: number, code: number];
-  batchStatus(batchId: bigint): [state: number, bytes: number];
-  freeBatch(batchId: bigint): void;
+  dataPort(): number;
   localDescriptor(): string;
   stats(): Record<string, number>;
   /** Per-peer counters and the batch latency histogram: one call per scrape. */
@@ -131,13 +129,8 @@ export interface NativeEngine {
   /** JSON: what the backend loaded (upstream: library, binding, Ascend transport, CANN libraries); '' for none. */
   backendInfo(): string;
   /** mooncake backend: upstream's notify channel. */
-  sendNotify(segment: number, name: string, msg: string, async: boolean): void | Promise<void>;
+  sendNotify(segment: number, name: string, msg: string): Promise<void>;
   takeNotifies(): [name: string, msg: string][];
-  close(): void;
-  /** Upstream backend: creates the engine (on a pool thread; it talks to its metadata store). */
-  start(): Promise<void>;
-  /** Stops the engine on a pool thread, then settles what is pending (the upstream backend). */
-  closeAsync(): Promise<void>;
 }
 
 export interface NativeBinding {
@@ -150,7 +143,6 @@ export interface NativeBinding {
    * bufferSize-byte buffers, or (streams 0) single-threaded memcpy over the same buffers.
    */
   rawTcpBench(streams: number, blockSize: number, bufferSize: number, seconds: number): Promise<{ bytes: number; seconds: number }>;
-  abiVersion: number;
 }
 
 let cached: NativeBinding | undefined;

@@ -67,7 +67,7 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
       advertiseAddress: advertise,
       rpcPort: o.rpcPort,
       device: o.device,
-      deviceLibrary: o.ascendRuntimeLibrary,
+      ascendRuntimeLibrary: o.ascendRuntimeLibrary,
       metricsMaxPeers: o.metricsMaxPeers,
     },
     onCompletions,
@@ -89,7 +89,7 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
   const m = /:(\d+)$/.exec(endpoint);
   const rpcPort = m ? Number(m[1]) : 0;
   if (p2p && !endpoint) {
-    await native.closeAsync();
+    await native.close();
     throw new MooncakeError('NOT_IMPLEMENTED', 'this Mooncake build cannot report its P2P endpoint (getLocalIpAndPort)');
   }
   return { native, name: p2p ? endpoint : requested, rpcPort, info: backendInfo(native, resolved.source) };

@@ -13,16 +13,13 @@ Addon::Addon(Napi::Env env, Napi::Object exports) {
   std::random_device rd;
   engineTag.lower = (static_cast<uint64_t>(rd()) << 32) | rd();
   engineTag.upper = (static_cast<uint64_t>(rd()) << 32) | rd();
-  Napi::Function engine = EngineWrap::Define(env);
-  engineCtor = Napi::Persistent(engine);
   DefineAddon(exports, {
                            InstanceMethod("setErrorFactory", &Addon::SetErrorFactory),
                            InstanceMethod("codeNames", &Addon::CodeNames),
                            InstanceMethod("hostId", &Addon::HostId),
                            InstanceMethod("rawTcpBench", &Addon::RawTcpBench),
                        });
-  exports.Set("Engine", engine);
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("Engine", EngineWrap::Define(env));
 }
 
 Napi::Value Addon::SetErrorFactory(const Napi::CallbackInfo& info) {
@@ -34,10 +31,9 @@ Napi::Value Addon::SetErrorFactory(const Napi::CallbackInfo& info) {
 Napi::Value Addon::CodeNames(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
-  for (int32_t c = 0; c <= 1100; ++c) {
-    const char* name = mc::codeName(static_cast<mc::Code>(c));
-    if (std::string(name) != "UNKNOWN") out.Set(name, Napi::Number::New(env, c));
-  }
+#define MC_STATUS_ENTRY(name, value) out.Set(#name, Napi::Number::New(env, value));
+  MC_STATUS_CODES(MC_STATUS_ENTRY)
+#undef MC_STATUS_ENTRY
   return out;
 }
 

@@ -1,52 +1,26 @@
-// The engine as a JS class. Owns one native engine (any backend), one thread-safe function that
-// delivers completions in batches, and strong references to the JS memory registered with it.
+// The engine as a JS class: one native engine (any backend), one thread-safe function that delivers
+// completions in batches (completion_hub.h), and strong references to the JS memory registered with it.
+// Control-plane calls return Promises (run on a pool thread when the backend's calls may block);
+// transfers are submitted synchronously and complete through the hub. One file per concern:
+// engine_wrap.cpp (life cycle), engine_memory.cpp, engine_segments.cpp, engine_transfers.cpp,
+// engine_info.cpp, config_js.cpp (the config object).
 #pragma once
 
 #include <napi.h>
 
-#include <atomic>
 #include <cstdint>
-#include <functional>
 #include <memory>
-#include <mutex>
 #include <unordered_map>
 #include <vector>
 
+#include "completion_hub.h"
 #include "engine.h"
+#include "promise_worker.h"
 
 namespace mcaddon {
 
-struct Completion {
-  uint64_t token;
-  int32_t code;
-  uint64_t bytes;
-  std::vector<int32_t> taskCodes;  // per task, only for failed batches
-};
-
-class CompletionHub;
-// Runs on the JS thread for each TSFN call; drains the hub (see engine_wrap.cpp).
-void deliverCompletions(Napi::Env env, Napi::Function fn, CompletionHub* hub, void* data);
-using CompletionTsfn = Napi::TypedThreadSafeFunction<CompletionHub, void, deliverCompletions>;
-
-// Receives completions on engine threads and hands them to JS in bursts: one TSFN call per burst
-// (armed on empty -> non-empty), drained entirely in one JS turn. Owned by the TSFN (deleted by its
-// finalizer), so a late call can never see freed memory.
-class CompletionHub : public mc::CompletionSink {
- public:
-  void onBatchDone(uint64_t token, mc::Code code, uint64_t bytes, std::vector<int32_t> taskCodes) override;
-  // JS thread: deliver everything queued to fn. Returns the number delivered.
-  size_t deliver(Napi::Env env, Napi::Function fn);
-
-  CompletionTsfn tsfn;
-  std::atomic<bool> live{true};  // false once the TSFN is released: no more calls
-  int64_t pending = 0;           // JS thread only: tokens submitted and not yet delivered
-  bool refed = false;            // JS thread only
-
- private:
-  std::mutex mu_;
-  std::vector<Completion> queue_;
-  std::atomic<bool> armed_{false};
-};
+// The engine for a JS config object (backend 'builtin' or 'mooncake'); throws INVALID_ARGUMENT.
+std::unique_ptr<mc::Engine> engineFromConfig(Napi::Env env, Napi::Object o, mc::CompletionSink* sink, mc::EngineConfig* cfg);
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
  public:
@@ -56,8 +30,6 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
  private:
   static void CleanupHook(void* arg);
-
-  mc::Engine& live(Napi::Env env);
   // Methods run only on objects this addon (this load of it) created: napi_unwrap does not check types,
   // so another addon's wrapped object passed as `this` would be reinterpreted (better-sqlite3's rule).
   static void checkTag(const Napi::CallbackInfo& info);
@@ -66,45 +38,43 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     checkTag(info);  // before any member is touched
     return (this->*Method)(info);
   }
+
+  mc::Engine& live(Napi::Env env);
+  // A control-plane call as a Promise: `work` runs on a pool thread when the backend's calls may block
+  // (the engine object and `keep` stay referenced meanwhile), else inline; `done` builds the value on the
+  // JS thread, `failed` cleans up there when `work` failed.
+  Napi::Value call(Napi::Env env, FunctionWorker::Work work, FunctionWorker::Done done, Napi::Value keep = Napi::Value(),
+                   FunctionWorker::Failed failed = nullptr);
   // Stops the engine (joining its threads), delivers what is left when JS may run, releases the TSFN.
   void shutdown(Napi::Env env, bool jsAllowed);
-  void afterDelivery(Napi::Env env, size_t delivered);
   std::vector<mc::TransferRequest> requests(const Napi::CallbackInfo& info, size_t first);
 
-  Napi::Value DataPort(const Napi::CallbackInfo& info);
+  // engine_wrap.cpp
+  Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  // engine_memory.cpp
   Napi::Value RegisterBuffer(const Napi::CallbackInfo& info);
   Napi::Value RegisterAddress(const Napi::CallbackInfo& info);
   Napi::Value AllocateManaged(const Napi::CallbackInfo& info);
   Napi::Value AllocateDevice(const Napi::CallbackInfo& info);
   Napi::Value CopyDevice(const Napi::CallbackInfo& info);
   Napi::Value Unregister(const Napi::CallbackInfo& info);
+  // engine_segments.cpp
   Napi::Value OpenSegment(const Napi::CallbackInfo& info);
   Napi::Value CloseSegment(const Napi::CallbackInfo& info);
-  Napi::Value SegmentInfo(const Napi::CallbackInfo& info);
+  // engine_transfers.cpp
   Napi::Value Submit(const Napi::CallbackInfo& info);
   Napi::Value Cancel(const Napi::CallbackInfo& info);
-  Napi::Value AllocateBatch(const Napi::CallbackInfo& info);
-  Napi::Value SubmitBatch(const Napi::CallbackInfo& info);
-  Napi::Value TaskStatus(const Napi::CallbackInfo& info);
-  Napi::Value BatchStatus(const Napi::CallbackInfo& info);
-  Napi::Value FreeBatch(const Napi::CallbackInfo& info);
+  // engine_info.cpp
+  Napi::Value DataPort(const Napi::CallbackInfo& info);
   Napi::Value LocalDescriptor(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value Metrics(const Napi::CallbackInfo& info);
   Napi::Value Backend(const Napi::CallbackInfo& info);
-  Napi::Value LocalEndpoint(const Napi::CallbackInfo& info);
   Napi::Value BackendInfo(const Napi::CallbackInfo& info);
+  Napi::Value LocalEndpoint(const Napi::CallbackInfo& info);
   Napi::Value SendNotify(const Napi::CallbackInfo& info);
   Napi::Value TakeNotifies(const Napi::CallbackInfo& info);
-  Napi::Value Close(const Napi::CallbackInfo& info);
-  // Blocking engine calls (the upstream backend talks to its metadata store and peers inside them)
-  // run on a libuv pool thread and return Promises; see BlockingCall in engine_wrap.cpp.
-  Napi::Value Start(const Napi::CallbackInfo& info);
-  Napi::Value run(Napi::Env env, bool async, std::function<mc::Status()> work, std::function<Napi::Value(Napi::Env)> done,
-                  Napi::Value keep = Napi::Value());
-  Napi::Value CloseAsync(const Napi::CallbackInfo& info);
-  bool started_ = false;
-  bool stopping_ = false;  // closeAsync in progress
 
   napi_env env_;
   mc::EngineConfig config_;
@@ -112,6 +82,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   CompletionHub* hub_ = nullptr;
   Napi::FunctionReference onCompletions_;
   bool closed_ = false;
+  bool stopping_ = false;  // a close() on a pool thread is in progress: every other call fails with CLOSED
   bool hookInstalled_ = false;
   std::unordered_map<uint64_t, Napi::Reference<Napi::Value>> pinned_;  // registered JS memory
 };

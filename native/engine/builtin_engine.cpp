@@ -31,15 +31,12 @@ struct Prepared {
 
 class BuiltinEngine final : public Engine, public CompletionSink {
  public:
-  BuiltinEngine(const EngineConfig& cfg, CompletionSink* sink) : cfg_(cfg), sink_(sink), tcp_(registry_, cfg.tcp) {}
+  BuiltinEngine(const EngineConfig& cfg, CompletionSink* sink) : cfg_(cfg), sink_(sink), tcp_(registry_, cfg.transport) {}
   ~BuiltinEngine() override { stop(); }
 
   Status start() override {
     if (cfg_.localServerName.empty()) return Status(Code::INVALID_ARGUMENT, "localServerName is required");
-    Status st = tcp_.start();
-    if (!st.ok()) return st;
-    started_ = true;
-    return Status();
+    return tcp_.start();
   }
 
   void stop() override {
@@ -90,13 +87,13 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     if (!peer) return pst;
     auto seg = std::make_shared<Segment>();
     seg->peer = std::move(peer);
-    seg->v2 = desc.tcpProtoVersion >= 2 && cfg_.tcp.protoVersion >= 2;
+    seg->v2 = desc.tcpProtoVersion >= 2 && cfg_.transport.protoVersion >= 2;
     seg->info.name = name;
     seg->info.protocol = desc.protocol;
     seg->info.ip = ip;
     seg->info.dataPort = desc.tcpDataPort;
     seg->info.protoVersion = seg->v2 ? 2 : 1;  // the framing we use with it, not only what it advertises
-    if (cfg_.sameHost) seg->shared = SharedMappings::open(desc, hostId());
+    if (cfg_.sameHostFastPath) seg->shared = SharedMappings::open(desc, hostId());
     seg->info.buffers = std::move(desc.buffers);
     std::lock_guard<std::mutex> g(mu_);
     auto it = byName_.find(name);
@@ -156,57 +153,6 @@ class BuiltinEngine final : public Engine, public CompletionSink {
     if (b && b->requestCancel(why)) tcp_.kick();
   }
 
-  Status allocateBatch(size_t capacity, uint64_t* id) override {
-    if (closed_) return Status(Code::CLOSED, "engine closed");
-    if (capacity == 0 || capacity > (1u << 24)) return Status(Code::INVALID_ARGUMENT, "batch capacity out of range");
-    std::lock_guard<std::mutex> g(mu_);
-    uint64_t bid = nextBatch_++;
-    batches_[bid] = std::make_shared<Batch>(bid, capacity, 0, nullptr);
-    *id = bid;
-    return Status();
-  }
-
-  Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) override {
-    if (closed_) return Status(Code::CLOSED, "engine closed");
-    std::shared_ptr<Batch> batch = findBatch(batchId);
-    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-    if (n == 0) return Status();
-    std::vector<Prepared> prep;
-    Status st = prepare(reqs, n, &prep, badIndex);
-    if (!st.ok()) return st;
-    size_t first = 0;
-    if (!batch->reserve(n, &first)) return Status(Code::TOO_MANY_REQUESTS, "batch capacity exceeded");
-    dispatch(batch, first, reqs, n, prep);
-    return Status();
-  }
-
-  Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) override {
-    std::shared_ptr<Batch> batch = findBatch(batchId);
-    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-    if (task >= batch->size()) return Status(Code::INVALID_ARGUMENT, "task id out of range");
-    Task& t = batch->task(task);
-    *state = static_cast<TaskState>(t.state.load(std::memory_order_acquire));
-    *bytes = t.transferred.load(std::memory_order_relaxed);
-    *error = static_cast<Code>(t.error.load(std::memory_order_acquire));
-    return Status();
-  }
-
-  Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) override {
-    std::shared_ptr<Batch> batch = findBatch(batchId);
-    if (!batch) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-    *state = batch->aggregate(bytes);
-    return Status();
-  }
-
-  Status freeBatch(uint64_t batchId) override {
-    std::lock_guard<std::mutex> g(mu_);
-    auto it = batches_.find(batchId);
-    if (it == batches_.end()) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-    if (!it->second->allTerminal()) return Status(Code::BATCH_BUSY, "batch has tasks in flight");
-    batches_.erase(it);
-    return Status();
-  }
-
   std::string localDescriptor() override {
     SegmentDesc d;
     d.name = cfg_.localServerName;
@@ -219,7 +165,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
       b.name = cfg_.localServerName;
       b.addr = r.addr;
       b.length = r.length;
-      if (!r.shmPath.empty() && cfg_.sameHost) {
+      if (!r.shmPath.empty() && cfg_.sameHostFastPath) {
         b.shmPath = r.shmPath;
         b.shmOffset = r.shmOffset;
         d.sameHost.hostId = hostId();
@@ -276,12 +222,6 @@ class BuiltinEngine final : public Engine, public CompletionSink {
   size_t activeCount() {
     std::lock_guard<std::mutex> g(activeMu_);
     return active_.size();
-  }
-
-  std::shared_ptr<Batch> findBatch(uint64_t id) {
-    std::lock_guard<std::mutex> g(mu_);
-    auto it = batches_.find(id);
-    return it == batches_.end() ? nullptr : it->second;
   }
 
   std::shared_ptr<Segment> findSegment(int32_t id) {
@@ -391,13 +331,10 @@ class BuiltinEngine final : public Engine, public CompletionSink {
   MemoryRegistry registry_;
   tcp::TcpTransport tcp_;
   std::atomic<bool> closed_{false};
-  bool started_ = false;
   std::mutex mu_;
   std::unordered_map<int32_t, std::shared_ptr<Segment>> segments_;
   std::unordered_map<std::string, int32_t> byName_;
   int32_t nextSegment_ = 1;
-  std::unordered_map<uint64_t, std::shared_ptr<Batch>> batches_;
-  uint64_t nextBatch_ = 1;
   std::mutex activeMu_;
   std::unordered_map<uint64_t, std::weak_ptr<Batch>> active_;
 };
@@ -410,7 +347,7 @@ Status resolveDevice(const EngineConfig& cfg, const std::string& location, Regis
   int device = -1;
   if (!parseDeviceLocation(location, &kind, &device)) return Status();
   DeviceRuntime* rt = nullptr;
-  Status st = ascendRuntime(cfg.deviceLibrary, &rt);
+  Status st = ascendRuntime(cfg.ascendRuntimeLibrary, &rt);
   if (!st.ok()) return st;
   int count = 0;
   st = rt->deviceCount(&count);

@@ -11,9 +11,10 @@
 #include "batch.h"
 #include "descriptor.h"
 #include "device/device_runtime.h"
+#include "engine_config.h"
+#include "memory_registry.h"
 #include "metrics.h"
 #include "status.h"
-#include "tcp/tcp_transport.h"
 
 namespace mc {
 
@@ -46,14 +47,6 @@ struct RegisterOptions {
   DeviceRuntime* runtime = nullptr;
 };
 
-struct EngineConfig {
-  std::string localServerName;
-  std::string deviceLibrary;  // Ascend runtime override (else $MOONCAKE_ASCENDCL_LIBRARY, standard paths)
-  bool sameHost = true;       // memcpy to peers on this host that share their memory (see same_host.h)
-  std::string advertiseHost;  // published as tcp_data_host when set
-  tcp::Options tcp;
-};
-
 using StatList = std::vector<std::pair<std::string, double>>;
 
 class Engine {
@@ -64,6 +57,9 @@ class Engine {
   virtual void stop() = 0;
   virtual bool closed() const = 0;
   virtual std::string backendName() const = 0;
+  // True when control-plane calls (start, stop, registration, opening segments, notifies) may block:
+  // the binding then runs them on a libuv pool thread. The built-in engine answers in microseconds.
+  virtual bool controlBlocks() const { return false; }
   // JSON describing what the backend loaded (upstream: library, binding, Ascend transport, CANN); "" if nothing.
   virtual std::string backendInfo() const { return ""; }
 
@@ -84,13 +80,6 @@ class Engine {
                              size_t* badIndex) = 0;
   virtual void cancel(uint64_t token, Code why) = 0;
 
-  // Upstream's batch model.
-  virtual Status allocateBatch(size_t capacity, uint64_t* id) = 0;
-  virtual Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) = 0;
-  virtual Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) = 0;
-  virtual Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) = 0;
-  virtual Status freeBatch(uint64_t batchId) = 0;
-
   virtual std::string localDescriptor() = 0;
   virtual uint16_t dataPort() const = 0;
   virtual StatList stats() = 0;
@@ -104,18 +93,6 @@ class Engine {
     return Status(Code::NOT_IMPLEMENTED, "not provided by this backend");
   }
   virtual Status takeNotifies(std::vector<std::pair<std::string, std::string>>*) { return Status(); }
-};
-
-// The upstream backend's own settings (upstream handles metadata and its handshake itself).
-struct UpstreamConfig {
-  std::string library;         // libtransfer_engine.so; else $MOONCAKE_TE_LIBRARY, standard paths
-  std::string metadataServer;  // upstream connection string (http://..., etcd://..., P2PHANDSHAKE)
-  std::string protocol = "tcp";
-  std::string ipOrHost;        // passed to createTransferEngine (ignored by upstream's default mode)
-  uint64_t rpcPort = 12345;
-  // "npu:N": made current on every thread before it calls into upstream (ascend_direct takes its
-  // device from the calling thread's context, from createTransferEngine on).
-  std::string device;
 };
 
 std::unique_ptr<Engine> createUpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink);

@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, MooncakeError, StatusCodes, TransferEngine, type MemoryRegion, type Segment } from '../../lib';
+import { UpstreamCompat } from '../../lib/compat';
 import { loadNative } from '../../lib/native';
 import { Peer } from '../helpers/peer';
 import { startPeerPair, type PeerPair } from '../helpers/peer-pair';
@@ -197,7 +198,7 @@ describe('use after close', () => {
     await expectCode(engine.write(self, [{ local: region, remote: self.address(0), length: 8 }]), 'CLOSED');
     await expectCode(engine.registerMemory(Buffer.alloc(8)), 'CLOSED');
     await expectCode(engine.openSegment('x'), 'CLOSED');
-    await expectCode(async () => engine.allocateBatch(4), 'CLOSED');
+    await expectCode(async () => new UpstreamCompat(engine).allocateBatch(4), 'CLOSED');
     // It deleted its metadata entries on close.
     expect([...meta.entries().keys()].filter((k) => k.includes(engine.localServerName))).toEqual([]);
     await meta.close();

@@ -41,10 +41,13 @@ describe.skipIf(!enough)('managed buffers above 4 GiB', () => {
       const { loadNative } = require(${JSON.stringify(path.resolve(__dirname, '../../dist/native.js'))});
       const b = loadNative();
       const e = new b.Engine({ localServerName: '127.0.0.1:1' }, () => {});
-      const m = e.allocateManaged(${SIZE}, true, 'cpu:0', false);
-      const out = { hasBuffer: m.buffer !== undefined, byteLength: m.buffer ? m.buffer.byteLength : 0, regions: e.stats().registeredRegions, address: typeof m.address };
-      e.close();
-      console.log(JSON.stringify(out));`;
+      (async () => {
+        await e.start();
+        const m = await e.allocateManaged(${SIZE}, true, 'cpu:0');
+        const out = { hasBuffer: m.buffer !== undefined, byteLength: m.buffer ? m.buffer.byteLength : 0, regions: e.stats().registeredRegions, address: typeof m.address };
+        await e.close();
+        console.log(JSON.stringify(out));
+      })();`;
     const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
     expect(r.signal, r.stderr).toBeNull();
     expect(r.status, r.stderr).toBe(0);

@@ -1,6 +1,7 @@
 // What the engine writes to its metadata store, and how it keeps it there.
 import { afterEach, describe, expect, it } from 'vitest';
 import { MetadataServer, TransferEngine } from '../../lib';
+import { UpstreamCompat } from '../../lib/compat';
 
 const MiB = 1 << 20;
 const opts = { bindAddress: '127.0.0.1', advertiseAddress: '127.0.0.1' } as const;
@@ -122,24 +123,25 @@ describe('upstream batch model and notifications between Node engines', () => {
     const rb = await b.registerMemory(Buffer.alloc(MiB));
     ra.buffer!.fill(5, 0, 4096);
     const seg = await a.openSegment(b.localServerName);
-    const batch = a.allocateBatch(4);
-    a.submitTransfer(batch, [
+    const te = new UpstreamCompat(a);
+    const batch = te.allocateBatch(4);
+    te.submitTransfer(batch, [
       { opcode: 'write', segment: seg, local: ra, remote: seg.address(0), length: 4096 },
       { opcode: 'read', segment: seg, local: ra, localOffset: 8192, remote: seg.address(0, 4096), length: 4096 },
     ]);
-    expect(() => a.submitTransfer(batch, Array.from({ length: 3 }, () => ({ opcode: 'write' as const, segment: seg, local: ra, remote: seg.address(0), length: 8 })))).toThrow(expect.objectContaining({ code: 'TOO_MANY_REQUESTS' }));
+    expect(() => te.submitTransfer(batch, Array.from({ length: 3 }, () => ({ opcode: 'write' as const, segment: seg, local: ra, remote: seg.address(0), length: 8 })))).toThrow(expect.objectContaining({ code: 'TOO_MANY_REQUESTS' }));
     for (let t = 0; t < 2; t++) {
-      let s = a.getTransferStatus(batch, t);
+      let s = te.getTransferStatus(batch, t);
       for (let i = 0; i < 500 && s.status === 'WAITING'; i++) {
         await new Promise((r) => setTimeout(r, 5));
-        s = a.getTransferStatus(batch, t);
+        s = te.getTransferStatus(batch, t);
       }
       expect(s).toEqual({ status: 'COMPLETED', transferredBytes: 4096 });
     }
-    expect(a.getBatchTransferStatus(batch)).toEqual({ status: 'COMPLETED', transferredBytes: 8192 });
-    expect(() => a.getTransferStatus(batch, 9)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
-    a.freeBatch(batch);
-    expect(() => a.freeBatch(batch)).toThrow(expect.objectContaining({ code: 'BATCH_NOT_FOUND' }));
+    expect(te.getBatchTransferStatus(batch)).toEqual({ status: 'COMPLETED', transferredBytes: 8192 });
+    expect(() => te.getTransferStatus(batch, 9)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    te.freeBatch(batch);
+    expect(() => te.freeBatch(batch)).toThrow(expect.objectContaining({ code: 'BATCH_NOT_FOUND' }));
     expect(rb.buffer!.subarray(0, 4096).every((x) => x === 5)).toBe(true);
   });
 

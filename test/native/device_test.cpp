@@ -94,8 +94,8 @@ TEST(Device, TcpTransportStagesDeviceMemory) {
   EngineConfig ca, cb;
   ca.localServerName = "a";
   cb.localServerName = "b";
-  ca.deviceLibrary = cb.deviceLibrary = STANDIN_ASCENDCL;
-  for (auto* c : {&ca, &cb}) { c->tcp.bindAddress = "127.0.0.1"; c->tcp.minPort = 0; }
+  ca.ascendRuntimeLibrary = cb.ascendRuntimeLibrary = STANDIN_ASCENDCL;
+  for (auto* c : {&ca, &cb}) { c->transport.bindAddress = "127.0.0.1"; c->transport.minPort = 0; }
   auto a = createBuiltinEngine(ca, &sa);
   auto b = createBuiltinEngine(cb, &sb);
   ASSERT_TRUE(a->start().ok());
@@ -166,9 +166,9 @@ TEST(Device, ServerStagesLargeDeviceRequestsInChunks) {
   EngineConfig ca, cb;
   ca.localServerName = "a";
   cb.localServerName = "b";
-  cb.deviceLibrary = STANDIN_ASCENDCL;
-  for (auto* c : {&ca, &cb}) { c->tcp.bindAddress = "127.0.0.1"; c->tcp.minPort = 0; }
-  ca.tcp.sliceSize = 64 << 20;  // one request for the whole region
+  cb.ascendRuntimeLibrary = STANDIN_ASCENDCL;
+  for (auto* c : {&ca, &cb}) { c->transport.bindAddress = "127.0.0.1"; c->transport.minPort = 0; }
+  ca.transport.sliceSize = 64 << 20;  // one request for the whole region
   auto a = createBuiltinEngine(ca, &sa);
   auto b = createBuiltinEngine(cb, &sb);
   ASSERT_TRUE(a->start().ok());

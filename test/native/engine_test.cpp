@@ -54,13 +54,13 @@ struct Node {
   // with the server's write).
   std::vector<uint8_t> mem;
   std::unique_ptr<Engine> engine;
-  explicit Node(const std::string& name, size_t bytes, tcp::Options o = {}) : mem(bytes) {
+  explicit Node(const std::string& name, size_t bytes, TransportOptions o = {}) : mem(bytes) {
     EngineConfig cfg;
     cfg.localServerName = name;
-    cfg.tcp = o;
-    cfg.tcp.bindAddress = "127.0.0.1";
-    cfg.tcp.port = 0;
-    cfg.tcp.minPort = 0;
+    cfg.transport = o;
+    cfg.transport.bindAddress = "127.0.0.1";
+    cfg.transport.port = 0;
+    cfg.transport.minPort = 0;
     engine = createBuiltinEngine(cfg, &sink);
     EXPECT_TRUE(engine->start().ok());
     EXPECT_TRUE(engine->registerMemory(addr(mem.data()), mem.size(), RegisterOptions{}).ok());
@@ -231,7 +231,7 @@ TEST(Engine, HungPeerTimesOut) {
   ASSERT_EQ(listen(lfd, 16), 0);
   socklen_t len = sizeof sa;
   getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len);
-  tcp::Options o;
+  TransportOptions o;
   o.idleTimeoutMs = 300;
   Node a("a", 1 << 20, o);
   std::string desc = R"({"buffers":[{"addr":4096,"length":1048576,"name":"h"}],"name":"h","protocol":"tcp","tcp_data_port":)" +
@@ -275,41 +275,6 @@ TEST(Engine, CancelAbortsAndDeadlineTimesOut) {
   Done t = a.run(2, reqs, 200);
   EXPECT_EQ(t.code, Code::TIMEOUT);
   close(lfd);
-}
-
-TEST(Engine, UpstreamStyleBatchApi) {
-  Node a("a", 1 << 20), b("b", 1 << 20);
-  int32_t seg = a.open(b);
-  uint64_t batch = 0;
-  ASSERT_TRUE(a.engine->allocateBatch(4, &batch).ok());
-  std::memset(a.mem.data(), 0x42, 1024);
-  std::vector<TransferRequest> reqs = {{1, seg, addr(a.mem.data()), addr(b.mem.data()), 512},
-                                       {1, seg, addr(a.mem.data()) + 512, addr(b.mem.data()) + 512, 512}};
-  size_t bad;
-  ASSERT_TRUE(a.engine->submit(batch, reqs.data(), 2, &bad).ok());
-  reqs.resize(3, reqs[0]);
-  EXPECT_EQ(a.engine->submit(batch, reqs.data(), 3, &bad).code, Code::TOO_MANY_REQUESTS);
-  for (size_t task = 0; task < 2; ++task) {
-    TaskState s = TaskState::WAITING;
-    uint64_t bytes = 0;
-    Code err;
-    for (int i = 0; i < 2000 && !isTerminal(s); ++i) {
-      ASSERT_TRUE(a.engine->taskStatus(batch, task, &s, &bytes, &err).ok());
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    EXPECT_EQ(s, TaskState::COMPLETED);
-    EXPECT_EQ(bytes, 512u);
-  }
-  TaskState s;
-  uint64_t bytes;
-  Code err;
-  EXPECT_EQ(a.engine->taskStatus(batch, 2, &s, &bytes, &err).code, Code::INVALID_ARGUMENT);
-  ASSERT_TRUE(a.engine->batchStatus(batch, &s, &bytes).ok());
-  EXPECT_EQ(s, TaskState::COMPLETED);
-  EXPECT_EQ(bytes, 1024u);
-  EXPECT_TRUE(a.engine->freeBatch(batch).ok());
-  EXPECT_EQ(a.engine->freeBatch(batch).code, Code::BATCH_NOT_FOUND);
-  EXPECT_EQ(b.mem[1000], 0x42);
 }
 
 TEST(Engine, RawClientCannotEscapeRegisteredMemory) {
@@ -374,7 +339,7 @@ uint16_t dataPortOf(Node& n) {
 // not pin the target's region (REGION_BUSY forever) nor hold a connection slot: after idleTimeoutMs
 // without progress the target closes the connection.
 TEST(Engine, StalledServerConnectionReleasesItsRegion) {
-  tcp::Options o;
+  TransportOptions o;
   o.idleTimeoutMs = 300;
   Node b("b", 1 << 20, o);
   const uint16_t port = dataPortOf(b);
@@ -605,7 +570,7 @@ bool waitStat(Engine& e, const char* name, double want, int ms = 5000) {
 // connection takes the place of the oldest silent one, and silent ones are closed after
 // firstByteTimeoutMs. A connection that has sent a request keeps its slot while idle (pooled).
 TEST(Engine, SilentConnectionsGiveWayAndTimeOut) {
-  tcp::Options o;
+  TransportOptions o;
   o.maxServerConnections = 8;
   o.firstByteTimeoutMs = 600;
   Node b("b", 1 << 20, o);
@@ -637,7 +602,7 @@ TEST(Engine, SilentConnectionsGiveWayAndTimeOut) {
 // connection from that address replaces its oldest silent one, or is refused if all of them have begun
 // a request. Other addresses are still served.
 TEST(Engine, PerSourceConnectionCap) {
-  tcp::Options o;
+  TransportOptions o;
   o.maxServerConnections = 100;
   o.maxServerConnectionsPerPeer = 3;
   Node b("b", 1 << 20, o);

@@ -25,9 +25,9 @@ int main(int argc, char** argv) {
     x.mem.resize(perBatch * block);
     EngineConfig cfg;
     cfg.localServerName = "cost";
-    cfg.tcp.bindAddress = "127.0.0.1";
-    cfg.tcp.minPort = 0;
-    cfg.tcp.metricsMaxPeers = maxPeers;
+    cfg.transport.bindAddress = "127.0.0.1";
+    cfg.transport.minPort = 0;
+    cfg.transport.metricsMaxPeers = maxPeers;
     x.engine = createBuiltinEngine(cfg, &x.sink);
     if (!x.engine->start().ok()) return 1;
     if (!x.engine->registerMemory(reinterpret_cast<uint64_t>(x.mem.data()), x.mem.size(), RegisterOptions{}).ok()) return 1;

@@ -72,10 +72,10 @@ struct Node {
   Node(size_t bytes, unsigned maxPeers) : mem(bytes) {
     EngineConfig cfg;
     cfg.localServerName = "n";
-    cfg.tcp.bindAddress = "127.0.0.1";
-    cfg.tcp.minPort = 0;
-    cfg.tcp.sliceSize = 64 * 1024;
-    cfg.tcp.metricsMaxPeers = maxPeers;
+    cfg.transport.bindAddress = "127.0.0.1";
+    cfg.transport.minPort = 0;
+    cfg.transport.sliceSize = 64 * 1024;
+    cfg.transport.metricsMaxPeers = maxPeers;
     engine = createBuiltinEngine(cfg, &sink);
     EXPECT_TRUE(engine->start().ok());
     EXPECT_TRUE(engine->registerMemory(reinterpret_cast<uint64_t>(mem.data()), mem.size(), RegisterOptions{}).ok());

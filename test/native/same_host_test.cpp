@@ -27,9 +27,9 @@ double stat(Engine& e, const char* name) {
 std::unique_ptr<Engine> make(const char* name, Sink* sink, bool sameHost) {
   EngineConfig c;
   c.localServerName = name;
-  c.sameHost = sameHost;
-  c.tcp.bindAddress = "127.0.0.1";
-  c.tcp.minPort = 0;
+  c.sameHostFastPath = sameHost;
+  c.transport.bindAddress = "127.0.0.1";
+  c.transport.minPort = 0;
   auto e = createBuiltinEngine(c, sink);
   EXPECT_TRUE(e->start().ok());
   return e;

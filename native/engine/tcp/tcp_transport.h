@@ -21,6 +21,7 @@
 
 #include "../batch.h"
 #include "../device/device_runtime.h"
+#include "../engine_config.h"
 #include "../event_loop.h"
 #include "../memory_registry.h"
 #include "../metrics.h"
@@ -29,25 +30,8 @@
 
 namespace mc::tcp {
 
-struct Options {
-  unsigned ioThreads = 1;
-  unsigned connectionsPerPeer = 2;
-  uint64_t sliceSize = 1 << 20;          // requests above this are split across connections
-  unsigned maxInflightPerConnection = 64;  // requests sent but not yet answered, per connection
-  int idleTimeoutMs = 30000;             // no progress while work is outstanding (upstream: 30 s status wait)
-  int connectTimeoutMs = 5000;
-  unsigned retries = 1;                  // resends of requests caught by another request's connection failure
-  std::string bindAddress;               // empty: dual-stack any
-  uint16_t port = 0;                     // 0: pick in [minPort, maxPort], then any
-  uint16_t minPort = 15000;
-  uint16_t maxPort = 17000;
-  unsigned maxServerConnections = 4096;
-  unsigned maxServerConnectionsPerPeer = 0;  // per source address; 0: a quarter of maxServerConnections, >= 64
-  int firstByteTimeoutMs = 5000;         // a connection that sends nothing for this long is closed
-  int protoVersion = 2;                  // highest framing used as a client (MC_TCP_PROTO=1 forces v1)
-  std::vector<std::string> allowedPeers; // numeric IPs allowed to connect to the data port; empty = any
-  unsigned metricsMaxPeers = 64;         // peers with their own metrics counters (the rest: "other"); 0 = off
-};
+// The transport runs with the engine's transport settings (engine_config.h).
+using Options = TransportOptions;
 
 struct Stats {
   uint64_t bytesSent = 0, bytesReceived = 0;

@@ -39,11 +39,11 @@ struct Pending {
 class UpstreamEngine final : public Engine, public CompletionSink {
  public:
   UpstreamEngine(const EngineConfig& cfg, const UpstreamConfig& up, CompletionSink* sink)
-      : cfg_(cfg), up_(up), sink_(sink), metrics_(cfg.tcp.metricsMaxPeers) {}
+      : cfg_(cfg), up_(up), sink_(sink), metrics_(cfg.transport.metricsMaxPeers) {}
   ~UpstreamEngine() override { stop(); }
 
   Status start() override {
-    Status st = upstream::loadApi(up_.library, cfg_.deviceLibrary, &api_);
+    Status st = upstream::loadApi(up_.library, cfg_.ascendRuntimeLibrary, &api_);
     if (!st.ok()) return st;
     if (api_->lazy && !upstream::forceTcp()) {
       return Status(Code::LIBRARY_NOT_FOUND, api_->path + " was loaded for TCP only (MC_FORCE_TCP was set then) because its Ascend "
@@ -113,6 +113,7 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   }
 
   bool closed() const override { return closing_; }
+  bool controlBlocks() const override { return true; }  // upstream talks to its metadata store and peers
   std::string backendName() const override { return "mooncake"; }
 
   std::string backendInfo() const override {
@@ -246,84 +247,6 @@ class UpstreamEngine final : public Engine, public CompletionSink {
     auto it = active_.find(token);
     if (it != active_.end()) it->second.batch->requestCancel(why);
     for (auto& p : queued_) if (p.token == token) p.active.batch->requestCancel(why);
-  }
-
-  Status allocateBatch(size_t capacity, uint64_t* id) override {
-    Status gs;
-    auto life = enter(&gs);
-    if (!gs.ok()) return gs;
-    if (capacity == 0) return Status(Code::INVALID_ARGUMENT, "batch capacity must be positive");
-    uint64_t b = api_->allocateBatchID(engine_, capacity);
-    if (b == upstream::kInvalidBatch) return Status(Code::TOO_MANY_REQUESTS, "upstream allocateBatchID failed");
-    std::lock_guard<std::mutex> g(mu_);
-    polled_[b] = capacity;
-    *id = b;
-    return Status();
-  }
-
-  Status submit(uint64_t batchId, const TransferRequest* reqs, size_t n, size_t* badIndex) override {
-    Status gs;
-    auto life = enter(&gs);
-    if (!gs.ok()) return gs;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      if (!polled_.count(batchId)) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-    }
-    std::vector<upstream::transfer_request> entries;
-    Status st = translate(reqs, n, badIndex, &entries, nullptr);
-    if (!st.ok()) return st;
-    int rc = api_->submitTransfer(engine_, batchId, entries.data(), entries.size());
-    if (rc != 0) return Status(upstream::mapError(rc), "upstream submitTransfer failed (" + std::to_string(rc) + ")");
-    return Status();
-  }
-
-  Status taskStatus(uint64_t batchId, size_t task, TaskState* state, uint64_t* bytes, Code* error) override {
-    Status gs;
-    auto life = enter(&gs);
-    if (!gs.ok()) return gs;
-    upstream::transfer_status s{};
-    int rc = api_->getTransferStatus(engine_, batchId, task, &s);
-    if (rc != 0) return Status(upstream::mapError(rc), "upstream getTransferStatus failed (" + std::to_string(rc) + ")");
-    *state = static_cast<TaskState>(s.status);
-    *bytes = s.transferred_bytes;
-    *error = (s.status == 6 || s.status == 5) ? (s.status == 5 ? Code::TIMEOUT : Code::CONNECTION_LOST) : Code::OK;
-    return Status();
-  }
-
-  Status batchStatus(uint64_t batchId, TaskState* state, uint64_t* bytes) override {
-    Status gs;
-    auto life = enter(&gs);
-    if (!gs.ok()) return gs;
-    size_t cap;
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      auto it = polled_.find(batchId);
-      if (it == polled_.end()) return Status(Code::BATCH_NOT_FOUND, "unknown batch id");
-      cap = it->second;
-    }
-    bool failed = false, waiting = false;
-    uint64_t total = 0;
-    for (size_t i = 0; i < cap; ++i) {
-      upstream::transfer_status s{};
-      if (api_->getTransferStatus(engine_, batchId, i, &s) != 0) break;  // past the submitted tasks
-      total += s.transferred_bytes;
-      if (s.status == 6 || s.status == 5 || s.status == 3) failed = true;
-      else if (s.status != 4) waiting = true;
-    }
-    *bytes = total;
-    *state = failed ? TaskState::FAILED : waiting ? TaskState::WAITING : TaskState::COMPLETED;
-    return Status();
-  }
-
-  Status freeBatch(uint64_t batchId) override {
-    Status gs;
-    auto life = enter(&gs);
-    if (!gs.ok()) return gs;
-    int rc = api_->freeBatchID(engine_, batchId);
-    if (rc != 0) return Status(upstream::mapError(rc), "upstream freeBatchID failed (" + std::to_string(rc) + ")");
-    std::lock_guard<std::mutex> g(mu_);
-    polled_.erase(batchId);
-    return Status();
   }
 
   std::string localDescriptor() override { return ""; }  // upstream publishes its own descriptor
@@ -542,7 +465,6 @@ class UpstreamEngine final : public Engine, public CompletionSink {
   std::condition_variable cv_, drained_;
   std::unordered_map<uint64_t, Active> active_;
   std::unordered_map<int32_t, SegmentInfo> segments_;
-  std::unordered_map<uint64_t, size_t> polled_;
   std::shared_mutex lifeMu_;
   DeviceRuntime* runtime_ = nullptr;
   int device_ = -1;
