@@ -10,7 +10,7 @@ import { KvCaches, type KvCachesInput } from './caches';
 import type { KvMessage } from './messages';
 import { KvMetrics, type KvTransferPeer } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
-import { failedPairs, type TransferPlan } from './plan';
+import { failedPairs, makePlan, type TransferPlan } from './plan';
 import type { KvPeer } from './registry';
 import { createSideChannel } from './channels';
 import type { KvSideChannel } from './side-channel';
@@ -41,23 +41,31 @@ export function asMooncakeError(err: unknown, fallback: string): MooncakeError {
 /** Concatenates plans for one peer into a single batch. */
 export function mergePlans(plans: readonly TransferPlan[]): TransferPlan {
   if (plans.length === 1) return plans[0];
-  const requests = plans.flatMap((p) => p.requests);
-  const firstPair = new Uint32Array(requests.length);
-  const pairCount = new Uint32Array(requests.length);
+  const total = plans.reduce((a, p) => a + p.lengths.length, 0);
+  const locals = new BigUint64Array(total);
+  const remotes = new BigUint64Array(total);
+  const lengths = new Float64Array(total);
+  const firstPair = new Uint32Array(total);
+  const pairCount = new Uint32Array(total);
   let n = 0;
   for (const p of plans) {
+    locals.set(p.locals, n);
+    remotes.set(p.remotes, n);
+    lengths.set(p.lengths, n);
     firstPair.set(p.firstPair, n);
     pairCount.set(p.pairCount, n);
-    n += p.requests.length;
+    n += p.lengths.length;
   }
-  return {
-    requests,
+  return makePlan(
+    locals,
+    remotes,
+    lengths,
     firstPair,
     pairCount,
-    runs: plans.flatMap((p) => p.runs),
-    bytes: plans.reduce((a, p) => a + p.bytes, 0),
-    wholeBlocks: plans.every((p) => p.wholeBlocks),
-  };
+    plans.flatMap((p) => p.runs),
+    plans.reduce((a, p) => a + p.bytes, 0),
+    plans.every((p) => p.wholeBlocks),
+  );
 }
 
 export class KvRankCore {
@@ -126,8 +134,9 @@ export class KvRankCore {
   /** Runs one batch with one peer; failures become failed pair indices, never exceptions. */
   async run(opcode: 'read' | 'write', peer: KvPeer, plan: TransferPlan, deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
     const e = peer.entry;
-    const info: KvTransferPeer = { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: plan.requests.length, ok: false };
-    if (plan.requests.length === 0) {
+    const n = plan.lengths.length;
+    const info: KvTransferPeer = { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: n, ok: false };
+    if (n === 0) {
       info.ok = true;
       return { peer: info, failed: [] };
     }
@@ -135,7 +144,7 @@ export class KvRankCore {
       const timeoutMs = Math.max(1, Math.ceil(deadline - performance.now()));
       const seg = await this.segment(peer);
       const opts = { timeoutMs, ...(signal ? { signal } : {}) };
-      const r = opcode === 'read' ? await this.engine.read(seg, plan.requests, opts) : await this.engine.write(seg, plan.requests, opts);
+      const r = await this.engine.transferRanges(seg, opcode, plan, opts);
       info.ok = true;
       info.bytes = r.bytes;
       return { peer: info, failed: [] };
@@ -145,8 +154,8 @@ export class KvRankCore {
       this.channel.invalidate(peer);
       const failed = failedPairs(plan, error.failures);
       // Bytes of the requests that did succeed, for the metrics.
-      if (error.failures && error.failures.length === plan.requests.length) {
-        for (let i = 0; i < plan.requests.length; i++) if (error.failures[i] === undefined) info.bytes += plan.requests[i].length;
+      if (error.failures && error.failures.length === n) {
+        for (let i = 0; i < n; i++) if (error.failures[i] === undefined) info.bytes += plan.lengths[i];
       }
       return { peer: info, failed, error };
     }
