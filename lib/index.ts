@@ -80,6 +80,7 @@ export type {
   KvRelease,
   KvConsumerReport,
   KvPushOptions,
+  KvLayerwisePush,
   KvPullOptions,
   KvExpectation,
   KvLayoutSpec,

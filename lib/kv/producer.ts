@@ -12,14 +12,14 @@
  */
 import { MooncakeError } from '../errors';
 import { batchOutcome, checkBlockIds, checkRequestId, EarlyMessages, KvRankBase, MEMORY } from './rank-base';
-import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
+import { asMooncakeError, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
-import { planTransfer } from './plan';
-import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
-import type { KvPeer } from './registry';
+import { PushRun } from './push';
+import { targetsForPrefillRank } from './rank-map';
+import type { KvRankEntry } from './registry';
 import type { KvParamsExtra } from './side-channel';
 import { ANY_RANK } from './messages';
 
@@ -71,6 +71,17 @@ interface HoldState {
 export interface KvHoldOptions extends KvParamsExtra {
   /** Force-free after this long without "done" (default options.abortTimeoutMs). */
   abortTimeoutMs?: number;
+}
+
+/** A layerwise push under way (KvProducer.pushLayerwise). */
+export interface KvLayerwisePush {
+  requestId: string;
+  /** Layers to push (the layout's). */
+  layers: number;
+  /** Layer `layer`'s KV is computed: write it now (each layer once, in any order). */
+  layerReady(layer: number): void;
+  /** The outcome, once every layer was written and each decode rank was told (or on timeout/abort). */
+  done: Promise<KvTransferOutcome>;
 }
 
 export interface KvPushOptions {
@@ -154,6 +165,64 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * (tail-aligned with the decode's when it has fewer).
    */
   async push(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
+    const run = this.startPush(params, blockIds, options);
+    if (run.setupError) return this.pushOutcome(run.requestId, run.local, [], run.setupError, run.start);
+    await run.push.writeAll();
+    return this.pushOutcome(run.requestId, run.local, await run.push.finish(), undefined, run.start);
+  }
+
+  /**
+   * Push mode, layer by layer as prefill computes them (vllm-ascend's MooncakeLayerwiseConnector flow): call
+   * `layerReady(l)` once per layer as soon as layer l's KV is in the caches; its tensors are written to
+   * every decode rank at once, overlapping the transfer with the remaining layers' compute. `done` settles
+   * after the last layer's writes and `push_done`, with the outcome; layers not ready by the timeout fail
+   * every block (a block needs all its layers). Arguments are checked as `push` checks them.
+   */
+  pushLayerwise(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): KvLayerwisePush {
+    const run = this.startPush(params, blockIds, options);
+    const layers = this.layout.numLayers;
+    const seen = new Uint8Array(layers);
+    let given = 0;
+    let finishing = false;
+    let resolve!: (o: KvTransferOutcome) => void;
+    const done = new Promise<KvTransferOutcome>((r) => (resolve = r));
+    const finish = (missing?: MooncakeError): void => {
+      if (finishing) return;
+      finishing = true;
+      clearTimeout(timer);
+      if (run.setupError) {
+        resolve(this.pushOutcome(run.requestId, run.local, [], run.setupError, run.start));
+        return;
+      }
+      void run.push.finish(missing).then((results) => resolve(this.pushOutcome(run.requestId, run.local, results, undefined, run.start)));
+    };
+    const timeoutMs = Math.max(1, Math.ceil(run.deadline - performance.now()));
+    const timer = setTimeout(() => finish(new MooncakeError('TIMEOUT', `layers of ${run.requestId} not ready within ${timeoutMs} ms (${given} of ${layers})`)), timeoutMs);
+    const onAbort = (): void => finish(new MooncakeError('ABORT_ERR', `layerwise push of ${run.requestId} aborted`, { cause: options.signal?.reason }));
+    if (options.signal) {
+      if (options.signal.aborted) queueMicrotask(onAbort);
+      else options.signal.addEventListener('abort', onAbort, { once: true });
+      void done.then(() => options.signal?.removeEventListener('abort', onAbort));
+    }
+    if (run.setupError) queueMicrotask(() => finish());
+    return {
+      requestId: run.requestId,
+      layers,
+      done,
+      layerReady: (layer: number) => {
+        if (!Number.isSafeInteger(layer) || layer < 0 || layer >= layers) throw new MooncakeError('INVALID_ARGUMENT', `layer ${String(layer)} is outside [0, ${layers})`);
+        if (seen[layer]) throw new MooncakeError('INVALID_ARGUMENT', `layer ${layer} of ${run.requestId} was already pushed`);
+        if (finishing) return;
+        seen[layer] = 1;
+        given++;
+        if (!run.setupError) void run.push.writeLayer(layer);
+        if (given === layers) finish();
+      },
+    };
+  }
+
+  /** Checks a push's arguments (INVALID_ARGUMENT throws) and starts it: lookups and push_start. */
+  private startPush(params: unknown, blockIds: readonly number[], options: KvPushOptions): { requestId: string; local: number[]; start: number; deadline: number; push: PushRun; setupError?: MooncakeError } {
     this.core.assertOpen();
     const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
@@ -161,67 +230,26 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
       throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
     }
     const pairedLocal = local.slice(local.length - p.remote_block_ids.length);
-    const requestId = p.remote_request_id;
-    const o = this.core.options;
     const start = performance.now();
-    const deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
+    const deadline = start + (options.timeoutMs ?? this.core.options.transferTimeoutMs);
     this.core.metrics.started++;
-    const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
-    const results: BatchResult[] = [];
     let setupError: MooncakeError | undefined;
     try {
       this.checkParamsShape(p);
-      await Promise.all(
-        [...targets].map(async ([decodeRank, slices]) => {
-          results.push(await this.pushTo(p, decodeRank, slices, pairedLocal, deadline, options.signal));
-        }),
-      );
     } catch (err) {
       setupError = asMooncakeError(err, 'push failed');
     }
-    const { outcome } = batchOutcome(requestId, 'push', 'write', pairedLocal, results, setupError, start);
+    const ctx = { core: this.core, layout: this.layout, tpRank: this.tpRank, shapeError: (e: KvRankEntry, name: string) => this.peerShapeError(e, name) };
+    // A push whose params are refused contacts nobody: an empty run.
+    const push = new PushRun(ctx, p, pairedLocal, deadline, options.signal, setupError !== undefined);
+    return { requestId: p.remote_request_id, local: pairedLocal, start, deadline, push, setupError };
+  }
+
+  private pushOutcome(requestId: string, local: number[], results: BatchResult[], setupError: MooncakeError | undefined, start: number): KvTransferOutcome {
+    const { outcome } = batchOutcome(requestId, 'push', 'write', local, results, setupError, start);
     this.core.metrics.record(outcome);
     this.emit('transfer', outcome);
     return outcome;
-  }
-
-  private async pushTo(p: KvTransferParams, decodeRank: number, slices: HeadSlice[], local: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
-    const requestId = p.remote_request_id;
-    const engineId = p.remote_engine_id;
-    const remote = p.remote_block_ids;
-    let peer: KvPeer;
-    try {
-      peer = await this.core.channel.lookup(p, decodeRank, signal);
-    } catch (err) {
-      return failedBatch({ engineId, dpRank: p.remote_dp_rank ?? 0, tpRank: decodeRank, segment: '' }, local.length, asMooncakeError(err, 'looking up the decode rank failed'));
-    }
-    const e = peer.entry;
-    const dp = e.dp_rank;
-    void this.core.track(this.core.channel.sendPush(peer, { type: 'push_start', request_id: requestId }));
-    let result: BatchResult;
-    const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error);
-    const mismatch = this.peerShapeError(e, `${engineId}/${dp}/${decodeRank}`);
-    if (mismatch) {
-      result = fail(mismatch);
-    } else {
-      try {
-        const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
-        const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
-        const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count)));
-        result = await this.core.run('write', peer, plan, deadline, signal);
-      } catch (err) {
-        result = fail(asMooncakeError(err, 'planning the push failed'));
-      }
-    }
-    await this.core.track(this.core.channel.sendPush(peer, {
-      type: 'push_done',
-      request_id: requestId,
-      ok: result.failed.length === 0,
-      failed_block_ids: result.failed.map((i) => remote[i]),
-      bytes: result.peer.bytes,
-      ranges: result.peer.ranges,
-    }));
-    return result;
   }
 
   protected onMessage(m: KvMessage): void {
