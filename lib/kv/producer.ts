@@ -17,8 +17,10 @@ import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
-import { PushRun } from './push';
-import { targetsForPrefillRank } from './rank-map';
+import { PushRun, pushPlan, type PushContext } from './push';
+import { slicesByRank, targetsForPrefillRank } from './rank-map';
+import type { TransferPlan } from './plan';
+import type { Segment } from '../segment';
 import type { KvRankEntry } from './registry';
 import type { KvParamsExtra } from './side-channel';
 import { ANY_RANK } from './messages';
@@ -239,10 +241,33 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     } catch (err) {
       setupError = asMooncakeError(err, 'push failed');
     }
-    const ctx = { core: this.core, layout: this.layout, tpRank: this.tpRank, shapeError: (e: KvRankEntry, name: string) => this.peerShapeError(e, name) };
+    const ctx = this.pushContext();
     // A push whose params are refused contacts nobody: an empty run.
     const push = new PushRun(ctx, p, pairedLocal, deadline, options.signal, setupError !== undefined);
     return { requestId: p.remote_request_id, local: pairedLocal, start, deadline, push, setupError };
+  }
+
+  /**
+   * The batches `push(params, blockIds)` would run (one per decode rank; with `layer`, that layer's), planned
+   * but not run: a benchmark times the engine alone on exactly these ranges.
+   * @internal
+   */
+  async plannedBatches(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], layer?: number): Promise<{ segment: Segment; plan: TransferPlan }[]> {
+    const p = this.core.channel.parseParams(params);
+    const local = checkBlockIds(this.layout, blockIds);
+    const paired = local.slice(local.length - p.remote_block_ids.length);
+    const ctx = this.pushContext();
+    const targets = slicesByRank(targetsForPrefillRank(p.remote_request_id, this.core.options.mapping, this.tpRank), 'decodeRank');
+    return Promise.all(
+      [...targets].map(async ([decodeRank, slices]) => {
+        const peer = await this.core.channel.lookup(p, decodeRank);
+        return { segment: await this.core.segment(peer), plan: pushPlan(ctx, peer, slices, paired, p.remote_block_ids, layer) };
+      }),
+    );
+  }
+
+  private pushContext(): PushContext {
+    return { core: this.core, layout: this.layout, tpRank: this.tpRank, shapeError: (e: KvRankEntry, name: string) => this.peerShapeError(e, name) };
   }
 
   private pushOutcome(requestId: string, local: number[], results: BatchResult[], setupError: MooncakeError | undefined, start: number): KvTransferOutcome {

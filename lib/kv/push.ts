@@ -36,6 +36,16 @@ interface Target {
   error?: MooncakeError;
 }
 
+/** The batch writing `slices` of the paired blocks into decode rank `peer`: all tensors, or those of one layer. */
+export function pushPlan(ctx: PushContext, peer: KvPeer, slices: readonly HeadSlice[], local: number[], remote: number[], layer?: number): TransferPlan {
+  const layout = ctx.layout;
+  const mine = { layout, tensors: ctx.core.caches.tensorAddresses, blockIds: local };
+  const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
+  const per = layout.tensorsPerLayer;
+  const range = layer === undefined ? undefined : { first: layer * per, end: (layer + 1) * per };
+  return mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count, range)));
+}
+
 export class PushRun {
   readonly requestId: string;
   private readonly targets: Target[];
@@ -82,14 +92,8 @@ export class PushRun {
     t.error ??= error;
   }
 
-  /** The batch for decode rank `t`: all tensors, or those of one layer. */
   private plan(t: Target, peer: KvPeer, layer?: number): TransferPlan {
-    const layout = this.ctx.layout;
-    const mine = { layout, tensors: this.ctx.core.caches.tensorAddresses, blockIds: this.local };
-    const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: this.params.remote_block_ids };
-    const per = layout.tensorsPerLayer;
-    const range = layer === undefined ? undefined : { first: layer * per, end: (layer + 1) * per };
-    return mergePlans(t.slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count, range)));
+    return pushPlan(this.ctx, peer, t.slices, this.local, this.params.remote_block_ids, layer);
   }
 
   /** Writes to every decode rank that can be written: everything, or one layer. */
