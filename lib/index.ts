@@ -114,3 +114,5 @@ export type {
 } from './kv';
 export { createProxy, runProxyBench } from './proxy';
 export type { PdProxy, ProxyOptions, ProxyAddress, ProxyStats, ProxyBenchOptions, ProxyBenchResult, InstanceSnapshot, PolicyName } from './proxy';
+export { runKvBench, KV_MODELS } from './bench/kv';
+export type { KvBenchOptions, KvBenchHooks, KvBenchResult, KvCaseResult, KvPhaseStats, KvRealConnectorResult, KvModel, KvTransferMode } from './bench/kv';

@@ -36,6 +36,8 @@ export interface KvBenchOptions {
   engineAnchor: boolean;
   /** The real vllm-ascend connector's transfer path: when set up (auto), always (require), never (off). */
   realConnector: 'auto' | 'require' | 'off';
+  /** Prompts longer than this skip the real connector (its peer holds another copy of the caches). */
+  realMaxTokens: number;
   /** KV caches allowed per side (bytes); fewer slots than the concurrency when it is short. */
   maxMemory: number;
   metadataServer?: string;
@@ -80,6 +82,7 @@ export const KV_BENCH_FLAGS = {
   'layer-compute-ms': { type: 'number', arg: 'MS', min: 0, max: 60_000, defaultText: '1.5 x one layer transfer, >= 1', help: 'layerwise: simulated compute per layer' },
   'engine-anchor': { type: 'boolean', negatable: true, default: true, help: 'also time the same ranges through the bare engine' },
   'real-connector': { type: 'string', choices: ['auto', 'require', 'off'], default: 'auto', help: "the real vllm-ascend connector's transfer path as a baseline (auto: when scripts/setup-connectors.sh ran)" },
+  'real-max-tokens': { type: 'string', arg: 'N', default: '8k', help: 'longest prompt the real connector runs (its peer holds another copy of the caches)' },
   'max-memory': { type: 'size', default: 6 * 2 ** 30, defaultText: '6G', help: 'KV caches per side, all ranks' },
   'metadata-server': { type: 'string', arg: 'URL', help: 'http://host:port/metadata (initiator and target; loopback starts one)' },
   target: { type: 'string', arg: 'HOST:PORT', help: "initiator: the target's control address" },
@@ -102,10 +105,10 @@ export const KV_BENCH_FLAGS = {
 export type KvBenchFlagValues = FlagValues<typeof KV_BENCH_FLAGS>;
 
 /** "512", "2k", "32K" -> tokens. */
-export function parseTokens(s: string): number {
+export function parseTokens(s: string, flag = '--prompt-tokens'): number {
   const m = /^(\d+)([kK]?)$/.exec(s.trim());
   const n = m ? Number(m[1]) * (m[2] ? 1024 : 1) : NaN;
-  if (!Number.isSafeInteger(n) || n <= 0 || n > 1 << 22) throw flagError('--prompt-tokens', s, 'expected a token count like 512, 2k or 32k (at most 4M)', 'bench kv');
+  if (!Number.isSafeInteger(n) || n <= 0 || n > 1 << 22) throw flagError(flag, s, 'expected a token count like 512, 2k or 32k (at most 4M)', 'bench kv');
   return n;
 }
 
@@ -130,7 +133,7 @@ export function kvBenchOptionsFromFlags(v: KvBenchFlagValues): KvBenchOptions {
   return resolveKvBenchOptions({
     mode: v.mode as KvBenchMode,
     models: splitList(v.model).map((m) => kvModel(m, custom)),
-    promptTokens: splitList(v['prompt-tokens']).map(parseTokens),
+    promptTokens: splitList(v['prompt-tokens']).map((t) => parseTokens(t)),
     blockSize: v['block-size'],
     prefill: { dpSize: v['prefill-dp']!, tpSize: v['prefill-tp']! },
     decode: { dpSize: v['decode-dp']!, tpSize: v['decode-tp']! },
@@ -144,6 +147,7 @@ export function kvBenchOptionsFromFlags(v: KvBenchFlagValues): KvBenchOptions {
     layerComputeMs: v['layer-compute-ms'],
     engineAnchor: v['engine-anchor'] !== false,
     realConnector: v['real-connector'] as 'auto' | 'require' | 'off',
+    realMaxTokens: parseTokens(v['real-max-tokens']!, '--real-max-tokens'),
     maxMemory: v['max-memory'],
     metadataServer: v['metadata-server'],
     target: v.target,
@@ -175,6 +179,7 @@ export function resolveKvBenchOptions(o: Partial<KvBenchOptions> & { models?: Kv
     layerComputeMs: o.layerComputeMs,
     engineAnchor: o.engineAnchor ?? true,
     realConnector: o.realConnector ?? 'auto',
+    realMaxTokens: o.realMaxTokens ?? 8192,
     maxMemory: o.maxMemory ?? KV_BENCH_DEFAULTS.maxMemory,
     metadataServer: o.metadataServer,
     target: o.target,

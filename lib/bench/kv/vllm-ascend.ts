@@ -52,6 +52,7 @@ export function realConnectorSetup(): RealConnectorSetup | { skipReason: string 
 /** Why this case has no real-connector counterpart, if it has none. */
 function unsupported(spec: KvCaseSpec, o: KvBenchOptions): string | undefined {
   if (o.mode !== 'loopback') return 'runs in loopback mode only (the real peers start on this host)';
+  if (spec.promptTokens > o.realMaxTokens) return `prompts above --real-max-tokens ${o.realMaxTokens} (its peer would hold another copy of the caches)`;
   if (spec.prefill.dpSize !== 1 || spec.decode.dpSize !== 1) return 'runs with dp 1 on both sides';
   if (spec.transfer === 'pull' && spec.model.attention === 'mha' && spec.prefill.tpSize !== spec.decode.tpSize) {
     return "vllm-ascend's decode reads whole remote blocks and reshapes them on the NPU when the TP sizes differ (GQA), which this host cannot run: compared at equal TP and for MLA";
