@@ -71,4 +71,6 @@ export {
 } from './client';
 export type { HandshakeRequestOptions, HandshakeResponse } from './client';
 export { NotificationQueue, DEFAULT_NOTIFY_CAPACITY } from './notifications';
+export { NotifySession } from './notify-session';
+export type { NotifySessionOptions } from './notify-session';
 export type { Notify, NotificationQueueOptions, NotificationQueueEvents } from './notifications';

@@ -10,7 +10,10 @@
  * | Connection (0)/old | `{"local_gid":"","local_lid":0,"local_nic_path":"","payload":"","peer_nic_path":"","qp_num":[],"reply_msg":""}` |
  *
  * One request per connection: read one frame, reply, half-close (`shutdown(SHUT_WR)`), then wait
- * (bounded) for the client to close. Unlike upstream, connections are served concurrently and the
+ * (bounded) for the client to close. The one extension: a Notify whose JSON carries `"keep_alive": true`
+ * (mooncake-node's senders of many notifications, `NotifySession`) keeps the connection open after the
+ * reply for the next request, until the client closes it or it idles for `idleTimeoutMs`; upstream never
+ * sends the key, and an upstream server ignores it (the sender then reconnects per message). Unlike upstream, connections are served concurrently and the
  * receive timeout is a deadline for the whole request frame rather than a per-read idle timeout
  * (so a byte-at-a-time client cannot hold a connection open). Anything hostile (garbage, a length
  * over the limit, a truncated or slow frame, a JSON error) is counted in `stats()`, reported as a
@@ -82,6 +85,8 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
   handlerTimeoutMs?: number;
   /** How long to wait for the client to close after the reply, ms (default 5000). */
   closeWaitMs?: number;
+  /** Kept-alive connections (see above): the next complete request must arrive within this, ms (default 30000). */
+  idleTimeoutMs?: number;
   /** Connections served at once; further ones are refused by closing them (default 1024). */
   maxConnections?: number;
   /** listen() backlog (default: `MC_HANDSHAKE_LISTEN_BACKLOG`, else 128). */
@@ -134,6 +139,8 @@ export interface HandshakeServerStats {
   extraBytes: number;
   /** Connections that did not close within closeWaitMs after the reply (then destroyed). */
   closeWaitTimeouts: number;
+  /** Requests served on a connection kept alive by an earlier one (`keep_alive` notifies). */
+  keptAlive: number;
   /** Bytes of unfinished requests held right now (bounded by maxBufferedBytes). */
   bufferedBytes: number;
 }
@@ -223,6 +230,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0, refused: 0 },
     extraBytes: 0,
     closeWaitTimeouts: 0,
+    keptAlive: 0,
     bufferedBytes: 0,
   };
 
@@ -243,13 +251,14 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       receiveTimeoutMs: rest.receiveTimeoutMs ?? 5000,
       handlerTimeoutMs: rest.handlerTimeoutMs ?? 5000,
       closeWaitMs: rest.closeWaitMs ?? 5000,
+      idleTimeoutMs: rest.idleTimeoutMs ?? 30_000,
       maxConnections: rest.maxConnections ?? 1024,
       backlog: rest.backlog ?? envInt('MC_HANDSHAKE_LISTEN_BACKLOG', 128),
       maxBufferedBytes: 0,
     };
     this.opts.maxBufferedBytes = Math.max(rest.maxBufferedBytes ?? 64 * (1 << 20), this.opts.maxLength + 9);
     new FrameDecoder({ maxLength: this.opts.maxLength }); // validates maxLength early
-    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'maxConnections', 'backlog'] as const) {
+    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'idleTimeoutMs', 'maxConnections', 'backlog'] as const) {
       const v = this.opts[k];
       if (!Number.isFinite(v) || v <= 0) throw new MooncakeError('INVALID_ARGUMENT', `${k} must be a positive number, got ${v}`);
     }
@@ -414,8 +423,10 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     if (!this.refed) socket.unref();
     socket.setNoDelay(true);
 
-    const decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
+    let decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
     let phase: 'receive' | 'handle' | 'closewait' | 'done' = 'receive';
+    /** Requests already answered on this connection (more than 0 only when kept alive). */
+    let answered = 0;
     let timer: NodeJS.Timeout | undefined;
     let held = 0; // this connection's share of this.buffered
     const hold = (n: number): void => {
@@ -442,7 +453,9 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       fail('socket', new MooncakeError('SOCKET', `handshake connection error: ${e.message}`, { cause: e }));
     });
     socket.on('close', () => {
-      if (phase === 'receive' || phase === 'handle') this.drop('closed', undefined, socket);
+      // A kept-alive connection closed between requests is the client's normal goodbye.
+      const between = phase === 'receive' && answered > 0 && decoder.buffered === 0;
+      if ((phase === 'receive' && !between) || phase === 'handle') this.drop('closed', undefined, socket);
       phase = 'done';
       hold(0);
       this.clearTimer(timer);
@@ -457,6 +470,13 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       if (phase !== 'receive') {
         if (phase !== 'done') this.counters.extraBytes += chunk.length;
         return;
+      }
+      if (answered > 0 && decoder.buffered === 0) {
+        // The next request on a kept-alive connection has started: it gets the usual receive deadline.
+        this.clearTimer(timer);
+        timer = this.timer(this.opts.receiveTimeoutMs, () => {
+          fail('timeout', new MooncakeError('TIMEOUT', `no complete handshake request within ${this.opts.receiveTimeoutMs} ms`, { details: { buffered: decoder.buffered } }));
+        });
       }
       if (this.buffered + chunk.length > this.opts.maxBufferedBytes) {
         return fail('overload', new MooncakeError('TOO_MANY_REQUESTS', `handshake requests in progress hold more than ${this.opts.maxBufferedBytes} bytes`));
@@ -478,9 +498,19 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       this.clearTimer(timer);
       timer = undefined;
       void this.serve(socket, frames[0]!).then(
-        (reply) => {
+        ({ reply, keepAlive }) => {
           if (phase !== 'handle') return;
           this.clearTimer(timer);
+          if (answered > 0) this.counters.keptAlive++;
+          answered++;
+          if (keepAlive && frames.length === 1 && decoder.buffered === 0 && !this.closing) {
+            // The client waits for this reply before its next request: a fresh frame, an idle deadline.
+            phase = 'receive';
+            decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
+            socket.write(reply);
+            timer = this.timer(this.opts.idleTimeoutMs, finish);
+            return;
+          }
           phase = 'closewait';
           socket.end(reply);
           timer = this.timer(this.opts.closeWaitMs, () => {
@@ -499,7 +529,9 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     });
 
     socket.on('end', () => {
-      if (phase === 'receive') {
+      if (phase === 'receive' && answered > 0 && decoder.buffered === 0) {
+        finish(); // a kept-alive connection closed between requests
+      } else if (phase === 'receive') {
         try {
           decoder.end();
           fail('truncated', new MooncakeError('PROTOCOL_ERROR', 'client closed before sending a request', { details: { reason: 'truncated', buffered: 0 } }));
@@ -513,8 +545,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     });
   }
 
-  /** Builds the reply frame for one request; rejects to drop the connection without a reply. */
-  private async serve(socket: net.Socket, frame: Frame): Promise<Buffer> {
+  /**
+   * Builds the reply frame for one request, and whether the connection stays open for another (a notify
+   * asking for it); rejects to drop the connection without a reply.
+   */
+  private async serve(socket: net.Socket, frame: Frame): Promise<{ reply: Buffer; keepAlive: boolean }> {
     const text = frame.payload.toString('utf8');
     const body = parseJson(frame.payload); // MALFORMED_JSON → dropped, like upstream
     const info: RequestInfo = {
@@ -572,7 +607,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         break;
       }
     }
-    return encodeFrame(frame.type, reply, { oldProtocol: frame.oldProtocol });
+    const keepAlive = frame.type === HandshakeType.Notify && !frame.oldProtocol && isJsonObject(body) && body.keep_alive === true;
+    return { reply: encodeFrame(frame.type, reply, { oldProtocol: frame.oldProtocol }), keepAlive };
   }
 
   private bounded<T>(v: T | PromiseLike<T>): Promise<T> {
