@@ -5,7 +5,7 @@
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
-import { sendNotify } from '../handshake';
+import { NotifySession } from '../handshake';
 import { createMetadataStore, isP2PHandshake } from '../metadata/store';
 import type { Notify } from '../handshake';
 import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
@@ -21,6 +21,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   private key = '';
   private ref!: KvRankRef;
   private onNotify: ((n: Notify) => void) | undefined;
+  /** Kept-alive connections to the peers' handshake ports: a message per request costs no TCP set-up. */
+  private readonly notifier = new NotifySession();
 
   private constructor(
     private readonly o: ResolvedKvOptions,
@@ -184,7 +186,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     const metrics = this.ctx.metrics;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
+        await this.notifier.send(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
         metrics.notifiesSent++;
         return true;
       } catch (err) {
@@ -200,6 +202,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
   async close(): Promise<void> {
     if (this.onNotify) this.ctx.engine.off('notify', this.onNotify);
     this.onNotify = undefined;
+    this.notifier.close();
     await this.registry?.close().catch(() => undefined);
   }
 }

@@ -15,7 +15,7 @@ function parallel(c: KvCaseResult['case']): string {
 }
 
 export function kvTable(r: KvBenchResult): string {
-  const head = ['model', 'tokens', 'P->D', 'transfer', 'MiB/req', 'ranges', 'p50 ms', 'p99 ms', 'GB/s', 'engine p50', 'x engine', 'loop p99', 'cpu %', 'target cpu %'];
+  const head = ['model', 'tokens', 'P->D', 'transfer', 'MiB/req', 'ranges', 'p50 ms', 'p99 ms', 'GB/s', 'engine p50', 'x engine', 'loop p99', 'cpu ms/req', 'engine cpu', 'target cpu'];
   const rows = r.cases.map((c) => [
     c.case.model,
     tokens(c.case.promptTokens),
@@ -29,8 +29,9 @@ export function kvTable(r: KvBenchResult): string {
     f(c.engine?.p50Ms),
     f(c.overhead?.ratio, 3),
     f(c.kv.loopDelayP99Ms),
-    f(c.kv.cpuPercent, 0),
-    f(c.kv.target?.cpuPercent, 0),
+    f(c.kv.cpuMsPerRequest),
+    f(c.engine?.cpuMsPerRequest),
+    f(c.kv.targetCpuMsPerRequest),
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((x) => x[i].length)));
   const line = (cells: string[]) => cells.map((x, i) => (i < 4 ? x.padEnd(widths[i]) : x.padStart(widths[i]))).join('  ');

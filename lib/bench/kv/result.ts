@@ -19,6 +19,9 @@ export interface KvPhaseStats {
   aggregateGbps: number;
   /** This process's CPU, % of one core. */
   cpuPercent: number;
+  /** CPU time per request, ms: this process (all its threads, kernel time included) and the target's. */
+  cpuMsPerRequest: number;
+  targetCpuMsPerRequest?: number;
   loopDelayP99Ms: number;
   loopDelayMaxMs: number;
   target?: TargetPhaseStats;
@@ -103,6 +106,8 @@ export function summarizePhase(p: PhaseSamples, bytesPerRequest: number): KvPhas
     gbps: p50 > 0 ? bytesPerRequest / (p50 / 1000) / 1e9 : 0,
     aggregateGbps: p.seconds > 0 ? p.bytes / p.seconds / 1e9 : 0,
     cpuPercent: p.cpuPercent,
+    cpuMsPerRequest: (p.cpuPercent / 100) * p.seconds * 1000 / Math.max(1, d.length),
+    ...(p.target ? { targetCpuMsPerRequest: (p.target.cpuPercent / 100) * p.seconds * 1000 / Math.max(1, d.length) } : {}),
     loopDelayP99Ms: p.loopDelayP99Ms,
     loopDelayMaxMs: p.loopDelayMaxMs,
     ...(p.target ? { target: p.target } : {}),
