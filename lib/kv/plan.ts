@@ -88,6 +88,16 @@ export interface TensorRange {
  */
 export function blockPieces(local: KvLayout, localHead: number, remote: KvLayout, remoteHead: number, count: number): BlockPiece[] {
   const hb = local.headBytes;
+  // The common shapes without walking every (token, head): whole blocks, and head slices with the same
+  // order inside the block on both sides (what the general merge below would find, computed directly).
+  if (local.headLayout === remote.headLayout && hb === remote.headBytes && local.blockSize === remote.blockSize) {
+    const all = localHead === 0 && remoteHead === 0 && count === local.numHeads && count === remote.numHeads;
+    if (all) return [{ local: 0, remote: 0, length: local.blockBytes }];
+    if (local.headLayout === 'HND') {
+      return [{ local: local.tokenHeadOffset(0, localHead), remote: remote.tokenHeadOffset(0, remoteHead), length: count * local.blockSize * hb }];
+    }
+    return Array.from({ length: local.blockSize }, (_, t) => ({ local: local.tokenHeadOffset(t, localHead), remote: remote.tokenHeadOffset(t, remoteHead), length: count * hb }));
+  }
   // Elementary (token, head) pieces in local byte order, then merged.
   const elems: BlockPiece[] = [];
   const byHeadFirst = local.headLayout === 'HND';
