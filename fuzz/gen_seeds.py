@@ -85,11 +85,15 @@ def text_seeds():
                        'numbers': '[-0.0,1.0,1e+9999,0.10000000000000001,9007199254740993,-9223372036854775808]',
                        'proto_key': '{"__proto__":{"x":1},"constructor":null,"a":[{},[]]}'}.items():
         write('handshake_json', name, text + '\n')
-    # descriptor target: byte 0 picks the decoder (even: segment descriptor, odd: rpc_meta).
-    write('descriptor', 'live_descriptor', '\x00' + LIVE_DESC)
-    write('descriptor', 'node_descriptor', '\x00' + NODE_DESC)
-    write('descriptor', 'multi_protocol', '\x00' + OLD_DESC)
-    write('descriptor', 'live_rpc_meta', '\x01' + LIVE_RPC)
+    # descriptor target: the descriptor's text.
+    write('descriptor', 'live_descriptor', LIVE_DESC)
+    write('descriptor', 'node_descriptor', NODE_DESC)
+    write('descriptor', 'multi_protocol', OLD_DESC)
+    # rpc_meta (JS target, lib/metadata/rpc-meta.ts): upstream's, ours (IPv6, a host name), odd numbers.
+    write('rpc_meta', 'live_rpc_meta', LIVE_RPC)
+    write('rpc_meta', 'ipv6', '{"ip_or_host_name":"::1","rpc_port":15001}')
+    write('rpc_meta', 'host_name', '{"ip_or_host_name":"prefill-0.svc.cluster.local","rpc_port":65535}')
+    write('rpc_meta', 'odd_numbers', '{"ip_or_host_name":"10.0.0.1","rpc_port":15001.0,"extra":[1e400,-0]}')
 
 
 def frame(type_, text):
@@ -135,8 +139,36 @@ def kv_seeds():
     write('kv_config', 'mooncake_p2p', 'm' + json.dumps({"metadata_backend": "p2phandshake", "protocol": "tcp"}))
 
 
+def client_seeds():
+    """tcp_client: control byte, 4 bytes per operation, then the target's answer stream."""
+    OK = struct.pack('<Q', 0x4D43545600000000)
+    REJ = struct.pack('<Q', 0x4D43545600000001)
+
+    def ctl(n_ops, v2, ending, chunk):  # ending 0 FIN, 1 reset, 2 silence
+        return bytes([(n_ops - 1) | (4 if v2 else 0) | (ending << 3) | (chunk << 5)])
+
+    def op(write, length, where=0):
+        return bytes([1 if write else 0]) + struct.pack('<H', length - 1) + bytes([where])
+
+    def data(n, seed=1):
+        return bytes(((i * 31 + seed) & 0xff) for i in range(n))
+
+    write('tcp_client', 'v2_read_exact', ctl(1, True, 0, 6) + op(False, 4096) + OK + data(4096))
+    write('tcp_client', 'v2_read_rejected', ctl(1, True, 0, 2) + op(False, 4096) + REJ + data(4096))
+    write('tcp_client', 'v2_read_short_reset', ctl(1, True, 1, 5) + op(False, 4096, 9) + OK + data(1000))
+    write('tcp_client', 'v2_read_long', ctl(1, True, 0, 7) + op(False, 100, 3) + OK + data(100) + data(300, 7))
+    write('tcp_client', 'v2_write_ack', ctl(1, True, 0, 0) + op(True, 65536) + OK)
+    write('tcp_client', 'v2_garbage_status', ctl(1, True, 0, 3) + op(False, 64) + b'HTTP/1.1' + data(64))
+    write('tcp_client', 'v2_silence', ctl(2, True, 2, 4) + op(False, 64) + op(True, 64, 5) + OK + data(64))
+    write('tcp_client', 'v2_mixed_four', ctl(4, True, 0, 6) + op(False, 300) + op(True, 200, 40) + op(False, 5000, 80) + op(True, 1, 200)
+          + OK + data(300) + OK + OK + data(5000, 3) + OK)
+    write('tcp_client', 'v1_read_write', ctl(3, False, 0, 6) + op(True, 1000) + op(False, 2000, 50) + op(False, 10, 90) + data(2000) + data(10, 5))
+    write('tcp_client', 'v1_read_short_fin', ctl(1, False, 0, 1) + op(False, 512, 7) + data(100))
+
+
 if __name__ == '__main__':
     tcp_seeds()
+    client_seeds()
     text_seeds()
     handshake_seeds()
     kv_seeds()

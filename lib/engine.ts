@@ -11,6 +11,7 @@ import { MemoryRegion, type RegisterOptions } from './memory';
 import { MetadataPublisher } from './metadata-publisher';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
 import { rpcMetaKey, segmentKey } from './metadata/keys';
+import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
 import { createUpstreamNative, pollUpstreamNotifies, type UpstreamBackendInfo } from './upstream-backend';
 import {
@@ -23,7 +24,7 @@ import {
 } from './options';
 import { Segment } from './segment';
 import { packRequests, type BatchRequest, type Opcode, type PackedRequests, type TransferRequest } from './transfer-batch';
-import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, probe, sendNotify, type Notify } from './handshake';
+import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, notifyBytes, probe, sendNotify, type Notify, type NotifyRejectReason } from './handshake';
 
 export type { TransferEngineOptions } from './options';
 export type { TransferRequest, BatchRequest, Opcode } from './transfer-batch';
@@ -54,9 +55,23 @@ export interface TaskStatusInfo {
   error?: ErrorCode;
 }
 
+/** A received notify that did not make it into (or out of) the `getNotifies()` buffer. */
+export interface NotifyDropInfo {
+  /**
+   * 'overflow': discarded from the full buffer to make room (it was emitted as 'notify' first);
+   * 'too-large' / 'full' / 'closed': refused, and the sender was told (its `sendNotify` failed).
+   */
+  reason: 'overflow' | NotifyRejectReason;
+  name: string;
+  /** UTF-8 bytes of name + message. */
+  bytes: number;
+}
+
 export interface TransferEngineEvents {
   /** A notification from a peer (upstream's notify messages). */
   notify: [notify: Notify];
+  /** A notify was dropped from the buffer or refused (counted in stats() `notifiesDropped` / `notifiesRejected`). */
+  notifyDropped: [info: NotifyDropInfo];
   /** A background metadata operation failed (the engine keeps retrying). */
   metadataError: [error: MooncakeError];
 }
@@ -142,6 +157,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     this.rpcPort = init.rpcPort;
     this.dataPort = init.native.dataPort();
     this.notifications.on('notify', (n: Notify) => this.emit('notify', n));
+    this.notifications.on('overflow', (n: Notify) => this.emit('notifyDropped', { reason: 'overflow', name: n.name, bytes: notifyBytes(n) }));
+    this.notifications.on('reject', (r) => this.emit('notifyDropped', { reason: r.reason, name: r.name, bytes: r.bytes }));
   }
 
   /** Creates an engine: starts its data and handshake listeners and publishes it in the metadata store. */
@@ -153,13 +170,15 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const store = p2p ? undefined : createMetadataStore(o.metadataServer, { timeoutMs: o.metadataTimeoutMs });
     const range = portRange();
     const advertise = o.advertiseAddress ?? defaultAdvertiseAddress(o.bindAddress);
-    const notifications = new NotificationQueue();
+    const notifications = new NotificationQueue(o.notifies);
     if (o.backend === 'mooncake') return TransferEngine.createUpstream(binding, o, store, advertise, notifications);
 
     let engine: TransferEngine | undefined;
     const handshake = new HandshakeServer({
       onMetadata: () => (engine ? new RawJson(engine.describe()) : null),
+      // Acknowledged only when accepted: a refused notify fails the sender's sendNotify.
       onNotify: (n: Notify) => notifications.push(n),
+      ...(o.firstByteTimeoutMs !== undefined ? { firstByteTimeoutMs: o.firstByteTimeoutMs } : {}),
       // A peer the data port refuses gets neither the descriptor nor a say through notifies.
       ...(o.allowedPeers !== undefined ? { allowedPeers: o.allowedPeers } : {}),
     });
@@ -184,6 +203,8 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
           minPort: range.min,
           maxPort: range.max,
           maxServerConnections: o.maxServerConnections,
+          maxServerConnectionsPerPeer: o.maxServerConnectionsPerPeer,
+          firstByteTimeoutMs: o.firstByteTimeoutMs,
           protoVersion: o.tcpProtoVersion,
           allowedPeers: o.allowedPeers,
           sameHost: o.sameHostFastPath,
@@ -195,7 +216,7 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
         native, backend: 'builtin', protocol: 'tcp', handshake, notifications, store, name, metadataServer: o.metadataServer, advertiseAddress: advertise, rpcPort,
       });
       if (store) {
-        const rpcMeta = JSON.stringify({ ip_or_host_name: advertise, rpc_port: rpcPort });
+        const rpcMeta = encodeRpcMeta({ ipOrHostName: advertise, rpcPort });
         const owner = engine;
         engine.publisher = new MetadataPublisher({
           store,
@@ -606,6 +627,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
       openSegments: this.segments.size,
       metadataRepublished: this.publisher?.republished ?? 0,
       ...(this.handshake ? handshakeCounters(this.handshake) : {}),
+      notifiesReceived: this.notifications.received,
+      notifiesQueued: this.notifications.size,
+      notifiesQueuedBytes: this.notifications.bytes,
+      notifiesDropped: this.notifications.dropped,
+      notifiesRejected: this.notifications.rejected,
     };
   }
 
@@ -756,19 +782,11 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     const rkey = rpcMetaKey(peerName);
     const rpcText = await this.store.get(rkey);
     if (rpcText === undefined) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment '${name}' has no rpc_meta entry (key ${rkey})`, { details: { name, key: rkey } });
-    let rpc: { ip_or_host_name?: unknown; rpc_port?: unknown };
-    try {
-      rpc = JSON.parse(rpcText) as typeof rpc;
-    } catch (err) {
-      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' is not JSON`, { cause: err, details: { key: rkey } });
-    }
-    if (typeof rpc.ip_or_host_name !== 'string' || typeof rpc.rpc_port !== 'number') {
-      throw new MooncakeError('MALFORMED_JSON', `rpc_meta of '${peerName}' lacks ip_or_host_name or rpc_port`, { details: { key: rkey } });
-    }
+    const rpc = decodeRpcMeta(rpcText, `'${peerName}' (key ${rkey})`);
     // Upstream 0.3.13+ publishes the data listener's host; older peers share rpc_meta's.
     const dataHost = descriptorField(descriptor, 'tcp_data_host', name);
-    const ip = await lookupIp(typeof dataHost === 'string' && dataHost ? dataHost : rpc.ip_or_host_name);
-    return { descriptor, ip, rpcPort: rpc.rpc_port };
+    const ip = await lookupIp(typeof dataHost === 'string' && dataHost ? dataHost : rpc.ipOrHostName);
+    return { descriptor, ip, rpcPort: rpc.rpcPort };
   }
 }
 
@@ -786,7 +804,15 @@ function descriptorField(text: string, field: string, name: string): unknown {
 function handshakeCounters(h: HandshakeServer): Record<string, number> {
   const s = h.stats();
   const dropped = Object.values(s.dropped).reduce((a, b) => a + b, 0);
-  return { handshakeConnections: s.active, handshakeAccepted: s.accepted, handshakeDropped: dropped, handshakeRefused: s.dropped.refused };
+  return {
+    handshakeConnections: s.active,
+    handshakeAccepted: s.accepted,
+    handshakeDropped: dropped,
+    handshakeRefused: s.dropped.refused,
+    handshakeEvicted: s.dropped.evicted,
+    handshakeOverload: s.dropped.overload,
+    handshakeTimedOut: s.dropped.timeout,
+  };
 }
 
 function zipRequests(locals: bigint[], remotes: bigint[], lengths: number[]): TransferRequest[] {
@@ -826,9 +852,8 @@ async function lookupIp(host: string): Promise<string> {
 /** An rpc_meta entry is stale when nothing answers a handshake probe at its address. */
 async function staleRpcMeta(existing: string): Promise<boolean> {
   try {
-    const m = JSON.parse(existing) as { ip_or_host_name?: string; rpc_port?: number };
-    if (typeof m.ip_or_host_name !== 'string' || typeof m.rpc_port !== 'number') return true;
-    await probe(await lookupIp(m.ip_or_host_name), m.rpc_port, { connectTimeoutMs: 1000, timeoutMs: 2000 });
+    const m = decodeRpcMeta(existing); // unreadable: stale
+    await probe(await lookupIp(m.ipOrHostName), m.rpcPort, { connectTimeoutMs: 1000, timeoutMs: 2000 });
     return false;
   } catch {
     return true;

@@ -16,6 +16,7 @@ export type {
   TaskStatusInfo,
   TransferEngineEvents,
   Notify,
+  NotifyDropInfo,
   PreparedBatch,
 } from './engine';
 export type { UpstreamBackendInfo } from './upstream-backend';

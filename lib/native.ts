@@ -31,6 +31,8 @@ export interface NativeEngineConfig {
   minPort?: number;
   maxPort?: number;
   maxServerConnections?: number;
+  maxServerConnectionsPerPeer?: number;
+  firstByteTimeoutMs?: number;
   protoVersion?: number;
   allowedPeers?: string[];
   sameHost?: boolean;

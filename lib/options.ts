@@ -1,6 +1,7 @@
-import * as net from 'node:net';
 import * as os from 'node:os';
+import { allowList } from './allow-list';
 import { MooncakeError } from './errors';
+import type { NotificationQueueOptions } from './handshake/notifications';
 
 /** Options of `TransferEngine.create`. Every field has an upstream-compatible default. */
 export interface TransferEngineOptions {
@@ -79,8 +80,31 @@ export interface TransferEngineOptions {
    * fields upstream peers ignore.
    */
   sameHostFastPath?: boolean;
-  /** Most concurrent data connections served. Default 4096. */
+  /**
+   * Most concurrent data connections served. Default 4096. When every slot is taken, a new connection
+   * takes the slot of the oldest one that has not sent a byte yet (counted in
+   * `serverConnectionsEvicted` and `serverConnectionsRefused`), or is refused if there is none.
+   */
   maxServerConnections?: number;
+  /**
+   * Most concurrent data connections from one source address. Default a quarter of
+   * `maxServerConnections` (1024), at least 64, so no single host can take every slot. An upstream peer opens one
+   * connection per request unless its connection pool is on: raise this for peers that run more
+   * than this many requests at once towards this engine.
+   */
+  maxServerConnectionsPerPeer?: number;
+  /**
+   * A connection to the data port or the handshake port that sends no byte for this long after it
+   * was accepted is closed. Default 5000 ms. Real peers write their request right after connecting.
+   */
+  firstByteTimeoutMs?: number;
+  /**
+   * Bounds of the received-notify buffer (see `getNotifies()`): entries (default 4096), bytes
+   * (default 64 MiB), one notify's size (default 1 MiB; larger ones are refused, the sender's
+   * `sendNotify` fails) and what a full buffer does: `'drop-oldest'` (default; dropped ones were
+   * already emitted as 'notify' events) or `'reject'` (the sender's `sendNotify` fails instead).
+   */
+  notifies?: NotificationQueueOptions;
   /** How often the engine checks its metadata entries and republishes them if lost. Default 5000 ms; 0 disables. */
   metadataRefreshMs?: number;
   /** Timeout of each metadata request. Default 3000 ms (HTTP, redis) or 5000 ms (etcd), as upstream. */
@@ -172,16 +196,24 @@ export function validateOptions(o: TransferEngineOptions): void {
   checkPositiveInt('idleTimeoutMs', o.idleTimeoutMs, { max: 2 ** 31 - 1 });
   checkPositiveInt('connectTimeoutMs', o.connectTimeoutMs, { max: 2 ** 31 - 1 });
   checkPositiveInt('maxServerConnections', o.maxServerConnections, { max: 1 << 20 });
+  checkPositiveInt('maxServerConnectionsPerPeer', o.maxServerConnectionsPerPeer, { max: 1 << 20 });
+  checkPositiveInt('firstByteTimeoutMs', o.firstByteTimeoutMs, { max: 2 ** 31 - 1 });
+  if (o.notifies !== undefined) {
+    if (o.notifies === null || typeof o.notifies !== 'object') throw new MooncakeError('INVALID_CONFIG', 'notifies must be an object');
+    checkPositiveInt('notifies.capacity', o.notifies.capacity, { min: 0 });
+    checkPositiveInt('notifies.maxBytes', o.notifies.maxBytes, { min: 0 });
+    checkPositiveInt('notifies.maxMessageBytes', o.notifies.maxMessageBytes, { min: 0 });
+    if (o.notifies.whenFull !== undefined && o.notifies.whenFull !== 'drop-oldest' && o.notifies.whenFull !== 'reject') {
+      throw new MooncakeError('INVALID_CONFIG', `notifies.whenFull must be 'drop-oldest' or 'reject', got ${JSON.stringify(o.notifies.whenFull)}`);
+    }
+  }
   checkPositiveInt('metadataRefreshMs', o.metadataRefreshMs, { min: 0 });
   checkPositiveInt('metadataTimeoutMs', o.metadataTimeoutMs);
   checkPositiveInt('metadataTtlMs', o.metadataTtlMs, { min: 100, max: 2 ** 31 - 1 });
   if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
     throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
   }
-  if (o.allowedPeers !== undefined && (!Array.isArray(o.allowedPeers) || o.allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0))) {
-    const bad = Array.isArray(o.allowedPeers) ? o.allowedPeers.find((p) => typeof p !== 'string' || net.isIP(p) === 0) : o.allowedPeers;
-    throw new MooncakeError('INVALID_CONFIG', `allowedPeers must be an array of numeric IP addresses (no host names), got ${JSON.stringify(bad)}`);
-  }
+  allowList(o.allowedPeers, 'allowedPeers'); // throws INVALID_CONFIG naming a bad entry
 }
 
 /** Upstream env knobs that map onto our options (explicit options win). */

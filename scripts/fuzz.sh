@@ -3,10 +3,10 @@
 #
 #   scripts/fuzz.sh [seconds-per-target] [target...]
 #
-# C++ targets (libFuzzer + ASan + UBSan, Debian's clang): tcp_server, json, descriptor, built from
+# C++ targets (libFuzzer + ASan + UBSan, Debian's clang): tcp_server, tcp_client, json, descriptor, built from
 # fuzz/CMakeLists.txt into $FUZZ_BUILD_DIR (default build-fuzz/).
 # JS targets (fuzz/js: a coverage-guided mutation fuzzer on V8's precise coverage, because jazzer.js's
-# prebuilt addon needs glibc 2.38): handshake, handshake_json, kv_config, compiled into
+# prebuilt addon needs glibc 2.38): handshake, handshake_json, kv_config, rpc_meta, compiled into
 # $FUZZ_BUILD_DIR/js.
 #
 # Each target reads the committed seeds in fuzz/corpus/<target>/ and writes what it finds to
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 secs=${1:-30}
 shift || true
-all=(tcp_server json descriptor handshake handshake_json kv_config)
+all=(tcp_server tcp_client json descriptor handshake handshake_json kv_config rpc_meta)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 build=${FUZZ_BUILD_DIR:-build-fuzz}
@@ -29,7 +29,7 @@ jobs=${FUZZ_JOBS:-1}
 logs="$build/logs"
 mkdir -p "$logs" fuzz/corpus-run
 
-is_cpp() { case "$1" in tcp_server|json|descriptor) return 0 ;; *) return 1 ;; esac; }
+is_cpp() { case "$1" in tcp_server|tcp_client|json|descriptor) return 0 ;; *) return 1 ;; esac; }
 need_cpp=0 need_js=0
 for t in "${targets[@]}"; do
   case " ${all[*]} " in *" $t "*) ;; *) echo "unknown fuzz target: $t (known: ${all[*]})" >&2; exit 2 ;; esac

@@ -12,10 +12,15 @@
  *                   anything else: both) on the text and on the objects JSON.parse and the handshake
  *                   reader make of it. Only INVALID_CONFIG may escape; whatever is accepted satisfies
  *                   the documented constraints, and the text and object forms agree.
+ *   rpc_meta        lib/metadata/rpc-meta.ts: decodeRpcMeta, the engine's reader of every peer's
+ *                   rpc_meta entry, and encodeRpcMeta, its writer. Only MALFORMED_JSON may escape; an
+ *                   accepted value is exactly what the text's object holds (a usable host, a port in
+ *                   1-65535); encode(decode(x)) decodes to the same value and encode is a fixed point.
  */
 import { MooncakeError } from '../../lib/errors';
 import { decodeFrames, encodeFrame, FrameDecoder, type Frame, isHandshakeType, LENGTH_BYTES } from '../../lib/handshake/framing';
 import { isJsonObject, parseJson, stringifyFast, type JsonValue } from '../../lib/handshake/json';
+import { decodeRpcMeta, encodeRpcMeta } from '../../lib/metadata/rpc-meta';
 import {
   KV_CONNECTORS,
   KV_ROLES,
@@ -265,9 +270,40 @@ function kvConfig(data: Buffer): void {
 
 // ---------------------------------------------------------------------------------------------
 
+function rpcMeta(data: Buffer): void {
+  const text = data.toString('utf8');
+  let m;
+  try {
+    m = decodeRpcMeta(text, 'fuzz');
+  } catch (err) {
+    expectCode(err, ['MALFORMED_JSON'], 'decodeRpcMeta');
+    return;
+  }
+  // What was accepted is what the object says, within the rules.
+  check(typeof m.ipOrHostName === 'string' && /^[\x21-\x7e]{1,255}$/.test(m.ipOrHostName) && !m.ipOrHostName.includes('/'), `accepted host ${JSON.stringify(m.ipOrHostName)}`);
+  check(Number.isInteger(m.rpcPort) && m.rpcPort >= 1 && m.rpcPort <= 65535, `accepted port ${m.rpcPort}`);
+  const v = parseJson(text);
+  check(isJsonObject(v), 'accepted a non-object');
+  const o = v as Record<string, JsonValue>;
+  check(o.ip_or_host_name === m.ipOrHostName, 'host differs from the text');
+  check(Number(o.rpc_port) === m.rpcPort, 'port differs from the text');
+  const once = encodeRpcMeta(m);
+  check(once === `{"ip_or_host_name":${JSON.stringify(m.ipOrHostName)},"rpc_port":${m.rpcPort}}`, `unexpected encoding ${once}`);
+  const back = decodeRpcMeta(once);
+  check(back.ipOrHostName === m.ipOrHostName && back.rpcPort === m.rpcPort, 'decode(encode(m)) differs from m');
+  check(encodeRpcMeta(back) === once, 'encodeRpcMeta is not a fixed point');
+}
+
+// ---------------------------------------------------------------------------------------------
+
 const JSON_DICT = ['{', '}', '[', ']', '"', ':', ',', 'true', 'false', 'null', '\\u', '\\ud83d\\ude00', '\\ud800', '\\"', '\\\\', '-0', '1e400', '-1e+9999', '0.1', '9007199254740993', '-9223372036854775808', '18446744073709551616', '"__proto__"', '"constructor"', '\ufeff', '\n', ' '];
 
 export const TARGETS: Record<string, Target> = {
+  rpc_meta: {
+    fn: rpcMeta,
+    jsonPrefix: 0,
+    dict: [...JSON_DICT, '"ip_or_host_name"', '"rpc_port"', '"127.0.0.1"', '"::1"', '"[::1]"', '"a/b"', '"a b"', '""', '0', '1', '65535', '65536', '15001.0', '1e3', '-1', '"15001"'],
+  },
   handshake: { fn: handshake, dict: [...JSON_DICT, '\x00\x00\x00\x00\x00\x00\x00', '\x03{}\n'] },
   handshake_json: { fn: (d) => jsonRoundTrip(d), dict: JSON_DICT, jsonPrefix: 0 },
   kv_config: {

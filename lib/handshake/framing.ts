@@ -116,6 +116,11 @@ export interface FrameDecoderOptions {
  * After it throws, the decoder is broken and keeps throwing the same error (a stream cannot be
  * resynchronised). Errors are MooncakeError('PROTOCOL_ERROR') with `details.reason`:
  * 'zero-length', 'too-long' (details.length, details.maxLength) and, from `end()`, 'truncated'.
+ *
+ * A chunk that completes frames and then goes wrong (a valid request followed by stray bytes in the
+ * same TCP segment) returns those frames; the error is thrown by the next `push()` or `end()`, so the
+ * frames that arrived intact are never lost to the garbage behind them. `failed` tells whether such
+ * an error is pending.
  */
 export class FrameDecoder {
   readonly maxLength: number;
@@ -132,6 +137,11 @@ export class FrameDecoder {
   /** Bytes held that do not yet form a frame. */
   get buffered(): number {
     return this.size;
+  }
+
+  /** An error is pending (thrown by the next `push()` / `end()`). */
+  get failed(): boolean {
+    return this.error !== undefined;
   }
 
   /** The declared payload length of the frame in progress, if its prefix has arrived. */
@@ -152,12 +162,16 @@ export class FrameDecoder {
         const prefix = this.take(LENGTH_BYTES);
         const length = LITTLE_ENDIAN ? prefix.readBigUInt64LE(0) : prefix.readBigUInt64BE(0);
         if (length === 0n) {
-          throw (this.error = new MooncakeError('PROTOCOL_ERROR', 'handshake frame with zero length', { details: { reason: 'zero-length' } }));
-        }
-        if (length > BigInt(this.maxLength)) {
-          throw (this.error = new MooncakeError('PROTOCOL_ERROR', `handshake frame of ${length} bytes exceeds the limit of ${this.maxLength}`, {
+          this.error = new MooncakeError('PROTOCOL_ERROR', 'handshake frame with zero length', { details: { reason: 'zero-length' } });
+        } else if (length > BigInt(this.maxLength)) {
+          this.error = new MooncakeError('PROTOCOL_ERROR', `handshake frame of ${length} bytes exceeds the limit of ${this.maxLength}`, {
             details: { reason: 'too-long', length: length <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(length) : length.toString(), maxLength: this.maxLength },
-          }));
+          });
+        }
+        if (this.error) {
+          // Frames completed before the bad prefix are returned; the error comes with the next call.
+          if (frames.length > 0) return frames;
+          throw this.error;
         }
         this.need = Number(length);
       }

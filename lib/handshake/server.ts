@@ -22,11 +22,13 @@
 
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
+import { allowList } from '../allow-list';
 import { MooncakeError, isMooncakeError } from '../errors';
 import {
   FrameDecoder,
   HANDSHAKE_TYPE_NAMES,
   HandshakeType,
+  LENGTH_BYTES,
   encodeFrame,
   handshakeMaxLengthFromEnv,
   type Frame,
@@ -87,8 +89,24 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
   closeWaitMs?: number;
   /** Kept-alive connections (see above): the next complete request must arrive within this, ms (default 30000). */
   idleTimeoutMs?: number;
-  /** Connections served at once; further ones are refused by closing them (default 1024). */
+  /**
+   * Connections served at once (default 1024). When all are taken, a new connection takes the place
+   * of the oldest one that has not sent a byte yet, from the address holding the most connections
+   * (or the newcomer's own; dropped as 'evicted'); with none such, the new one is closed (dropped as
+   * 'overload').
+   */
   maxConnections?: number;
+  /**
+   * Connections from one source address at once (default a quarter of maxConnections, at least 64).
+   * Beyond it, a new connection from that address takes the place of its oldest silent one, or is
+   * closed.
+   */
+  maxConnectionsPerPeer?: number;
+  /**
+   * A connection that sends no byte for this long after accept is closed, ms (default 5000, and
+   * never more than receiveTimeoutMs). Real clients write their request right after connecting.
+   */
+  firstByteTimeoutMs?: number;
   /** listen() backlog (default: `MC_HANDSHAKE_LISTEN_BACKLOG`, else 128). */
   backlog?: number;
   /**
@@ -118,7 +136,7 @@ export interface HandshakeListenOptions {
   portRange?: PortRange | [number, number];
 }
 
-export type DropReason = 'timeout' | 'malformed' | 'protocol' | 'truncated' | 'handler' | 'socket' | 'overload' | 'closed' | 'refused';
+export type DropReason = 'timeout' | 'malformed' | 'protocol' | 'truncated' | 'handler' | 'socket' | 'overload' | 'closed' | 'refused' | 'evicted';
 
 export interface DropInfo {
   reason: DropReason;
@@ -161,10 +179,15 @@ export function rpcPortRangeFromEnv(env: NodeJS.ProcessEnv = process.env): PortR
   return { min, max };
 }
 
-/** An IPv4-mapped IPv6 address as plain IPv4, as the native data port compares them. */
+/** An IPv4-mapped IPv6 address as plain IPv4 (one source address, however it connected). */
 function normalizeIp(ip: string): string {
   const m = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
   return (m ? m[1]! : ip).toLowerCase();
+}
+
+/** A quarter of the slots per source address, at least 64 (and never more than all of them). */
+export function defaultPerPeer(maxConnections: number): number {
+  return Math.min(maxConnections, Math.max(64, Math.floor(maxConnections / 4)));
 }
 
 function atoi(s: string): number {
@@ -209,10 +232,19 @@ class Timeout extends Error {}
 
 export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   private readonly opts: Required<Omit<HandshakeServerOptions, keyof HandshakeHandlers | 'allowedPeers'>>;
-  private readonly allowed: Set<string> | undefined;
+  private readonly allowed: ((address: string | undefined) => boolean) | undefined;
   private readonly handlers: HandshakeHandlers;
   private server: net.Server | undefined;
   private readonly sockets = new Set<net.Socket>();
+  /** Connections that have not sent a byte yet, oldest first (Sets iterate in insertion order). */
+  private readonly silent = new Set<net.Socket>();
+  private readonly silentBySource = new Map<string, Set<net.Socket>>();
+  private readonly perSource = new Map<string, number>();
+  /** Closes a silent connection to make room for a new one; when and in which turn it was accepted. */
+  private readonly evictors = new Map<net.Socket, { evict: () => void; turn: number; at: number }>();
+  /** Event-loop turns in which connections arrived (see makeRoom). */
+  private turn = 0;
+  private turnPending = false;
   private readonly timers = new Set<NodeJS.Timeout>();
   private refed = true;
   /** Request bytes currently buffered across connections. */
@@ -227,7 +259,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     oldProtocol: 0,
     rejectedNotifies: 0,
     handlerErrors: 0,
-    dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0, refused: 0 },
+    dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0, refused: 0, evicted: 0 },
     extraBytes: 0,
     closeWaitTimeouts: 0,
     keptAlive: 0,
@@ -237,12 +269,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
   constructor(options: HandshakeServerOptions = {}) {
     super();
     const { onMetadata, onNotify, allowedPeers, ...rest } = options;
-    if (allowedPeers !== undefined) {
-      if (!Array.isArray(allowedPeers) || allowedPeers.some((p) => typeof p !== 'string' || net.isIP(p) === 0)) {
-        throw new MooncakeError('INVALID_ARGUMENT', 'allowedPeers must be an array of numeric IP strings');
-      }
-      if (allowedPeers.length > 0) this.allowed = new Set(allowedPeers.map(normalizeIp));
-    }
+    this.allowed = allowList(allowedPeers, 'allowedPeers', 'INVALID_ARGUMENT');
     this.handlers = {};
     if (onMetadata) this.handlers.onMetadata = onMetadata;
     if (onNotify) this.handlers.onNotify = onNotify;
@@ -253,12 +280,16 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       closeWaitMs: rest.closeWaitMs ?? 5000,
       idleTimeoutMs: rest.idleTimeoutMs ?? 30_000,
       maxConnections: rest.maxConnections ?? 1024,
+      maxConnectionsPerPeer: 0,
+      firstByteTimeoutMs: 0,
       backlog: rest.backlog ?? envInt('MC_HANDSHAKE_LISTEN_BACKLOG', 128),
       maxBufferedBytes: 0,
     };
     this.opts.maxBufferedBytes = Math.max(rest.maxBufferedBytes ?? 64 * (1 << 20), this.opts.maxLength + 9);
+    this.opts.maxConnectionsPerPeer = rest.maxConnectionsPerPeer ?? defaultPerPeer(this.opts.maxConnections);
+    this.opts.firstByteTimeoutMs = Math.min(rest.firstByteTimeoutMs ?? 5000, this.opts.receiveTimeoutMs);
     new FrameDecoder({ maxLength: this.opts.maxLength }); // validates maxLength early
-    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'idleTimeoutMs', 'maxConnections', 'backlog'] as const) {
+    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'idleTimeoutMs', 'maxConnections', 'maxConnectionsPerPeer', 'firstByteTimeoutMs', 'backlog'] as const) {
       const v = this.opts[k];
       if (!Number.isFinite(v) || v <= 0) throw new MooncakeError('INVALID_ARGUMENT', `${k} must be a positive number, got ${v}`);
     }
@@ -287,9 +318,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     if (this.closing) throw new MooncakeError('CLOSED', 'the handshake server is closed');
     if (this.server) throw new MooncakeError('INVALID_ARGUMENT', 'the handshake server is already listening');
     const host = options.host ?? '0.0.0.0';
+    // No server.maxConnections: admission (with eviction of silent connections) is onConnection's.
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (s) => this.onConnection(s));
-    server.maxConnections = this.opts.maxConnections;
-    server.on('drop', () => this.drop('overload', undefined));
     this.server = server;
     if (!this.refed) server.unref();
 
@@ -357,6 +387,10 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     const server = this.server;
     for (const s of this.sockets) s.destroy();
     this.sockets.clear();
+    this.silent.clear();
+    this.silentBySource.clear();
+    this.perSource.clear();
+    this.evictors.clear();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     this.closing = new Promise<void>((resolve) => {
@@ -413,13 +447,20 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       socket.destroy();
       return;
     }
-    if (this.allowed && !this.allowed.has(normalizeIp(socket.remoteAddress ?? ''))) {
+    if (this.allowed && !this.allowed(socket.remoteAddress)) {
       this.drop('refused', new MooncakeError('REJECT_HANDSHAKE', `handshake connection from ${socket.remoteAddress ?? '?'} refused: not in allowedPeers`), socket);
+      socket.destroy();
+      return;
+    }
+    const source = normalizeIp(socket.remoteAddress ?? '');
+    if (!this.makeRoom(source)) {
+      this.drop('overload', new MooncakeError('TOO_MANY_REQUESTS', `handshake connection from ${socket.remoteAddress ?? '?'} refused: no free slot (${this.sockets.size} connections, ${this.perSource.get(source) ?? 0} from this address)`), socket);
       socket.destroy();
       return;
     }
     this.counters.accepted++;
     this.sockets.add(socket);
+    this.perSource.set(source, (this.perSource.get(source) ?? 0) + 1);
     if (!this.refed) socket.unref();
     socket.setNoDelay(true);
 
@@ -433,13 +474,24 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       this.buffered += n - held;
       held = n;
     };
+    let released = false;
+    /** Gives back the connection's slot (once). */
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      hold(0);
+      this.clearTimer(timer);
+      this.sockets.delete(socket);
+      this.markSilent(socket, source, false);
+      const n = (this.perSource.get(source) ?? 1) - 1;
+      if (n > 0) this.perSource.set(source, n);
+      else this.perSource.delete(source);
+    };
 
     const finish = (): void => {
       if (phase === 'done') return;
       phase = 'done';
-      hold(0);
-      this.clearTimer(timer);
-      this.sockets.delete(socket);
+      release();
       socket.destroy();
     };
     const fail = (reason: DropReason, error: MooncakeError): void => {
@@ -457,13 +509,29 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       const between = phase === 'receive' && answered > 0 && decoder.buffered === 0;
       if ((phase === 'receive' && !between) || phase === 'handle') this.drop('closed', undefined, socket);
       phase = 'done';
-      hold(0);
-      this.clearTimer(timer);
-      this.sockets.delete(socket);
+      release();
     });
+    /** Marks the connection silent (evictable when slots run out): at accept, and between kept-alive requests. */
+    const silent = (): void => {
+      this.markSilent(socket, source, true);
+      this.evictors.set(socket, {
+        evict: () => fail('evicted', new MooncakeError('TOO_MANY_REQUESTS', 'a silent handshake connection gave its slot to a new one')),
+        turn: this.turn,
+        at: performance.now(),
+      });
+    };
+    silent();
 
-    timer = this.timer(this.opts.receiveTimeoutMs, () => {
+    const acceptedAt = performance.now();
+    const receiveDeadline = (): void => {
       fail('timeout', new MooncakeError('TIMEOUT', `no complete handshake request within ${this.opts.receiveTimeoutMs} ms`, { details: { buffered: decoder.buffered } }));
+    };
+    timer = this.timer(this.opts.firstByteTimeoutMs, () => {
+      if (this.silent.has(socket)) {
+        fail('timeout', new MooncakeError('TIMEOUT', `no byte within ${this.opts.firstByteTimeoutMs} ms of connecting`, { details: { buffered: 0 } }));
+      } else {
+        timer = this.timer(Math.max(0, this.opts.receiveTimeoutMs - (performance.now() - acceptedAt)), receiveDeadline);
+      }
     });
 
     socket.on('data', (chunk: Buffer) => {
@@ -471,12 +539,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         if (phase !== 'done') this.counters.extraBytes += chunk.length;
         return;
       }
+      this.markSilent(socket, source, false);
       if (answered > 0 && decoder.buffered === 0) {
         // The next request on a kept-alive connection has started: it gets the usual receive deadline.
         this.clearTimer(timer);
-        timer = this.timer(this.opts.receiveTimeoutMs, () => {
-          fail('timeout', new MooncakeError('TIMEOUT', `no complete handshake request within ${this.opts.receiveTimeoutMs} ms`, { details: { buffered: decoder.buffered } }));
-        });
+        timer = this.timer(this.opts.receiveTimeoutMs, receiveDeadline);
       }
       if (this.buffered + chunk.length > this.opts.maxBufferedBytes) {
         return fail('overload', new MooncakeError('TOO_MANY_REQUESTS', `handshake requests in progress hold more than ${this.opts.maxBufferedBytes} bytes`));
@@ -492,7 +559,9 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         return;
       }
       hold(0);
-      this.counters.extraBytes += decoder.buffered;
+      // Whatever followed the request (a second frame, stray bytes, even a bad length prefix) is
+      // ignored: one request per connection, and it is answered.
+      this.counters.extraBytes += decoder.buffered + (decoder.failed || decoder.pendingLength !== undefined ? LENGTH_BYTES : 0);
       for (let i = 1; i < frames.length; i++) this.counters.extraBytes += 8 + frames[i]!.payload.length + (frames[i]!.oldProtocol ? 0 : 1);
       phase = 'handle';
       this.clearTimer(timer);
@@ -503,11 +572,14 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
           this.clearTimer(timer);
           if (answered > 0) this.counters.keptAlive++;
           answered++;
-          if (keepAlive && frames.length === 1 && decoder.buffered === 0 && !this.closing) {
-            // The client waits for this reply before its next request: a fresh frame, an idle deadline.
+          const clean = frames.length === 1 && decoder.buffered === 0 && !decoder.failed && decoder.pendingLength === undefined;
+          if (keepAlive && clean && !this.closing) {
+            // The client waits for this reply before its next request: a fresh frame, an idle deadline,
+            // and, idle, the connection is as evictable as one that never sent a byte.
             phase = 'receive';
             decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
             socket.write(reply);
+            silent();
             timer = this.timer(this.opts.idleTimeoutMs, finish);
             return;
           }
@@ -543,6 +615,62 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       }
       // phase 'handle': the client half-closed after its request; still reply.
     });
+  }
+
+  /**
+   * Whether a connection from `source` may be admitted, evicting a silent connection if there is no
+   * free slot (see below for whose).
+   */
+  private makeRoom(source: string): boolean {
+    if (!this.turnPending) {
+      this.turnPending = true;
+      setImmediate(() => {
+        this.turn++;
+        this.turnPending = false;
+      });
+    }
+    const mine = this.perSource.get(source) ?? 0;
+    const sourceFull = mine >= this.opts.maxConnectionsPerPeer;
+    const full = this.sockets.size >= this.opts.maxConnections;
+    if (!sourceFull && !full) return true;
+    // At the address's own cap, one of its own goes. Else the address holding the most connections
+    // gives one up, unless it holds no more than the newcomer's: then the newcomer's own address does.
+    // So a flood from some addresses never pushes out a peer from another address that has fewer.
+    let from = source;
+    if (!sourceFull) {
+      let most = 0;
+      for (const s of this.silentBySource.keys()) {
+        const c = this.perSource.get(s) ?? 0;
+        if (c > most) {
+          most = c;
+          from = s;
+        }
+      }
+      if (most <= mine) from = source;
+    }
+    const victim = this.silentBySource.get(from)?.values().next().value;
+    const v = victim === undefined ? undefined : this.evictors.get(victim);
+    // Only a connection that has had a whole turn of the event loop to deliver its first bytes (or
+    // 100 ms) can be called silent: a burst of accepts must not evict a peer that connected a moment
+    // earlier, before its request was even read.
+    if (!v || (v.turn + 2 > this.turn && performance.now() - v.at < 100)) return false;
+    v.evict();
+    return true;
+  }
+
+  private markSilent(socket: net.Socket, source: string, silent: boolean): void {
+    if (!silent) {
+      if (!this.silent.delete(socket)) return;
+      this.evictors.delete(socket);
+      const set = this.silentBySource.get(source);
+      set?.delete(socket);
+      if (set?.size === 0) this.silentBySource.delete(source);
+      return;
+    }
+    this.silent.add(socket);
+    let set = this.silentBySource.get(source);
+    if (!set) this.silentBySource.set(source, (set = new Set()));
+    set.add(socket);
   }
 
   /**

@@ -10,12 +10,14 @@ import { MetadataServer, type ListenInfo } from './server';
 const FLAGS = {
   port: { type: 'int', min: 0, max: 65535, default: DEFAULT_METADATA_SERVER_PORT, help: 'port to listen on, as upstream (0 picks a free one)' },
   host: { type: 'string', default: DEFAULT_BIND_HOST, arg: 'H', help: 'address to bind; 0.0.0.0 serves other machines (upstream binds 0.0.0.0: nothing here authenticates)' },
-  'data-dir': { type: 'string', arg: 'D', help: 'keep entries in D/metadata.json across restarts and crashes (each change is on disk before it is answered)' },
+  'data-dir': { type: 'string', arg: 'D', help: 'keep entries in D/metadata.json across restarts and crashes: an append-only log, each change on disk before it is answered, one record whatever the store holds' },
   'ttl-ms': { type: 'int', min: 0, arg: 'T', defaultText: 'never', help: 'expire entries not PUT again within T ms; mooncake-node engines renew theirs with metadataTtlMs, upstream engines never do' },
   path: { type: 'string', arg: 'P', default: '/metadata', help: 'route of the API' },
   'max-key-bytes': { type: 'int', min: 1, default: 4096, help: 'longest key' },
   'max-value-bytes': { type: 'int', min: 1, default: 1048576, help: 'largest value (as upstream)' },
   'max-entries': { type: 'int', min: 1, default: 1000000, help: 'most entries' },
+  'max-store-bytes': { type: 'size', min: 1, default: 1073741824, help: 'most bytes of keys and values in all (a PUT past it: 507, before its body with Expect: 100-continue)' },
+  'allowed-peers': { type: 'list', arg: 'IP', help: 'numeric addresses allowed to connect (default: anyone); others are closed before a byte is read' },
   'reject-identical-rpc-meta': { type: 'boolean', help: "answer an identical rpc_meta re-PUT with 400, like upstream's Python server" },
   'access-log': { type: 'boolean', help: 'print one line per request (method, key, status, bytes)' },
 } as const;
@@ -41,6 +43,8 @@ async function serve(values: FlagValues<typeof FLAGS>, io: MetadataServerCommand
     maxKeyBytes: values['max-key-bytes'],
     maxValueBytes: values['max-value-bytes'],
     maxEntries: values['max-entries'],
+    maxStoreBytes: values['max-store-bytes'],
+    allowedPeers: values['allowed-peers']?.flatMap((v) => v.split(',')).filter((v) => v !== ''),
     identicalRpcMetaPut: values['reject-identical-rpc-meta'] === true ? 'reject' : 'accept',
     logger: { info: out, warn: err, error: err },
     onRequest:

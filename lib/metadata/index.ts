@@ -25,8 +25,10 @@ export {
   MetadataServer,
   type MetadataServerOptions,
   type MetadataServerLogger,
+  type MetadataServerStats,
   type ListenInfo,
   type RequestEvent,
 } from './server';
 export { type MetadataServerCommandIO, METADATA_SERVER_USAGE, runMetadataServerCommand } from './command';
+export { decodeRpcMeta, encodeRpcMeta, type RpcMeta } from './rpc-meta';
 export { CLUSTER_ID_ENV, metadataKeyPrefix, rpcMetaKey, segmentKey, escapeKeyForUrl } from './keys';

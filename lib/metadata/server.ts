@@ -1,7 +1,7 @@
 /**
  * An HTTP metadata server that answers like upstream's wheel `mooncake_http_metadata_server`
  * (mooncake-wheel/mooncake/http_metadata_server.py, aiohttp), plus what upstream lacks: entry TTLs,
- * file-backed persistence, size limits and `GET /health`.
+ * persistence, size limits, an allow-list and `GET /health`.
  *
  * Upstream semantics reproduced (checked live against 0.3.13.post1 by test/interop/metadata-conformance):
  * - one route (`/metadata`); the query `key` is URL-decoded (`+` is a space, the first `key` wins) and
@@ -19,16 +19,20 @@
  * - re-PUT of an existing rpc_meta key with a byte-identical body → 200 `metadata unchanged` (like the
  *   C++ server in mooncake_master) and refreshes the entry's TTL; a different body is still 400.
  *   `identicalRpcMetaPut: 'reject'` restores the Python server's 400.
- * - `GET /health` → 200 `OK`; key/entry limits → 414 / 507.
+ * - `GET /health` → 200 `OK`; key/entry/size limits → 414 / 507; bodies arriving at once beyond a
+ *   budget → 503; a full disk → 507. A change is applied only once it is stored: a refused or failed
+ *   write changes nothing.
  */
-import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import * as fs from 'node:fs';
 import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import * as path from 'node:path';
+import { allowList } from '../allow-list';
 import { DEFAULT_BIND_HOST } from '../defaults';
 import { MooncakeError } from '../errors';
+import { EntryStore } from './entries';
+import { ClientGone, readBody } from './request-body';
+import { DATA_FILE, DEFAULT_LOG_SLACK_BYTES, PersistError } from './persistence';
 
 export interface MetadataServerLogger {
   info(message: string): void;
@@ -53,6 +57,24 @@ export interface MetadataServerOptions {
   maxValueBytes?: number;
   /** Most live entries; a PUT of a new key beyond it → 507. Default 1,000,000. */
   maxEntries?: number;
+  /**
+   * Most bytes of keys and values held in all; a PUT that would go past it → 507, checked before the
+   * change is accepted (from Content-Length when the client waits for `100 Continue`). Default 1 GiB.
+   */
+  maxStoreBytes?: number;
+  /** Most bytes of request bodies being received at once; a PUT beyond it → 503. Default 64 MiB. */
+  maxBufferedBytes?: number;
+  /**
+   * With `dataDir`: the log is compacted once it is larger than twice the live entries plus this many
+   * bytes (overwritten and deleted entries are what makes it larger). Default 64 MiB.
+   */
+  logSlackBytes?: number;
+  /**
+   * Numeric IPs allowed to connect (any IPv6 spelling; IPv4-mapped peers match their IPv4 entry).
+   * Others are closed before a byte is read and counted in `stats().refusedConnections`. Default:
+   * anyone (restrict with `--host` and the network, as with upstream's server).
+   */
+  allowedPeers?: string[];
   /** How to answer a PUT of an existing rpc_meta key with an identical body. Default 'accept'. */
   identicalRpcMetaPut?: 'accept' | 'reject';
   /** Where diagnostics go. Default: console (warnings and errors only). null = silent. */
@@ -79,24 +101,31 @@ export interface ListenInfo {
   url: string;
 }
 
-interface Entry {
-  value: Buffer;
-  /** Monotonic deadline, or Infinity. */
-  expiresAt: number;
-  /** Wall-clock time of the last PUT (persisted, to expire entries across restarts). */
-  updatedAt: number;
+export interface MetadataServerStats {
+  /** Live entries. */
+  entries: number;
+  /** Bytes of their keys and values (bounded by maxStoreBytes). */
+  storeBytes: number;
+  /** Bytes of the persistence log on disk (0 without dataDir). */
+  logBytes: number;
+  /** Times the log was compacted (rewritten from the live entries). */
+  logCompactions: number;
+  /** Connections closed because their address is not in allowedPeers. */
+  refusedConnections: number;
+  /** Bytes of request bodies being received right now (bounded by maxBufferedBytes). */
+  bufferedBytes: number;
 }
 
 const JSON_TEXT = 'application/json; charset=utf-8';
 const PLAIN_TEXT = 'text/plain; charset=utf-8';
-const DATA_FILE = 'metadata.json';
-const FILE_FORMAT = 'mooncake-node-metadata';
 
 const DEFAULTS = {
   path: '/metadata',
   maxKeyBytes: 4096,
   maxValueBytes: 1024 * 1024,
   maxEntries: 1_000_000,
+  maxStoreBytes: 1024 * 1024 * 1024,
+  maxBufferedBytes: 64 * 1024 * 1024,
 };
 
 /** Python's `str.strip()` whitespace (`str.isspace()`), which upstream applies to the key. */
@@ -115,23 +144,24 @@ export class MetadataServer {
     maxKeyBytes: number;
     maxValueBytes: number;
     maxEntries: number;
+    maxStoreBytes: number;
+    maxBufferedBytes: number;
+    logSlackBytes: number;
     identicalRpcMetaPut: 'accept' | 'reject';
   };
   private readonly log: MetadataServerLogger;
   private readonly now: () => number;
   private readonly onRequest: ((event: RequestEvent) => void) | undefined;
+  private readonly allowed: ((address: string | undefined) => boolean) | undefined;
   private readonly keyOf = new WeakMap<http.ServerResponse, string>();
-  private readonly store = new Map<string, Entry>();
+  private readonly store: EntryStore;
+  private readonly bodies = { bytes: 0 };
+  private refused = 0;
   private readonly server: http.Server;
   private readonly sockets = new Set<Socket>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private listening: Promise<ListenInfo> | undefined;
   private closing: Promise<void> | undefined;
-  // Group commit for persistence: every mutation bumps `generation`; a write persists a snapshot.
-  private generation = 0;
-  private persistedGeneration = 0;
-  private writing: Promise<void> | undefined;
-  private tmpCounter = 0;
 
   constructor(options: MetadataServerOptions = {}) {
     const route = options.path ?? DEFAULTS.path;
@@ -143,13 +173,18 @@ export class MetadataServer {
       maxKeyBytes: positiveInt(options.maxKeyBytes, DEFAULTS.maxKeyBytes, 'maxKeyBytes'),
       maxValueBytes: positiveInt(options.maxValueBytes, DEFAULTS.maxValueBytes, 'maxValueBytes'),
       maxEntries: positiveInt(options.maxEntries, DEFAULTS.maxEntries, 'maxEntries'),
+      maxStoreBytes: positiveInt(options.maxStoreBytes, DEFAULTS.maxStoreBytes, 'maxStoreBytes'),
+      maxBufferedBytes: positiveInt(options.maxBufferedBytes, DEFAULTS.maxBufferedBytes, 'maxBufferedBytes'),
+      logSlackBytes: positiveInt(options.logSlackBytes, DEFAULT_LOG_SLACK_BYTES, 'logSlackBytes'),
       identicalRpcMetaPut: options.identicalRpcMetaPut ?? 'accept',
     };
+    this.allowed = allowList(options.allowedPeers, 'allowedPeers');
     this.log =
       options.logger === null
         ? { info() {}, warn() {}, error() {} }
         : (options.logger ?? { info() {}, warn: (m) => console.warn(m), error: (m) => console.error(m) });
     this.now = options.now ?? (() => performance.now());
+    this.store = new EntryStore({ ttlMs: this.options.ttlMs, maxEntries: this.options.maxEntries, maxStoreBytes: this.options.maxStoreBytes, now: this.now, log: this.log });
     this.onRequest = options.onRequest;
     this.server = http.createServer();
     this.server.on('request', (req, res) => this.handle(req, res, false));
@@ -157,6 +192,11 @@ export class MetadataServer {
     // only when the PUT is going to be read, and refuse oversized bodies before they are sent.
     this.server.on('checkContinue', (req, res) => this.handle(req, res, true));
     this.server.on('connection', (socket: Socket) => {
+      if (this.allowed && !this.allowed(socket.remoteAddress)) {
+        this.refused++;
+        socket.destroy();
+        return;
+      }
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
@@ -170,9 +210,20 @@ export class MetadataServer {
     return this.options.path;
   }
 
-  /** The persistence file, when `dataDir` is set. */
+  /** The persistence file (an append-only log), when `dataDir` is set. */
   get dataFile(): string | undefined {
     return this.options.dataDir === undefined ? undefined : path.join(this.options.dataDir, DATA_FILE);
+  }
+
+  stats(): MetadataServerStats {
+    return {
+      entries: this.store.count(),
+      storeBytes: this.store.storeBytes,
+      logBytes: this.store.log?.bytes ?? 0,
+      logCompactions: this.store.log?.compactions ?? 0,
+      refusedConnections: this.refused,
+      bufferedBytes: this.bodies.bytes,
+    };
   }
 
   /**
@@ -184,7 +235,7 @@ export class MetadataServer {
     if (this.closing) return Promise.reject(new MooncakeError('CLOSED', 'the metadata server is closed'));
     if (this.listening) return this.listening;
     this.listening = (async () => {
-      if (this.options.dataDir !== undefined) await this.load();
+      if (this.options.dataDir !== undefined) await this.store.open(this.options.dataDir, this.options.logSlackBytes);
       this.server.listen(port, host);
       try {
         await once(this.server, 'listening');
@@ -199,7 +250,7 @@ export class MetadataServer {
       const address = this.server.address() as AddressInfo;
       if (this.options.ttlMs > 0) {
         const every = Math.min(Math.max(this.options.ttlMs, 250), 30_000);
-        this.sweepTimer = setInterval(() => this.sweep(), every);
+        this.sweepTimer = setInterval(() => this.store.sweep(), every);
         this.sweepTimer.unref();
       }
       const hostForUrl = address.family === 'IPv6' || address.address.includes(':') ? `[${address.address}]` : address.address;
@@ -210,7 +261,7 @@ export class MetadataServer {
 
   /**
    * Stops accepting connections, closes idle keep-alive sockets, lets in-flight requests finish (for at
-   * most 2 s) and writes pending state. Idempotent.
+   * most 2 s) and closes the log (every answered change is already on disk). Idempotent.
    */
   close(): Promise<void> {
     if (this.closing) return this.closing;
@@ -229,9 +280,7 @@ export class MetadataServer {
         clearInterval(idle);
         clearTimeout(force);
       }
-      if (this.options.dataDir !== undefined && this.persistedGeneration < this.generation) {
-        await this.persist().catch((e: unknown) => this.log.error(`metadata-server: final write of ${this.dataFile} failed: ${String(e)}`));
-      }
+      await this.store.close();
     })();
     return this.closing;
   }
@@ -244,8 +293,7 @@ export class MetadataServer {
   /** A snapshot of the live (unexpired) entries, values decoded as UTF-8. */
   entries(): Map<string, string> {
     const out = new Map<string, string>();
-    const now = this.now();
-    for (const [key, entry] of this.store) if (entry.expiresAt > now) out.set(key, entry.value.toString('utf8'));
+    for (const [key, entry] of this.store.entries()) out.set(key, entry.value.toString('utf8'));
     return out;
   }
 
@@ -291,16 +339,15 @@ export class MetadataServer {
 
     switch (method) {
       case 'GET': {
-        const entry = this.live(key);
+        const entry = this.store.live(key);
         if (!entry) return this.reply(res, 404, 'metadata not found', JSON_TEXT, expectContinue);
         return this.reply(res, 200, entry.value, 'application/json', expectContinue);
       }
-      case 'DELETE': {
-        if (!this.live(key)) return this.reply(res, 404, 'metadata not found', JSON_TEXT, expectContinue);
-        this.store.delete(key);
-        if (!(await this.persistOrFail(res, expectContinue))) return;
-        return this.reply(res, 200, 'metadata deleted', JSON_TEXT, expectContinue);
-      }
+      case 'DELETE':
+        return this.store.oneAtATime(key, async () => {
+          if (!this.store.live(key)) return this.reply(res, 404, 'metadata not found', JSON_TEXT, expectContinue);
+          if (await this.stored(res, this.store.remove(key), expectContinue)) this.reply(res, 200, 'metadata deleted', JSON_TEXT, expectContinue);
+        });
       case 'PUT':
         return this.put(key, req, res, expectContinue);
     }
@@ -313,39 +360,45 @@ export class MetadataServer {
       // Refuse before the client sends the body (it waits for `100 Continue`).
       const declared = Number(req.headers['content-length'] ?? NaN);
       if (declared > limit) return this.reply(res, 413, tooLarge, PLAIN_TEXT, true);
+      const full = Number.isSafeInteger(declared) ? this.store.whyFull(key, declared) : undefined;
+      if (full) return this.reply(res, 507, full, JSON_TEXT, true);
       res.writeContinue();
     }
 
-    const body = await readBody(req, limit);
-    if (body === undefined) {
-      // Answer now; keep draining (bounded) so the client can read the answer instead of a reset.
-      this.reply(res, 413, tooLarge, PLAIN_TEXT, false);
-      return;
+    const body = await readBody(req, limit, this.bodies, this.options.maxBufferedBytes);
+    if (body === 'too-large') return this.reply(res, 413, tooLarge, PLAIN_TEXT, false);
+    if (body === 'busy') {
+      res.setHeader('Retry-After', '1');
+      return this.reply(res, 503, `metadata server busy: request bodies being received exceed ${this.options.maxBufferedBytes} bytes (maxBufferedBytes); retry`, JSON_TEXT, false);
     }
 
-    const existing = this.live(key);
-    if (existing && key.includes('rpc_meta')) {
-      if (this.options.identicalRpcMetaPut === 'accept' && existing.value.equals(body)) {
-        existing.expiresAt = this.expiry();
-        existing.updatedAt = Date.now();
-        if (!(await this.persistOrFail(res, false))) return;
-        return this.reply(res, 200, 'metadata unchanged', JSON_TEXT, false);
+    return this.store.oneAtATime(key, async () => {
+      const existing = this.store.live(key);
+      if (existing && key.includes('rpc_meta')) {
+        if (this.options.identicalRpcMetaPut !== 'accept' || !existing.value.equals(body)) {
+          return this.reply(res, 400, 'Duplicate rpc_meta key not allowed', JSON_TEXT, false);
+        }
+        if (await this.stored(res, this.store.touch(key, existing), false)) this.reply(res, 200, 'metadata unchanged', JSON_TEXT, false);
+        return;
       }
-      return this.reply(res, 400, 'Duplicate rpc_meta key not allowed', JSON_TEXT, false);
+      const full = this.store.whyFull(key, body.length);
+      if (full) return this.reply(res, 507, full, JSON_TEXT, false);
+      if (await this.stored(res, this.store.put(key, body), false)) this.reply(res, 200, 'metadata updated', JSON_TEXT, false);
+    });
+  }
+
+  /** Waits for a change to be stored; if it could not be, answers 507 (disk full) or 500 and returns false. */
+  private async stored(res: http.ServerResponse, change: Promise<void>, expectContinue: boolean): Promise<boolean> {
+    try {
+      await change;
+      return true;
+    } catch (e) {
+      const err = e instanceof PersistError ? e : new PersistError(String(e), undefined);
+      this.log.error(`metadata-server: ${err.message}`);
+      if (err.noSpace) this.reply(res, 507, `insufficient storage: the change was not stored (${err.code}): ${err.message}`, JSON_TEXT, expectContinue);
+      else this.reply(res, 500, `the change was not stored: it could not be persisted (${err.message})`, JSON_TEXT, expectContinue);
+      return false;
     }
-    if (!existing && this.liveCount() >= this.options.maxEntries) {
-      return this.reply(
-        res,
-        507,
-        `metadata store is full: ${this.options.maxEntries} entries (maxEntries); delete stale keys or raise the limit`,
-        JSON_TEXT,
-        false,
-      );
-    }
-    this.store.delete(key); // re-insert so the map keeps PUT order
-    this.store.set(key, { value: body, expiresAt: this.expiry(), updatedAt: Date.now() });
-    if (!(await this.persistOrFail(res, false))) return;
-    return this.reply(res, 200, 'metadata updated', JSON_TEXT, false);
   }
 
   private reply(res: http.ServerResponse, status: number, body: string | Buffer, contentType: string, expectContinue: boolean): void {
@@ -367,247 +420,13 @@ export class MetadataServer {
       }
     }
   }
-
-  // ---------------------------------------------------------------------------------------------
-  // Entries and TTL
-
-  private expiry(): number {
-    return this.options.ttlMs > 0 ? this.now() + this.options.ttlMs : Infinity;
-  }
-
-  private live(key: string): Entry | undefined {
-    const entry = this.store.get(key);
-    if (!entry) return undefined;
-    if (entry.expiresAt <= this.now()) {
-      this.store.delete(key);
-      this.generation++;
-      return undefined;
-    }
-    return entry;
-  }
-
-  private liveCount(): number {
-    if (this.options.ttlMs > 0) this.sweep();
-    return this.store.size;
-  }
-
-  private sweep(): void {
-    const now = this.now();
-    let removed = 0;
-    for (const [key, entry] of this.store) {
-      if (entry.expiresAt <= now) {
-        this.store.delete(key);
-        removed++;
-      }
-    }
-    // Expired entries also expire on load (their updatedAt is persisted), so no write is needed here.
-    if (removed > 0) this.generation++;
-  }
-
-  // ---------------------------------------------------------------------------------------------
-  // Persistence
-
-  private async persistOrFail(res: http.ServerResponse, expectContinue: boolean): Promise<boolean> {
-    this.generation++;
-    if (this.options.dataDir === undefined) return true;
-    try {
-      await this.persist();
-      return true;
-    } catch (e) {
-      const msg = `metadata-server: could not write ${this.dataFile}: ${e instanceof Error ? e.message : String(e)}`;
-      this.log.error(msg);
-      this.reply(res, 500, `the change is in memory but could not be persisted: ${e instanceof Error ? e.message : String(e)}`, JSON_TEXT, expectContinue);
-      return false;
-    }
-  }
-
-  /** Resolves once a snapshot at least as new as the current generation is on disk. */
-  private async persist(): Promise<void> {
-    const target = this.generation;
-    for (let i = 0; this.persistedGeneration < target; i++) {
-      if (!this.writing) {
-        this.writing = this.writeSnapshot().finally(() => {
-          this.writing = undefined;
-        });
-      }
-      await this.writing;
-      if (i > 1000) throw new Error('persistence did not converge'); // bounded; unreachable in practice
-    }
-  }
-
-  private async writeSnapshot(): Promise<void> {
-    const generation = this.generation;
-    const file = this.dataFile!;
-    const now = this.now();
-    const entries: PersistedEntry[] = [];
-    for (const [key, e] of this.store) {
-      if (e.expiresAt <= now) continue;
-      const text = e.value.toString('utf8');
-      const utf8 = Buffer.from(text, 'utf8').equals(e.value);
-      entries.push({ key, value: utf8 ? text : e.value.toString('base64'), encoding: utf8 ? 'utf8' : 'base64', updatedAt: e.updatedAt });
-    }
-    const doc: PersistedFile = { format: FILE_FORMAT, version: 1, savedAt: new Date().toISOString(), entries };
-    const tmp = `${file}.tmp-${process.pid}-${++this.tmpCounter}-${randomBytes(4).toString('hex')}`;
-    const handle = await fs.promises.open(tmp, 'w', 0o600);
-    try {
-      await handle.writeFile(JSON.stringify(doc) + '\n');
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    try {
-      await fs.promises.rename(tmp, file);
-    } catch (e) {
-      await fs.promises.rm(tmp, { force: true });
-      throw e;
-    }
-    await fsyncDir(path.dirname(file));
-    this.persistedGeneration = Math.max(this.persistedGeneration, generation);
-  }
-
-  private async load(): Promise<void> {
-    const dir = this.options.dataDir!;
-    const file = this.dataFile!;
-    try {
-      await fs.promises.mkdir(dir, { recursive: true });
-    } catch (cause) {
-      throw new MooncakeError('INVALID_CONFIG', `cannot create the metadata data directory ${dir}: ${(cause as Error).message}`, {
-        cause,
-        details: { dataDir: dir },
-      });
-    }
-    // Temp files left by a crash mid-write are incomplete by definition.
-    for (const name of await fs.promises.readdir(dir)) {
-      if (name.startsWith(`${DATA_FILE}.tmp-`)) await fs.promises.rm(path.join(dir, name), { force: true });
-    }
-    let text: string;
-    try {
-      text = await fs.promises.readFile(file, 'utf8');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw new MooncakeError('INVALID_CONFIG', `cannot read ${file}: ${(e as Error).message}`, { cause: e, details: { dataDir: dir } });
-    }
-    let doc: PersistedFile;
-    try {
-      doc = JSON.parse(text) as PersistedFile;
-      if (doc === null || typeof doc !== 'object' || doc.format !== FILE_FORMAT || !Array.isArray(doc.entries)) {
-        throw new Error(`not a ${FILE_FORMAT} file`);
-      }
-      if (doc.version !== 1) throw new Error(`unsupported version ${String(doc.version)}`);
-    } catch (e) {
-      const aside = `${file}.corrupt-${new Date().toISOString().replace(/[:.]/g, '-')}`;
-      await fs.promises.rename(file, aside).catch(() => undefined);
-      this.log.error(
-        `metadata-server: ${file} is unreadable (${(e as Error).message}); moved it to ${aside} and started with an empty store. ` +
-          'Peers re-publish their keys when they restart.',
-      );
-      return;
-    }
-    const wallNow = Date.now();
-    const monoNow = this.now();
-    let loaded = 0;
-    let expired = 0;
-    let skipped = 0;
-    for (const e of doc.entries) {
-      if (
-        e === null ||
-        typeof e !== 'object' ||
-        typeof e.key !== 'string' ||
-        typeof e.value !== 'string' ||
-        (e.encoding !== 'utf8' && e.encoding !== 'base64') ||
-        typeof e.updatedAt !== 'number'
-      ) {
-        skipped++;
-        continue;
-      }
-      let expiresAt = Infinity;
-      if (this.options.ttlMs > 0) {
-        const age = Math.max(0, wallNow - e.updatedAt); // a clock that went back counts as fresh
-        if (age >= this.options.ttlMs) {
-          expired++;
-          continue;
-        }
-        expiresAt = monoNow + this.options.ttlMs - age;
-      }
-      this.store.set(e.key, { value: Buffer.from(e.value, e.encoding), expiresAt, updatedAt: e.updatedAt });
-      loaded++;
-    }
-    if (skipped > 0) this.log.warn(`metadata-server: skipped ${skipped} malformed entries in ${file}`);
-    this.log.info(`metadata-server: loaded ${loaded} entries from ${file}${expired > 0 ? ` (${expired} expired)` : ''}`);
-    this.persistedGeneration = this.generation;
-  }
 }
-
-interface PersistedEntry {
-  key: string;
-  value: string;
-  encoding: 'utf8' | 'base64';
-  /** Wall-clock ms of the last PUT. */
-  updatedAt: number;
-}
-
-interface PersistedFile {
-  format: string;
-  version: number;
-  savedAt: string;
-  entries: PersistedEntry[];
-}
-
-/**
- * Reads a request body up to `limit` bytes. Resolves undefined when the body is larger; the rest is
- * then discarded as it arrives, and the socket is destroyed after 64 MiB of excess or 10 s.
- */
-function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let over = false;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (over) {
-        if (size > limit + 64 * 1024 * 1024) req.socket.destroy();
-        return;
-      }
-      if (size > limit) {
-        over = true;
-        chunks.length = 0;
-        setTimeout(() => {
-          if (!req.complete) req.socket.destroy();
-        }, 10_000).unref();
-        resolve(undefined);
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      if (!over) resolve(Buffer.concat(chunks));
-    });
-    req.on('error', (e) => reject(new ClientGone(e.message)));
-    req.on('aborted', () => reject(new ClientGone('request aborted by the client')));
-  });
-}
-
-/** The client went away while we were reading its request; nothing to answer, nothing to log. */
-class ClientGone extends Error {}
 
 function decodePath(p: string): string {
   try {
     return decodeURIComponent(p);
   } catch {
     return p;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  try {
-    const h = await fs.promises.open(dir, 'r');
-    try {
-      await h.sync();
-    } finally {
-      await h.close();
-    }
-  } catch {
-    // Not every filesystem lets a directory be fsync'ed; the rename is still atomic.
   }
 }
 

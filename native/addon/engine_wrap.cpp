@@ -30,7 +30,9 @@ mc::EngineConfig parseConfig(Napi::Env env, Napi::Object o) {
   addU(env, o, "maxInflightPerConnection", &t.maxInflightPerConnection);
   addU(env, o, "retries", &t.retries);
   addU(env, o, "maxServerConnections", &t.maxServerConnections);
+  addU(env, o, "maxServerConnectionsPerPeer", &t.maxServerConnectionsPerPeer);
   unsigned tmp = 0;
+  if (!o.Get("firstByteTimeoutMs").IsUndefined()) { addU(env, o, "firstByteTimeoutMs", &tmp); t.firstByteTimeoutMs = static_cast<int>(tmp); }
   if (!o.Get("sliceSize").IsUndefined()) t.sliceSize = toLength(env, o.Get("sliceSize"), "sliceSize");
   if (!o.Get("idleTimeoutMs").IsUndefined()) { addU(env, o, "idleTimeoutMs", &tmp); t.idleTimeoutMs = static_cast<int>(tmp); }
   if (!o.Get("connectTimeoutMs").IsUndefined()) { addU(env, o, "connectTimeoutMs", &tmp); t.connectTimeoutMs = static_cast<int>(tmp); }

@@ -242,6 +242,8 @@ class BuiltinEngine final : public Engine, public CompletionSink {
         {"serverConnectionsTotal", static_cast<double>(s.serverConnectionsTotal)},
         {"serverConnectionsRefused", static_cast<double>(s.serverConnectionsRefused)},
         {"serverConnectionsTimedOut", static_cast<double>(s.serverConnectionsTimedOut)},
+        {"serverConnectionsEvicted", static_cast<double>(s.serverConnectionsEvicted)},
+        {"serverConnectionsSilent", static_cast<double>(s.serverConnectionsSilent)},
         {"clientConnections", static_cast<double>(s.clientConnections)},
         {"clientConnects", static_cast<double>(s.clientConnects)},
         {"retries", static_cast<double>(s.retries)},

@@ -126,25 +126,4 @@ std::string encodeSegmentDesc(const SegmentDesc& desc) {
   return json::write(root);
 }
 
-Status decodeRpcMeta(std::string_view text, RpcMeta* out) {
-  json::Value root;
-  json::ParseError perr;
-  if (!json::parse(text, &root, &perr)) return Status(Code::MALFORMED_JSON, "rpc_meta: " + perr.message);
-  const json::Value* ip = root.get("ip_or_host_name");
-  const json::Value* port = root.get("rpc_port");
-  RpcMeta m;
-  if (!ip || !ip->isString() || ip->str().empty()) return Status(Code::MALFORMED_JSON, "rpc_meta: missing ip_or_host_name");
-  if (!port || !readU32(port, &m.rpcPort) || m.rpcPort > 65535) return Status(Code::MALFORMED_JSON, "rpc_meta: bad rpc_port");
-  m.ipOrHostName = ip->str();
-  *out = std::move(m);
-  return Status();
-}
-
-std::string encodeRpcMeta(const RpcMeta& meta) {
-  json::Value root = json::Value::object();
-  root.set("ip_or_host_name", json::Value::string(meta.ipOrHostName));
-  root.set("rpc_port", json::Value::uinteger(meta.rpcPort));
-  return json::write(root);
-}
-
 }  // namespace mc

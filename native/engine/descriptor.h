@@ -1,6 +1,6 @@
-// Upstream Mooncake's metadata values: the segment descriptor stored under mooncake/ram/<name> and the
-// rpc_meta entry stored under mooncake/rpc_meta/<name> (see ../shared/reference/mooncake-protocol.md §2,
-// §1.4). Decoding follows upstream's validation rules; encoding writes what upstream peers parse.
+// Upstream Mooncake's segment descriptor, stored under mooncake/ram/<name>. Decoding follows upstream's
+// validation rules; encoding writes what upstream peers parse. (The rpc_meta entry beside it is read
+// and written by the control plane: lib/metadata/rpc-meta.ts.)
 #pragma once
 
 #include <cstdint>
@@ -41,18 +41,10 @@ struct SegmentDesc {
   SameHostInfo sameHost;  // empty hostId when not advertised
 };
 
-struct RpcMeta {
-  std::string ipOrHostName;
-  uint32_t rpcPort = 0;
-};
-
 // Returns MALFORMED_JSON with a message for anything upstream would reject ("Corrupted segment descriptor").
 Status decodeSegmentDesc(std::string_view text, SegmentDesc* out);
 // Compact, sorted-key JSON with bare integers and a fresh local-time timestamp when desc.timestamp is empty.
 std::string encodeSegmentDesc(const SegmentDesc& desc);
-
-Status decodeRpcMeta(std::string_view text, RpcMeta* out);
-std::string encodeRpcMeta(const RpcMeta& meta);
 
 // "YYYY-MM-DD HH:MM:SS.ffffff" in local time, as upstream's getCurrentDateTime.
 std::string currentDateTime();

@@ -26,7 +26,8 @@ EventLoop::~EventLoop() {
   if (epfd_ >= 0) close(epfd_);
 }
 
-Status EventLoop::start() {
+Status EventLoop::init() {
+  if (epfd_ >= 0) return Status();
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) return Status(Code::SOCKET, "epoll_create1 failed");
   wakefd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -35,9 +36,18 @@ Status EventLoop::start() {
   ev.events = EPOLLIN;
   ev.data.ptr = nullptr;  // nullptr marks the wake fd
   if (epoll_ctl(epfd_, EPOLL_CTL_ADD, wakefd_, &ev) != 0) return Status(Code::SOCKET, "epoll_ctl failed");
+  nextTick_ = monotonicNs() + tickMs_ * 1000000LL;
+  return Status();
+}
+
+Status EventLoop::start() {
+  Status st = init();
+  if (!st.ok()) return st;
   thread_ = std::thread([this] { run(); });
   return Status();
 }
+
+void EventLoop::pollOnce(int timeoutMs) { round(timeoutMs); }
 
 void EventLoop::stop() {
   if (!thread_.joinable()) return;
@@ -113,12 +123,34 @@ void EventLoop::drainPosted() {
   // Still busy after many rounds: leave the rest for the next iteration, which will not block.
 }
 
+bool EventLoop::round(int timeoutMs) {
+  constexpr int kMaxEvents = 256;
+  struct epoll_event events[kMaxEvents];
+  int n = epoll_wait(epfd_, events, kMaxEvents, timeoutMs);
+  if (n < 0 && errno != EINTR) return false;
+  for (int i = 0; i < n; ++i) {
+    auto* h = static_cast<EventHandler*>(events[i].data.ptr);
+    if (h == nullptr) {
+      uint64_t v;
+      ssize_t r = read(wakefd_, &v, sizeof v);
+      (void)r;
+      continue;
+    }
+    h->onEvents(events[i].events);
+  }
+  drainPosted();
+  int64_t now = monotonicNs();
+  if (now >= nextTick_) {
+    nextTick_ = now + tickMs_ * 1000000LL;
+    auto tickers = tickers_;  // handlers may unregister themselves
+    for (Ticker* t : tickers) t->onTick(now);
+  }
+  return true;
+}
+
 void EventLoop::run() {
   tid_.store(std::this_thread::get_id());
   pthread_setname_np(pthread_self(), name_.substr(0, 15).c_str());
-  constexpr int kMaxEvents = 256;
-  struct epoll_event events[kMaxEvents];
-  int64_t nextTick = monotonicNs() + tickMs_ * 1000000LL;
   while (true) {
     bool havePosted;
     {
@@ -126,26 +158,8 @@ void EventLoop::run() {
       havePosted = !posted_.empty();
     }
     int64_t now = monotonicNs();
-    int timeout = havePosted ? 0 : static_cast<int>(std::max<int64_t>(0, (nextTick - now) / 1000000LL) + 1);
-    int n = epoll_wait(epfd_, events, kMaxEvents, timeout);
-    if (n < 0 && errno != EINTR) break;
-    for (int i = 0; i < n; ++i) {
-      auto* h = static_cast<EventHandler*>(events[i].data.ptr);
-      if (h == nullptr) {
-        uint64_t v;
-        ssize_t r = read(wakefd_, &v, sizeof v);
-        (void)r;
-        continue;
-      }
-      h->onEvents(events[i].events);
-    }
-    drainPosted();
-    now = monotonicNs();
-    if (now >= nextTick) {
-      nextTick = now + tickMs_ * 1000000LL;
-      auto tickers = tickers_;  // handlers may unregister themselves
-      for (Ticker* t : tickers) t->onTick(now);
-    }
+    int timeout = havePosted ? 0 : static_cast<int>(std::max<int64_t>(0, (nextTick_ - now) / 1000000LL) + 1);
+    if (!round(timeout)) break;
     if (stopping_.load()) break;
   }
   // Final drain: anything posted from now on is refused, so no task is silently dropped.

@@ -36,6 +36,9 @@ class EventLoop {
   EventLoop(const EventLoop&) = delete;
   EventLoop& operator=(const EventLoop&) = delete;
 
+  // Creates the epoll and wake descriptors (start() does it too). Enough for add/modify/remove and
+  // pollOnce() on the caller's thread, without a loop thread: what deterministic harnesses use.
+  Status init();
   Status start();
   // Runs queued tasks, then stops and joins the thread. Idempotent. Must not be called from the loop.
   void stop();
@@ -46,6 +49,10 @@ class EventLoop {
   // Runs fn on the loop thread and waits for it (or runs it inline when called on the loop thread).
   void runSync(const std::function<void()>& fn);
 
+  // One round on the calling thread, for a loop that was init()ed but not started: waits up to
+  // timeoutMs for events, runs their handlers, then the posted tasks, then the tickers if one is due.
+  void pollOnce(int timeoutMs);
+
   // Loop thread only.
   bool add(int fd, uint32_t events, EventHandler* h);
   bool modify(int fd, uint32_t events, EventHandler* h);
@@ -55,6 +62,8 @@ class EventLoop {
 
  private:
   void run();
+  // One round: epoll_wait, handlers, posted tasks, due tickers. False when epoll_wait failed.
+  bool round(int timeoutMs);
   void drainPosted();
 
   std::string name_;
@@ -69,6 +78,7 @@ class EventLoop {
   bool wakePending_ = false;
   bool stopped_ = false;  // set by the loop thread on exit; post() refuses afterwards
   std::vector<Ticker*> tickers_;
+  int64_t nextTick_ = 0;
 };
 
 }  // namespace mc

@@ -92,6 +92,18 @@ describe('NotifySession', () => {
     expect(server.stats().accepted).toBe(2);
   });
 
+  it('an idle kept-alive connection gives its slot to a newcomer like any silent one; the next send reconnects', async () => {
+    const { server, port, got } = await startServer({ maxConnections: 1 });
+    const s = session();
+    await s.send('127.0.0.1', port, { name: 'kv', msg: '1' }, o);
+    await new Promise((r) => setTimeout(r, 150)); // idle long enough to count as silent
+    const probe = await rawExchange(port, encodeFrame(HandshakeType.Probe, '{}'));
+    expect(probe.data.length).toBeGreaterThan(0); // the newcomer was served in the freed slot
+    expect(server.stats().dropped.evicted).toBe(1);
+    await s.send('127.0.0.1', port, { name: 'kv', msg: '2' }, o);
+    expect(got.map((n) => n.msg)).toEqual(['1', '2']);
+  });
+
   it('errors as sendNotify: refused, rejected, no reply; closed sessions refuse', async () => {
     const s = session();
     const refused = await s.send('127.0.0.1', await closedPort(), { name: 'kv', msg: 'x' }, o).catch((e: MooncakeError) => e);

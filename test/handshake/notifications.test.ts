@@ -110,5 +110,76 @@ describe('NotificationQueue', () => {
 
   it('refuses a negative capacity', () => {
     expect(() => new NotificationQueue({ capacity: -1 })).toThrow(/capacity/);
+    expect(() => new NotificationQueue({ maxBytes: -1 })).toThrow(/maxBytes/);
+    expect(() => new NotificationQueue({ maxMessageBytes: 1.5 })).toThrow(/maxMessageBytes/);
+    expect(() => new NotificationQueue({ whenFull: 'block' as never })).toThrow(/whenFull/);
+  });
+});
+
+describe('NotificationQueue: bounded by bytes', () => {
+  const big = (i: number, kib: number): Notify => ({ name: `b${i}`, msg: 'x'.repeat(kib * 1024 - `b${i}`.length) });
+
+  it('keeps at most maxBytes (UTF-8 of name + message), dropping the oldest and counting them', () => {
+    const q = new NotificationQueue({ maxBytes: 10 * 1024 });
+    const over: Notify[] = [];
+    q.on('overflow', (x) => over.push(x));
+    for (let i = 0; i < 25; i++) expect(q.push(big(i, 1))).toBe(true);
+    expect(q.bytes).toBe(10 * 1024);
+    expect(q.size).toBe(10);
+    expect(q.dropped).toBe(15);
+    expect(over.map((x) => x.name)).toEqual(Array.from({ length: 15 }, (_, i) => `b${i}`));
+    expect(q.drain().map((x) => x.name)).toEqual(Array.from({ length: 10 }, (_, i) => `b${i + 15}`));
+    expect(q.bytes).toBe(0);
+    // Multi-byte characters count as their UTF-8 bytes.
+    q.push({ name: 'é', msg: '€' });
+    expect(q.bytes).toBe(2 + 3);
+    expect(q.shift()).toEqual({ name: 'é', msg: '€' });
+    expect(q.bytes).toBe(0);
+  });
+
+  it('refuses a notify larger than maxMessageBytes without announcing or keeping it', () => {
+    const q = new NotificationQueue({ maxMessageBytes: 4096 });
+    const seen: Notify[] = [];
+    const rejected: unknown[] = [];
+    q.on('notify', (x) => seen.push(x));
+    q.on('reject', (r) => rejected.push(r));
+    expect(q.push(big(1, 5))).toBe(false);
+    expect(q.push(big(2, 4))).toBe(true);
+    expect(seen.map((x) => x.name)).toEqual(['b2']);
+    expect(rejected).toEqual([{ reason: 'too-large', name: 'b1', bytes: 5 * 1024 }]);
+    expect(q.rejected).toBe(1);
+    expect(q.received).toBe(1);
+  });
+
+  it("whenFull 'reject' refuses new notifies instead of discarding acknowledged ones", async () => {
+    const q = new NotificationQueue({ capacity: 3, maxBytes: 3 * 1024, whenFull: 'reject' });
+    expect([1, 2, 3].map((i) => q.push(big(i, 1)))).toEqual([true, true, true]);
+    expect(q.push(big(4, 1))).toBe(false);
+    expect(q.dropped).toBe(0);
+    expect(q.rejected).toBe(1);
+    // Consuming makes room again, and a waiting consumer takes a notify directly.
+    expect((await q.next()).value?.name).toBe('b1');
+    expect(q.push(big(5, 1))).toBe(true);
+    expect(q.drain().map((x) => x.name)).toEqual(['b2', 'b3', 'b5']);
+    const waiting = q.next();
+    expect(q.push(big(10, 1))).toBe(true);
+    expect((await waiting).value?.name).toBe('b10');
+    expect(q.size).toBe(0);
+  });
+
+  it('refuses everything after close()', () => {
+    const q = new NotificationQueue();
+    q.close();
+    expect(q.push(n(1))).toBe(false);
+    expect(q.rejected).toBe(1);
+  });
+
+  it('memory stays bounded under a flood of 1 MiB notifies nobody drains', () => {
+    const q = new NotificationQueue(); // defaults: 64 MiB, 1 MiB per notify
+    const msg = 'y'.repeat(1024 * 1024 - 16);
+    for (let i = 0; i < 300; i++) q.push({ name: `n${i}`, msg });
+    expect(q.bytes).toBeLessThanOrEqual(64 * 1024 * 1024);
+    expect(q.size).toBe(64);
+    expect(q.dropped).toBe(300 - 64);
   });
 });

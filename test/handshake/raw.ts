@@ -18,7 +18,7 @@ export interface RawResult {
 export function rawExchange(
   port: number,
   chunks: Buffer[] | Buffer,
-  options: { timeoutMs?: number; gapMs?: number; halfClose?: boolean; host?: string } = {},
+  options: { timeoutMs?: number; gapMs?: number; halfClose?: boolean; host?: string; localAddress?: string } = {},
 ): Promise<RawResult> {
   const list = Array.isArray(chunks) ? chunks : [chunks];
   const timeoutMs = options.timeoutMs ?? 10_000;
@@ -26,7 +26,7 @@ export function rawExchange(
     const parts: Buffer[] = [];
     const start = Date.now();
     let done = false;
-    const socket = net.connect({ host: options.host ?? '127.0.0.1', port });
+    const socket = net.connect({ host: options.host ?? '127.0.0.1', port, ...(options.localAddress ? { localAddress: options.localAddress } : {}) });
     const finish = (ending: RawResult['ending']): void => {
       if (done) return;
       done = true;

@@ -344,12 +344,14 @@ describe('HandshakeServer under hostile input', () => {
 
   it('refuses connections beyond maxConnections', async () => {
     const { server, port } = await startServer({ maxConnections: 2, receiveTimeoutMs: 10_000 });
+    // Each holder has begun a request (a silent connection would give its slot to the newcomer).
     const held = [net.connect({ host: '127.0.0.1', port }), net.connect({ host: '127.0.0.1', port })];
     for (const s of held) {
       s.on('error', () => {});
+      s.write(handFrame(3, '{}\n').subarray(0, 3));
       cleanups.push(() => void s.destroy());
     }
-    await until(() => server.stats().active === 2);
+    await until(() => server.stats().active === 2 && server.stats().bufferedBytes === 6);
     const r = await rawExchange(port, handFrame(3, '{}\n'));
     expect(r.data.length).toBe(0);
     await until(() => server.stats().dropped.overload === 1);

@@ -144,8 +144,9 @@ describe('persistence (dataDir)', () => {
     const dataDir = tempDir();
     const { port, server } = await start({ dataDir });
     await Promise.all(Array.from({ length: 20 }, (_, i) => rawRequest(port, 'PUT', k(`key${i}`), `v${i}`)));
-    const onDisk = JSON.parse(fs.readFileSync(path.join(dataDir, 'metadata.json'), 'utf8')) as { entries: { key: string }[] };
-    expect(onDisk.entries.map((e) => e.key).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `key${i}`).sort());
+    // The file is a log (JSON lines: a header, then one record per change).
+    const onDisk = fs.readFileSync(path.join(dataDir, 'metadata.json'), 'utf8').trimEnd().split('\n').slice(1).map((l) => JSON.parse(l) as { op: string; key: string });
+    expect(onDisk.filter((e) => e.op === 'put').map((e) => e.key).sort()).toEqual(Array.from({ length: 20 }, (_, i) => `key${i}`).sort());
     expect(fs.readdirSync(dataDir)).toEqual(['metadata.json']);
     expect(server.dataFile).toBe(path.join(dataDir, 'metadata.json'));
   });

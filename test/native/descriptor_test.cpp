@@ -57,17 +57,6 @@ TEST(Descriptor, RejectsWhatUpstreamRejects) {
   }
 }
 
-TEST(Descriptor, RpcMetaRoundTrip) {
-  mc::RpcMeta m{"127.0.0.1", 16095};
-  std::string s = mc::encodeRpcMeta(m);
-  EXPECT_EQ(s, R"({"ip_or_host_name":"127.0.0.1","rpc_port":16095})");
-  mc::RpcMeta back;
-  ASSERT_TRUE(mc::decodeRpcMeta(s, &back).ok());
-  EXPECT_EQ(back.ipOrHostName, "127.0.0.1");
-  EXPECT_EQ(back.rpcPort, 16095u);
-  EXPECT_EQ(mc::decodeRpcMeta(R"({"ip_or_host_name":"x","rpc_port":-1})", &back).code, mc::Code::MALFORMED_JSON);
-}
-
 TEST(Descriptor, TimestampLooksLikeUpstreams) {
   std::string ts = mc::currentDateTime();
   ASSERT_EQ(ts.size(), 26u);

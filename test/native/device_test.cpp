@@ -150,3 +150,52 @@ TEST(Device, TcpTransportStagesDeviceMemory) {
   rt->release(0, adev);
   rt->release(1, bdev);
 }
+
+// A request for a whole large device region is served through host staging a chunk at a time (4 MiB):
+// a peer cannot make the server allocate the region's size per connection (a 16 GiB NPU region times
+// thousands of connections). Bytes still arrive exactly, both ways.
+TEST(Device, ServerStagesLargeDeviceRequestsInChunks) {
+  DeviceRuntime* rt = runtime();
+  ASSERT_NE(rt, nullptr);
+  void* h = dlopen(STANDIN_ASCENDCL, RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr);
+  auto largest = reinterpret_cast<size_t (*)()>(dlsym(h, "standin_largest_copy"));
+  ASSERT_NE(largest, nullptr);
+  const uint64_t n = 10 << 20;
+  Sink sa, sb;
+  EngineConfig ca, cb;
+  ca.localServerName = "a";
+  cb.localServerName = "b";
+  cb.deviceLibrary = STANDIN_ASCENDCL;
+  for (auto* c : {&ca, &cb}) { c->tcp.bindAddress = "127.0.0.1"; c->tcp.minPort = 0; }
+  ca.tcp.sliceSize = 64 << 20;  // one request for the whole region
+  auto a = createBuiltinEngine(ca, &sa);
+  auto b = createBuiltinEngine(cb, &sb);
+  ASSERT_TRUE(a->start().ok());
+  ASSERT_TRUE(b->start().ok());
+  std::vector<uint8_t> host(n), back(n, 0);
+  std::mt19937 rng(9);
+  for (auto& x : host) x = static_cast<uint8_t>(rng());
+  ASSERT_TRUE(a->registerMemory(addr(host.data()), n, RegisterOptions{}).ok());
+  ASSERT_TRUE(a->registerMemory(addr(back.data()), n, RegisterOptions{}).ok());
+  void* bdev = nullptr;
+  ASSERT_TRUE(rt->allocate(1, n, &bdev).ok());
+  RegisterOptions onNpu1;
+  onNpu1.location = "npu:1";
+  ASSERT_TRUE(b->registerMemory(addr(bdev), n, onNpu1).ok());
+  int32_t seg = -1;
+  ASSERT_TRUE(a->openSegment("b", b->localDescriptor(), "127.0.0.1", &seg).ok());
+  largest();
+  size_t bad;
+  TransferRequest w{1, seg, addr(host.data()), addr(bdev), n};
+  ASSERT_TRUE(a->submitAsync(1, &w, 1, 0, &bad).ok());
+  ASSERT_EQ(sa.wait(1), Code::OK);
+  TransferRequest r{0, seg, addr(back.data()), addr(bdev), n};
+  ASSERT_TRUE(a->submitAsync(2, &r, 1, 0, &bad).ok());
+  ASSERT_EQ(sa.wait(2), Code::OK);
+  EXPECT_EQ(back, host) << "10 MiB written to the device and read back";
+  EXPECT_LE(largest(), 4u << 20) << "the server staged more than a chunk at once";
+  a->stop();
+  b->stop();
+  rt->release(1, bdev);
+}

@@ -547,3 +547,123 @@ TEST(Engine, HalfClosedClientStillGetsItsAnswers) {
   }
   EXPECT_TRUE(drained);
 }
+
+namespace {
+
+int rawConnectFrom(uint16_t port, const char* from) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in local{};
+  local.sin_family = AF_INET;
+  inet_pton(AF_INET, from, &local.sin_addr);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0) { close(fd); return -1; }
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(port);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) { close(fd); return -1; }
+  return fd;
+}
+
+// True when the server closed fd (EOF or reset) within ms.
+bool closedByServer(int fd, int ms) {
+  timeval tv{ms / 1000, (ms % 1000) * 1000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char c;
+  ssize_t r = recv(fd, &c, 1, 0);
+  return r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+// One v2 READ of 64 bytes at `at` on a new connection; true when the OK frame and the bytes came back.
+bool readProbe(int fd, uint64_t at) {
+  if (fd < 0) return false;
+  uint8_t hdr[tcp::kHeaderSize];
+  tcp::encodeHeader(hdr, tcp::Header{64, at, 0x80});
+  if (send(fd, hdr, sizeof hdr, MSG_NOSIGNAL) != static_cast<ssize_t>(sizeof hdr)) return false;
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  uint8_t buf[72];
+  size_t got = 0;
+  while (got < sizeof buf) {
+    ssize_t r = recv(fd, buf + got, sizeof buf - got, 0);
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return tcp::decodeStatus(buf) == tcp::StatusFrame::Ok;
+}
+
+bool waitStat(Engine& e, const char* name, double want, int ms = 5000) {
+  for (int i = 0; i < ms / 10; ++i) {
+    if (statOf(e, name) == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return statOf(e, name) == want;
+}
+
+}  // namespace
+
+// Connections that never send a byte cannot keep peers out: when the slots are all taken, a new
+// connection takes the place of the oldest silent one, and silent ones are closed after
+// firstByteTimeoutMs. A connection that has sent a request keeps its slot while idle (pooled).
+TEST(Engine, SilentConnectionsGiveWayAndTimeOut) {
+  tcp::Options o;
+  o.maxServerConnections = 8;
+  o.firstByteTimeoutMs = 600;
+  Node b("b", 1 << 20, o);
+  const uint16_t port = dataPortOf(b);
+  const uint64_t base = addr(b.mem.data());
+  std::vector<int> silent;
+  for (int i = 0; i < 8; ++i) {
+    silent.push_back(rawConnect(port));
+    ASSERT_GE(silent.back(), 0);
+    ASSERT_TRUE(waitStat(*b.engine, "serverConnections", i + 1));  // accepted in this order
+  }
+  // Full: a peer with a request still gets in, in place of the oldest silent connection.
+  int probe = rawConnect(port);
+  EXPECT_TRUE(readProbe(probe, base));
+  EXPECT_TRUE(closedByServer(silent[0], 2000)) << "the oldest silent connection was kept";
+  EXPECT_EQ(statOf(*b.engine, "serverConnectionsEvicted"), 1);
+  // The probe's connection has sent a request: it outlives the first-byte deadline; the silent ones do not.
+  for (size_t i = 1; i < silent.size(); ++i) EXPECT_TRUE(closedByServer(silent[i], 3000)) << "silent connection " << i;
+  EXPECT_EQ(statOf(*b.engine, "serverConnectionsSilent"), 7);
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  EXPECT_EQ(statOf(*b.engine, "serverConnections"), 1);
+  EXPECT_TRUE(readProbe(probe, base + 64)) << "the pooled connection still serves";
+  for (int fd : silent) close(fd);
+  close(probe);
+  EXPECT_TRUE(waitStat(*b.engine, "serverConnections", 0));
+}
+
+// One source address cannot take more than maxServerConnectionsPerPeer slots: beyond it, a new
+// connection from that address replaces its oldest silent one, or is refused if all of them have begun
+// a request. Other addresses are still served.
+TEST(Engine, PerSourceConnectionCap) {
+  tcp::Options o;
+  o.maxServerConnections = 100;
+  o.maxServerConnectionsPerPeer = 3;
+  Node b("b", 1 << 20, o);
+  const uint16_t port = dataPortOf(b);
+  const uint64_t base = addr(b.mem.data());
+  uint8_t hdr[tcp::kHeaderSize];
+  tcp::encodeHeader(hdr, tcp::Header{64, base, 0x80});
+  std::vector<int> busy;
+  for (int i = 0; i < 3; ++i) {
+    busy.push_back(rawConnect(port));
+    ASSERT_EQ(send(busy.back(), hdr, 10, 0), 10);  // began a request
+  }
+  ASSERT_TRUE(waitStat(*b.engine, "serverConnections", 3));
+  for (int i = 0; i < 200 && statOf(*b.engine, "bytesReceived") < 30; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const double refused = statOf(*b.engine, "serverConnectionsRefused");
+  int fourth = rawConnect(port);
+  EXPECT_FALSE(readProbe(fourth, base)) << "a fourth connection from 127.0.0.1 was served";
+  EXPECT_EQ(statOf(*b.engine, "serverConnectionsRefused"), refused + 1);
+  close(fourth);
+  int other = rawConnectFrom(port, "127.0.0.2");
+  if (other < 0) {
+    GTEST_LOG_(WARNING) << "cannot bind 127.0.0.2 here; the other-address half is skipped";
+  } else {
+    EXPECT_TRUE(readProbe(other, base)) << "another address is still served";
+    close(other);
+  }
+  for (int fd : busy) close(fd);
+  EXPECT_TRUE(waitStat(*b.engine, "serverConnections", 0));
+}

@@ -14,21 +14,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MiB, cpuSeconds, procSample, rng, sleep, until } from './helpers/proc';
 import { NodeProc, closeAll, type NodeInfo } from './helpers/node';
 import { OK_FRAME, REJECT_FRAME, U64_MAX, exchange, header, pool, type RawResult } from './helpers/raw';
+import { FLOOD, IS_ROOT, NO_FD_LIMITS_REASON, spawnFlood as spawnFixture } from './helpers/flood';
+
+const spawnFlood = (cfg: Record<string, unknown>, nofile: number) => spawnFixture(FLOOD, cfg, nofile);
 
 const KiB = 1024;
-const FLOOD = path.join(__dirname, 'fixtures/flood.cjs');
 const CLI = path.join(__dirname, '../../dist/cli.js');
-const HAS_PRLIMIT = (() => {
-  try {
-    execFileSync('prlimit', ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-})();
-/** Root with prlimit (util-linux): fd limits of the flood and target processes can be set. */
-const IS_ROOT = process.getuid?.() === 0 && HAS_PRLIMIT;
-if (!IS_ROOT) console.warn(`[hostile] ${HAS_PRLIMIT ? 'not root' : 'no prlimit'}: fd limits cannot be raised or lowered; the floods adapt or skip (see below)`);
+if (!IS_ROOT) console.warn(`[hostile] ${NO_FD_LIMITS_REASON}: fd limits cannot be raised or lowered; the floods adapt or skip (see below)`);
 
 /** Tallies for the report (printed at the end, quoted in docs/reliability.md). */
 const tally = { dataPortInputs: 0, connections: 0, handshakeInputs: 0, metadataInputs: 0 };
@@ -42,41 +34,6 @@ function expectRejected(r: RawResult, op: number, what: string): void {
   const v2 = (op & 0x80) !== 0;
   expect(r.ending, `${what}: the server closes`).not.toBe('timeout');
   expect(r.data.toString('hex'), `${what}: ${v2 ? 'one rejection frame' : 'no bytes'}`).toBe(v2 ? REJECT_FRAME.toString('hex') : '');
-}
-
-function spawnFlood(cfg: Record<string, unknown>, nofile: number): { child: ChildProcess; first: Promise<Record<string, unknown>>; close: () => Promise<void> } {
-  const argv = IS_ROOT ? ['prlimit', `--nofile=${nofile}:${nofile}`, process.execPath, FLOOD, JSON.stringify(cfg)] : [process.execPath, FLOOD, JSON.stringify(cfg)];
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['pipe', 'pipe', 'inherit'] });
-  const rl = readline.createInterface({ input: child.stdout! });
-  const lines: string[] = [];
-  const waiters: ((l: string) => void)[] = [];
-  rl.on('line', (l) => {
-    const w = waiters.shift();
-    if (w) w(l);
-    else lines.push(l);
-  });
-  const next = (ms: number) =>
-    new Promise<string>((resolve, reject) => {
-      const l = lines.shift();
-      if (l !== undefined) return resolve(l);
-      const t = setTimeout(() => reject(new Error(`flood gave no answer within ${ms} ms`)), ms);
-      waiters.push((x) => {
-        clearTimeout(t);
-        resolve(x);
-      });
-    });
-  return {
-    child,
-    first: next(60_000).then((l) => JSON.parse(l) as Record<string, unknown>),
-    close: async () => {
-      if (child.exitCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.stdin!.write('close\n');
-      const t = setTimeout(() => child.kill('SIGKILL'), 10_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
 }
 
 afterAll(() => {

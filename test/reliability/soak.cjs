@@ -137,7 +137,17 @@ async function main() {
         log(`  t=${((Date.now() - t0) / 1000).toFixed(0)} s: ${transfers} transfers, ${errors} errors; rss ${series.map((s) => (s[s.length - 1].rss / MiB).toFixed(0)).join('/')} MiB, fds ${series.map((s) => s[s.length - 1].fds).join('/')}, threads ${series.map((s) => s[s.length - 1].threads).join('/')}`);
       }
     }
+    // Stop every lane first, then ask what arrived: a notify is counted by its receiver only once
+    // nothing can still be on its way (counting each process as its own lanes stopped raced with
+    // notifies the others were still sending, and once reported one fewer received than sent).
     const results = await Promise.all(nodes.map((n) => n.call('soak.stop')));
+    const received = await Promise.all(nodes.map((n) => n.call('soak.received')));
+    const receivedBy = new Map(nodes.map((n, i) => [n.name, new Set(received[i].keys)]));
+    const lost = [];
+    results.forEach((r) => {
+      for (const [target, keys] of Object.entries(r.acked)) for (const k of keys) if (!receivedBy.get(target).has(k)) lost.push(`${k} -> ${target}`);
+    });
+    for (const r of results) delete r.acked;
     const elapsed = (Date.now() - t0) / 1000;
     // Settled end: after a GC in every process, so RSS is not just garbage waiting to be collected.
     await Promise.all(nodes.map((n) => n.call('gc')));
@@ -172,7 +182,8 @@ async function main() {
       mismatches: results.reduce((a, r) => a + r.mismatches, 0),
       errors: results.reduce((a, r) => { for (const [k, v] of Object.entries(r.errors)) a[k] = (a[k] || 0) + v; return a; }, {}),
       notifiesSent: results.reduce((a, r) => a + r.notifiesSent, 0),
-      notifiesReceived: results.reduce((a, r) => a + r.notifiesReceived, 0),
+      notifiesReceived: received.reduce((a, r) => a + r.notifiesReceived, 0),
+      notifiesLost: lost.length,
       segmentReopens: results.reduce((a, r) => a + r.reopened, 0),
       regionsRegistered: results.reduce((a, r) => a + r.registered, 0),
       regionsUnregistered: results.reduce((a, r) => a + r.unregistered, 0),
@@ -183,7 +194,8 @@ async function main() {
     const problems = [];
     if (totals.mismatches) problems.push(`${totals.mismatches} mismatched transfers`);
     if (Object.keys(totals.errors).length) problems.push(`errors ${JSON.stringify(totals.errors)}: ${results.flatMap((r) => r.errorSamples).slice(0, 3).join('; ')}`);
-    if (totals.notifiesReceived < totals.notifiesSent) problems.push(`notifies: ${totals.notifiesSent} sent, ${totals.notifiesReceived} received`);
+    if (lost.length) problems.push(`${lost.length} acknowledged notifies never arrived: ${lost.slice(0, 3).join('; ')}`);
+    if (totals.notifiesReceived !== totals.notifiesSent) problems.push(`notifies: ${totals.notifiesSent} sent, ${totals.notifiesReceived} received`);
     for (const p of report.processes) {
       if (p.fds.end > p.fds.afterWarmup + 2) problems.push(`${p.name}: descriptors ${p.fds.afterWarmup} -> ${p.fds.end}`);
       if (p.threads.end > p.threads.afterWarmup + 1) problems.push(`${p.name}: threads ${p.threads.afterWarmup} -> ${p.threads.end}`);
@@ -194,7 +206,7 @@ async function main() {
     const mb = (x) => (x / MiB).toFixed(1);
     const out = [];
     out.push(`soak: ${elapsed.toFixed(0)} s, ${N} processes, ${totals.transfers} transfers (${(totals.bytes / 1e9).toFixed(2)} GB, every one verified), ${totals.mismatches} mismatches, errors ${JSON.stringify(totals.errors)}`);
-    out.push(`      ${totals.notifiesSent} notifies sent / ${totals.notifiesReceived} received, ${totals.segmentReopens} segment reopens, ${totals.regionsRegistered} regions registered / ${totals.regionsUnregistered} unregistered`);
+    out.push(`      ${totals.notifiesSent} notifies sent / ${totals.notifiesReceived} received (${totals.notifiesLost} acknowledged ones missing), ${totals.segmentReopens} segment reopens, ${totals.regionsRegistered} regions registered / ${totals.regionsUnregistered} unregistered`);
     out.push('process                    rss MiB start/warm/end/settled/max  slope MiB/min (after warm-up, 2nd half) | fds start/end/max slope/min | threads start/end/max');
     for (const p of [...report.processes, report.driver]) {
       out.push(`${p.name.padEnd(26)} ${[p.rss.start, p.rss.afterWarmup, p.rss.end, p.rss.settledEnd ?? NaN, p.rss.max].map((x) => (Number.isNaN(x) ? '-' : mb(x))).join('/').padEnd(32)} ${(p.rss.slopePerMin / MiB).toFixed(3).padStart(7)}, ${(p.rss.slopeSecondHalfPerMin / MiB).toFixed(3).padStart(7)}              | ${p.fds.start}/${p.fds.end}/${p.fds.max} ${p.fds.slopePerMin.toFixed(3)} | ${p.threads.start}/${p.threads.end}/${p.threads.max}`);

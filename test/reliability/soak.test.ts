@@ -20,7 +20,7 @@ interface Metric {
 interface Report {
   durationS: number;
   processes: { name: string; rss: Metric; fds: Metric; threads: Metric }[];
-  totals: { transfers: number; mismatches: number; errors: Record<string, number>; notifiesSent: number; notifiesReceived: number; segmentReopens: number; regionsRegistered: number; regionsUnregistered: number };
+  totals: { transfers: number; mismatches: number; errors: Record<string, number>; notifiesSent: number; notifiesReceived: number; notifiesLost: number; segmentReopens: number; regionsRegistered: number; regionsUnregistered: number };
   problems: string[];
 }
 
@@ -48,6 +48,8 @@ it('20 s of mixed traffic among 4 processes: no error, no mismatch, descriptors 
   expect(r.totals.errors).toEqual({});
   expect(r.totals.transfers).toBeGreaterThan(1000);
   expect(r.totals.notifiesReceived).toBe(r.totals.notifiesSent);
+  expect(r.totals.notifiesLost).toBe(0); // each acknowledged notify, checked by name and message
+  expect(r.totals.notifiesSent).toBeGreaterThan(0);
   expect(r.totals.segmentReopens).toBeGreaterThan(0);
   expect(r.totals.regionsUnregistered).toBe(r.totals.regionsRegistered);
   for (const p of r.processes) {

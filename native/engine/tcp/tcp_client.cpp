@@ -417,6 +417,11 @@ Peer::Peer(TcpTransport& t, std::string key, const net::Endpoint& ep) : key_(std
   for (unsigned i = 0; i < n; ++i) conns_.push_back(std::make_unique<ClientConn>(t, *this, t.loopFor(base + i)));
 }
 
+Peer::Peer(TcpTransport& t, std::string key, const net::Endpoint& ep, LoopCtx& ctx, unsigned connections)
+    : key_(std::move(key)), ep_(ep) {
+  for (unsigned i = 0; i < std::max(1u, connections); ++i) conns_.push_back(std::make_unique<ClientConn>(t, *this, ctx));
+}
+
 Peer::~Peer() = default;
 
 ClientConn& Peer::pick() {

@@ -4,6 +4,9 @@
 #include <sys/uio.h>
 
 #include <deque>
+#include <map>
+#include <string>
+#include <unordered_map>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -69,6 +72,8 @@ class ClientConn : public EventHandler, public Ticker {
 class Peer {
  public:
   Peer(TcpTransport& t, std::string key, const net::Endpoint& ep);
+  // With `connections` connections on one given loop (a harness driving that loop itself).
+  Peer(TcpTransport& t, std::string key, const net::Endpoint& ep, LoopCtx& ctx, unsigned connections);
   ~Peer();
   const std::string& key() const { return key_; }
   const net::Endpoint& endpoint() const { return ep_; }
@@ -86,7 +91,8 @@ class Peer {
 // One accepted data connection.
 class ServerConn : public EventHandler {
  public:
-  ServerConn(TcpTransport& t, LoopCtx& ctx, int fd);
+  // `source` is the peer's sourceKey(), released when the connection closes ("" for none).
+  ServerConn(TcpTransport& t, LoopCtx& ctx, int fd, std::string source = std::string());
   ~ServerConn() override;
   bool start();
   void onEvents(uint32_t events) override;
@@ -101,19 +107,28 @@ class ServerConn : public EventHandler {
     uint64_t len;
     uint64_t off;
     RegionRef ref;  // keeps a READ's region registered until its bytes are sent
-    std::unique_ptr<uint8_t[]> owned;  // staging copy of device memory
+    std::unique_ptr<uint8_t[]> owned;  // staging copy of device memory (one chunk at a time)
+    uint8_t* dev = nullptr;            // device READ: the device address of byte 0
+    uint64_t chunkStart = 0;           // device READ: bytes [chunkStart, chunkEnd) are in `owned`
+    uint64_t chunkEnd = 0;
   };
   void onReadable();
   bool consume(const uint8_t* p, size_t n);  // false when the connection must close
   bool handleHeader();
   bool reject(bool v2);  // queues a v2 rejection frame; half-closes once earlier answers are out
   bool finishBody();      // false when the connection must close
+  uint64_t bodyRoom() const;  // body bytes that can land at dest_ now (device: room in the staging chunk)
+  void stageOut();            // device WRITE: a full (or the last) staging chunk goes to the device
+  bool stageNext(Out& o);     // device READ: stages the entry's next chunk; false if the copy failed
   bool flush();  // false when the connection must close
   void updateInterest();
+
+  void releaseSlot();
 
   TcpTransport& t_;
   LoopCtx& ctx_;
   int fd_;
+  std::string source_;
   uint8_t hdr_[kHeaderSize];
   size_t hdrHave_ = 0;
   // WRITE body in progress.
@@ -123,8 +138,9 @@ class ServerConn : public EventHandler {
   uint64_t remaining_ = 0;
   RegionRef bodyRef_;
   std::unique_ptr<uint8_t[]> bodyStaging_;  // device WRITE: bytes land here, then go to the device
-  uint8_t* bodyDevDest_ = nullptr;
-  uint64_t bodyLen_ = 0;
+  uint64_t bodyStagingCap_ = 0;
+  uint8_t* bodyDevDest_ = nullptr;           // where the next staged chunk goes
+  bool bodyDevFailed_ = false;               // a chunk's copy failed: reject once the body is in
   std::deque<Out> out_;
   uint64_t outBytes_ = 0;
   bool readPaused_ = false;
@@ -148,6 +164,11 @@ class ServerReaper : public Ticker {
   int64_t nextScan_ = 0;
 };
 
+// The data listener. It also holds every accepted connection until its first bytes arrive: such a
+// "silent" connection has not asked for anything yet, so it is the one to give up when slots run out
+// (the oldest silent one of the address holding the most connections, or of the newcomer's own
+// address), and it is closed after firstByteTimeoutMs. Once its bytes arrive it is handed to a loop as
+// a ServerConn. Everything here runs on the listener's loop, so silent connections need no locking.
 class Listener : public EventHandler, public Ticker {
  public:
   Listener(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
@@ -158,15 +179,33 @@ class Listener : public EventHandler, public Ticker {
   void close();
 
  private:
+  struct Silent : EventHandler {
+    Listener* owner = nullptr;
+    int fd = -1;
+    uint64_t seq = 0;
+    int64_t acceptedAt = 0;
+    std::string source;
+    void onEvents(uint32_t events) override;
+  };
   // Out of descriptors (EMFILE/ENFILE): refuse one pending connection with the reserved descriptor.
   // Without it the level-triggered listener stays readable and the loop spins.
   void refuseOne();
+  void admit(int fd, const sockaddr* peer);
+  // The silent connection to give up for a new one from `source`, or nullptr.
+  Silent* findVictim(const std::string& source, bool sourceFull);
+  // Takes a silent connection out of the bookkeeping; its object is deleted after this round of events.
+  void forget(Silent* s);
+  void drop(Silent* s);      // closes it and gives back its slot
+  void handOver(Silent* s);  // its first bytes arrived: becomes a ServerConn
 
   TcpTransport& t_;
   LoopCtx& ctx_;
   int fd_;
   int spare_ = -1;            // a reserved descriptor (/dev/null), given up to accept-and-close
   int64_t pausedUntil_ = 0;   // listener unwatched until then (no spare left)
+  uint64_t nextSeq_ = 0;
+  std::map<uint64_t, Silent*> silent_;                                      // all, oldest first
+  std::unordered_map<std::string, std::map<uint64_t, Silent*>> silentBySource_;  // per source, oldest first
 };
 
 }  // namespace mc::tcp

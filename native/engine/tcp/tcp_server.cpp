@@ -1,5 +1,4 @@
 // Server side of the TCP transport: serves READ/WRITE requests strictly inside one registered region.
-#include <fcntl.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,16 +15,26 @@ namespace {
 constexpr size_t kMaxIov = 64;
 constexpr uint64_t kDirectRecv = 32 * 1024;
 constexpr uint64_t kMaxQueuedOut = 16ull << 20;  // stop reading requests while this much READ data waits
+// Device memory goes through host staging this much at a time, so a request for a whole (large)
+// device region never makes the server allocate that much per connection.
+constexpr uint64_t kDeviceChunk = 4ull << 20;
 constexpr int kMaxReadsPerEvent = 64;
 }  // namespace
 
-ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd) : t_(t), ctx_(ctx), fd_(fd) {}
+ServerConn::ServerConn(TcpTransport& t, LoopCtx& ctx, int fd, std::string source)
+    : t_(t), ctx_(ctx), fd_(fd), source_(std::move(source)) {}
 
 ServerConn::~ServerConn() {
   if (fd_ >= 0) {
     ::close(fd_);
-    t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+    releaseSlot();
   }
+}
+
+void ServerConn::releaseSlot() {
+  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  t_.sourceRelease(source_);
+  source_.clear();
 }
 
 bool ServerConn::start() {
@@ -58,7 +67,7 @@ void ServerConn::close() {
   ctx_.loop->remove(fd_);
   ::close(fd_);
   fd_ = -1;
-  t_.serverConns.fetch_sub(1, std::memory_order_relaxed);
+  releaseSlot();
   out_.clear();
   bodyRef_.release();
   LoopCtx* ctx = &ctx_;
@@ -81,13 +90,14 @@ void ServerConn::onEvents(uint32_t events) {
 void ServerConn::onReadable() {
   for (int iter = 0; iter < kMaxReadsPerEvent && fd_ >= 0 && !readPaused_; ++iter) {
     ssize_t r;
-    if (inBody_ && remaining_ >= kDirectRecv) {
-      r = ::recv(fd_, dest_, remaining_, 0);
+    if (inBody_ && bodyRoom() >= kDirectRecv) {
+      r = ::recv(fd_, dest_, bodyRoom(), 0);
       if (r > 0) {
         lastProgress_ = monotonicNs();
         t_.bytesReceived.fetch_add(static_cast<uint64_t>(r), std::memory_order_relaxed);
         dest_ += r;
         remaining_ -= static_cast<uint64_t>(r);
+        stageOut();
         if (remaining_ == 0 && !consume(nullptr, 0)) { close(); return; }  // ends the body
         continue;
       }
@@ -119,15 +129,19 @@ void ServerConn::onReadable() {
 bool ServerConn::consume(const uint8_t* p, size_t n) {
   for (;;) {
     if (inBody_) {
-      uint64_t k = std::min<uint64_t>(n, remaining_);
+      uint64_t k = std::min<uint64_t>(n, bodyRoom());
       if (k > 0) {
         std::memcpy(dest_, p, k);
         dest_ += k;
         remaining_ -= k;
         p += k;
         n -= k;
+        stageOut();
       }
-      if (remaining_ > 0) return true;
+      if (remaining_ > 0) {
+        if (n == 0) return true;
+        continue;  // the staging chunk was full and went to the device: more of the body follows
+      }
       if (!finishBody()) return false;
     }
     if (n == 0) return true;
@@ -154,15 +168,32 @@ bool ServerConn::reject(bool v2) {
   return true;
 }
 
+uint64_t ServerConn::bodyRoom() const {
+  if (bodyDevDest_ == nullptr) return remaining_;
+  return std::min<uint64_t>(remaining_, bodyStagingCap_ - static_cast<uint64_t>(dest_ - bodyStaging_.get()));
+}
+
+void ServerConn::stageOut() {
+  if (bodyDevDest_ == nullptr) return;
+  const uint64_t have = static_cast<uint64_t>(dest_ - bodyStaging_.get());
+  if (have < bodyStagingCap_ && remaining_ > 0) return;  // the staging chunk is not full yet
+  if (!bodyDevFailed_ && have > 0) {
+    const Region* r = bodyRef_.get();
+    bodyDevFailed_ = !r->runtime->copyToDevice(r->device, bodyDevDest_, bodyStaging_.get(), have).ok();
+  }
+  bodyDevDest_ += have;
+  dest_ = bodyStaging_.get();
+}
+
 bool ServerConn::finishBody() {
   inBody_ = false;
-  if (bodyDevDest_ != nullptr) {
-    const Region* r = bodyRef_.get();
-    Status st = r->runtime->copyToDevice(r->device, bodyDevDest_, bodyStaging_.get(), bodyLen_);
+  if (bodyDevDest_ != nullptr) {  // a device WRITE: its last chunk went out in stageOut()
+    const bool failed = bodyDevFailed_;
     bodyStaging_.reset();
     bodyDevDest_ = nullptr;
+    bodyDevFailed_ = false;
     bodyRef_.release();
-    if (!st.ok()) return reject(bodyV2_);  // not applied: the client must not see success
+    if (failed) return reject(bodyV2_);  // not (all) applied: the client must not see success
   }
   bodyRef_.release();
   t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
@@ -182,41 +213,61 @@ bool ServerConn::handleHeader() {
     bodyV2_ = h.v2();
     remaining_ = h.size;
     bodyRef_ = std::move(ref);
-    if (onDevice) {  // device memory is not addressable from the host: receive into staging
-      bodyStaging_.reset(new uint8_t[h.size]);
+    if (onDevice) {  // device memory is not addressable from the host: receive into staging, by chunks
+      bodyStagingCap_ = std::min<uint64_t>(h.size, kDeviceChunk);
+      bodyStaging_.reset(new uint8_t[bodyStagingCap_]);
       bodyDevDest_ = target;
-      bodyLen_ = h.size;
+      bodyDevFailed_ = false;
       dest_ = bodyStaging_.get();
     } else {
       dest_ = target;
     }
     return true;
   }
-  std::unique_ptr<uint8_t[]> staged;
-  const uint8_t* src = target;
+  Out data{target, h.size, 0, std::move(ref), nullptr};
   if (onDevice) {
-    staged.reset(new uint8_t[h.size]);
-    if (!region->runtime->copyToHost(region->device, staged.get(), target, h.size).ok()) return reject(h.v2());
-    src = staged.get();
+    // The first chunk is staged now, so a failing runtime still gets a clean rejection; the rest
+    // follows chunk by chunk as the socket takes it (see stageNext).
+    const uint64_t cap = std::min<uint64_t>(h.size, kDeviceChunk);
+    data.owned.reset(new uint8_t[cap]);
+    if (!region->runtime->copyToHost(region->device, data.owned.get(), target, cap).ok()) return reject(h.v2());
+    data.p = data.owned.get();
+    data.dev = target;
+    data.chunkEnd = cap;
   }
   if (h.v2()) out_.push_back({kOkFrame, kStatusSize, 0, RegionRef(), nullptr});
-  out_.push_back({src, h.size, 0, std::move(ref), std::move(staged)});
+  out_.push_back(std::move(data));
   outBytes_ += h.size;
   t_.requestsServed.fetch_add(1, std::memory_order_relaxed);
   if (outBytes_ > kMaxQueuedOut) readPaused_ = true;
   return true;
 }
 
+bool ServerConn::stageNext(Out& o) {
+  const Region* r = o.ref.get();
+  const uint64_t n = std::min<uint64_t>(kDeviceChunk, o.len - o.off);
+  if (!r->runtime->copyToHost(r->device, o.owned.get(), o.dev + o.off, n).ok()) return false;
+  o.chunkStart = o.off;
+  o.chunkEnd = o.off + n;
+  return true;
+}
+
 bool ServerConn::flush() {
   bool blocked = false;
   while (!out_.empty()) {
+    // A device READ sends from its staging chunk; once that is out, the next chunk is staged. A
+    // copy that fails half-way cannot be reported any more (the OK frame is out): close.
+    Out& front = out_.front();
+    if (front.dev != nullptr && front.off == front.chunkEnd && front.off < front.len && !stageNext(front)) return false;
     struct iovec iov[kMaxIov];
     size_t n = 0;
     uint64_t total = 0;
     for (auto it = out_.begin(); it != out_.end() && n < kMaxIov; ++it, ++n) {
-      iov[n].iov_base = const_cast<uint8_t*>(it->p + it->off);
-      iov[n].iov_len = it->len - it->off;
+      const bool partial = it->dev != nullptr && it->chunkEnd < it->len;
+      iov[n].iov_base = const_cast<uint8_t*>(it->p + (it->off - it->chunkStart));
+      iov[n].iov_len = (it->dev != nullptr ? it->chunkEnd : it->len) - it->off;
       total += iov[n].iov_len;
+      if (partial) { ++n; break; }  // the rest of it is not staged yet: nothing after it may go first
     }
     struct msghdr msg {};
     msg.msg_iov = iov;
@@ -258,68 +309,6 @@ void ServerConn::updateInterest() {
   if (fd_ < 0) return;
   uint32_t ev = (readPaused_ ? 0u : static_cast<uint32_t>(EPOLLIN | EPOLLRDHUP)) | (wantWrite_ ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ctx_.loop->modify(fd_, ev, this);
-}
-
-Listener::~Listener() {
-  if (fd_ >= 0) ::close(fd_);
-  if (spare_ >= 0) ::close(spare_);
-}
-
-bool Listener::start() {
-  spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  ctx_.loop->addTicker(this);
-  return ctx_.loop->add(fd_, EPOLLIN, this);
-}
-
-void Listener::close() {
-  if (fd_ < 0) return;
-  ctx_.loop->removeTicker(this);
-  if (pausedUntil_ == 0) ctx_.loop->remove(fd_);
-  ::close(fd_);
-  fd_ = -1;
-  if (spare_ >= 0) ::close(spare_);
-  spare_ = -1;
-}
-
-void Listener::refuseOne() {
-  if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (spare_ < 0) {
-    // Nothing to give up: stop watching the listener for a moment rather than spin on it.
-    ctx_.loop->remove(fd_);
-    pausedUntil_ = monotonicNs() + 100000000LL;
-    return;
-  }
-  ::close(spare_);
-  spare_ = -1;
-  int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd >= 0) {
-    t_.serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
-    ::close(fd);
-  }
-  spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-}
-
-void Listener::onTick(int64_t now) {
-  if (pausedUntil_ == 0 || now < pausedUntil_ || fd_ < 0) return;
-  pausedUntil_ = 0;
-  ctx_.loop->add(fd_, EPOLLIN, this);
-}
-
-void Listener::onEvents(uint32_t) {
-  for (int i = 0; i < 256 && fd_ >= 0 && pausedUntil_ == 0; ++i) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    int fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
-        refuseOne();
-        continue;
-      }
-      break;  // EAGAIN
-    }
-    t_.onServerAccepted(fd, reinterpret_cast<sockaddr*>(&ss));
-  }
 }
 
 }  // namespace mc::tcp

@@ -213,6 +213,8 @@ Stats TcpTransport::stats() const {
   s.serverConnectionsTotal = serverConnsTotal.load();
   s.serverConnectionsRefused = serverConnsRefused.load();
   s.serverConnectionsTimedOut = serverConnsTimedOut.load();
+  s.serverConnectionsEvicted = serverConnsEvicted.load();
+  s.serverConnectionsSilent = serverConnsSilent.load();
   s.clientConnections = clientConns.load();
   s.clientConnects = clientConnects.load();
   s.retries = retriesDone.load();
@@ -253,25 +255,56 @@ bool TcpTransport::peerAllowed(const sockaddr* sa) const {
   return false;
 }
 
-void TcpTransport::onServerAccepted(int fd, const sockaddr* peerAddr) {
-  if (!peerAllowed(peerAddr) || serverConns.load() >= opts_.maxServerConnections) {
-    serverConnsRefused.fetch_add(1, std::memory_order_relaxed);
-    ::close(fd);
-    return;
-  }
-  serverConns.fetch_add(1, std::memory_order_relaxed);
-  serverConnsTotal.fetch_add(1, std::memory_order_relaxed);
+void TcpTransport::onServerAccepted(int fd, std::string source) {
   LoopCtx* ctx = &loopFor(nextLoopIndex());
-  bool posted = ctx->loop->post([this, ctx, fd] {
-    auto conn = std::make_unique<ServerConn>(*this, *ctx, fd);
+  bool posted = ctx->loop->post([this, ctx, fd, source] {
+    auto conn = std::make_unique<ServerConn>(*this, *ctx, fd, source);
     ServerConn* raw = conn.get();
     ctx->servers.emplace(raw, std::move(conn));
     if (!raw->start()) raw->close();
   });
   if (!posted) {
     serverConns.fetch_sub(1, std::memory_order_relaxed);
+    sourceRelease(source);
     ::close(fd);
   }
+}
+
+unsigned TcpTransport::perPeerCap() const {
+  if (opts_.maxServerConnectionsPerPeer > 0) return opts_.maxServerConnectionsPerPeer;
+  // A quarter of the slots, at least 64 (and never more than all of them).
+  return std::min(opts_.maxServerConnections, std::max(64u, opts_.maxServerConnections / 4));
+}
+
+unsigned TcpTransport::sourceCount(const std::string& key) {
+  std::lock_guard<std::mutex> g(sourcesMu_);
+  auto it = sources_.find(key);
+  return it == sources_.end() ? 0 : it->second;
+}
+
+void TcpTransport::sourceAdd(const std::string& key) {
+  std::lock_guard<std::mutex> g(sourcesMu_);
+  ++sources_[key];
+}
+
+void TcpTransport::sourceRelease(const std::string& key) {
+  if (key.empty()) return;
+  std::lock_guard<std::mutex> g(sourcesMu_);
+  auto it = sources_.find(key);
+  if (it == sources_.end()) return;
+  if (--it->second == 0) sources_.erase(it);
+}
+
+std::string sourceKey(const sockaddr* sa) {
+  uint8_t b[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0};
+  if (sa->sa_family == AF_INET) {
+    std::memcpy(b + 12, &reinterpret_cast<const sockaddr_in*>(sa)->sin_addr, 4);
+  } else if (sa->sa_family == AF_INET6) {
+    std::memcpy(b, &reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, 16);
+  } else {
+    return std::string("?");
+  }
+  return std::string(reinterpret_cast<const char*>(b), sizeof b);
 }
 
 }  // namespace mc::tcp

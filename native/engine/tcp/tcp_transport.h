@@ -41,6 +41,8 @@ struct Options {
   uint16_t minPort = 15000;
   uint16_t maxPort = 17000;
   unsigned maxServerConnections = 4096;
+  unsigned maxServerConnectionsPerPeer = 0;  // per source address; 0: a quarter of maxServerConnections, >= 64
+  int firstByteTimeoutMs = 5000;         // a connection that sends nothing for this long is closed
   int protoVersion = 2;                  // highest framing used as a client (MC_TCP_PROTO=1 forces v1)
   std::vector<std::string> allowedPeers; // numeric IPs allowed to connect to the data port; empty = any
 };
@@ -50,6 +52,8 @@ struct Stats {
   uint64_t requestsServed = 0, requestsRejected = 0;
   uint64_t serverConnections = 0, serverConnectionsTotal = 0, serverConnectionsRefused = 0;
   uint64_t serverConnectionsTimedOut = 0;
+  uint64_t serverConnectionsEvicted = 0;  // silent connections closed to make room (also in Refused)
+  uint64_t serverConnectionsSilent = 0;   // closed for sending nothing within firstByteTimeoutMs
   uint64_t clientConnections = 0, clientConnects = 0, retries = 0;
 };
 
@@ -137,11 +141,18 @@ class TcpTransport {
   // Internal, used by the connection classes.
   LoopCtx& loopFor(size_t i) { return *loops_[i % loops_.size()]; }
   size_t nextLoopIndex() { return rr_.fetch_add(1) % loops_.size(); }
-  void onServerAccepted(int fd, const sockaddr* peerAddr);
+  // Takes a connection out of the listener (after its first bytes arrived): a ServerConn on some loop.
+  void onServerAccepted(int fd, std::string source);
   bool peerAllowed(const sockaddr* sa) const;
+  // Connections per source address (key: sourceKey()), counted from accept until closed.
+  unsigned perPeerCap() const;
+  unsigned sourceCount(const std::string& key);
+  void sourceAdd(const std::string& key);
+  void sourceRelease(const std::string& key);
 
   std::atomic<uint64_t> bytesSent{0}, bytesReceived{0}, requestsServed{0}, requestsRejected{0};
   std::atomic<uint64_t> serverConns{0}, serverConnsTotal{0}, serverConnsRefused{0}, serverConnsTimedOut{0};
+  std::atomic<uint64_t> serverConnsEvicted{0}, serverConnsSilent{0};
   std::atomic<uint64_t> clientConns{0}, clientConnects{0}, retriesDone{0};
 
  private:
@@ -156,7 +167,12 @@ class TcpTransport {
   std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;
   std::mutex poolMu_;
   std::vector<Op*> pool_;
+  std::mutex sourcesMu_;
+  std::unordered_map<std::string, unsigned> sources_;
 };
+
+// A peer's address as 16 bytes (IPv4 as IPv4-mapped IPv6), so every spelling of one host is one key.
+std::string sourceKey(const sockaddr* sa);
 
 // Collects one submission's slices per connection, then hands each connection its share with one
 // lock and at most one wake-up.

@@ -78,6 +78,7 @@ const bool contextsReady = [] { for (int i = 0; i < kMaxDevices; ++i) contexts[i
 thread_local int current = -1;
 thread_local std::string lastError;
 std::atomic<uint64_t> setDeviceCalls{0}, memcpyCalls{0}, contextErrors{0}, hostAllocs{0};
+size_t largestCopy = 0;  // guarded by mu
 
 // Physical ids of the visible devices: ASCEND_RT_VISIBLE_DEVICES ("4,5"), else 0..STANDIN_NPU_COUNT-1.
 const std::vector<int>& physicalIds() {
@@ -122,6 +123,7 @@ int copyBytes(void* dst, size_t destMax, const void* src, size_t count, int kind
   if (count > destMax) return fail(ACL_ERROR_INVALID_PARAM, "count > destMax");
   memcpyCalls.fetch_add(1);
   std::lock_guard<std::mutex> g(mu);
+  if (count > largestCopy) largestCopy = count;
   if (kind == KIND_DEFAULT) kind = (shadowOf(src, 1) ? 2 : 0) + (shadowOf(dst, 1) ? 1 : 0);  // infer from the addresses
   uint8_t* d = static_cast<uint8_t*>(dst);
   const uint8_t* s = static_cast<const uint8_t*>(src);
@@ -312,6 +314,14 @@ int aclrtUnmapMem(void*) { return fail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "VMM is
 extern const char mooncake_node_cann_standin[] = "acl";
 
 // Test hooks (not ACL API).
+// The largest single copy since the last call (then reset).
+size_t standin_largest_copy() {
+  std::lock_guard<std::mutex> g(mu);
+  size_t n = largestCopy;
+  largestCopy = 0;
+  return n;
+}
+
 void standin_counters(uint64_t* setDevice, uint64_t* memcpys, uint64_t* noContext) {
   *setDevice = setDeviceCalls.load();
   *memcpys = memcpyCalls.load();
