@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { defineCommand, type CommandContext } from '../../cli/command';
 import { flagError } from '../../cli/flags';
-import { benchIO } from '../io';
+import { benchIO, untilStopped } from '../io';
 import { kvChart } from './chart';
 import { KV_BENCH_FLAGS, kvBenchOptionsFromFlags, type KvBenchOptions } from './options';
 import { kvRatioLines, kvTable } from './report';
@@ -12,24 +12,15 @@ import { serveKvTarget } from './target';
 
 async function runTargetMode(o: KvBenchOptions, ctx: CommandContext, untilStdinCloses: boolean): Promise<void> {
   const io = benchIO(ctx, o.quiet);
-  const stop = new Promise<void>((resolve) => {
-    if (ctx.signal.aborted) return resolve();
-    ctx.signal.addEventListener('abort', () => resolve(), { once: true });
-    if (untilStdinCloses) {
-      process.stdin.resume();
-      process.stdin.once('end', resolve);
-      process.stdin.once('close', resolve);
-      process.stdin.once('error', () => resolve());
-    }
-  });
+  const stop = untilStopped(ctx.signal, untilStdinCloses);
   try {
     await serveKvTarget({ metadataServer: o.metadataServer!, host: o.host, ioThreads: o.ioThreads }, o.controlPort, (ready) => {
       if (o.json) io.out(JSON.stringify(ready));
       else io.log(`bench kv target ready: start the initiator with --target ${ready.control} (Ctrl-C stops the target)`);
-    }, stop);
+    }, stop.stopped);
     if (o.json) io.out(JSON.stringify({ done: true }));
   } finally {
-    if (untilStdinCloses) process.stdin.pause();
+    stop.release();
   }
 }
 

@@ -56,6 +56,12 @@ export interface PhaseOptions {
   onRequest?: (done: number, total: number) => void;
 }
 
+/** Runs round `r`'s two phases in alternating order, so a drifting machine load does not favour one. */
+export async function alternate(r: number, a: () => Promise<unknown>, b: () => Promise<unknown>): Promise<void> {
+  await (r % 2 === 0 ? a() : b());
+  await (r % 2 === 0 ? b() : a());
+}
+
 function sleepUntil(t: number): Promise<void> {
   const wait = t - performance.now();
   return wait <= 0 ? Promise.resolve() : new Promise((r) => setTimeout(r, wait));

@@ -10,7 +10,7 @@ import { spawnBenchChild, type BenchChild } from '../loopback';
 import { blocksPerRequest, initiatorSide, slotsFor, type KvCaseSpec, type KvTransferMode } from './cases';
 import { ControlClient } from './control';
 import { resolveKvBenchOptions, type KvBenchOptions } from './options';
-import { CasePhases, type PhaseSamples } from './phases';
+import { alternate, CasePhases, type PhaseSamples } from './phases';
 import { RankGroup } from './ranks';
 import { summarizePhase, type KvCaseResult, type KvBenchResult, type KvPhaseStats } from './result';
 import { realConnectorAnchors, realConnectorSetup } from './vllm-ascend';
@@ -182,14 +182,7 @@ async function runCase(spec: KvCaseSpec, o: KvBenchOptions, s: Session, hooks: K
       const runEngine = async () => {
         if (phases.hasAnchors) engine.push(await phases.enginePhase(n, { concurrency, onRequest: progress(`round ${r + 1}/${o.rounds} engine`) }));
       };
-      // Alternate the order so a drifting machine load does not favour one side.
-      if (r % 2 === 0) {
-        await runKv();
-        await runEngine();
-      } else {
-        await runEngine();
-        await runKv();
-      }
+      await alternate(r, runKv, runEngine);
     }
     return assemble(spec, o, phases, verified, kv, engine, oneLayer, computeMs);
   } finally {

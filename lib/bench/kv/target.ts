@@ -9,7 +9,7 @@ import type { KvExpectation } from '../../kv/consumer';
 import type { KvTransferOutcome } from '../../kv/metrics';
 import type { KvRelease } from '../../kv/producer';
 import { CpuMeter, HealthMeter } from '../stats';
-import { otherSide, initiatorSide, slotBlocks, blocksPerRequest, type KvCaseSpec } from './cases';
+import { otherSide, initiatorSide, slotBlocks, type KvCaseSpec } from './cases';
 import { ControlServer } from './control';
 import { RankGroup, type RankEnv } from './ranks';
 
@@ -134,8 +134,6 @@ export class KvBenchTarget {
         await c.group.close();
         return true;
       }
-      case 'blocks':
-        return blocksPerRequest(a.spec as KvCaseSpec);
       default:
         throw new MooncakeError('INVALID_ARGUMENT', `unknown control command '${cmd}'`);
     }

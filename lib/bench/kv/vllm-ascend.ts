@@ -10,16 +10,16 @@
  *   the same layout into the same mooncake-node decode ranks.
  */
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { MooncakeError } from '../../errors';
 import type { KvTransferParamsWire } from '../../kv/params';
+import { freePortRange } from '../../ports';
 import { findUpstream } from '../../upstream-peer';
 import { CpuMeter, HealthMeter } from '../stats';
 import { engineIdOf, initiatorSide, rankLayoutOf, slotBlocks, type KvCaseSpec } from './cases';
 import type { KvBenchOptions } from './options';
-import { CasePhases, type PhaseSamples } from './phases';
+import { alternate, CasePhases, type PhaseSamples } from './phases';
 import { PythonPeer } from './python-peer';
 import { RankGroup, totalKvHeads } from './ranks';
 import { summarizePhase, type KvCaseResult, type KvRealConnectorResult } from './result';
@@ -61,27 +61,6 @@ function unsupported(spec: KvCaseSpec, o: KvBenchOptions): string | undefined {
     return "the driver runs vllm-ascend's layerwise prefill for MHA/GQA at equal TP";
   }
   return undefined;
-}
-
-/** A base port with `n` consecutive free ports (probed, then released). */
-async function freePorts(n: number): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * 30000);
-    const servers: net.Server[] = [];
-    try {
-      for (let i = 0; i < n; i++) {
-        const s = net.createServer();
-        await new Promise<void>((resolve, reject) => s.once('error', reject).listen(base + i, '127.0.0.1', () => resolve()));
-        servers.push(s);
-      }
-      return base;
-    } catch {
-      /* taken: another base */
-    } finally {
-      await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-    }
-  }
-  throw new MooncakeError('SOCKET', `no ${n} consecutive free ports found`);
 }
 
 function median(xs: readonly number[]): number {
@@ -178,8 +157,8 @@ export async function realConnectorAnchors(
   const log = hooks.log ?? (() => undefined);
   const side = initiatorSide(base);
   const tp = Math.max(base.prefill.tpSize, base.decode.tpSize);
-  const spec: KvCaseSpec = { ...base, slots: 1, sideChannel: 'vllm-ascend', kvPorts: { prefill: await freePorts(tp), decode: await freePorts(tp) } };
-  const realPorts = await freePorts(tp);
+  const spec: KvCaseSpec = { ...base, slots: 1, sideChannel: 'vllm-ascend', kvPorts: { prefill: await freePortRange(tp), decode: await freePortRange(tp) } };
+  const realPorts = await freePortRange(tp);
   log(`${base.model.name} ${base.promptTokens} tokens: the real ${path_} (vllm-ascend ${setup.release.version}) next to mooncake-node on its side channel`);
   await s.control.call('setup', { spec });
   let group: RankGroup | undefined;
@@ -197,13 +176,7 @@ export async function realConnectorAnchors(
     for (let r = 0; r < o.rounds; r++) {
       const runNode = async () => node.push(await phases.kvPhase(`v${r}`, n, { concurrency: 1, layerComputeMs: 0 }));
       const runReal = async () => real.push(await realPhase(spec, s.control, peers, `${r}`, n, realPorts));
-      if (r % 2 === 0) {
-        await runNode();
-        await runReal();
-      } else {
-        await runReal();
-        await runNode();
-      }
+      await alternate(r, runNode, runReal);
       hooks.progress?.(`${base.model.name} ${base.promptTokens} tokens: real connector round ${r + 1}/${o.rounds}`);
     }
     const bytes = phases.requestBytes;
