@@ -139,12 +139,12 @@ function kvDetail(kv) {
     const v = c.realConnector;
     const real = v ? (v.skipReason ? 'n/a' : `${f(v.real.p50Ms, 1)} ms, ${f(v.speedup)}×`) : '—';
     const ratio = c.overhead ? `${f(c.overhead.ratio, 3)}×` : c.layerwise ? `tail ${f(c.layerwise.tailP50Ms)} ms vs 1 layer ${f(c.layerwise.oneLayerEngineP50Ms)} ms` : '—';
-    return `| ${c.case.model} | ${tokens(c.case.promptTokens)} | ${par} | ${c.case.transfer} | ${c.rangesPerRequest} | ${f(c.kv.p50Ms, 1)} | ${f(c.kv.p99Ms, 1)} | ${c.case.transfer === 'layerwise' ? '—' : f(c.kv.gbps)} | ${f(c.engine?.p50Ms, 1)} | ${ratio} | ${real} | ${f(c.kv.loopDelayP99Ms)} / ${f(c.kv.target?.loopDelayP99Ms)} | ${f(c.kv.cpuPercent, 0)} / ${f(c.kv.target?.cpuPercent, 0)} |`;
+    return `| ${c.case.model} | ${tokens(c.case.promptTokens)} | ${par} | ${c.case.transfer} | ${c.rangesPerRequest} | ${f(c.kv.p50Ms, 1)} | ${f(c.kv.p99Ms, 1)} | ${c.case.transfer === 'layerwise' ? '—' : f(c.kv.gbps)} | ${f(c.engine?.p50Ms, 1)} | ${ratio} | ${real} | ${f(c.kv.loopDelayP99Ms)} / ${f(c.kv.target?.loopDelayP99Ms)} | ${f(c.kv.cpuMsPerRequest)} (${f(c.engine?.cpuMsPerRequest)}) / ${f(c.kv.targetCpuMsPerRequest)} |`;
   });
   return [
     caption(kv),
     '',
-    '| model | prompt | TP | transfer | ranges | p50 ms | p99 ms | GB/s | engine p50 ms | KV ÷ engine | real connector | loop p99 ms (here / target) | CPU % (here / target) |',
+    '| model | prompt | TP | transfer | ranges | p50 ms | p99 ms | GB/s | engine p50 ms | KV ÷ engine | real connector | loop p99 ms (here / target) | CPU ms per request: here (engine alone) / target |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
   ].join('\n');
