@@ -116,15 +116,15 @@ function kvReadme(kv) {
   const pull = kv?.runs.pull.cases ?? [];
   const rows = pull.map((c) => {
     const v = c.realConnector;
-    const real = v && !v.skipReason ? `${f(v.real.p50Ms, 1)} ms (${f(v.speedup)}×${ok(v.met)})` : '—';
+    const real = v && !v.skipReason ? `${f(v.real.p50Ms, 1)} vs ${f(v.node.p50Ms, 1)} ms (${f(v.speedup)}×${ok(v.met)})` : '—';
     return `| ${c.case.model} | ${tokens(c.case.promptTokens)} | ${f(c.bytesPerRequest / 2 ** 20, 1)} MiB, ${c.rangesPerRequest} ranges | ${f(c.kv.p50Ms, 1)} / ${f(c.kv.p99Ms, 1)} ms | ${f(c.kv.gbps)} | ${f(c.engine?.p50Ms, 1)} ms (${f(c.overhead?.ratio, 3)}×${ok(c.overhead?.met)}) | ${real} |`;
   });
   const lw = (kv?.runs.push.cases ?? []).filter((c) => c.layerwise);
   const loop = Math.max(...kvCases(kv).map((c) => Math.max(c.kv.loopDelayP99Ms, c.kv.target?.loopDelayP99Ms ?? 0)));
   return [
-    caption(kv),
+    `${caption(kv)} p50/p99 over all rounds; each ratio is the median of the rounds' ratios (the two sides of a ratio run back to back, in alternating order), so it need not equal the quotient of two p50 columns.`,
     '',
-    '| model | prompt | KV per request | KV layer p50 / p99 | GB/s | bare engine, same ranges (KV ÷ engine, target ≤ 1.1×) | vllm-ascend decode, same layout (its time ÷ ours, target ≥ 2×) |',
+    '| model | prompt | KV per request | KV layer p50 / p99 | GB/s | bare engine, same ranges (KV ÷ engine, target ≤ 1.1×) | vllm-ascend\'s decode vs mooncake-node\'s, both on vllm-ascend\'s side channel, same prefill (its time ÷ ours, target ≥ 2×) |',
     '|---|---|---|---|---|---|---|',
     ...rows,
     '',
@@ -137,14 +137,14 @@ function kvDetail(kv) {
   const rows = kvCases(kv).map((c) => {
     const par = `tp${c.case.prefill.tpSize}→tp${c.case.decode.tpSize}`;
     const v = c.realConnector;
-    const real = v ? (v.skipReason ? 'n/a' : `${f(v.real.p50Ms, 1)} ms, ${f(v.speedup)}×`) : '—';
+    const real = v ? (v.skipReason ? 'n/a' : `${f(v.real.p50Ms, 1)} vs ${f(v.node.p50Ms, 1)} ms, ${f(v.speedup)}×`) : '—';
     const ratio = c.overhead ? `${f(c.overhead.ratio, 3)}×` : c.layerwise ? `tail ${f(c.layerwise.tailP50Ms)} ms vs 1 layer ${f(c.layerwise.oneLayerEngineP50Ms)} ms` : '—';
     return `| ${c.case.model} | ${tokens(c.case.promptTokens)} | ${par} | ${c.case.transfer} | ${c.rangesPerRequest} | ${f(c.kv.p50Ms, 1)} | ${f(c.kv.p99Ms, 1)} | ${c.case.transfer === 'layerwise' ? '—' : f(c.kv.gbps)} | ${f(c.engine?.p50Ms, 1)} | ${ratio} | ${real} | ${f(c.kv.loopDelayP99Ms)} / ${f(c.kv.target?.loopDelayP99Ms)} | ${f(c.kv.cpuMsPerRequest)} (${f(c.engine?.cpuMsPerRequest)}) / ${f(c.kv.targetCpuMsPerRequest)} |`;
   });
   return [
     caption(kv),
     '',
-    '| model | prompt | TP | transfer | ranges | p50 ms | p99 ms | GB/s | engine p50 ms | KV ÷ engine | real connector | loop p99 ms (here / target) | CPU ms per request: here (engine alone) / target |',
+    '| model | prompt | TP | transfer | ranges | p50 ms | p99 ms | GB/s | engine p50 ms | KV ÷ engine | real connector vs mooncake-node on its side channel (ratio) | loop p99 ms (here / target) | CPU ms per request: here (engine alone) / target |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
   ].join('\n');

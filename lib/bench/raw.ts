@@ -6,7 +6,7 @@
  * 2-core machine each side's copy runs on its own core: no TCP transport on loopback can beat one core's
  * memcpy of the same bytes, which is why memcpy is measured too (the physical limit). The raw sockets come
  * in two kinds: bulk calls (8 MiB per send/recv), and the best of a short scan over call sizes and stream
- * counts, since smaller calls often beat bulk ones (the bytes the sender copied are still in the cache
+ * counts (1, 2 and 4), since smaller calls often beat bulk ones (the bytes the sender copied are still in the cache
  * when the receiver copies them out), which is what a pipelining engine exploits too.
  */
 import { loadNative } from '../native';
@@ -28,7 +28,7 @@ export async function rawReference(blockSize: number, streams: number, seconds: 
 
 /** Call sizes and stream counts the scan tries. */
 const SCAN_IO = [64 << 10, 256 << 10, 1 << 20];
-const SCAN_STREAMS = [1, 2];
+const SCAN_STREAMS = [1, 2, 4];
 const SCAN_SECONDS = 0.3;
 
 /** The raw TCP references of one compare run: bulk 1 and N streams, and the best scanned configuration. */
