@@ -14,7 +14,8 @@ export interface ChartSeries {
   name: string;
   points: ChartPoint[];
   color?: string;
-  dashed?: boolean;
+  /** Dashed (true) or an SVG dash pattern, e.g. '2 3' for dotted. */
+  dashed?: boolean | string;
 }
 
 export interface LineChartSpec {
@@ -47,17 +48,25 @@ function niceLogTicks(lo: number, hi: number): number[] {
   return out;
 }
 
+/** 1, 2, 2.5 or 5 times a power of ten, at least `raw`. */
+function niceStep(raw: number): number {
+  const p = 10 ** Math.floor(Math.log10(raw));
+  return ([1, 2, 2.5, 5, 10].find((m) => m * p >= raw) ?? 10) * p;
+}
+
 function tickLabel(v: number): string {
-  return v >= 100 ? v.toFixed(0) : v >= 1 ? String(Number(v.toFixed(1))) : String(Number(v.toPrecision(2)));
+  return v === 0 ? '0' : v >= 100 ? v.toFixed(0) : v >= 1 ? String(Number(v.toFixed(1))) : String(Number(v.toPrecision(2)));
 }
 
 /** A self-contained SVG line chart: log2 x, linear or log10 y, min-max bars where points have them. */
 export function lineChart(spec: LineChartSpec): string {
-  const W = 780, H = 440, L = 70, R = 250, T = 44, B = 60;
+  const R = 20 + 7 * Math.max(24, ...spec.series.map((x) => x.name.length), ...(spec.notes ?? []).map((n) => Math.ceil(n.length * 0.85)));
+  const W = 530 + R, H = Math.max(440, 120 + 22 * spec.series.length + 15 * (spec.notes?.length ?? 0)), L = 70, T = 44, B = 60;
   const pts = spec.series.flatMap((s) => s.points);
   const xs = [...new Set(spec.xTicks.map((t) => t.x).concat(pts.map((p) => p.x)))].sort((a, b) => a - b);
   const ys = pts.flatMap((p) => [p.y, p.lo ?? p.y, p.hi ?? p.y]).filter((y) => y > 0);
-  const maxY = Math.max(...ys, spec.logY ? 1 : 0.5) * (spec.logY ? 1.3 : 1.1);
+  const linearStep = niceStep(Math.max(...ys, 0.5) * 1.05 / 5);
+  const maxY = spec.logY ? Math.max(...ys, 1) * 1.3 : Math.ceil((Math.max(...ys, 0.5) * 1.05) / linearStep) * linearStep;
   const minY = spec.logY ? Math.min(...ys, maxY) / 1.3 : 0;
   const x0 = Math.log2(xs[0]);
   const x1 = Math.log2(xs[xs.length - 1]);
@@ -68,7 +77,7 @@ export function lineChart(spec: LineChartSpec): string {
   parts.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   parts.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   parts.push(`<text x="${L}" y="24" font-size="15" font-weight="bold">${esc(spec.title)}</text>`);
-  const yTicks = spec.logY ? niceLogTicks(minY, maxY) : Array.from({ length: 6 }, (_, i) => (maxY / 5) * i);
+  const yTicks = spec.logY ? niceLogTicks(minY, maxY) : Array.from({ length: Math.round(maxY / linearStep) + 1 }, (_, i) => i * linearStep);
   for (const y of yTicks) {
     parts.push(`<line x1="${L}" x2="${W - R}" y1="${ly(y).toFixed(1)}" y2="${ly(y).toFixed(1)}" stroke="#e9ecef"/>`);
     parts.push(`<text x="${L - 8}" y="${(ly(y) + 4).toFixed(1)}" text-anchor="end">${tickLabel(y)}</text>`);
@@ -78,7 +87,7 @@ export function lineChart(spec: LineChartSpec): string {
   parts.push(`<text x="16" y="${(T + H - B) / 2}" text-anchor="middle" transform="rotate(-90 16 ${(T + H - B) / 2})">${esc(spec.yLabel)}</text>`);
   spec.series.forEach((s, i) => {
     const c = s.color ?? COLORS[i % COLORS.length];
-    const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
+    const dash = s.dashed ? ` stroke-dasharray="${typeof s.dashed === 'string' ? s.dashed : '6 4'}"` : '';
     const ok = s.points.filter((p) => p.y > 0 || !spec.logY);
     if (ok.length > 1) parts.push(`<polyline fill="none" stroke="${c}" stroke-width="2.5"${dash} points="${ok.map((p) => `${lx(p.x).toFixed(1)},${ly(p.y).toFixed(1)}`).join(' ')}"/>`);
     for (const p of ok) {
@@ -103,6 +112,7 @@ export function sweepChart(results: CompareResult[], o: BenchOptions): string {
     { name: 'mooncake-node', points: [] },
     { name: 'upstream (best mode)', points: [] },
     { name: 'raw TCP (best reference)', points: [], color: '#868e96', dashed: true },
+    { name: 'memcpy, 1 core (loopback limit)', points: [], color: '#adb5bd', dashed: '2 3' },
   ];
   const point = (x: number, runs: number[]): ChartPoint => {
     const s = [...runs].sort((a, b) => a - b);
@@ -113,6 +123,8 @@ export function sweepChart(results: CompareResult[], o: BenchOptions): string {
     const up = c.runs.map((r) => (r.upstream.length ? Math.max(...r.upstream.map((u) => u.bandwidth)) : 0)).filter((b) => b > 0);
     if (up.length > 0) series[1].points.push(point(c.blockSize, up));
     series[2].points.push(point(c.blockSize, c.runs.map((r) => Math.max(...r.raw.map((x) => x.bandwidth)))));
+    const memcpy = c.runs.map((r) => r.memcpy?.bandwidth ?? 0).filter((b) => b > 0);
+    if (memcpy.length > 0) series[3].points.push(point(c.blockSize, memcpy));
   }
   const repeats = results[0]?.runs.length ?? 1;
   return lineChart({

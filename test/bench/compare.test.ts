@@ -37,7 +37,8 @@ describe('bench --compare --repeat', () => {
     const svg = sweepChart([c, { ...combineRuns(1 << 20, [compareRun(6e9, 2e9, 6e9)]), blockSize: 1 << 20 }], parseBenchArgs(['--sweep', '/tmp/x.svg', '--repeat', '3']));
     expect(svg).toMatch(/^<svg /);
     expect(svg).toContain('median of 3 runs, bars min-max');
-    // One bar (a vertical line and two caps) per point with a spread: mooncake-node, upstream and raw at 64K.
-    expect((svg.match(/stroke-width="1.5"/g) ?? []).length).toBe(3 * 3);
+    // One bar (a vertical line and two caps) per point with a spread: mooncake-node, upstream, raw and memcpy at 64K.
+    expect((svg.match(/stroke-width="1.5"/g) ?? []).length).toBe(4 * 3);
+    expect(svg).toContain('memcpy, 1 core (loopback limit)');
   });
 });
