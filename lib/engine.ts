@@ -59,7 +59,8 @@ export interface TaskStatusInfo {
 export interface NotifyDropInfo {
   /**
    * 'overflow': discarded from the full buffer to make room (it was emitted as 'notify' first);
-   * 'too-large' / 'full' / 'closed': refused, and the sender was told (its `sendNotify` failed).
+   * 'too-large' / 'full' / 'closed' / 'refused' (by the handler that claimed its name, claimNotifies):
+   * refused, and the sender was told (its `sendNotify` failed).
    */
   reason: 'overflow' | NotifyRejectReason;
   name: string;
@@ -567,6 +568,18 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
   /** Notifications as an async iterator (ends when the engine closes). */
   notifies(options: { signal?: AbortSignal } = {}): AsyncIterableIterator<Notify> {
     return this.notifications.iterate(options);
+  }
+
+  /**
+   * Notifies named `name` are handed to `handler` instead of the `getNotifies()` buffer: the messages of a
+   * layer that consumes its own (the KV layer claims `mooncake-node/kv/1`). `handler` returns false to
+   * refuse one (the sender's `sendNotify` fails; counted in `notifiesRejected`, a 'notifyDropped' event
+   * with reason 'refused'). Accepted ones are still emitted as 'notify'. One handler per name
+   * (INVALID_ARGUMENT otherwise); returns the function that ends the claim.
+   */
+  claimNotifies(name: string, handler: (notify: Notify) => boolean): () => void {
+    this.assertOpen();
+    return this.notifications.claim(name, handler);
   }
 
   /** Drains received notifications (upstream's getNotifies). */

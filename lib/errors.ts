@@ -44,7 +44,7 @@ export type EngineCode = Exclude<keyof typeof StatusCodes, 'OK' | 'ABORTED'>;
  * Every code a MooncakeError can carry. Engine codes come from the status enum; `ABORT_ERR` follows
  * Node's convention for AbortSignal cancellations (the error's name is then 'AbortError').
  */
-export type ErrorCode = EngineCode | 'ABORT_ERR' | 'INVALID_CONFIG' | 'NATIVE_LOAD_FAILED' | 'MISSING_DEPENDENCY' | 'INTERNAL';
+export type ErrorCode = EngineCode | 'ABORT_ERR' | 'INVALID_CONFIG' | 'NATIVE_LOAD_FAILED' | 'MISSING_DEPENDENCY' | 'INTERNAL' | 'STALE_KV';
 
 const byNumber = new Map<number, keyof typeof StatusCodes>(
   Object.entries(StatusCodes).map(([k, v]) => [v, k as keyof typeof StatusCodes]),

@@ -26,6 +26,12 @@
  * `push()` returns whether the notify was accepted; the handshake daemon acknowledges only accepted
  * notifies, so an acknowledged notify has been announced (and queued, unless `capacity` is 0).
  * `capacity: 0` keeps nothing (events only).
+ *
+ * `claim(name, handler)`: notifies of that name are a layer's own messages (the KV layer's): they go to
+ * the handler instead of the buffer. The handler accepts (true) or refuses (false: `push()` returns false,
+ * 'reject' with reason 'refused', so the sender is told); an accepted one is announced to 'notify'
+ * listeners like any other, and never kept for `drain()` / iterators, so it cannot crowd out the
+ * application's notifies nor wait for a drain that never comes.
  */
 
 import { EventEmitter } from 'node:events';
@@ -49,8 +55,11 @@ export interface NotificationQueueOptions {
   whenFull?: 'drop-oldest' | 'reject';
 }
 
-/** Why a notify was refused. */
-export type NotifyRejectReason = 'too-large' | 'full' | 'closed';
+/** Why a notify was refused ('refused': the handler that claimed its name refused it). */
+export type NotifyRejectReason = 'too-large' | 'full' | 'closed' | 'refused';
+
+/** Takes the notifies of a claimed name (see `claim`); false refuses one. */
+export type NotifyHandler = (n: Notify) => boolean;
 
 export interface NotifyRejectInfo {
   reason: NotifyRejectReason;
@@ -93,6 +102,7 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
   private head = 0;
   private bufferedBytes = 0;
   private waiters: Waiter[] = [];
+  private readonly claims = new Map<string, NotifyHandler>();
   private closed = false;
   private droppedCount = 0;
   private rejectedCount = 0;
@@ -144,6 +154,19 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
     const size = notifyBytes(item);
     if (this.closed) return this.refuse('closed', item, size);
     if (size > this.maxMessageBytes) return this.refuse('too-large', item, size);
+    const claim = this.claims.get(item.name);
+    if (claim) {
+      let ok = false;
+      try {
+        ok = claim(item) !== false;
+      } catch {
+        ok = false;
+      }
+      if (!ok) return this.refuse('refused', item, size);
+      this.receivedCount++;
+      this.emit('notify', item);
+      return true;
+    }
     const full = this.size >= this.capacity || this.bufferedBytes + size > this.maxBytes;
     // A waiting iterator takes it at once, so it needs no room; 'reject' refuses only what must be kept.
     if (this.waiters.length === 0 && this.capacity > 0 && this.whenFull === 'reject' && full) {
@@ -194,6 +217,21 @@ export class NotificationQueue extends EventEmitter<NotificationQueueEvents> {
       this.head = 0;
     }
     return n;
+  }
+
+  /**
+   * Notifies named `name` go to `handler` instead of the buffer (see the module comment). One handler
+   * per name: INVALID_ARGUMENT if the name is claimed already. Returns the function that ends the claim.
+   */
+  claim(name: string, handler: NotifyHandler): () => void {
+    if (typeof name !== 'string' || name === '' || typeof handler !== 'function') {
+      throw new MooncakeError('INVALID_ARGUMENT', 'claim needs a non-empty notify name and a handler');
+    }
+    if (this.claims.has(name)) throw new MooncakeError('INVALID_ARGUMENT', `notifies named '${name}' are claimed already`, { details: { name } });
+    this.claims.set(name, handler);
+    return () => {
+      if (this.claims.get(name) === handler) this.claims.delete(name);
+    };
   }
 
   /** Everything buffered, oldest first; the buffer is left empty (upstream `getNotifies()`). */

@@ -12,10 +12,10 @@
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import { probe } from '../handshake';
-import { batchOutcome, checkBlockIds, checkRequestId, EarlyMessages, KvRankBase } from './rank-base';
+import { batchOutcome, checkBlockIds, checkRequestId, KvRankBase } from './rank-base';
 import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
 import type { KvMessage, KvRankRef } from './messages';
-import type { KvMetricsSnapshot, KvTransferOutcome } from './metrics';
+import type { KvMetricsSnapshot, KvRefusal, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import { alignBlocks, type KvTransferParams, type KvTransferParamsWire } from './params';
 import type { KvParamsExtra } from './side-channel';
@@ -30,6 +30,8 @@ export interface KvConsumerEvents {
   /** Push mode: a producer rank began writing an expected request (it is now probed until it reports). */
   pushStarted: [requestId: string, producer: { engineId: string; dpRank: number; tpRank: number }];
   warning: [error: MooncakeError];
+  /** A push signal (or another KV message) was refused and did not count (see KvRefusalReason). */
+  refused: [refusal: KvRefusal];
 }
 
 export interface KvPullOptions {
@@ -77,7 +79,6 @@ interface Watch {
 
 export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   private readonly expectations = new Map<string, Expectation>();
-  private readonly early = new EarlyMessages<KvMessage>();
   private readonly watches = new Map<string, Watch>();
 
   protected readonly side = 'decode';
@@ -105,7 +106,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   async pull(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPullOptions = {}): Promise<KvTransferOutcome> {
     this.core.assertOpen();
     const p = this.core.channel.parseParams(params);
-    const local = checkBlockIds(this.layout, blockIds);
+    const local = checkBlockIds(this.layout, blockIds, 'blockIds');
     const aligned = alignBlocks(local, p.remote_block_ids);
     const o = this.core.options;
     const requestId = p.remote_request_id;
@@ -131,7 +132,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
             return;
           }
           peers.set(prefillRank, peer);
-          results.push(await this.pullFrom(peer, slices, local, aligned.remote, deadline, signal));
+          results.push(await this.pullFrom(requestId, peer, slices, local, aligned.remote, deadline, signal));
         }),
       );
     } catch (err) {
@@ -150,14 +151,15 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     return outcome;
   }
 
-  private async pullFrom(peer: KvPeer, slices: HeadSlice[], local: number[], remote: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
+  private async pullFrom(requestId: string, peer: KvPeer, slices: HeadSlice[], local: number[], remote: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
     const e = peer.entry;
     const fail = (error: MooncakeError): BatchResult =>
       failedBatch({ engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment }, local.length, error);
     const mismatch = this.peerShapeError(e, `${e.engine_id}/${e.dp_rank}/${e.tp_rank}`);
     if (mismatch) return fail(mismatch);
     try {
-      return await this.core.run('read', peer, this.pullPlan(peer, slices, local, remote), deadline, signal);
+      const plan = this.pullPlan(peer, slices, local, remote);
+      return await this.core.run('read', peer, plan, deadline, signal, this.core.options.detectStaleKv ? { requestId, blocks: remote } : undefined);
     } catch (err) {
       return fail(asMooncakeError(err, 'planning the pull failed'));
     }
@@ -172,12 +174,12 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
 
   /**
    * The batches `pull(params, blockIds)` would run (one per prefill rank), planned but not run: a benchmark
-   * times the engine alone on exactly these ranges.
+   * times the engine alone on exactly these ranges (without the hold-fence reads around them).
    * @internal
    */
   async plannedBatches(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[]): Promise<{ segment: Segment; plan: TransferPlan }[]> {
     const p = this.core.channel.parseParams(params);
-    const local = checkBlockIds(this.layout, blockIds);
+    const local = checkBlockIds(this.layout, blockIds, 'blockIds');
     const aligned = alignBlocks(local, p.remote_block_ids);
     const groups = slicesByRank(this.sources(p.remote_request_id), 'prefillRank');
     return Promise.all(
@@ -207,7 +209,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   expect(requestId: string, blockIds: readonly number[], options: { timeoutMs?: number } & KvParamsExtra = {}): KvExpectation {
     this.core.assertOpen();
     checkRequestId(requestId);
-    const ids = checkBlockIds(this.layout, blockIds);
+    const ids = checkBlockIds(this.layout, blockIds, 'blockIds');
     if (this.expectations.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already expected`);
     const timeoutMs = options.timeoutMs ?? this.core.options.transferTimeoutMs;
     // Params first: a side channel that cannot serve the request throws before anything is registered.
@@ -241,35 +243,43 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     };
   }
 
-  protected onMessage(m: KvMessage): void {
-    if (m.type !== 'push_start' && m.type !== 'push_done') return;
+  /**
+   * A push signal counts only when it echoes the request token of the params this rank made (expect()),
+   * comes from a prefill rank the mapping pairs with this rank, and names only the expected blocks.
+   */
+  protected onMessage(m: KvMessage): boolean {
+    if (m.type !== 'push_start' && m.type !== 'push_done') return this.refuse(m, 'not-a-peer');
+    if (!this.tokenOk(m)) return this.refuse(m, 'bad-token');
     const x = this.expectations.get(m.request_id);
-    if (x) {
-      this.onPushMessage(x, m);
-      return;
-    }
-    this.early.keep(m.request_id, m, this.core.options.transferTimeoutMs);
+    if (x) return this.onPushMessage(x, m);
+    if (!prefillRanksOf(this.sources(m.request_id)).includes(m.from.tp_rank)) return this.refuse(m, 'not-a-peer');
+    return this.early.keep(m.request_id, m) || this.refuse(m, 'early-full');
   }
 
-  private onPushMessage(x: Expectation, m: KvMessage): void {
+  private onPushMessage(x: Expectation, m: KvMessage): boolean {
     if (m.from.tp_size !== this.core.options.prefill.tpSize) {
       this.settle(x, new MooncakeError('INVALID_CONFIG', `prefill rank with tp_size ${m.from.tp_size} pushed ${x.requestId}; this consumer expects ${this.core.options.prefill.tpSize}`));
-      return;
+      return true;
     }
-    if (!x.expected.has(m.from.tp_rank)) return;
+    if (!x.expected.has(m.from.tp_rank)) return this.refuse(m, 'not-a-peer');
     if (m.type === 'push_start') {
       if (!x.reports.has(m.from.tp_rank)) {
         this.watch(x, m.from);
         this.emit('pushStarted', x.requestId, { engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank });
       }
-      return;
+      return true;
     }
-    if (m.type !== 'push_done') return;
+    if (m.type !== 'push_done') return true;
+    if (m.failed_block_ids.length > 0) {
+      const mine = new Set(x.blockIds);
+      if (!m.failed_block_ids.every((b) => mine.has(b))) return this.refuse(m, 'bad-block-ids');
+    }
     // A failure report without block ids (vllm-ascend's failed_sending_msg) spoils every block.
     const failed = !m.ok && m.failed_block_ids.length === 0 ? [...x.blockIds] : m.failed_block_ids;
     x.reports.set(m.from.tp_rank, { ok: m.ok, failed, bytes: m.bytes, ranges: m.ranges, from: m.from });
     this.unwatch(x, m.from.tp_rank);
     if (x.reports.size === x.expected.size) this.settle(x);
+    return true;
   }
 
   private watch(x: Expectation, from: KvRankRef): void {
@@ -357,7 +367,7 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
   }
 
   metrics(): KvMetricsSnapshot {
-    return { ...this.core.metrics.snapshot(), expectations: { active: this.expectations.size } };
+    return { ...this.snapshot(), expectations: { active: this.expectations.size } };
   }
 
   /** Fails pending expectations (ABORT_ERR), removes the registry entry and closes the engine it created. */

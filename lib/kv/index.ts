@@ -23,7 +23,10 @@ export { KvRegistry, kvRankKey, parseRankEntry, KV_REGISTRY_VERSION } from './re
 export type { KvRankEntry, KvPeer, KvRegistryOptions } from './registry';
 export { KV_NOTIFY_NAME, ANY_RANK, encodeKvMessage, decodeKvMessage } from './messages';
 export type { KvMessage, KvRankRef } from './messages';
-export type { KvTransferOutcome, KvTransferPeer, KvReleaseReason, KvMetricsSnapshot, KvDurationSummary } from './metrics';
+export type { KvTransferOutcome, KvTransferPeer, KvReleaseReason, KvMetricsSnapshot, KvDurationSummary, KvRefusal, KvRefusalReason } from './metrics';
+export { KV_REFUSAL_REASONS } from './metrics';
+export { FENCE_BYTES } from './fence';
+export { TOKEN_PARAM } from './tokens';
 export { resolveKvOptions, checkEngineId, VLLM_ASCEND_PROFILES } from './options';
 export type { KvRankOptions, KvRole, KvParallelSize, ResolvedKvOptions, VllmAscendOptions, VllmAscendProfile } from './options';
 export {

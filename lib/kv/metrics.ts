@@ -42,6 +42,28 @@ export interface KvTransferOutcome {
   error?: MooncakeError;
 }
 
+/**
+ * Why a KV message was refused (not acted on; the sender is told where the side channel can):
+ * - 'too-large' / 'malformed': refused before it was read / it is not a KV message of this version;
+ * - 'bad-token': it does not echo the request token of the params it is about (tokens.ts);
+ * - 'not-a-peer': its sender is not a rank the rank mapping pairs with this one for the request;
+ * - 'wrong-tp-size': its sender's tp size is not the configured one;
+ * - 'bad-block-ids': it names blocks the request does not have;
+ * - 'early-full': the request is not known yet and the early-message buffer is full.
+ */
+export type KvRefusalReason = 'too-large' | 'malformed' | 'bad-token' | 'not-a-peer' | 'wrong-tp-size' | 'bad-block-ids' | 'early-full';
+
+export const KV_REFUSAL_REASONS: readonly KvRefusalReason[] = ['too-large', 'malformed', 'bad-token', 'not-a-peer', 'wrong-tp-size', 'bad-block-ids', 'early-full'];
+
+/** A refused KV message (the 'refused' event of KvProducer and KvConsumer). */
+export interface KvRefusal {
+  reason: KvRefusalReason;
+  /** What could be read of it (nothing for 'too-large'). */
+  type?: 'done' | 'push_start' | 'push_done';
+  requestId?: string;
+  from?: { engineId: string; dpRank: number; tpRank: number; tpSize: number; host: string };
+}
+
 /** Why a producer let go of a request's blocks. */
 export type KvReleaseReason = 'done' | 'abort-timeout' | 'not-selected' | 'released' | 'closed';
 
@@ -58,9 +80,15 @@ export interface KvMetricsSnapshot {
   bytes: number;
   ranges: number;
   failedBlocks: number;
+  /** Of those, blocks read while the producer did not hold them (STALE_KV: force-freed, released or not yet held). */
+  staleBlocks: number;
   /** Over the last 1024 finished transfers. */
   duration: KvDurationSummary;
   notifies: { sent: number; sendFailed: number; received: number; malformed: number };
+  /** KV messages refused, by reason (see KvRefusalReason). */
+  refused: Record<KvRefusalReason, number>;
+  /** Messages kept for requests not held / expected yet, and those dropped when their time ran out. */
+  early: { held: number; bytes: number; expired: number };
   /** Producer only: requests whose blocks are held for consumers. */
   holds?: { active: number; released: Record<KvReleaseReason, number>; lateDone: number };
   /** Consumer only: push expectations waiting for producers. */
@@ -81,7 +109,10 @@ export class KvMetrics {
   notifiesReceived = 0;
   malformed = 0;
   lateDone = 0;
+  /** Consumer: blocks a pull read while their producer did not hold them (STALE_KV). */
+  staleBlocks = 0;
   readonly released: Record<KvReleaseReason, number> = { done: 0, 'abort-timeout': 0, 'not-selected': 0, released: 0, closed: 0 };
+  readonly refused = Object.fromEntries(KV_REFUSAL_REASONS.map((r) => [r, 0])) as Record<KvRefusalReason, number>;
   private readonly durations: number[] = [];
   private next = 0;
 
@@ -100,14 +131,17 @@ export class KvMetrics {
     return { count: this.durations.length, meanMs: s.mean, p50Ms: s.p50, p99Ms: s.p99, maxMs: s.max };
   }
 
-  snapshot(): KvMetricsSnapshot {
+  snapshot(early: KvMetricsSnapshot['early']): KvMetricsSnapshot {
     return {
       transfers: { started: this.started, succeeded: this.succeeded, failed: this.failed, inFlight: this.started - this.succeeded - this.failed },
       bytes: this.bytes,
       ranges: this.ranges,
       failedBlocks: this.failedBlocks,
+      staleBlocks: this.staleBlocks,
       duration: this.summary(),
       notifies: { sent: this.notifiesSent, sendFailed: this.notifiesFailed, received: this.notifiesReceived, malformed: this.malformed },
+      refused: { ...this.refused },
+      early,
     };
   }
 }

@@ -8,19 +8,28 @@ import type { TransferEngine, TransferEngineOptions } from '../engine';
 import { NotifySession } from '../handshake';
 import { createMetadataStore, isP2PHandshake } from '../metadata/store';
 import type { Notify } from '../handshake';
-import { decodeKvMessage, encodeKvMessage, type KvMessage, type KvRankRef } from './messages';
+import { decodeKvMessage, encodeKvMessage, KV_NOTIFY_NAME, type KvMessage, type KvRankRef } from './messages';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { parseKvTransferParams, type KvTransferParams } from './params';
 import { KvRegistry, type KvPeer } from './registry';
-import type { KvDoneResult, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
+import type { KvDoneResult, KvParamsExtra, KvPushSignal, KvSideChannel, KvSideChannelContext } from './side-channel';
+import { TOKEN_PARAM } from './tokens';
+
+/** The token of `params`, to echo in a signal about them. */
+function echo(p: KvTransferParams): { token?: string } {
+  const t = p[TOKEN_PARAM];
+  return typeof t === 'string' ? { token: t } : {};
+}
 
 export class MooncakeNodeChannel implements KvSideChannel {
   readonly name = 'mooncake-node' as const;
+  readonly tokens = true;
   private registry!: KvRegistry;
   private ctx!: KvSideChannelContext;
   private key = '';
   private ref!: KvRankRef;
-  private onNotify: ((n: Notify) => void) | undefined;
+  /** Ends this channel's claim of the KV notify name on its engine. */
+  private unclaim: (() => void) | undefined;
   /** Kept-alive connections to the peers' handshake ports: a message per request costs no TCP set-up. */
   private readonly notifier = new NotifySession();
 
@@ -67,14 +76,20 @@ export class MooncakeNodeChannel implements KvSideChannel {
     const { engine, caches } = ctx;
     const o = this.o;
     this.ref = { engine_id: o.engineId, dp_rank: o.dpRank, tp_rank: o.tpRank, tp_size: this.own.tpSize, host: engine.advertiseAddress, rpc_port: engine.rpcPort };
-    this.onNotify = (n: Notify) => {
-      const { message, malformed } = decodeKvMessage(n);
-      if (malformed) ctx.metrics.malformed++;
-      if (!message) return;
-      ctx.metrics.notifiesReceived++;
-      ctx.onMessage(message);
-    };
-    engine.on('notify', this.onNotify);
+    // KV notifies are this layer's: taken off the engine's notify path (never kept for getNotifies()),
+    // and refused ones fail their sender's sendNotify.
+    try {
+      this.unclaim = engine.claimNotifies(KV_NOTIFY_NAME, (n: Notify) => {
+        const { message, failure } = decodeKvMessage(n, o.layout.numBlocks);
+        if (failure === 'malformed') ctx.metrics.malformed++;
+        if (failure) ctx.onRefused({ reason: failure });
+        if (!message) return false;
+        ctx.metrics.notifiesReceived++;
+        return ctx.onMessage(message);
+      });
+    } catch (err) {
+      throw new MooncakeError('INVALID_CONFIG', 'another KV rank already receives its messages through this engine: give every KV rank its own engine', { cause: err, details: { field: 'engine' } });
+    }
     const store = createMetadataStore(this.storeUrl);
     this.registry = new KvRegistry(store, { heartbeatMs: o.heartbeatMs, staleAfterMs: o.staleAfterMs, clusterId: o.clusterId, onError: ctx.onWarning });
     try {
@@ -97,6 +112,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
         pid: process.pid,
         instance: KvRegistry.instanceId(),
         started_at: Date.now(),
+        ...(ctx.fence !== undefined ? { fence: ctx.fence.toString() } : {}),
       });
     } catch (err) {
       await this.close();
@@ -104,7 +120,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     }
   }
 
-  transferParams(requestId: string, blockIds: readonly number[]): KvTransferParams {
+  transferParams(requestId: string, blockIds: readonly number[], extra: KvParamsExtra = {}): KvTransferParams {
     const o = this.o;
     const engine: TransferEngine = this.ctx.engine;
     return {
@@ -118,6 +134,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
       remote_dp_rank: o.dpRank,
       remote_tp_size: this.own.tpSize,
       remote_total_kv_heads: o.totalKvHeads,
+      ...(extra.token !== undefined ? { [TOKEN_PARAM]: extra.token } : {}),
     };
   }
 
@@ -172,9 +189,11 @@ export class MooncakeNodeChannel implements KvSideChannel {
       from: this.ref,
       ok: result.ok,
       failed_block_ids: result.failedBlockIds,
+      ...echo(p),
     });
   }
 
+  /** `signal.token` is the token of the consumer's params (KvProducer.push sets it). */
   sendPush(peer: KvPeer, signal: KvPushSignal): Promise<boolean> {
     return this.send(peer.entry.host, peer.entry.rpc_port, { ...signal, from: this.ref });
   }
@@ -190,8 +209,12 @@ export class MooncakeNodeChannel implements KvSideChannel {
         metrics.notifiesSent++;
         return true;
       } catch (err) {
-        // A refused connection means the rank is gone: no point retrying.
+        // A refused connection means the rank is gone, and a refused message would be refused again.
         if (isMooncakeError(err, 'CONNECT_FAILED') && !(err.details as { timedOut?: boolean } | undefined)?.timedOut) break;
+        if (isMooncakeError(err, 'REJECT_HANDSHAKE')) {
+          this.ctx.onWarning(new MooncakeError('REMOTE_REJECTED', `${host}:${port} refused the KV "${message.type}" for ${message.request_id} (its 'refused' event says why: a token, rank or size it does not accept, or a full early-message buffer)`, { cause: err }));
+          break;
+        }
         if (attempt < 2) await new Promise((r) => setTimeout(r, 100));
       }
     }
@@ -200,8 +223,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   }
 
   async close(): Promise<void> {
-    if (this.onNotify) this.ctx.engine.off('notify', this.onNotify);
-    this.onNotify = undefined;
+    this.unclaim?.();
+    this.unclaim = undefined;
     this.notifier.close();
     await this.registry?.close().catch(() => undefined);
   }

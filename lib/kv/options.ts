@@ -8,6 +8,7 @@ import { KvLayout, type KvLayoutSpec } from './layout';
 import { validateTpMapping, type TpMapping } from './rank-map';
 import type { KvCachesInput } from './caches';
 import { KV_SIDE_CHANNELS, type KvSideChannelName } from './side-channel';
+import { resolveHoldKey } from './tokens';
 
 export type KvRole = 'kv_producer' | 'kv_consumer' | 'kv_both';
 
@@ -84,6 +85,26 @@ export interface KvRankOptions {
   probeIntervalMs?: number;
   /** Cluster namespace of the registry keys. Default `$MC_METADATA_CLUSTER_ID`. */
   clusterId?: string;
+  /**
+   * Secret from which request tokens are derived (tokens.ts): the token in kv_transfer_params that every
+   * "done" / push signal must echo. At least 16 bytes, the same on every rank of an instance. Default
+   * `$MC_KV_HOLD_KEY`, else a random key per process, which suits ranks that share a process; ranks of one
+   * instance in separate processes must be given the same key.
+   */
+  holdKey?: string | Uint8Array;
+  /**
+   * Messages for requests not held / expected yet ("done" before `hold`, pushes before `expect`): kept for
+   * `ttlMs` (default 30000), at most `maxCount` (default 4096) and `maxBytes` (default 4 MiB); beyond that,
+   * new ones are refused and counted (`metrics().refused['early-full']`, a 'refused' event).
+   */
+  earlyMessages?: { maxCount?: number; maxBytes?: number; ttlMs?: number };
+  /**
+   * Consumer: check the producer's hold fence before and after each pull's data read (default true), so a
+   * pull that raced a force-free fails with STALE_KV instead of returning another request's KV. Costs two
+   * small reads per producer rank and pull (measured: +0.4 ms on loopback). Producers that publish no
+   * fence (vllm-ascend peers) are read unchecked either way.
+   */
+  detectStaleKv?: boolean;
 }
 
 export interface ResolvedKvOptions {
@@ -108,6 +129,9 @@ export interface ResolvedKvOptions {
   abortTimeoutMs: number;
   probeIntervalMs: number;
   clusterId: string | undefined;
+  holdKey: Buffer;
+  earlyMessages: { maxCount: number; maxBytes: number; ttlMs: number };
+  detectStaleKv: boolean;
 }
 
 function invalid(field: string, value: unknown, what: string): MooncakeError {
@@ -208,6 +232,24 @@ export function resolveKvOptions(o: KvRankOptions, defaultRole: 'kv_producer' | 
     abortTimeoutMs: o.abortTimeoutMs === undefined ? 480_000 : int('abortTimeoutMs', o.abortTimeoutMs, 1, 2 ** 31 - 1),
     probeIntervalMs: o.probeIntervalMs === undefined ? 1000 : int('probeIntervalMs', o.probeIntervalMs, 10, 2 ** 31 - 1),
     clusterId: o.clusterId,
+    holdKey: resolveHoldKey(o.holdKey),
+    earlyMessages: resolveEarly(o.earlyMessages),
+    detectStaleKv: bool('detectStaleKv', o.detectStaleKv, true),
+  };
+}
+
+function bool(field: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw invalid(field, v, 'true or false');
+  return v;
+}
+
+function resolveEarly(v: KvRankOptions['earlyMessages']): ResolvedKvOptions['earlyMessages'] {
+  if (v !== undefined && (v === null || typeof v !== 'object')) throw invalid('earlyMessages', v, 'an object { maxCount, maxBytes, ttlMs }');
+  return {
+    maxCount: v?.maxCount === undefined ? 4096 : int('earlyMessages.maxCount', v.maxCount, 0, 1 << 20),
+    maxBytes: v?.maxBytes === undefined ? 4 << 20 : int('earlyMessages.maxBytes', v.maxBytes, 0, 2 ** 31 - 1),
+    ttlMs: v?.ttlMs === undefined ? 30_000 : int('earlyMessages.ttlMs', v.ttlMs, 1, 2 ** 31 - 1),
   };
 }
 

@@ -35,6 +35,11 @@ export interface KvTransferParams {
   remote_ptp_size?: number;
   /** True when remote_block_ids came as one list per KV-cache group (vllm-ascend >= 0.23). */
   remote_block_ids_grouped?: boolean;
+  /**
+   * The request token of the rank that made the params (mooncake-node; tokens.ts): echoed in "done" and
+   * push signals, which the maker refuses without it.
+   */
+  remote_token?: string;
   /** Anything else the sender put in (kept as is). */
   [extra: string]: unknown;
 }
@@ -114,6 +119,9 @@ export function parseKvTransferParams(input: unknown): KvTransferParams {
   if (blockSize !== undefined) out.remote_block_size = blockSize;
   if (ptp !== undefined) out.remote_ptp_size = ptp;
   if (grouped) out.remote_block_ids_grouped = true;
+  if (o.remote_token !== undefined && (typeof o.remote_token !== 'string' || o.remote_token.length > 64)) {
+    throw bad('remote_token', o.remote_token, 'a string of at most 64 characters');
+  }
   return out;
 }
 

@@ -11,10 +11,10 @@
  * decode instance assigned (its `kv_transfer_params`), then notifies each decode rank.
  */
 import { MooncakeError } from '../errors';
-import { batchOutcome, checkBlockIds, checkRequestId, EarlyMessages, KvRankBase, MEMORY } from './rank-base';
+import { batchOutcome, checkBlockIds, checkDistinct, checkRequestId, KvRankBase, MEMORY } from './rank-base';
 import { asMooncakeError, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
-import type { KvMetricsSnapshot, KvReleaseReason, KvTransferOutcome } from './metrics';
+import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
 import { PushRun, pushPlan, type PushContext } from './push';
@@ -58,11 +58,16 @@ export interface KvProducerEvents {
   transfer: [outcome: KvTransferOutcome];
   /** Something went wrong in the background (heartbeat, unexpected notification). */
   warning: [error: MooncakeError];
+  /** A "done" (or another KV message) was refused and did not release anything (see KvRefusalReason). */
+  refused: [refusal: KvRefusal];
 }
+
+type Done = Extract<KvMessage, { type: 'done' }>;
 
 interface HoldState {
   requestId: string;
   blockIds: number[];
+  blockSet: Set<number>;
   started: number;
   pending: Set<number>;
   reports: KvConsumerReport[];
@@ -94,7 +99,6 @@ export interface KvPushOptions {
 
 export class KvProducer extends KvRankBase<KvProducerEvents> {
   private readonly holds = new Map<string, HoldState>();
-  private readonly early = new EarlyMessages<Extract<KvMessage, { type: 'done' }>>();
   private readonly recentlyReleased = new Map<string, number>();
 
   protected readonly side = 'prefill';
@@ -121,18 +125,20 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     if (this.holds.has(requestId)) throw new MooncakeError('INVALID_ARGUMENT', `request ${requestId} is already held`);
     const abortMs = options.abortTimeoutMs ?? this.core.options.abortTimeoutMs;
     if (!Number.isSafeInteger(abortMs) || abortMs <= 0) throw new MooncakeError('INVALID_ARGUMENT', `abortTimeoutMs must be a positive integer, got ${String(abortMs)}`);
-    const consumers = new Set(targetsForPrefillRank(requestId, this.core.options.mapping, this.tpRank).map((s) => s.decodeRank));
+    const consumers = this.consumersOf(requestId);
     let resolve!: (r: KvRelease) => void;
     const released = new Promise<KvRelease>((r) => (resolve = r));
-    const state: HoldState = { requestId, blockIds: ids, started: performance.now(), pending: consumers, reports: [], timer: undefined, resolve };
+    const state: HoldState = { requestId, blockIds: ids, blockSet: new Set(ids), started: performance.now(), pending: consumers, reports: [], timer: undefined, resolve };
     this.holds.set(requestId, state);
     this.recentlyReleased.delete(requestId);
+    // Counters odd before the params exist: a consumer that reads these blocks finds them held.
+    this.core.fence?.acquire(ids);
     if (consumers.size === 0) {
       setImmediate(() => this.finish(state, 'not-selected'));
     } else {
       state.timer = setTimeout(() => this.finish(state, 'abort-timeout'), abortMs);
       state.timer.unref();
-      for (const m of this.early.take(requestId)) this.onDone(state, m);
+      for (const m of this.early.take(requestId)) this.onDone(state, m as Done);
     }
     return { requestId, params: this.transferParams(requestId, ids, { promptTokens: options.promptTokens, lastTokenId: options.lastTokenId }), released };
   }
@@ -228,6 +234,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     this.core.assertOpen();
     const p = this.core.channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
+    checkDistinct(p.remote_block_ids, 'kv_transfer_params.remote_block_ids');
     if (p.remote_block_ids.length > local.length) {
       throw new MooncakeError('INVALID_ARGUMENT', `the decode assigned ${p.remote_block_ids.length} blocks but this rank has ${local.length}`);
     }
@@ -277,36 +284,67 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     return outcome;
   }
 
-  protected onMessage(m: KvMessage): void {
-    if (m.type !== 'done') return;
-    const s = this.holds.get(m.request_id);
-    if (s) {
-      this.onDone(s, m);
-      return;
-    }
-    if (this.recentlyReleased.has(m.request_id)) {
-      this.core.metrics.lateDone++;
-      return;
-    }
-    // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
-    this.early.keep(m.request_id, m, this.core.options.abortTimeoutMs);
+  /** The decode ranks the rank mapping pairs with this rank for a request. */
+  private consumersOf(requestId: string): Set<number> {
+    return new Set(targetsForPrefillRank(requestId, this.core.options.mapping, this.tpRank).map((s) => s.decodeRank));
   }
 
-  private onDone(s: HoldState, m: Extract<KvMessage, { type: 'done' }>): void {
-    if (m.from.tp_size !== this.core.options.decode.tpSize) {
-      this.warn(new MooncakeError('INVALID_CONFIG', `"done" for ${m.request_id} from a decode rank with tp_size ${m.from.tp_size}; this producer expects ${this.core.options.decode.tpSize}`));
+  /**
+   * A "done" releases only what it names: it must echo the request token of the params it is about, come
+   * from a decode rank the mapping pairs with this rank, with the configured tp size, and name only the
+   * request's blocks. A "done" for a request not held yet is checked as far as it can be and kept
+   * (bounded) until hold() or its time runs out.
+   */
+  protected onMessage(m: KvMessage): boolean {
+    if (m.type !== 'done') return this.refuse(m, 'not-a-peer');
+    const why = this.checkDone(m);
+    if (why) return this.refuse(m, why);
+    const s = this.holds.get(m.request_id);
+    if (s) return this.onDone(s, m);
+    if (this.recentlyReleased.has(m.request_id)) {
+      this.core.metrics.lateDone++;
+      return true;
     }
-    // A side channel whose "done" names no rank (vllm-ascend's) releases the hold: one done frees, as upstream.
-    if (m.from.tp_rank === ANY_RANK) s.pending.clear();
-    else if (!s.pending.delete(m.from.tp_rank)) return;
+    // "done" before hold(): the decode read faster than this rank called hold(). Keep it for a while.
+    return this.early.keep(m.request_id, m) || this.refuse(m, 'early-full');
+  }
+
+  private checkDone(m: Done): KvRefusalReason | undefined {
+    if (!this.tokenOk(m)) {
+      if (this.holds.has(m.request_id)) {
+        this.warn(new MooncakeError('INVALID_ARGUMENT', `"done" for held request ${m.request_id} from ${m.from.engine_id}/${m.from.dp_rank}/${m.from.tp_rank} (${m.from.host}) has the wrong request token: refused. Ranks of one instance in separate processes need the same holdKey (or MC_KV_HOLD_KEY)`));
+      }
+      return 'bad-token';
+    }
+    // A channel whose "done" names no rank (vllm-ascend's) has nothing more to check: one done frees, as upstream.
+    if (m.from.tp_rank === ANY_RANK) return undefined;
+    if (m.from.tp_size !== this.core.options.decode.tpSize) {
+      this.warn(new MooncakeError('INVALID_CONFIG', `"done" for ${m.request_id} from a decode rank with tp_size ${m.from.tp_size}; this producer expects ${this.core.options.decode.tpSize}: refused`));
+      return 'wrong-tp-size';
+    }
+    if (!this.consumersOf(m.request_id).has(m.from.tp_rank)) return 'not-a-peer';
+    return undefined;
+  }
+
+  private onDone(s: HoldState, m: Done): boolean {
+    if (!m.failed_block_ids.every((b) => s.blockSet.has(b))) return this.refuse(m, 'bad-block-ids');
+    if (m.from.tp_rank === ANY_RANK) {
+      s.pending.clear();
+    } else if (!s.pending.delete(m.from.tp_rank)) {
+      return true; // a repeated "done" (a retry): already counted
+    }
     s.reports.push({ engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank, ok: m.ok, failedBlockIds: m.failed_block_ids });
     if (s.pending.size === 0) this.finish(s, 'done');
+    return true;
   }
 
   private finish(s: HoldState, reason: KvReleaseReason): void {
     if (this.holds.get(s.requestId) !== s) return;
     this.holds.delete(s.requestId);
     if (s.timer) clearTimeout(s.timer);
+    // Counters even before anyone hears of the release (and may reuse the blocks): a read still in flight
+    // now finds its blocks released (STALE_KV) when it checks after reading.
+    this.core.fence?.release(s.blockIds);
     this.recentlyReleased.set(s.requestId, performance.now());
     if (this.recentlyReleased.size > MEMORY) {
       const oldest = this.recentlyReleased.keys().next().value;
@@ -320,7 +358,7 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
 
   metrics(): KvMetricsSnapshot {
     const m = this.core.metrics;
-    return { ...m.snapshot(), holds: { active: this.holds.size, released: { ...m.released }, lateDone: m.lateDone } };
+    return { ...this.snapshot(), holds: { active: this.holds.size, released: { ...m.released }, lateDone: m.lateDone } };
   }
 
   /** Releases every hold (reason 'closed'), removes the registry entry and closes the engine it created. */

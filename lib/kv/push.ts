@@ -48,6 +48,8 @@ export function pushPlan(ctx: PushContext, peer: KvPeer, slices: readonly HeadSl
 
 export class PushRun {
   readonly requestId: string;
+  /** The decode's request token, echoed in push_start and push_done so it can tell them from forgeries. */
+  private readonly token: { token?: string };
   private readonly targets: Target[];
   private readonly ready: Promise<void>;
   private readonly writes: Promise<void>[] = [];
@@ -63,6 +65,7 @@ export class PushRun {
     idle = false,
   ) {
     this.requestId = params.remote_request_id;
+    this.token = typeof params.remote_token === 'string' ? { token: params.remote_token } : {};
     const o = ctx.core.options;
     const byRank = idle ? new Map<number, HeadSlice[]>() : slicesByRank(targetsForPrefillRank(this.requestId, o.mapping, ctx.tpRank), 'decodeRank');
     this.targets = [...byRank].map(([decodeRank, slices]) => ({ decodeRank, slices, failed: new Set<number>(), bytes: 0, ranges: 0 }));
@@ -80,7 +83,7 @@ export class PushRun {
       return;
     }
     const e = t.peer.entry;
-    void core.track(core.channel.sendPush(t.peer, { type: 'push_start', request_id: this.requestId }));
+    void core.track(core.channel.sendPush(t.peer, { type: 'push_start', request_id: this.requestId, ...this.token }));
     const mismatch = this.ctx.shapeError(e, `${p.remote_engine_id}/${e.dp_rank}/${t.decodeRank}`);
     if (mismatch) this.spoil(t, mismatch);
   }
@@ -158,6 +161,7 @@ export class PushRun {
           failed_block_ids: failed.map((i) => this.params.remote_block_ids[i]),
           bytes: t.bytes,
           ranges: t.ranges,
+          ...this.token,
         }));
         const ok = failed.length === 0;
         return {

@@ -2,13 +2,14 @@ import { EventEmitter } from 'node:events';
 import { MooncakeError } from '../errors';
 import type { KvCaches } from './caches';
 import type { KvLayout } from './layout';
-import type { KvMessage } from './messages';
-import type { KvTransferOutcome } from './metrics';
+import { kvMessageBytes, type KvMessage } from './messages';
+import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvTransferOutcome } from './metrics';
 import { resolveKvOptions, type KvRankOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
 import { KvRankCore, type BatchResult } from './rank';
 import type { KvParamsExtra, KvSideChannelName } from './side-channel';
 import type { KvRankEntry } from './registry';
+import { RequestTokens } from './tokens';
 
 /** How many requests a rank remembers (early messages, recently released holds) at the most. */
 export const MEMORY = 10_000;
@@ -19,34 +20,98 @@ export function checkRequestId(requestId: unknown): asserts requestId is string 
   }
 }
 
-export function checkBlockIds(layout: KvLayout, ids: unknown): number[] {
+/**
+ * Validated block ids. `distinct` (the field name) for blocks that are written into: see checkDistinct.
+ */
+export function checkBlockIds(layout: KvLayout, ids: unknown, distinct?: string): number[] {
   if (!Array.isArray(ids)) throw new MooncakeError('INVALID_ARGUMENT', 'block ids must be an array of integers');
   for (const id of ids) layout.checkBlock(id as number);
+  if (distinct !== undefined) checkDistinct(ids as number[], distinct);
   return [...(ids as number[])];
 }
 
 /**
+ * Blocks that are written into (a pull's or an expectation's local blocks, a push's remote ones) must be
+ * distinct: a block listed twice would receive two blocks' KV and keep one of them, reported as success.
+ * INVALID_ARGUMENT before anything moves.
+ */
+export function checkDistinct(ids: readonly number[], field: string): void {
+  const seen = new Set<number>();
+  for (const id of ids) {
+    if (seen.has(id)) {
+      throw new MooncakeError('INVALID_ARGUMENT', `${field} lists block ${id} more than once: two blocks of KV cannot land in one block`, {
+        details: { field, blockId: id },
+      });
+    }
+    seen.add(id);
+  }
+}
+
+export interface EarlyLimits {
+  maxCount: number;
+  maxBytes: number;
+  ttlMs: number;
+}
+
+/**
  * Messages for requests this rank does not know yet (a peer may be faster than this rank's hold() or
- * expect()), kept until the request shows up or for `ttlMs`; at most MEMORY requests.
+ * expect()), kept until the request shows up or for `ttlMs` after the first one arrived. Bounded by
+ * messages (`maxCount`) and by bytes (`maxBytes`, as `sizeOf` counts them): when either is reached, new
+ * messages are refused (`keep` returns false) and what is kept stays. Expired messages are dropped first.
  */
 export class EarlyMessages<M> {
-  private readonly byRequest = new Map<string, { messages: M[]; expires: number }>();
+  private readonly byRequest = new Map<string, { messages: M[]; bytes: number; expires: number }>();
+  private count = 0;
+  private total = 0;
+  private expiredCount = 0;
 
-  keep(requestId: string, m: M, ttlMs: number): void {
-    const now = performance.now();
-    if (this.byRequest.size >= MEMORY) {
-      for (const [k, v] of this.byRequest) if (v.expires < now || this.byRequest.size >= MEMORY) this.byRequest.delete(k);
-    }
-    const e = this.byRequest.get(requestId) ?? { messages: [], expires: now + ttlMs };
-    e.messages.push(m);
-    this.byRequest.set(requestId, e);
+  constructor(private readonly limits: EarlyLimits, private readonly sizeOf: (m: M) => number) {}
+
+  /** Messages and bytes kept now, and messages dropped because their request never came. */
+  stats(): { held: number; bytes: number; expired: number } {
+    this.expire(performance.now());
+    return { held: this.count, bytes: this.total, expired: this.expiredCount };
   }
 
-  /** The messages kept for a request (forgotten here), in arrival order. */
+  /** Requests are kept in arrival order, so the expired ones are at the front. */
+  private expire(now: number): void {
+    for (const [k, e] of this.byRequest) {
+      if (e.expires > now) break;
+      this.drop(k, e);
+      this.expiredCount += e.messages.length;
+    }
+  }
+
+  private drop(requestId: string, e: { messages: M[]; bytes: number }): void {
+    this.byRequest.delete(requestId);
+    this.count -= e.messages.length;
+    this.total -= e.bytes;
+  }
+
+  /** Keeps `m` for `requestId`; false when it does not fit (nothing kept). */
+  keep(requestId: string, m: M): boolean {
+    const now = performance.now();
+    this.expire(now);
+    const size = this.sizeOf(m);
+    if (this.count + 1 > this.limits.maxCount || this.total + size > this.limits.maxBytes) return false;
+    let e = this.byRequest.get(requestId);
+    if (!e) {
+      e = { messages: [], bytes: 0, expires: now + this.limits.ttlMs };
+      this.byRequest.set(requestId, e);
+    }
+    e.messages.push(m);
+    e.bytes += size;
+    this.count++;
+    this.total += size;
+    return true;
+  }
+
+  /** The unexpired messages kept for a request (forgotten here), in arrival order. */
   take(requestId: string): M[] {
+    this.expire(performance.now());
     const e = this.byRequest.get(requestId);
     if (!e) return [];
-    this.byRequest.delete(requestId);
+    this.drop(requestId, e);
     return e.messages;
   }
 }
@@ -86,18 +151,50 @@ export function batchOutcome(
 }
 
 /** What KvProducer and KvConsumer share: the rank core behind them, its identity, warnings, disposal. */
-export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> & { warning: [error: MooncakeError] }> extends EventEmitter<Events> {
+export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> & { warning: [error: MooncakeError]; refused: [refusal: KvRefusal] }> extends EventEmitter<Events> {
   protected core!: KvRankCore;
+  /** Tokens of the requests this rank makes params for, and of the other side's signals about them. */
+  protected tokens!: RequestTokens;
+  /** Signals for requests not held / expected yet. */
+  protected early!: EarlyMessages<KvMessage>;
   /** Which group this rank belongs to: prefill (producer) or decode (consumer). */
   protected abstract readonly side: 'prefill' | 'decode';
 
   /** Opens the rank core (engine, caches, registry entry); its KV messages go to onMessage. */
   protected async open(options: KvRankOptions): Promise<void> {
     const o = resolveKvOptions(options, this.side === 'prefill' ? 'kv_producer' : 'kv_consumer');
-    this.core = await KvRankCore.open(o, options, this.side, (m) => this.onMessage(m), (e) => this.warn(e));
+    this.tokens = new RequestTokens(o.holdKey, o.engineId, o.dpRank);
+    this.early = new EarlyMessages(o.earlyMessages, kvMessageBytes);
+    // A message can arrive while the side channel starts, before `core` is set: nothing was issued yet
+    // that it could be about, so it is refused (uncounted).
+    this.core = await KvRankCore.open(o, options, this.side, (m) => this.core !== undefined && this.onMessage(m), (e) => this.warn(e), (r) => this.core !== undefined && this.refused(r));
   }
 
-  protected abstract onMessage(m: KvMessage): void;
+  /** A signal from the other side; false when it is refused (refuse()). */
+  protected abstract onMessage(m: KvMessage): boolean;
+
+  /** Counts a refused message and announces it ('refused' event). Returns false, for onMessage. */
+  protected refuse(m: KvMessage, reason: KvRefusalReason): false {
+    this.refused({
+      reason,
+      type: m.type,
+      requestId: m.request_id,
+      from: { engineId: m.from.engine_id, dpRank: m.from.dp_rank, tpRank: m.from.tp_rank, tpSize: m.from.tp_size, host: m.from.host },
+    });
+    return false;
+  }
+
+  private refused(r: KvRefusal): true {
+    this.core.metrics.refused[r.reason]++;
+    const emitter = this as unknown as EventEmitter;
+    if (emitter.listenerCount('refused') > 0) emitter.emit('refused', r);
+    return true;
+  }
+
+  /** The metrics both sides share (early messages included). */
+  protected snapshot(): KvMetricsSnapshot {
+    return this.core.metrics.snapshot(this.early.stats());
+  }
 
   /** The group this rank moves KV with: decode for a producer, prefill for a consumer. */
   private get otherSide(): 'prefill' | 'decode' {
@@ -142,11 +239,17 @@ export abstract class KvRankBase<Events extends Record<keyof Events, unknown[]> 
 
   /**
    * The kv_transfer_params naming this rank for a request (what `hold` / `expect` return). mooncake-node:
-   * its engine id, host, kv port (kv_port + dp_rank × tp_size, vllm-ascend's rule), dp rank and the block
-   * ids; vllm-ascend: exactly the keys its `request_finished` returns.
+   * its engine id, host, kv port (kv_port + dp_rank × tp_size, vllm-ascend's rule), dp rank, the block
+   * ids and the request token (`remote_token`); vllm-ascend: exactly the keys its `request_finished`
+   * returns.
    */
   transferParams(requestId: string, blockIds: readonly number[], extra?: KvParamsExtra): KvTransferParamsWire {
-    return this.core.channel.transferParams(requestId, blockIds, extra);
+    return this.core.channel.transferParams(requestId, blockIds, { ...extra, token: this.tokens.token(requestId) });
+  }
+
+  /** False when the channel carries request tokens and `m` does not echo its request's. */
+  protected tokenOk(m: KvMessage): boolean {
+    return !this.core.channel.tokens || this.tokens.verify(m.request_id, m.token);
   }
 
   /**

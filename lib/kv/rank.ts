@@ -8,11 +8,12 @@ import type { Segment } from '../segment';
 import type { MemoryRegion } from '../memory';
 import { KvCaches, type KvCachesInput } from './caches';
 import type { KvMessage } from './messages';
-import { KvMetrics, type KvTransferPeer } from './metrics';
+import { KvMetrics, type KvRefusal, type KvTransferPeer } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import { failedPairs, makePlan, type TransferPlan } from './plan';
 import type { KvPeer } from './registry';
 import { createSideChannel } from './channels';
+import { distinctSorted, FenceReader, HoldFence, staleError, stalePairs } from './fence';
 import type { KvSideChannel } from './side-channel';
 
 /** Result of one batch with one peer. */
@@ -73,6 +74,7 @@ export class KvRankCore {
   private readonly pending = new Set<Promise<unknown>>();
   private readonly segmentInstances = new Map<string, string>();
   private closing: Promise<void> | undefined;
+  private fenceReader: FenceReader | undefined;
 
   private constructor(
     readonly options: ResolvedKvOptions,
@@ -82,6 +84,8 @@ export class KvRankCore {
     /** Discovery, metadata exchange and completion signalling (side-channel.ts). */
     readonly channel: KvSideChannel,
     readonly side: 'prefill' | 'decode',
+    /** Producer: the per-block hold counters peers read around their pulls (fence.ts). */
+    readonly fence: HoldFence | undefined,
   ) {}
 
   get ownTp(): number {
@@ -93,13 +97,15 @@ export class KvRankCore {
     o: ResolvedKvOptions,
     raw: KvRankOptions,
     side: 'prefill' | 'decode',
-    onMessage: (m: KvMessage) => void,
+    onMessage: (m: KvMessage) => boolean,
     onWarning: (e: MooncakeError) => void,
+    onRefused: (r: KvRefusal) => void,
   ): Promise<KvRankCore> {
     const channel = createSideChannel(o, raw, side);
     let engine = raw.engine;
     const ownsEngine = engine === undefined;
     let caches: KvCaches | undefined;
+    let fence: HoldFence | undefined;
     let core: KvRankCore | undefined;
     try {
       if (engine) channel.checkEngine(engine);
@@ -111,13 +117,17 @@ export class KvRankCore {
         } as TransferEngineOptions);
       }
       caches = await KvCaches.register(engine, o.layout, raw.caches as KvCachesInput | undefined);
-      core = new KvRankCore(o, engine, ownsEngine, caches, channel, side);
-      await channel.start({ options: o, raw, side, engine, caches, metrics: core.metrics, onMessage, onWarning });
+      if (side === 'prefill') fence = await HoldFence.create(engine, o.layout.numBlocks);
+      core = new KvRankCore(o, engine, ownsEngine, caches, channel, side, fence);
+      await channel.start({ options: o, raw, side, engine, caches, fence: fence?.address, metrics: core.metrics, onMessage, onWarning, onRefused });
       return core;
     } catch (err) {
       await channel.close().catch(() => undefined);
       if (ownsEngine) await engine?.close().catch(() => undefined);
-      else await caches?.unregister();
+      else {
+        await caches?.unregister();
+        await fence?.close();
+      }
       throw err;
     }
   }
@@ -131,8 +141,12 @@ export class KvRankCore {
     return seg;
   }
 
-  /** Runs one batch with one peer; failures become failed pair indices, never exceptions. */
-  async run(opcode: 'read' | 'write', peer: KvPeer, plan: TransferPlan, deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
+  /**
+   * Runs one batch with one peer; failures become failed pair indices, never exceptions. A read with
+   * `fenced` (pair i reads the peer's block `fenced.blocks[i]`) from a peer that publishes a hold fence is
+   * checked against it (fence.ts): pairs whose block was not held for the whole read fail with STALE_KV.
+   */
+  async run(opcode: 'read' | 'write', peer: KvPeer, plan: TransferPlan, deadline: number, signal: AbortSignal | undefined, fenced?: { requestId: string; blocks: readonly number[] }): Promise<BatchResult> {
     const e = peer.entry;
     const n = plan.lengths.length;
     const info: KvTransferPeer = { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: n, ok: false };
@@ -140,25 +154,49 @@ export class KvRankCore {
       info.ok = true;
       return { peer: info, failed: [] };
     }
+    const fence = opcode === 'read' && fenced !== undefined ? peer.fence : undefined;
+    const pairs = fenced?.blocks ?? [];
+    const blocks = fence !== undefined ? distinctSorted(pairs) : [];
+    const opts = () => ({ timeoutMs: Math.max(1, Math.ceil(deadline - performance.now())), ...(signal ? { signal } : {}) });
+    let phase: 'fence' | 'data' = 'fence';
     try {
-      const timeoutMs = Math.max(1, Math.ceil(deadline - performance.now()));
       const seg = await this.segment(peer);
-      const opts = { timeoutMs, ...(signal ? { signal } : {}) };
-      const r = await this.engine.transferRanges(seg, opcode, plan, opts);
-      info.ok = true;
+      // The first fence read completes before the data read starts, the second starts after it completed.
+      const before = fence !== undefined ? await this.fences.read(seg, fence, blocks, opts()) : undefined;
+      phase = 'data';
+      const r = await this.engine.transferRanges(seg, opcode, plan, opts());
       info.bytes = r.bytes;
+      phase = 'fence';
+      if (before) {
+        const after = await this.fences.read(seg, fence!, blocks, opts());
+        const stale = stalePairs(pairs, blocks, before, after);
+        if (stale.length > 0) {
+          info.error = 'STALE_KV';
+          this.metrics.staleBlocks += stale.length;
+          return { peer: info, failed: stale, error: staleError(fenced!.requestId, e.segment, stale.length, pairs.length) };
+        }
+      }
+      info.ok = true;
       return { peer: info, failed: [] };
     } catch (err) {
       const error = asMooncakeError(err, `${opcode} with ${e.segment} failed`);
       info.error = error.code;
       this.channel.invalidate(peer);
-      const failed = failedPairs(plan, error.failures);
+      // Per-request failures map to pairs only for the data batch; a failed fence read fails every pair.
+      const failures = phase === 'data' ? error.failures : undefined;
+      const failed = failedPairs(plan, failures);
       // Bytes of the requests that did succeed, for the metrics.
-      if (error.failures && error.failures.length === n) {
-        for (let i = 0; i < n; i++) if (error.failures[i] === undefined) info.bytes += plan.lengths[i];
+      if (failures && failures.length === n) {
+        for (let i = 0; i < n; i++) if (failures[i] === undefined) info.bytes += plan.lengths[i];
       }
       return { peer: info, failed, error };
     }
+  }
+
+  /** Reads peers' hold fences (consumer). */
+  private get fences(): FenceReader {
+    this.fenceReader ??= new FenceReader(this.engine);
+    return this.fenceReader;
   }
 
   private scratch: Promise<MemoryRegion> | undefined;
@@ -213,7 +251,11 @@ export class KvRankCore {
       await Promise.race([wait, new Promise((r) => setTimeout(r, 3 * this.options.notifyTimeoutMs + 500).unref())]);
       await this.channel.close().catch(() => undefined);
       if (this.ownsEngine) await this.engine.close();
-      else await this.caches.unregister();
+      else {
+        await this.caches.unregister();
+        await this.fence?.close();
+        await this.fenceReader?.close();
+      }
     })();
     return this.closing;
   }

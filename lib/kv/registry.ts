@@ -50,6 +50,11 @@ export interface KvRankEntry {
   started_at: number;
   /** Date.now() of the last refresh. */
   heartbeat: number;
+  /**
+   * Producer: address (decimal string) of its hold fence, one little-endian uint32 per block, odd while
+   * the block is held (see fence.ts). Consumers read it around their pulls to detect stale KV.
+   */
+  fence?: string;
 }
 
 /** A peer rank as read from the registry. */
@@ -58,6 +63,8 @@ export interface KvPeer {
   entry: KvRankEntry;
   layout: KvLayout;
   tensors: bigint[];
+  /** The peer's hold fence, when it publishes one. */
+  fence?: bigint;
 }
 
 /** The key of a rank's entry. `clusterId` defaults to $MC_METADATA_CLUSTER_ID. */
@@ -86,7 +93,10 @@ export function parseRankEntry(key: string, text: string): KvPeer {
   if (e.tensors.length !== layout.tensorCount || e.tensors.some((t) => typeof t !== 'string' || !/^\d+$/.test(t))) {
     throw new MooncakeError('MALFORMED_JSON', `KV registry entry ${key} has a bad tensor address list`, { details: { key } });
   }
-  return { key, entry: e, layout, tensors: e.tensors.map((t) => BigInt(t)) };
+  if (e.fence !== undefined && (typeof e.fence !== 'string' || !/^[1-9]\d{0,19}$/.test(e.fence))) {
+    throw new MooncakeError('MALFORMED_JSON', `KV registry entry ${key} has a bad fence address`, { details: { key } });
+  }
+  return { key, entry: e, layout, tensors: e.tensors.map((t) => BigInt(t)), ...(e.fence !== undefined ? { fence: BigInt(e.fence) } : {}) };
 }
 
 export interface KvRegistryOptions {

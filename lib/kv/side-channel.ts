@@ -16,19 +16,24 @@
  * - a peer that announces itself instead of being asked (vLLM's decode sends its MooncakeXferMetadata to
  *   the prefill): `lookup` may wait, bounded by its signal, for that message keyed by something in the
  *   params (a transfer id), and `start` binds what receives it;
- * - per-request facts in the params (a hold token, a transfer id): `transferParams` is the one place
- *   params are made, and `sendDone` gets back the params the consumer was given, so whatever went out can
- *   be echoed; an incoming "done" reaches KvProducer as a KvMessage, whose hold state it can be checked
- *   against;
- * - early messages (a "done" before `hold`) are kept by EarlyMessages (rank-base.ts), count-bounded with a
- *   time limit; released holds are remembered in KvProducer (`recentlyReleased`), where a late "done" is
- *   counted: the place to answer it with "your blocks were force-freed".
+ * - per-request facts in the params (a transfer id): `transferParams` is the one place params are made,
+ *   and `sendDone` gets back the params the consumer was given, so whatever went out can be echoed;
+ * - request tokens (tokens.ts): a channel that can carry them (`tokens`) puts `extra.token` in the params as
+ *   `remote_token` and echoes the params' token in its signals; KvProducer / KvConsumer then refuse
+ *   signals without the right one. `onMessage` says whether a signal was accepted, so a channel whose
+ *   protocol can tell the sender (a rejected notify) does;
+ * - bounds: a channel refuses a message larger than a rank of this layout ever sends before parsing it,
+ *   and reports it (`onRefused`); early messages (a "done" before `hold`) are kept by EarlyMessages
+ *   (rank-base.ts), bounded by count and bytes, for a limited time;
+ * - stale KV: a producer's hold fence (fence.ts) is registered before `start` (`ctx.fence`); a channel
+ *   that can tell consumers its address does (the mooncake-node registry entry), and a consumer's reads
+ *   from a peer whose KvPeer has `fence` are checked against it.
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
 import type { KvCaches } from './caches';
 import type { KvMessage } from './messages';
-import type { KvMetrics } from './metrics';
+import type { KvMetrics, KvRefusal } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
 import type { KvTransferParams, KvTransferParamsWire } from './params';
 import type { KvPeer } from './registry';
@@ -43,9 +48,13 @@ export interface KvSideChannelContext {
   side: 'prefill' | 'decode';
   engine: TransferEngine;
   caches: KvCaches;
+  /** Producer: address of the rank's hold fence (fence.ts), for channels that can tell peers where it is. */
+  fence?: bigint;
   metrics: KvMetrics;
-  /** Signals from the other side: "done" (pull), "push_start"/"push_done" (push). */
-  onMessage(m: KvMessage): void;
+  /** Signals from the other side: "done" (pull), "push_start"/"push_done" (push). False: refused. */
+  onMessage(m: KvMessage): boolean;
+  /** A message the channel itself refused (too large, malformed): counted and announced by the rank. */
+  onRefused(r: KvRefusal): void;
   /** Background problems (a failed heartbeat, a malformed request). */
   onWarning(e: MooncakeError): void;
 }
@@ -59,6 +68,11 @@ export interface KvDoneResult {
 
 export interface KvSideChannel {
   readonly name: KvSideChannelName;
+  /**
+   * True when the channel carries request tokens (tokens.ts): `transferParams` puts `extra.token` in the
+   * params and the other side's signals echo it, so signals without it are refused.
+   */
+  readonly tokens: boolean;
   /** Engine options this channel needs when the rank creates its engine (metadata store, RPC port). */
   engineOptions(): Partial<TransferEngineOptions>;
   /** Throws INVALID_CONFIG when a caller-supplied engine cannot serve this channel. */
@@ -101,8 +115,8 @@ export interface KvSideChannel {
 
 /** What a producer tells a consumer rank in push mode (the channel adds who is sending). */
 export type KvPushSignal =
-  | { type: 'push_start'; request_id: string }
-  | { type: 'push_done'; request_id: string; ok: boolean; failed_block_ids: number[]; bytes: number; ranges: number };
+  | { type: 'push_start'; request_id: string; token?: string }
+  | { type: 'push_done'; request_id: string; ok: boolean; failed_block_ids: number[]; bytes: number; ranges: number; token?: string };
 
 /** Per-request facts for the params of channels that carry them (vllm-ascend's request_finished). */
 export interface KvParamsExtra {
@@ -112,4 +126,6 @@ export interface KvParamsExtra {
   lastTokenId?: number;
   /** Push: tokens the decode's prefix cache already holds (`remote_cached_tokens`). */
   cachedTokens?: number;
+  /** The request token (tokens.ts), for channels that carry one (`remote_token`). */
+  token?: string;
 }

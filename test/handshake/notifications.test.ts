@@ -183,3 +183,46 @@ describe('NotificationQueue: bounded by bytes', () => {
     expect(q.dropped).toBe(300 - 64);
   });
 });
+
+describe('NotificationQueue: claimed names', () => {
+  it('a claimed name goes to its handler, never to the buffer; announced when accepted, refused (sender told) when not', async () => {
+    const q = new NotificationQueue({ capacity: 2 });
+    const handled: Notify[] = [];
+    const seen: Notify[] = [];
+    const rejects: { reason: string; name: string }[] = [];
+    q.on('notify', (x) => seen.push(x));
+    q.on('reject', (r) => rejects.push(r));
+    const unclaim = q.claim('kv', (x) => {
+      handled.push(x);
+      return x.msg !== 'bad';
+    });
+    expect(q.push({ name: 'kv', msg: 'good' })).toBe(true);
+    expect(q.push({ name: 'kv', msg: 'bad' })).toBe(false);
+    for (let i = 0; i < 100; i++) q.push({ name: 'kv', msg: `flood ${i}` });
+    q.push(n(1));
+    // The application's notify is neither crowded out nor mixed with the claimed ones.
+    expect(q.drain()).toEqual([n(1)]);
+    expect(handled).toHaveLength(102);
+    expect(seen.filter((x) => x.name === 'kv')).toHaveLength(101);
+    expect(rejects).toEqual([{ reason: 'refused', name: 'kv', bytes: 5 }]);
+    expect(q.received).toBe(102);
+    expect(q.rejected).toBe(1);
+    expect(q.dropped).toBe(0);
+    // A handler that throws refuses; one name, one handler; after unclaim the name is buffered again.
+    expect(() => q.claim('kv', () => true)).toThrow(expect.objectContaining({ code: 'INVALID_ARGUMENT' }));
+    unclaim();
+    const q2 = q.claim('kv', () => {
+      throw new Error('boom');
+    });
+    expect(q.push({ name: 'kv', msg: 'x' })).toBe(false);
+    q2();
+    expect(q.push({ name: 'kv', msg: 'kept' })).toBe(true);
+    expect(q.drain()).toEqual([{ name: 'kv', msg: 'kept' }]);
+    // Size limits apply before the handler sees anything.
+    const small = new NotificationQueue({ maxMessageBytes: 8 });
+    let calls = 0;
+    small.claim('kv', () => ++calls > 0);
+    expect(small.push({ name: 'kv', msg: 'far too long' })).toBe(false);
+    expect(calls).toBe(0);
+  });
+});

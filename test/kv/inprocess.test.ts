@@ -120,7 +120,8 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
         await KvProducer.create({ engineId: 'pre', tpRank: 0, ...parallel, layout: spec, totalKvHeads, metadataServer: url, engine, caches: { regions: [region] } }),
         await KvProducer.create({ engineId: 'pre', tpRank: 1, ...parallel, layout: spec, totalKvHeads, metadataServer: url, engineOptions: common }),
       ];
-      expect(engine.memoryRegions).toHaveLength(1);
+      // The caches region once, plus the producer's hold fence (numBlocks × 4 bytes).
+      expect(engine.memoryRegions.map((r) => r.length).sort((a, b) => a - b)).toEqual([spec.numBlocks * 4, region.length]);
       expect(ranks[0].caches.tensorAddresses[0]).toBe(region.address);
       const seed = patternSeed('pre');
       for (const r of ranks) fillKvPattern(r.caches, { seed, blockIds: [3, 4], headStart: heldHeads('mha', totalKvHeads, 2, r.tpRank).start });
@@ -129,6 +130,7 @@ describe('KV in one process (tp 2 → tp 1, GQA)', () => {
       expect(checkKvPattern(consumer.caches, { seed, blockIds: [30, 31], headStart: 0 }).mismatches).toBe(0);
       for (const r of ranks) await r.close();
       expect(region.unregistered).toBe(false); // the engine's region stays the caller's
+      expect(engine.memoryRegions).toHaveLength(1); // the fence went with the rank
     } finally {
       await engine.close();
     }

@@ -72,7 +72,7 @@ describe('the npm package', () => {
     expect(manifest.homepage).toMatch(/^https:\/\//);
     expect(manifest.bugs).toMatchObject({ url: expect.stringMatching(/^https:\/\//) });
     expect(Object.keys(manifest.dependencies as object).sort()).toEqual(['node-addon-api', 'node-gyp-build']);
-    expect(manifest.peerDependenciesMeta).toEqual({ etcd3: { optional: true }, redis: { optional: true } });
+    expect(manifest.peerDependenciesMeta).toEqual({ etcd3: { optional: true }, msgpackr: { optional: true }, redis: { optional: true }, zeromq: { optional: true } });
     // Images on the registry page: absolute addresses (relative ones do not resolve there).
     const images = [...fs.readFileSync(path.join(pkg, 'README.md'), 'utf8').matchAll(/!\[[^\]]*\]\(([^)\s]+)/g)].map((m) => m[1]);
     for (const src of images) expect(src).toMatch(/^https:\/\//);

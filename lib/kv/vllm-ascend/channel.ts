@@ -40,6 +40,8 @@ const MAX_PEERS = 4096;
 
 export class VllmAscendChannel implements KvSideChannel {
   readonly name = 'vllm-ascend' as const;
+  /** vllm-ascend's params and DONE have no room for a token (the released peers would not echo it). */
+  readonly tokens = false;
   private ctx!: KvSideChannelContext;
   private router: RouterServer | undefined;
   private readonly client = new ReqClient();
@@ -106,6 +108,7 @@ export class VllmAscendChannel implements KvSideChannel {
         tensors: ctx.caches.tensorAddresses,
         layerNames: this.o.vllmAscend.layerNames,
         dtypeBytes: this.o.vllmAscend.dtypeBytes,
+        ...(ctx.fence !== undefined ? { fence: ctx.fence } : {}),
       }));
     this.router = await RouterServer.bind(this.host, this.handshakePort, (payload) => this.onRequest(payload, meta), {
       onError: (err) => ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${(err as Error).message}`, { cause: err })),
@@ -114,6 +117,7 @@ export class VllmAscendChannel implements KvSideChannel {
 
   private malformed(what: string): undefined {
     this.ctx.metrics.malformed++;
+    this.ctx.onRefused({ reason: 'malformed' });
     this.ctx.onWarning(new MooncakeError('PROTOCOL_ERROR', `side channel ${this.address}: ${what}; not answered`));
     return undefined;
   }
@@ -132,7 +136,7 @@ export class VllmAscendChannel implements KvSideChannel {
     if (this.side === 'decode') return this.onPushSignal(tag, m);
     if (tag !== DONE_RECVING_MSG) return this.malformed(`unknown tag ${JSON.stringify(tag)}`);
     if (m.length < 3) return this.malformed(`a DONE of ${m.length} elements (3 expected)`);
-    if (typeof m[1] !== 'string' || m[1] === '') return this.malformed('a DONE without a request id');
+    if (typeof m[1] !== 'string' || m[1] === '' || m[1].length > 1024) return this.malformed('a DONE without a request id (or one over 1024 characters)');
     this.ctx.metrics.notifiesReceived++;
     this.ctx.onMessage({
       type: 'done',
@@ -270,7 +274,8 @@ export class VllmAscendChannel implements KvSideChannel {
     const heads = heldHeads(o.layout.attention, o.totalKvHeads, o.prefill.tpSize, tpRank).count;
     const expected = KvLayout.from({ ...layoutSpec(o.layout), numHeads: heads });
     const layout = peerLayout(m, expected);
-    return this.peer(key, layout, m.tensors, 'kv_producer', tpRank, p.remote_tp_size ?? o.prefill.tpSize, o.prefill.dpSize, `${p.remote_host}:${m.teRpcPort}`, p.remote_host, port, p.remote_port, `${m.engineId}@${m.teRpcPort}`, m.engineId);
+    const peer = this.peer(key, layout, m.tensors, 'kv_producer', tpRank, p.remote_tp_size ?? o.prefill.tpSize, o.prefill.dpSize, `${p.remote_host}:${m.teRpcPort}`, p.remote_host, port, p.remote_port, `${m.engineId}@${m.teRpcPort}`, m.engineId);
+    return m.fence !== undefined ? { ...peer, fence: m.fence } : peer;
   }
 
   /** A peer in registry-entry form (what the shared transfer code reads). */

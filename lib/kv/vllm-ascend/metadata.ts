@@ -9,6 +9,10 @@
  *   block_strides, local_ip, handshake_port`.
  *
  * Addresses are msgpack int64; map keys of kv_group2layeridx are integers (msgspec rejects strings there).
+ *
+ * A mooncake-node prefill adds one key, `mooncake_node_fence` (the address of its hold fence, fence.ts),
+ * so a mooncake-node decode can detect stale KV; vllm-ascend's decoders ignore keys they do not know
+ * (msgspec structs without forbid_unknown_fields), and its prefills never send it.
  */
 import { MooncakeError } from '../../errors';
 import { KvLayout } from '../layout';
@@ -26,13 +30,18 @@ export interface AgentMetadataInput {
   tensors: readonly bigint[];
   layerNames: readonly string[];
   dtypeBytes: number;
+  /** The rank's hold fence (mooncake-node's extension key). */
+  fence?: bigint;
 }
+
+/** The metadata key of a mooncake-node prefill's hold fence. */
+export const FENCE_KEY = 'mooncake_node_fence';
 
 /** The metadata as msgspec encodes the struct (a map in field order, defaults omitted). */
 export function agentMetadata(m: AgentMetadataInput): Record<string, unknown> {
   const L = m.layout;
   if (m.profile === '0.18') {
-    return { engine_id: m.engineId, te_rpc_port: m.teRpcPort, kv_caches_base_addr: [...m.tensors], num_blocks: L.numBlocks, ...(m.localIp ? { local_ip: m.localIp } : {}) };
+    return { engine_id: m.engineId, te_rpc_port: m.teRpcPort, kv_caches_base_addr: [...m.tensors], num_blocks: L.numBlocks, ...(m.localIp ? { local_ip: m.localIp } : {}), ...fenceKey(m) };
   }
   const perLayer = <T>(f: (t: number) => T): T[][] => [...Array(L.numLayers).keys()].map((l) => [...Array(L.tensorsPerLayer).keys()].map((k) => f(l * L.tensorsPerLayer + k)));
   const mla = L.attention === 'mla';
@@ -60,7 +69,12 @@ export function agentMetadata(m: AgentMetadataInput): Record<string, unknown> {
     block_strides: perLayer((t) => L.tensorBlockBytes(t)),
     ...(m.localIp ? { local_ip: m.localIp } : {}),
     ...(m.handshakePort ? { handshake_port: m.handshakePort } : {}),
+    ...fenceKey(m),
   };
+}
+
+function fenceKey(m: AgentMetadataInput): Record<string, bigint> {
+  return m.fence !== undefined ? { [FENCE_KEY]: m.fence } : {};
 }
 
 export interface ParsedAgentMetadata {
@@ -75,6 +89,8 @@ export interface ParsedAgentMetadata {
   blockStrides?: number[];
   blockSizeScale?: number[];
   blockSize?: number;
+  /** A mooncake-node prefill's hold fence. */
+  fence?: bigint;
 }
 
 function bad(what: string, value?: unknown): MooncakeError {
@@ -101,10 +117,13 @@ export function parseAgentMetadata(raw: unknown): ParsedAgentMetadata {
   if (teRpcPort === undefined || teRpcPort <= 0 || teRpcPort > 65535) throw bad('te_rpc_port is not a port', o.te_rpc_port);
   if (numBlocks === undefined || numBlocks <= 0) throw bad('num_blocks is not a positive integer', o.num_blocks);
   const localIp = typeof o.local_ip === 'string' ? o.local_ip : '';
+  const fence = o[FENCE_KEY] === undefined ? undefined : asAddress(o[FENCE_KEY]);
+  if (o[FENCE_KEY] !== undefined && (fence === undefined || fence <= 0n)) throw bad(`${FENCE_KEY} is not an address`, o[FENCE_KEY]);
+  const withFence = fence !== undefined ? { fence } : {};
   const addrs = o.kv_caches_base_addr;
   if (!Array.isArray(addrs)) throw bad('kv_caches_base_addr is not a list');
   if (addrs.every((a) => !Array.isArray(a))) {
-    return { engineId, teRpcPort, numBlocks, localIp, tensors: ints(addrs, 'kv_caches_base_addr', true) as bigint[] };
+    return { engineId, teRpcPort, numBlocks, localIp, tensors: ints(addrs, 'kv_caches_base_addr', true) as bigint[], ...withFence };
   }
   const flat = (v: unknown, name: string, address: boolean): (number | bigint)[] => {
     if (!Array.isArray(v) || v.length !== addrs.length) throw bad(`${name} does not list every layer`);
@@ -122,6 +141,7 @@ export function parseAgentMetadata(raw: unknown): ParsedAgentMetadata {
     blockLens: flat(o.block_lens, 'block_lens', false) as number[],
     blockStrides: flat(o.block_strides, 'block_strides', false) as number[],
     blockSizeScale: flat(o.block_size_scale, 'block_size_scale', false) as number[],
+    ...withFence,
   };
 }
 
