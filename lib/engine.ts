@@ -438,16 +438,39 @@ export class TransferEngine extends EventEmitter<TransferEngineEvents> implement
     }
   }
 
-  private async transfer(segment: Segment, opcode: 'read' | 'write', requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
+  private transfer(segment: Segment, opcode: 'read' | 'write', requests: readonly TransferRequest[], options?: TransferOptions): Promise<TransferResult> {
+    return this.runOnSegment(segment, () => packRequests(this, requests, { opcode, segment }), options);
+  }
+
+  /**
+   * One batch of absolute address ranges, already in typed arrays (the KV layer's plans): no object per
+   * range and no per-range JavaScript validation; the native engine still checks every range against
+   * the registered memory and the segment's buffers, and names the offending index.
+   * @internal
+   */
+  transferRanges(segment: Segment, opcode: Opcode, ranges: { locals: BigUint64Array; remotes: BigUint64Array; lengths: Float64Array; bytes: number }, options?: TransferOptions): Promise<TransferResult> {
+    return this.runOnSegment(segment, () => {
+      const n = ranges.lengths.length;
+      if (n === 0) throw new MooncakeError('INVALID_ARGUMENT', 'requests is empty');
+      if (ranges.locals.length !== n || ranges.remotes.length !== n) throw new MooncakeError('INVALID_ARGUMENT', 'locals, remotes and lengths differ in length');
+      if (segment.closed) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment ${segment.name} was closed`);
+      const opcodes = new Uint8Array(n);
+      if (opcode === 'write') opcodes.fill(1);
+      else if (opcode !== 'read') throw new MooncakeError('INVALID_ARGUMENT', "opcode must be 'read' or 'write'");
+      return { opcodes, segments: new Int32Array(n).fill(segment.handle), locals: ranges.locals, remotes: ranges.remotes, lengths: ranges.lengths, bytes: ranges.bytes };
+    }, options);
+  }
+
+  private async runOnSegment(segment: Segment, pack: () => PackedRequests, options?: TransferOptions): Promise<TransferResult> {
     this.assertOpen();
     if (!(segment instanceof Segment) || segment.owner !== this) throw new MooncakeError('INVALID_ARGUMENT', 'segment must be a Segment opened by this engine');
     try {
-      return await this.run(packRequests(this, requests, { opcode, segment }), options);
+      return await this.run(pack(), options);
     } catch (err) {
       // The peer may have registered more memory since we read its descriptor: look again, once.
       if (!isMooncakeError(err, 'INVALID_REMOTE_ADDRESS') || segment.closed || !this.canRefresh()) throw err;
       await this.openSegment(segment.name, { refresh: true });
-      return this.run(packRequests(this, requests, { opcode, segment }), options);
+      return this.run(pack(), options);
     }
   }
 

@@ -86,6 +86,7 @@ export type {
   KvRelease,
   KvConsumerReport,
   KvPushOptions,
+  KvLayerwisePush,
   KvPullOptions,
   KvExpectation,
   KvLayoutSpec,
@@ -126,3 +127,5 @@ export { createProxy, runProxyBench } from './proxy';
 export type { PdProxy, ProxyOptions, ProxyAddress, ProxyStats, ProxyBenchOptions, ProxyBenchResult, InstanceSnapshot, PolicyName } from './proxy';
 export { MetricsRegistry, PROMETHEUS_CONTENT_TYPE } from './metrics';
 export type { MetricsRegistryOptions, PromClientRegistry, MetricFamily, MetricsSource, MetricType, Labels, ValueSample, HistogramSample } from './metrics';
+export { runKvBench, KV_MODELS } from './bench/kv';
+export type { KvBenchOptions, KvBenchHooks, KvBenchResult, KvCaseResult, KvPhaseStats, KvRealConnectorResult, KvModel, KvTransferMode } from './bench/kv';

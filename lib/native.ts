@@ -142,7 +142,8 @@ export interface NativeBinding {
    * References for `bench --compare`: N blocking TCP streams over 127.0.0.1 moving blocks from/into
    * bufferSize-byte buffers, or (streams 0) single-threaded memcpy over the same buffers.
    */
-  rawTcpBench(streams: number, blockSize: number, bufferSize: number, seconds: number): Promise<{ bytes: number; seconds: number }>;
+  /** streams 0: single-threaded memcpy. ioSize: bytes per send/recv call (default bulk: max(blockSize, 8 MiB)). */
+  rawTcpBench(streams: number, blockSize: number, bufferSize: number, seconds: number, ioSize?: number): Promise<{ bytes: number; seconds: number }>;
 }
 
 let cached: NativeBinding | undefined;

@@ -62,6 +62,9 @@ export const benchCommand = defineCommand({
     ...BENCH_FLAGS,
     'until-stdin-closes': { type: 'boolean', hidden: true, help: 'target mode: also stop when stdin closes (the loopback parent sets it)' },
   },
+  subcommands: [
+    { name: 'bench kv', summary: "a prompt's KV on real model layouts: per-request time vs the bare engine and the real connector", load: async () => (await import('./kv/cli')).benchKvCommand },
+  ],
   examples: [
     'mooncake-node bench --block-size 1M --batch-size 32 --threads 4 --duration 10',
     'mooncake-node bench --mode target --metadata-server http://10.0.0.1:8080/metadata --local-server-name 10.0.0.2:12345',

@@ -5,8 +5,8 @@
  */
 import * as fs from 'node:fs';
 import { MetadataServer } from '../metadata/server';
-import { loadNative } from '../native';
 import type { RunResult } from './initiator';
+import { rawReference, rawReferences } from './raw';
 import { runLoopback } from './loopback';
 import type { BenchIO } from './io';
 import type { BenchOptions } from './options';
@@ -14,27 +14,28 @@ import { formatBytes, table } from './report';
 import { sweepChart } from './chart';
 import { runUpstreamBench } from './upstream';
 
-export interface CompareResult {
-  blockSize: number;
+/** One run of every implementation at one block size. */
+export interface CompareRun {
   node: RunResult;
   upstream: RunResult[];
+  /** Raw TCP references (see raw.ts); the ceiling is the best of them. */
   raw: RunResult[];
   upstreamError?: string;
+  /** One core's memcpy over the same buffers: the physical limit of loopback (see raw.ts). */
   memcpy?: RunResult;
   ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number; vsMemcpy?: number };
 }
 
-export async function rawReference(blockSize: number, streams: number, seconds: number, o: BenchOptions): Promise<RunResult> {
-  // The same working set as the bench (o.bufferSize on each side), not one cache-hot block.
-  const r = await loadNative().rawTcpBench(streams, blockSize, o.bufferSize, seconds);
-  return {
-    impl: streams === 0 ? 'memcpy, 1 thread' : `raw TCP bulk, ${streams} stream${streams === 1 ? '' : 's'}`,
-    operation: o.operation, blockSize, batchSize: 1, concurrency: streams, seconds: r.seconds, bytes: r.bytes, batches: 0,
-    bandwidth: r.bytes / r.seconds, opsPerSec: r.bytes / r.seconds / blockSize, latencyMs: { avg: 0, p50: 0, p99: 0, max: 0 }, cpuPercent: 0, errors: 0,
-  };
+/**
+ * A block size compared `--repeat` times: every run, and the median run's figures (the run whose
+ * mooncake-node bandwidth is the median) with each ratio the median of the runs' ratios.
+ */
+export interface CompareResult extends CompareRun {
+  blockSize: number;
+  runs: CompareRun[];
 }
 
-export async function compareOnce(o: BenchOptions, metadataUrl: string, io: BenchIO): Promise<CompareResult> {
+export async function compareOnce(o: BenchOptions, metadataUrl: string, io: BenchIO): Promise<CompareRun> {
   const log = io.log;
   log(`  ${formatBytes(o.blockSize)}: mooncake-node ...`);
   const node = await runLoopback({ ...o, metadataServer: metadataUrl }, io.signal);
@@ -60,15 +61,13 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, io: Benc
     }
   }
   io.signal.throwIfAborted();
-  log(`  ${formatBytes(o.blockSize)}: raw TCP reference ...`);
-  const streams = Math.max(2, o.connectionsPerPeer ?? 2);
-  const raw = [await rawReference(o.blockSize, 1, o.durationSec, o), await rawReference(o.blockSize, streams, o.durationSec, o)];
-  const memcpy = o.managed ? await rawReference(o.blockSize, 0, o.durationSec, o) : undefined;
+  log(`  ${formatBytes(o.blockSize)}: raw TCP references and memcpy ...`);
+  const raw = await rawReferences(o);
+  const memcpy = await rawReference(o.blockSize, 0, o.durationSec, o);
   const best = (rs: RunResult[], f: (r: RunResult) => number) => (rs.length ? Math.max(...rs.map(f)) : undefined);
   const upBw = best(upstream, (r) => r.bandwidth);
   const upOps = best(upstream, (r) => r.opsPerSec);
   return {
-    blockSize: o.blockSize,
     node,
     upstream,
     raw,
@@ -78,7 +77,33 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, io: Benc
       vsUpstreamBest: upBw ? node.bandwidth / upBw : undefined,
       vsUpstreamBestOps: upOps ? node.opsPerSec / upOps : undefined,
       vsRawBest: node.bandwidth / best(raw, (r) => r.bandwidth)!,
-      vsMemcpy: memcpy ? node.bandwidth / memcpy.bandwidth : undefined,
+      vsMemcpy: node.bandwidth / memcpy.bandwidth,
+    },
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** The median run's figures, each ratio the median over runs (see CompareResult). */
+export function combineRuns(blockSize: number, runs: CompareRun[]): CompareResult {
+  const byNode = [...runs].sort((a, b) => a.node.bandwidth - b.node.bandwidth);
+  const mid = byNode[(byNode.length - 1) >> 1];
+  const med = (f: (r: CompareRun) => number | undefined): number | undefined => {
+    const xs = runs.map(f).filter((x): x is number => x !== undefined);
+    return xs.length ? median(xs) : undefined;
+  };
+  return {
+    ...mid,
+    blockSize,
+    runs,
+    ratios: {
+      vsUpstreamBest: med((r) => r.ratios.vsUpstreamBest),
+      vsUpstreamBestOps: med((r) => r.ratios.vsUpstreamBestOps),
+      vsRawBest: med((r) => r.ratios.vsRawBest)!,
+      vsMemcpy: med((r) => r.ratios.vsMemcpy),
     },
   };
 }
@@ -119,18 +144,23 @@ export async function runCompare(o: BenchOptions, io: BenchIO): Promise<void> {
   }
   try {
     const sizes = o.sweep ? [4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20] : [o.blockSize];
-    const results: CompareResult[] = [];
-    for (const blockSize of sizes) {
-      // Keep each batch's bytes reasonable across the sweep.
-      const batchSize = o.sweep ? Math.max(1, Math.min(o.batchSize, Math.floor((16 << 20) / blockSize))) : o.batchSize;
-      const bufferSize = Math.max(o.bufferSize, blockSize * batchSize * o.concurrency);
-      results.push(await compareOnce({ ...o, blockSize, batchSize, bufferSize }, url, io));
+    const runs = new Map<number, CompareRun[]>(sizes.map((b) => [b, []]));
+    // Repeats go round all sizes, so a load that comes and goes spreads over every size alike.
+    for (let rep = 0; rep < o.repeat; rep++) {
+      if (o.repeat > 1) io.log(`run ${rep + 1} of ${o.repeat}`);
+      for (const blockSize of sizes) {
+        // Keep each batch's bytes reasonable across the sweep.
+        const batchSize = o.sweep ? Math.max(1, Math.min(o.batchSize, Math.floor((16 << 20) / blockSize))) : o.batchSize;
+        const bufferSize = Math.max(o.bufferSize, blockSize * batchSize * o.concurrency);
+        runs.get(blockSize)!.push(await compareOnce({ ...o, blockSize, batchSize, bufferSize }, url, io));
+      }
     }
+    const results = sizes.map((b) => combineRuns(b, runs.get(b)!));
     if (o.json) {
       io.out(JSON.stringify({ machine: machineInfo(), results }));
     } else {
       for (const c of results) {
-        io.out(`\n${o.operation} ${formatBytes(c.blockSize)} blocks:`);
+        io.out(`\n${o.operation} ${formatBytes(c.blockSize)} blocks${c.runs.length > 1 ? ` (the median of ${c.runs.length} runs; ratios are medians of the runs' ratios)` : ''}:`);
         io.out(table([c.node, ...c.upstream, ...c.raw, ...(c.memcpy ? [c.memcpy] : [])], o.reportUnit));
         for (const l of ratioLines(c)) io.out(l);
       }

@@ -37,3 +37,21 @@ export function benchIO(ctx: CommandContext, quiet: boolean): BenchIO {
     signal: ctx.signal,
   };
 }
+
+/**
+ * Resolves when a target should stop: `signal` aborts (SIGINT/SIGTERM), or, when a loopback parent drives
+ * this process (`untilStdinCloses`), its stdin closes. Call `release()` afterwards to let stdin go.
+ */
+export function untilStopped(signal: AbortSignal, untilStdinCloses: boolean): { stopped: Promise<void>; release(): void } {
+  const stopped = new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+    if (untilStdinCloses) {
+      process.stdin.resume();
+      process.stdin.once('end', resolve);
+      process.stdin.once('close', resolve);
+      process.stdin.once('error', () => resolve());
+    }
+  });
+  return { stopped, release: () => void (untilStdinCloses && process.stdin.pause()) };
+}

@@ -42,15 +42,37 @@ function targetFailure(stderrTail: string, exit: number | null, signal: NodeJS.S
  * fails to start rejects with its own error code; `signal` aborts the wait (the child is then stopped).
  */
 export async function spawnTarget(o: BenchOptions, metadataServer: string, signal?: AbortSignal): Promise<TargetProcess> {
-  const cli = path.join(__dirname, '..', 'cli.js');
-  const args = [cli, 'bench', '--mode', 'target', '--json', '--until-stdin-closes', '--metadata-server', metadataServer, '--buffer-size', String(o.bufferSize)];
+  const args = ['bench', '--mode', 'target', '--json', '--until-stdin-closes', '--metadata-server', metadataServer, '--buffer-size', String(o.bufferSize)];
   if (o.managed) args.push('--managed');
   if (o.ioThreads) args.push('--io-threads', String(o.ioThreads));
   if (o.connectionsPerPeer) args.push('--connections', String(o.connectionsPerPeer));
   if (o.metricsMaxPeers !== undefined) args.push('--metrics-max-peers', String(o.metricsMaxPeers));
   if (!o.sameHost) args.push('--no-same-host');
+  const child = await spawnBenchChild<{ ready?: boolean; segment?: string }>(args, signal);
+  if (child.ready.ready !== true || typeof child.ready.segment !== 'string') {
+    await child.stop();
+    throw new MooncakeError('PROTOCOL_ERROR', 'the bench target announced something else than its segment');
+  }
+  return { segment: child.ready.segment, child: child.child, stop: child.stop };
+}
+
+/** A bench process this one started, ready (its first stdout line parsed as JSON). */
+export interface BenchChild<T> {
+  ready: T;
+  child: ChildProcess;
+  /** Ends it (closing its stdin) and returns its last stdout line as JSON ({} when none); kills it if it does not end in 15 s. */
+  stop(): Promise<TargetStats & Record<string, unknown>>;
+}
+
+/**
+ * Starts `mooncake-node <args>` (a bench target) as a child process and waits for its first stdout line,
+ * a JSON object saying it is ready. A child that fails to start rejects with its own error code; `signal`
+ * aborts the wait (the child is then stopped).
+ */
+export async function spawnBenchChild<T>(cliArgs: readonly string[], signal?: AbortSignal): Promise<BenchChild<T>> {
+  const cli = path.join(__dirname, '..', 'cli.js');
   // The child's stderr is read, not inherited: its failure becomes this process's one error line.
-  const child = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [cli, ...cliArgs], { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderrTail = '';
   child.stderr!.on('data', (d: Buffer) => {
     stderrTail = (stderrTail + d.toString()).slice(-4096);
@@ -89,10 +111,13 @@ export async function spawnTarget(o: BenchOptions, metadataServer: string, signa
       if (abort?.aborted === true) onAbort();
       else wake();
     });
-  const stop = async (): Promise<TargetStats> => {
+  const stop = async (): Promise<TargetStats & Record<string, unknown>> => {
     child.stdin!.end();
     try {
-      return JSON.parse(await nextLine(15_000)) as TargetStats;
+      // The last line is the child's summary; anything before it was left unread.
+      let last = await nextLine(15_000);
+      while (lines.length > 0) last = lines.shift()!;
+      return JSON.parse(last) as TargetStats & Record<string, unknown>;
     } catch {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       return {};
@@ -102,9 +127,7 @@ export async function spawnTarget(o: BenchOptions, metadataServer: string, signa
   };
   child.once('exit', () => wake?.());
   try {
-    const ready = JSON.parse(await nextLine(READY_TIMEOUT_MS, signal)) as { ready?: boolean; segment?: string };
-    if (ready.ready !== true || typeof ready.segment !== 'string') throw new MooncakeError('PROTOCOL_ERROR', 'the bench target announced something else than its segment');
-    return { segment: ready.segment, child, stop };
+    return { ready: JSON.parse(await nextLine(READY_TIMEOUT_MS, signal)) as T, child, stop };
   } catch (e) {
     await stop();
     throw e;

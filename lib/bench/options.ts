@@ -32,6 +32,8 @@ export interface BenchOptions {
   compare: boolean;
   /** Run the comparison over several block sizes and write an SVG chart. */
   sweep?: string;
+  /** Compare runs per block size; medians (and min-max in the chart) when more than one. */
+  repeat: number;
   /** Engine knobs. */
   ioThreads?: number;
   connectionsPerPeer?: number;
@@ -68,6 +70,7 @@ export const BENCH_FLAGS = {
   'same-host': { type: 'boolean', negatable: true, default: true, help: 'never use the same-host memcpy path' },
   compare: { type: 'boolean', help: "also run upstream's transfer_engine_bench and a raw TCP reference, and print ratios (set-up: mooncake-node setup-upstream)" },
   sweep: { type: 'string', arg: 'FILE.svg', help: 'compare over block sizes 4K..4M and write a chart' },
+  repeat: { type: 'int', min: 1, max: 100, default: 1, help: '--compare/--sweep: runs per block size; reports medians (the chart min-max bars)' },
   json: { type: 'boolean', help: 'one machine-readable result on stdout' },
   quiet: { type: 'boolean', help: 'no progress or banner on stderr' },
   'report-unit': { type: 'string', choices: Object.keys(REPORT_UNITS), default: 'GB', help: 'rate unit: GB = 1e9 bytes, GiB, Gb = 1e9 bits, MB, MiB, Mb, KB, KiB, Kb (as upstream)' },
@@ -103,6 +106,7 @@ export function benchOptionsFromFlags(v: BenchFlagValues): BenchOptions {
     json: v.json === true,
     compare: v.compare === true || v.sweep !== undefined,
     sweep: v.sweep,
+    repeat: v.repeat!,
     ioThreads: v['io-threads'],
     connectionsPerPeer: v.connections,
     metricsMaxPeers: v['metrics-max-peers'],

@@ -1,6 +1,6 @@
 import { TransferEngine } from '../engine';
 import { benchBuffer, benchEngineOptions } from './engine';
-import type { BenchIO } from './io';
+import { untilStopped, type BenchIO } from './io';
 import type { BenchOptions } from './options';
 import { CpuMeter } from './stats';
 
@@ -10,6 +10,7 @@ import { CpuMeter } from './stats';
  * process's CPU use and close. A parent that went away must not turn the last line into an EPIPE stack.
  */
 export async function runTarget(o: BenchOptions, io: BenchIO, untilStdinCloses = false): Promise<void> {
+  let stopper: ReturnType<typeof untilStopped> | undefined;
   const engine = await TransferEngine.create({
     metadataServer: o.metadataServer!,
     localServerName: o.localServerName,
@@ -22,22 +23,15 @@ export async function runTarget(o: BenchOptions, io: BenchIO, untilStdinCloses =
     const ready = { ready: true, segment: engine.localServerName, address: region.address.toString(), bufferSize: region.length, dataPort: engine.dataPort, pid: process.pid };
     if (o.json) io.out(JSON.stringify(ready));
     else io.log(`target ready: segment ${engine.localServerName}, ${region.length} bytes at 0x${region.address.toString(16)}; Ctrl-C to stop`);
-    await new Promise<void>((resolve) => {
-      if (io.signal.aborted) return resolve();
-      io.signal.addEventListener('abort', () => resolve(), { once: true });
-      if (untilStdinCloses) {
-        process.stdin.resume();
-        process.stdin.once('end', resolve);
-        process.stdin.once('close', resolve);
-        process.stdin.once('error', () => resolve());
-      }
-    });
+    const stop = untilStopped(io.signal, untilStdinCloses);
+    stopper = stop;
+    await stop.stopped;
     const stats = engine.stats();
     const out = { done: true, cpuPercent: cpu.percent(), bytesReceived: stats.bytesReceived, bytesSent: stats.bytesSent, requestsServed: stats.requestsServed };
     if (o.json) io.out(JSON.stringify(out));
     else io.log(`target served ${stats.requestsServed} requests, cpu ${out.cpuPercent.toFixed(0)}%`);
   } finally {
     await engine.close();
-    if (untilStdinCloses) process.stdin.pause();
+    stopper?.release();
   }
 }

@@ -72,3 +72,5 @@ export {
 export type { HandshakeRequestOptions, HandshakeResponse } from './client';
 export { NotificationQueue, DEFAULT_NOTIFY_CAPACITY, DEFAULT_NOTIFY_MAX_BYTES, DEFAULT_NOTIFY_MAX_MESSAGE_BYTES, notifyBytes } from './notifications';
 export type { Notify, NotificationQueueOptions, NotificationQueueEvents, NotifyRejectInfo, NotifyRejectReason } from './notifications';
+export { NotifySession } from './notify-session';
+export type { NotifySessionOptions } from './notify-session';

@@ -10,7 +10,10 @@
  * | Connection (0)/old | `{"local_gid":"","local_lid":0,"local_nic_path":"","payload":"","peer_nic_path":"","qp_num":[],"reply_msg":""}` |
  *
  * One request per connection: read one frame, reply, half-close (`shutdown(SHUT_WR)`), then wait
- * (bounded) for the client to close. Unlike upstream, connections are served concurrently and the
+ * (bounded) for the client to close. The one extension: a Notify whose JSON carries `"keep_alive": true`
+ * (mooncake-node's senders of many notifications, `NotifySession`) keeps the connection open after the
+ * reply for the next request, until the client closes it or it idles for `idleTimeoutMs`; upstream never
+ * sends the key, and an upstream server ignores it (the sender then reconnects per message). Unlike upstream, connections are served concurrently and the
  * receive timeout is a deadline for the whole request frame rather than a per-read idle timeout
  * (so a byte-at-a-time client cannot hold a connection open). Anything hostile (garbage, a length
  * over the limit, a truncated or slow frame, a JSON error) is counted in `stats()`, reported as a
@@ -84,6 +87,8 @@ export interface HandshakeServerOptions extends HandshakeHandlers {
   handlerTimeoutMs?: number;
   /** How long to wait for the client to close after the reply, ms (default 5000). */
   closeWaitMs?: number;
+  /** Kept-alive connections (see above): the next complete request must arrive within this, ms (default 30000). */
+  idleTimeoutMs?: number;
   /**
    * Connections served at once (default 1024). When all are taken, a new connection takes the place
    * of the oldest one that has not sent a byte yet, from the address holding the most connections
@@ -152,6 +157,8 @@ export interface HandshakeServerStats {
   extraBytes: number;
   /** Connections that did not close within closeWaitMs after the reply (then destroyed). */
   closeWaitTimeouts: number;
+  /** Requests served on a connection kept alive by an earlier one (`keep_alive` notifies). */
+  keptAlive: number;
   /** Bytes of unfinished requests held right now (bounded by maxBufferedBytes). */
   bufferedBytes: number;
 }
@@ -255,6 +262,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     dropped: { timeout: 0, malformed: 0, protocol: 0, truncated: 0, handler: 0, socket: 0, overload: 0, closed: 0, refused: 0, evicted: 0 },
     extraBytes: 0,
     closeWaitTimeouts: 0,
+    keptAlive: 0,
     bufferedBytes: 0,
   };
 
@@ -270,6 +278,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       receiveTimeoutMs: rest.receiveTimeoutMs ?? 5000,
       handlerTimeoutMs: rest.handlerTimeoutMs ?? 5000,
       closeWaitMs: rest.closeWaitMs ?? 5000,
+      idleTimeoutMs: rest.idleTimeoutMs ?? 30_000,
       maxConnections: rest.maxConnections ?? 1024,
       maxConnectionsPerPeer: 0,
       firstByteTimeoutMs: 0,
@@ -280,7 +289,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     this.opts.maxConnectionsPerPeer = rest.maxConnectionsPerPeer ?? defaultPerPeer(this.opts.maxConnections);
     this.opts.firstByteTimeoutMs = Math.min(rest.firstByteTimeoutMs ?? 5000, this.opts.receiveTimeoutMs);
     new FrameDecoder({ maxLength: this.opts.maxLength }); // validates maxLength early
-    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'maxConnections', 'maxConnectionsPerPeer', 'firstByteTimeoutMs', 'backlog'] as const) {
+    for (const k of ['receiveTimeoutMs', 'handlerTimeoutMs', 'closeWaitMs', 'idleTimeoutMs', 'maxConnections', 'maxConnectionsPerPeer', 'firstByteTimeoutMs', 'backlog'] as const) {
       const v = this.opts[k];
       if (!Number.isFinite(v) || v <= 0) throw new MooncakeError('INVALID_ARGUMENT', `${k} must be a positive number, got ${v}`);
     }
@@ -452,12 +461,13 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     this.counters.accepted++;
     this.sockets.add(socket);
     this.perSource.set(source, (this.perSource.get(source) ?? 0) + 1);
-    this.markSilent(socket, source, true);
     if (!this.refed) socket.unref();
     socket.setNoDelay(true);
 
-    const decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
+    let decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
     let phase: 'receive' | 'handle' | 'closewait' | 'done' = 'receive';
+    /** Requests already answered on this connection (more than 0 only when kept alive). */
+    let answered = 0;
     let timer: NodeJS.Timeout | undefined;
     let held = 0; // this connection's share of this.buffered
     const hold = (n: number): void => {
@@ -495,15 +505,22 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       fail('socket', new MooncakeError('SOCKET', `handshake connection error: ${e.message}`, { cause: e }));
     });
     socket.on('close', () => {
-      if (phase === 'receive' || phase === 'handle') this.drop('closed', undefined, socket);
+      // A kept-alive connection closed between requests is the client's normal goodbye.
+      const between = phase === 'receive' && answered > 0 && decoder.buffered === 0;
+      if ((phase === 'receive' && !between) || phase === 'handle') this.drop('closed', undefined, socket);
       phase = 'done';
       release();
     });
-    this.evictors.set(socket, {
-      evict: () => fail('evicted', new MooncakeError('TOO_MANY_REQUESTS', 'a silent handshake connection gave its slot to a new one')),
-      turn: this.turn,
-      at: performance.now(),
-    });
+    /** Marks the connection silent (evictable when slots run out): at accept, and between kept-alive requests. */
+    const silent = (): void => {
+      this.markSilent(socket, source, true);
+      this.evictors.set(socket, {
+        evict: () => fail('evicted', new MooncakeError('TOO_MANY_REQUESTS', 'a silent handshake connection gave its slot to a new one')),
+        turn: this.turn,
+        at: performance.now(),
+      });
+    };
+    silent();
 
     const acceptedAt = performance.now();
     const receiveDeadline = (): void => {
@@ -523,6 +540,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         return;
       }
       this.markSilent(socket, source, false);
+      if (answered > 0 && decoder.buffered === 0) {
+        // The next request on a kept-alive connection has started: it gets the usual receive deadline.
+        this.clearTimer(timer);
+        timer = this.timer(this.opts.receiveTimeoutMs, receiveDeadline);
+      }
       if (this.buffered + chunk.length > this.opts.maxBufferedBytes) {
         return fail('overload', new MooncakeError('TOO_MANY_REQUESTS', `handshake requests in progress hold more than ${this.opts.maxBufferedBytes} bytes`));
       }
@@ -545,9 +567,22 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       this.clearTimer(timer);
       timer = undefined;
       void this.serve(socket, frames[0]!).then(
-        (reply) => {
+        ({ reply, keepAlive }) => {
           if (phase !== 'handle') return;
           this.clearTimer(timer);
+          if (answered > 0) this.counters.keptAlive++;
+          answered++;
+          const clean = frames.length === 1 && decoder.buffered === 0 && !decoder.failed && decoder.pendingLength === undefined;
+          if (keepAlive && clean && !this.closing) {
+            // The client waits for this reply before its next request: a fresh frame, an idle deadline,
+            // and, idle, the connection is as evictable as one that never sent a byte.
+            phase = 'receive';
+            decoder = new FrameDecoder({ maxLength: this.opts.maxLength });
+            socket.write(reply);
+            silent();
+            timer = this.timer(this.opts.idleTimeoutMs, finish);
+            return;
+          }
           phase = 'closewait';
           socket.end(reply);
           timer = this.timer(this.opts.closeWaitMs, () => {
@@ -566,7 +601,9 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     });
 
     socket.on('end', () => {
-      if (phase === 'receive') {
+      if (phase === 'receive' && answered > 0 && decoder.buffered === 0) {
+        finish(); // a kept-alive connection closed between requests
+      } else if (phase === 'receive') {
         try {
           decoder.end();
           fail('truncated', new MooncakeError('PROTOCOL_ERROR', 'client closed before sending a request', { details: { reason: 'truncated', buffered: 0 } }));
@@ -636,8 +673,11 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
     set.add(socket);
   }
 
-  /** Builds the reply frame for one request; rejects to drop the connection without a reply. */
-  private async serve(socket: net.Socket, frame: Frame): Promise<Buffer> {
+  /**
+   * Builds the reply frame for one request, and whether the connection stays open for another (a notify
+   * asking for it); rejects to drop the connection without a reply.
+   */
+  private async serve(socket: net.Socket, frame: Frame): Promise<{ reply: Buffer; keepAlive: boolean }> {
     const text = frame.payload.toString('utf8');
     const body = parseJson(frame.payload); // MALFORMED_JSON → dropped, like upstream
     const info: RequestInfo = {
@@ -695,7 +735,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
         break;
       }
     }
-    return encodeFrame(frame.type, reply, { oldProtocol: frame.oldProtocol });
+    const keepAlive = frame.type === HandshakeType.Notify && !frame.oldProtocol && isJsonObject(body) && body.keep_alive === true;
+    return { reply: encodeFrame(frame.type, reply, { oldProtocol: frame.oldProtocol }), keepAlive };
   }
 
   private bounded<T>(v: T | PromiseLike<T>): Promise<T> {

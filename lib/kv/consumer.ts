@@ -27,7 +27,8 @@ import type { KvRankOptions } from './options';
 import { alignBlocks, type KvTransferParams, type KvTransferParamsWire } from './params';
 import type { KvParamsExtra } from './side-channel';
 import type { KvFailureRecord, KvFailureStage } from './ledger';
-import { planTransfer } from './plan';
+import { planTransfer, type TransferPlan } from './plan';
+import type { Segment } from '../segment';
 import { prefillRanksOf, slicesByRank, sourcesForDecodeRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
 
@@ -185,13 +186,36 @@ export class KvConsumer extends KvRankBase<KvConsumerEvents> {
     const mismatch = this.peerShapeError(e, `${e.engine_id}/${e.dp_rank}/${e.tp_rank}`);
     if (mismatch) return fail(mismatch);
     try {
-      const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
-      const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
-      const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.decodeHead }, { ...theirs, head: s.prefillHead }, s.count)));
+      const plan = this.pullPlan(peer, slices, local, remote);
       return await this.core.run('read', peer, plan, deadline, signal, this.core.options.detectStaleKv ? { requestId, blocks: remote } : undefined);
     } catch (err) {
       return fail(asMooncakeError(err, 'planning the pull failed'));
     }
+  }
+
+  /** The one batch that reads `slices` of the paired blocks from `peer`. */
+  private pullPlan(peer: KvPeer, slices: HeadSlice[], local: number[], remote: number[]): TransferPlan {
+    const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
+    const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
+    return mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.decodeHead }, { ...theirs, head: s.prefillHead }, s.count)));
+  }
+
+  /**
+   * The batches `pull(params, blockIds)` would run (one per prefill rank), planned but not run: a benchmark
+   * times the engine alone on exactly these ranges (without the hold-fence reads around them).
+   * @internal
+   */
+  async plannedBatches(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[]): Promise<{ segment: Segment; plan: TransferPlan }[]> {
+    const p = this.core.channel.parseParams(params);
+    const local = checkBlockIds(this.layout, blockIds, 'blockIds');
+    const aligned = alignBlocks(local, p.remote_block_ids);
+    const groups = slicesByRank(this.sources(p.remote_request_id), 'prefillRank');
+    return Promise.all(
+      [...groups].map(async ([prefillRank, slices]) => {
+        const peer = await this.core.channel.lookup(p, prefillRank);
+        return { segment: await this.core.segment(peer), plan: this.pullPlan(peer, slices, local, aligned.remote) };
+      }),
+    );
   }
 
   /**

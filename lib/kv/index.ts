@@ -3,7 +3,7 @@
  * (see docs/kv.md).
  */
 export { KvProducer } from './producer';
-export type { KvProducerEvents, KvHold, KvHoldOptions, KvRelease, KvConsumerReport, KvPushOptions } from './producer';
+export type { KvProducerEvents, KvHold, KvHoldOptions, KvRelease, KvConsumerReport, KvPushOptions, KvLayerwisePush } from './producer';
 export { KvConsumer } from './consumer';
 export type { KvConsumerEvents, KvExpectation, KvPullOptions } from './consumer';
 export { KvLayout, blockRuns, pairedRuns } from './layout';

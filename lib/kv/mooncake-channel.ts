@@ -5,7 +5,7 @@
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import type { TransferEngine, TransferEngineOptions } from '../engine';
-import { sendNotify } from '../handshake';
+import { NotifySession } from '../handshake';
 import { createMetadataStore, isP2PHandshake } from '../metadata/store';
 import type { Notify } from '../handshake';
 import { decodeKvMessage, encodeKvMessage, KV_NOTIFY_NAME, type KvMessage, type KvRankRef } from './messages';
@@ -34,6 +34,8 @@ export class MooncakeNodeChannel implements KvSideChannel {
   /** Forgets that this rank uses this process's key (see tokens.ts). */
   private unnote: (() => void) | undefined;
   instanceKeys: InstanceKeys | undefined;
+  /** Kept-alive connections to the peers' handshake ports: a message per request costs no TCP set-up. */
+  private readonly notifier = new NotifySession();
 
   private constructor(
     private readonly o: ResolvedKvOptions,
@@ -234,7 +236,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     const metrics = this.ctx.metrics;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        await sendNotify(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
+        await this.notifier.send(host, port, notify, { connectTimeoutMs: timeout, timeoutMs: timeout });
         metrics.count('notifiesSent');
         return true;
       } catch (err) {
@@ -256,6 +258,7 @@ export class MooncakeNodeChannel implements KvSideChannel {
     this.unclaim = undefined;
     this.instanceKeys?.close();
     this.unnote?.();
+    this.notifier.close();
     await this.registry?.close().catch(() => undefined);
   }
 }

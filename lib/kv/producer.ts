@@ -17,14 +17,16 @@
  */
 import { MooncakeError } from '../errors';
 import { batchOutcome, checkBlockIds, checkRequestId, KvRankBase, MEMORY } from './rank-base';
-import { asMooncakeError, failedBatch, mergePlans, type BatchResult } from './rank';
+import { asMooncakeError, type BatchResult } from './rank';
 import type { KvMessage } from './messages';
 import type { KvMetricsSnapshot, KvRefusal, KvRefusalReason, KvReleaseReason, KvTransferOutcome } from './metrics';
 import type { KvRankOptions } from './options';
 import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from './params';
-import { planTransfer } from './plan';
-import { slicesByRank, targetsForPrefillRank, type HeadSlice } from './rank-map';
-import type { KvPeer } from './registry';
+import { PushRun, pushPlan, type PushContext } from './push';
+import { slicesByRank, targetsForPrefillRank } from './rank-map';
+import type { TransferPlan } from './plan';
+import type { Segment } from '../segment';
+import type { KvRankEntry } from './registry';
 import type { KvParamsExtra } from './side-channel';
 import { ANY_RANK } from './messages';
 import type { KvFailureRecord, KvFailureStage } from './ledger';
@@ -84,6 +86,34 @@ interface HoldState {
 export interface KvHoldOptions extends KvParamsExtra {
   /** Force-free after this long without "done" (default options.abortTimeoutMs). */
   abortTimeoutMs?: number;
+}
+
+/** A layerwise push under way (KvProducer.pushLayerwise). */
+export interface KvLayerwisePush {
+  requestId: string;
+  /** Layers to push (the layout's). */
+  layers: number;
+  /** Layer `layer`'s KV is computed: write it now (each layer once, in any order). */
+  layerReady(layer: number): void;
+  /** The outcome, once every layer was written and each decode rank was told (or on timeout/abort). */
+  done: Promise<KvTransferOutcome>;
+}
+
+/** A push whose arguments passed the synchronous checks (KvProducer.startPush). */
+interface PushStart {
+  requestId: string;
+  start: number;
+  deadline: number;
+  ready: Promise<StartedPush>;
+}
+
+/** A push that knows its blocks: its run, or why it could not start (`setup`; the run is then empty). */
+interface StartedPush {
+  params: KvTransferParams;
+  /** This rank's blocks paired with the decode's (all of them when the set-up failed). */
+  local: number[];
+  push: PushRun;
+  setup?: { error: MooncakeError; stage: KvFailureStage };
 }
 
 export interface KvPushOptions {
@@ -172,48 +202,103 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
    * (tail-aligned with the decode's when it has fewer).
    */
   async push(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): Promise<KvTransferOutcome> {
+    const started = this.startPush(params, blockIds, options);
+    const run = await started.ready;
+    if (!run.setup) await run.push.writeAll();
+    return this.pushOutcome(started, run, run.setup ? [] : await run.push.finish());
+  }
+
+  /**
+   * Push mode, layer by layer as prefill computes them (vllm-ascend's MooncakeLayerwiseConnector flow): call
+   * `layerReady(l)` once per layer as soon as layer l's KV is in the caches; its tensors are written to
+   * every decode rank at once, overlapping the transfer with the remaining layers' compute. `done` settles
+   * after the last layer's writes and `push_done`, with the outcome; layers not ready by the timeout fail
+   * every block (a block needs all its layers). Arguments are checked as `push` checks them.
+   */
+  pushLayerwise(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], options: KvPushOptions = {}): KvLayerwisePush {
+    const started = this.startPush(params, blockIds, options);
+    const layers = this.layout.numLayers;
+    const seen = new Uint8Array(layers);
+    let given = 0;
+    let finishing = false;
+    let run: StartedPush | undefined;
+    let resolve!: (o: KvTransferOutcome) => void;
+    const done = new Promise<KvTransferOutcome>((r) => (resolve = r));
+    // Layers ready before the push has started (lookups, a vLLM transfer request) are written once it has.
+    void started.ready.then((r) => {
+      run = r;
+      if (!r.setup) for (let l = 0; l < layers; l++) if (seen[l]) void r.push.writeLayer(l);
+    });
+    const finish = (missing?: MooncakeError): void => {
+      if (finishing) return;
+      finishing = true;
+      clearTimeout(timer);
+      void started.ready.then(async (r) => resolve(await this.pushOutcome(started, r, r.setup ? [] : await r.push.finish(missing))));
+    };
+    const timeoutMs = Math.max(1, Math.ceil(started.deadline - performance.now()));
+    const timer = setTimeout(() => finish(new MooncakeError('TIMEOUT', `layers of ${started.requestId} not ready within ${timeoutMs} ms (${given} of ${layers})`)), timeoutMs);
+    const onAbort = (): void => finish(new MooncakeError('ABORT_ERR', `layerwise push of ${started.requestId} aborted`, { cause: options.signal?.reason }));
+    if (options.signal) {
+      if (options.signal.aborted) queueMicrotask(onAbort);
+      else options.signal.addEventListener('abort', onAbort, { once: true });
+      void done.then(() => options.signal?.removeEventListener('abort', onAbort));
+    }
+    void started.ready.then((r) => r.setup && finish());
+    return {
+      requestId: started.requestId,
+      layers,
+      done,
+      layerReady: (layer: number) => {
+        if (!Number.isSafeInteger(layer) || layer < 0 || layer >= layers) throw new MooncakeError('INVALID_ARGUMENT', `layer ${String(layer)} is outside [0, ${layers})`);
+        if (seen[layer]) throw new MooncakeError('INVALID_ARGUMENT', `layer ${layer} of ${started.requestId} was already pushed`);
+        if (finishing) return;
+        seen[layer] = 1;
+        given++;
+        if (run && !run.setup) void run.push.writeLayer(layer);
+        if (given === layers) finish();
+      },
+    };
+  }
+
+  /**
+   * Checks a push's arguments (INVALID_ARGUMENT throws) and starts it. `ready` settles once the push knows
+   * its blocks (with vLLM's side channel, when the decode's transfer request came) and has started its
+   * lookups and push_start; it never rejects: a failed set-up is its `setup`.
+   */
+  private startPush(params: unknown, blockIds: readonly number[], options: KvPushOptions): PushStart {
     this.core.assertOpen();
     const channel = this.core.channel;
-    let p = channel.parseParams(params);
+    const first = channel.parseParams(params);
     const local = checkBlockIds(this.layout, blockIds);
-    if (!channel.awaitRequest) this.checkRemoteBlocks(p, local);
-    const requestId = p.remote_request_id;
-    const o = this.core.options;
+    if (!channel.awaitRequest) this.checkRemoteBlocks(first, local);
     const start = performance.now();
-    let deadline = start + (options.timeoutMs ?? o.transferTimeoutMs);
+    const timeoutMs = options.timeoutMs ?? this.core.options.transferTimeoutMs;
     this.core.metrics.count('started');
-    let pairedLocal = local;
-    const results: BatchResult[] = [];
-    let setup: { error: MooncakeError; stage: KvFailureStage } | undefined;
-    let stage: KvFailureStage = 'BOOTSTRAP';
-    try {
-      if (channel.awaitRequest) {
-        // vLLM: the decode names its blocks in its transfer request; the transfer timeout runs from there.
-        p = await channel.awaitRequest(p, options.signal);
-        deadline = performance.now() + (options.timeoutMs ?? o.transferTimeoutMs);
+    const ctx = this.pushContext();
+    const ready = (async (): Promise<StartedPush> => {
+      let p = first;
+      let deadline = start + timeoutMs;
+      let stage: KvFailureStage = 'BOOTSTRAP';
+      try {
+        if (channel.awaitRequest) {
+          // vLLM: the decode names its blocks in its transfer request; the transfer timeout runs from there.
+          p = await channel.awaitRequest(p, options.signal);
+          deadline = performance.now() + timeoutMs;
+          stage = 'REGISTRATION';
+          this.checkRemoteBlocks(p, local);
+        }
         stage = 'REGISTRATION';
-        this.checkRemoteBlocks(p, local);
+        this.checkParamsShape(p);
+      } catch (err) {
+        const error = asMooncakeError(err, 'push failed');
+        const setup = { error, stage: error.code === 'ABORT_ERR' ? 'ABORT' : error.code === 'TIMEOUT' ? 'BOOTSTRAP' : stage } as const;
+        // A push whose params are refused contacts nobody: an empty run.
+        return { params: p, local, setup, push: new PushRun(ctx, p, local, deadline, options.signal, true) };
       }
-      stage = 'REGISTRATION';
-      this.checkParamsShape(p);
-      pairedLocal = local.slice(local.length - p.remote_block_ids.length);
-      const targets = slicesByRank(targetsForPrefillRank(requestId, o.mapping, this.tpRank), 'decodeRank');
-      for (const r of channel.peerRanks?.(requestId, this.tpRank) ?? []) if (!targets.has(r)) targets.set(r, []);
-      await Promise.all(
-        [...targets].map(async ([decodeRank, slices]) => {
-          results.push(await this.pushTo(p, decodeRank, slices, pairedLocal, deadline, options.signal));
-        }),
-      );
-    } catch (err) {
-      const error = asMooncakeError(err, 'push failed');
-      setup = { error, stage: error.code === 'ABORT_ERR' ? 'ABORT' : error.code === 'TIMEOUT' ? 'BOOTSTRAP' : stage };
-    }
-    const { outcome } = batchOutcome(this.failureSource, requestId, 'push', 'write', pairedLocal, results, setup, start);
-    await channel.pushSettled?.(p, outcome).catch(() => undefined);
-    this.core.metrics.record(outcome);
-    this.recordFailures(outcome.failures);
-    this.emit('transfer', outcome);
-    return outcome;
+      const paired = local.slice(local.length - p.remote_block_ids.length);
+      return { params: p, local: paired, push: new PushRun(ctx, p, paired, deadline, options.signal) };
+    })();
+    return { requestId: first.remote_request_id, start, deadline: start + timeoutMs, ready };
   }
 
   /**
@@ -227,49 +312,45 @@ export class KvProducer extends KvRankBase<KvProducerEvents> {
     }
   }
 
-  private async pushTo(p: KvTransferParams, decodeRank: number, slices: HeadSlice[], local: number[], deadline: number, signal: AbortSignal | undefined): Promise<BatchResult> {
-    const requestId = p.remote_request_id;
-    const engineId = p.remote_engine_id;
-    const remote = p.remote_block_ids;
-    let peer: KvPeer;
-    try {
-      peer = await this.core.channel.lookup(p, decodeRank, signal);
-    } catch (err) {
-      return failedBatch({ engineId, dpRank: p.remote_dp_rank ?? 0, tpRank: decodeRank, segment: '' }, local.length, asMooncakeError(err, 'looking up the decode rank failed'));
-    }
-    const e = peer.entry;
-    const dp = e.dp_rank;
-    const token = typeof p.remote_token === 'string' ? { token: p.remote_token } : {};
-    void this.core.track(this.core.channel.sendPush(peer, { type: 'push_start', request_id: requestId, ...token }));
-    let result: BatchResult;
-    const fail = (error: MooncakeError): BatchResult => failedBatch({ engineId, dpRank: dp, tpRank: decodeRank, segment: e.segment }, local.length, error, 'REGISTRATION');
-    const mismatch = this.peerShapeError(e, `${engineId}/${dp}/${decodeRank}`);
-    if (mismatch) {
-      result = fail(mismatch);
-    } else {
-      try {
-        const mine = { layout: this.layout, tensors: this.caches.tensorAddresses, blockIds: local };
-        const theirs = { layout: peer.layout, tensors: peer.tensors, blockIds: remote };
-        const plan = mergePlans(slices.map((s) => planTransfer({ ...mine, head: s.prefillHead }, { ...theirs, head: s.decodeHead }, s.count)));
-        result = await this.core.run('write', peer, plan, deadline, signal);
-      } catch (err) {
-        result = fail(asMooncakeError(err, 'planning the push failed'));
-      }
-    }
-    const delivered = await this.core.track(this.core.channel.sendPush(peer, {
-      type: 'push_done',
-      request_id: requestId,
-      ok: result.failed.length === 0,
-      failed_block_ids: result.failed.map((i) => remote[i]),
-      bytes: result.peer.bytes,
-      ranges: result.peer.ranges,
-      ...(result.error ? { error: result.error.message } : {}),
-      ...token,
-    }));
-    if (!delivered) {
-      this.recordFailure(requestId, 'NOTIFY', new MooncakeError('CONNECTION_LOST', `push_done for ${requestId} did not reach decode rank ${engineId}/${dp}/${decodeRank}`), [], { engineId, dpRank: dp, tpRank: decodeRank });
-    }
-    return result;
+  /**
+   * The batches `push(params, blockIds)` would run (one per decode rank; with `layer`, that layer's), planned
+   * but not run: a benchmark times the engine alone on exactly these ranges.
+   * @internal
+   */
+  async plannedBatches(params: KvTransferParams | KvTransferParamsWire | Record<string, unknown>, blockIds: readonly number[], layer?: number): Promise<{ segment: Segment; plan: TransferPlan }[]> {
+    const p = this.core.channel.parseParams(params);
+    const local = checkBlockIds(this.layout, blockIds);
+    const paired = local.slice(local.length - p.remote_block_ids.length);
+    const ctx = this.pushContext();
+    const targets = slicesByRank(targetsForPrefillRank(p.remote_request_id, this.core.options.mapping, this.tpRank), 'decodeRank');
+    return Promise.all(
+      [...targets].map(async ([decodeRank, slices]) => {
+        const peer = await this.core.channel.lookup(p, decodeRank);
+        return { segment: await this.core.segment(peer), plan: pushPlan(ctx, peer, slices, paired, p.remote_block_ids, layer) };
+      }),
+    );
+  }
+
+  private pushContext(): PushContext {
+    return {
+      core: this.core,
+      layout: this.layout,
+      tpRank: this.tpRank,
+      shapeError: (e: KvRankEntry, name: string) => this.peerShapeError(e, name),
+      undelivered: (requestId, peer) => {
+        const error = new MooncakeError('CONNECTION_LOST', `push_done for ${requestId} did not reach decode rank ${peer.engineId}/${peer.dpRank}/${peer.tpRank}`);
+        this.recordFailure(requestId, 'NOTIFY', error, [], peer);
+      },
+    };
+  }
+
+  private async pushOutcome(started: PushStart, run: StartedPush, results: BatchResult[]): Promise<KvTransferOutcome> {
+    const { outcome } = batchOutcome(this.failureSource, started.requestId, 'push', 'write', run.local, results, run.setup, started.start);
+    await this.core.channel.pushSettled?.(run.params, outcome).catch(() => undefined);
+    this.core.metrics.record(outcome);
+    this.recordFailures(outcome.failures);
+    this.emit('transfer', outcome);
+    return outcome;
   }
 
   /** The decode ranks the rank mapping pairs with this rank for a request. */

@@ -10,7 +10,7 @@ import { KvCaches, type KvCachesInput } from './caches';
 import type { KvMessage } from './messages';
 import { KvMetrics, type KvRefusal, type KvTransferPeer } from './metrics';
 import type { KvRankOptions, ResolvedKvOptions } from './options';
-import { failedPairs, type TransferPlan } from './plan';
+import { failedPairs, makePlan, type TransferPlan } from './plan';
 import type { KvPeer } from './registry';
 import { createSideChannel } from './channels';
 import { failureStage, type KvFailureStage } from './ledger';
@@ -49,23 +49,31 @@ export function asMooncakeError(err: unknown, fallback: string): MooncakeError {
 /** Concatenates plans for one peer into a single batch. */
 export function mergePlans(plans: readonly TransferPlan[]): TransferPlan {
   if (plans.length === 1) return plans[0];
-  const requests = plans.flatMap((p) => p.requests);
-  const firstPair = new Uint32Array(requests.length);
-  const pairCount = new Uint32Array(requests.length);
+  const total = plans.reduce((a, p) => a + p.lengths.length, 0);
+  const locals = new BigUint64Array(total);
+  const remotes = new BigUint64Array(total);
+  const lengths = new Float64Array(total);
+  const firstPair = new Uint32Array(total);
+  const pairCount = new Uint32Array(total);
   let n = 0;
   for (const p of plans) {
+    locals.set(p.locals, n);
+    remotes.set(p.remotes, n);
+    lengths.set(p.lengths, n);
     firstPair.set(p.firstPair, n);
     pairCount.set(p.pairCount, n);
-    n += p.requests.length;
+    n += p.lengths.length;
   }
-  return {
-    requests,
+  return makePlan(
+    locals,
+    remotes,
+    lengths,
     firstPair,
     pairCount,
-    runs: plans.flatMap((p) => p.runs),
-    bytes: plans.reduce((a, p) => a + p.bytes, 0),
-    wholeBlocks: plans.every((p) => p.wholeBlocks),
-  };
+    plans.flatMap((p) => p.runs),
+    plans.reduce((a, p) => a + p.bytes, 0),
+    plans.every((p) => p.wholeBlocks),
+  );
 }
 
 export class KvRankCore {
@@ -148,8 +156,9 @@ export class KvRankCore {
    */
   async run(opcode: 'read' | 'write', peer: KvPeer, plan: TransferPlan, deadline: number, signal: AbortSignal | undefined, fenced?: { requestId: string; blocks: readonly number[] }): Promise<BatchResult> {
     const e = peer.entry;
-    const info: KvTransferPeer = { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: plan.requests.length, ok: false };
-    if (plan.requests.length === 0) {
+    const n = plan.lengths.length;
+    const info: KvTransferPeer = { engineId: e.engine_id, dpRank: e.dp_rank, tpRank: e.tp_rank, segment: e.segment, bytes: 0, ranges: n, ok: false };
+    if (n === 0) {
       info.ok = true;
       return { peer: info, failed: [] };
     }
@@ -163,7 +172,7 @@ export class KvRankCore {
       // The first fence read completes before the data read starts, the second starts after it completed.
       const before = fence !== undefined ? await this.fences.read(seg, fence, blocks, opts()) : undefined;
       phase = 'data';
-      const r = opcode === 'read' ? await this.engine.read(seg, plan.requests, opts()) : await this.engine.write(seg, plan.requests, opts());
+      const r = await this.engine.transferRanges(seg, opcode, plan, opts());
       info.bytes = r.bytes;
       phase = 'fence';
       if (before) {
@@ -185,8 +194,8 @@ export class KvRankCore {
       const failures = phase === 'data' ? error.failures : undefined;
       const failed = failedPairs(plan, failures);
       // Bytes of the requests that did succeed, for the metrics.
-      if (failures && failures.length === plan.requests.length) {
-        for (let i = 0; i < plan.requests.length; i++) if (failures[i] === undefined) info.bytes += plan.requests[i].length;
+      if (failures && failures.length === n) {
+        for (let i = 0; i < n; i++) if (failures[i] === undefined) info.bytes += plan.lengths[i];
       }
       return { peer: info, failed, error, stage: failureStage(error, 'transfer', opcode === 'write' ? 'local' : 'remote') };
     }

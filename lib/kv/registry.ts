@@ -190,8 +190,24 @@ export class KvRegistry {
     const key = this.key(engineId, dpRank, tpRank);
     const now = this.now();
     const hit = this.cache.get(key);
-    if (hit && !options.fresh && now - hit.fetched < this.cacheMs && now - hit.peer.entry.heartbeat <= this.options.staleAfterMs) return hit.peer;
-    const peer = await this.read(engineId, dpRank, tpRank, options.signal);
+    if (hit && !options.fresh && now - hit.fetched < this.cacheMs && now - hit.peer.entry.heartbeat <= this.options.staleAfterMs) {
+      // Past half its life the entry is re-read in the background, so a steady stream of requests never
+      // waits for the store (no entry is used longer than cacheMs, as before).
+      if (now - hit.fetched >= this.cacheMs / 2 && !this.refreshing.has(key)) {
+        const refresh = this.fetch(key, engineId, dpRank, tpRank, undefined)
+          .catch(() => undefined)
+          .finally(() => this.refreshing.delete(key));
+        this.refreshing.set(key, refresh);
+      }
+      return hit.peer;
+    }
+    return this.fetch(key, engineId, dpRank, tpRank, options.signal);
+  }
+
+  private readonly refreshing = new Map<string, Promise<unknown>>();
+
+  private async fetch(key: string, engineId: string, dpRank: number, tpRank: number, signal: AbortSignal | undefined): Promise<KvPeer> {
+    const peer = await this.read(engineId, dpRank, tpRank, signal);
     if (peer === undefined) {
       this.cache.delete(key);
       throw new MooncakeError('SEGMENT_NOT_FOUND', `no KV rank ${engineId}/${dpRank}/${tpRank} in the registry (key ${key}): it never started or it closed`, {
@@ -201,7 +217,7 @@ export class KvRegistry {
     const age = this.now() - peer.entry.heartbeat;
     if (age > this.options.staleAfterMs) {
       try {
-        await probe(peer.entry.host, peer.entry.rpc_port, { connectTimeoutMs: 1000, timeoutMs: 2000, signal: options.signal });
+        await probe(peer.entry.host, peer.entry.rpc_port, { connectTimeoutMs: 1000, timeoutMs: 2000, signal });
       } catch (err) {
         this.cache.delete(key);
         throw new MooncakeError('CONNECT_FAILED', `KV rank ${engineId}/${dpRank}/${tpRank} is dead: heartbeat ${Math.round(age)} ms old and ${peer.entry.host}:${peer.entry.rpc_port} does not answer a probe`, {
@@ -227,6 +243,7 @@ export class KvRegistry {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     await this.writing;
+    await Promise.allSettled([...this.refreshing.values()]);
     if (this.own) await this.store.remove(this.own.key).catch(() => false);
     await this.store.close();
   }

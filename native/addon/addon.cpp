@@ -45,12 +45,12 @@ namespace {
 class RawTcpWorker : public Napi::AsyncWorker {
  public:
   // streams == 0: the single-threaded memcpy reference instead of TCP.
-  RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, uint64_t buffer, double seconds)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), buffer_(buffer), seconds_(seconds) {}
+  RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, uint64_t buffer, double seconds, uint64_t io)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), buffer_(buffer), seconds_(seconds), io_(io) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
     status_ = streams_ == 0 ? mc::bench::runMemcpy(block_, buffer_, seconds_, &result_)
-                            : mc::bench::runRawTcp(streams_, block_, buffer_, seconds_, &result_);
+                            : mc::bench::runRawTcp(streams_, block_, buffer_, seconds_, io_, &result_);
     if (!status_.ok()) SetError(status_.message);
   }
   void OnOK() override {
@@ -67,20 +67,23 @@ class RawTcpWorker : public Napi::AsyncWorker {
   uint64_t block_;
   uint64_t buffer_;
   double seconds_;
+  uint64_t io_;
   mc::bench::RawTcpResult result_;
   mc::Status status_;
 };
 
 }  // namespace
 
-// rawTcpBench(streams, blockSize, bufferSize, seconds) -> Promise<{ bytes, seconds }>; streams 0 = memcpy
+// rawTcpBench(streams, blockSize, bufferSize, seconds, ioSize?) -> Promise<{ bytes, seconds }>; streams 0 = memcpy;
+// ioSize: bytes per send/recv call (default: max(blockSize, 8 MiB), bulk)
 Napi::Value Addon::RawTcpBench(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   unsigned streams = static_cast<unsigned>(toLength(env, info[0], "streams"));
   uint64_t block = toLength(env, info[1], "blockSize");
   uint64_t buffer = toLength(env, info[2], "bufferSize");
   double seconds = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 1;
-  auto* w = new RawTcpWorker(env, streams, block, buffer, seconds);
+  uint64_t io = info[4].IsUndefined() ? 0 : toLength(env, info[4], "ioSize");
+  auto* w = new RawTcpWorker(env, streams, block, buffer, seconds, io);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

@@ -190,4 +190,43 @@ describe('transfer plans', () => {
     expect(failedPairs(plan, undefined)).toEqual([0, 1, 2, 3, 4]);
     expect(failedPairs(plan, new Array(12).fill(undefined))).toEqual([]);
   });
+
+  it('blockPieces: every head slice between any two layouts covers exactly the right bytes, merged as far as both sides allow', () => {
+    // Reference: every (token, head) row, merged where contiguous on both sides.
+    const reference = (l: KvLayout, lh: number, r: KvLayout, rh: number, count: number) => {
+      const out: { local: number; remote: number; length: number }[] = [];
+      const rows: { local: number; remote: number; length: number }[] = [];
+      const hnd = l.headLayout === 'HND';
+      for (let o = 0; o < (hnd ? count : l.blockSize); o++) {
+        for (let i = 0; i < (hnd ? l.blockSize : count); i++) {
+          const [h, t] = hnd ? [o, i] : [i, o];
+          rows.push({ local: l.tokenHeadOffset(t, lh + h), remote: r.tokenHeadOffset(t, rh + h), length: l.headBytes });
+        }
+      }
+      for (const e of rows) {
+        const last = out[out.length - 1];
+        if (last && last.local + last.length === e.local && last.remote + last.length === e.remote) last.length += e.length;
+        else out.push({ ...e });
+      }
+      return out;
+    };
+    let checked = 0;
+    for (const ll of ['NHD', 'HND'] as const) {
+      for (const rl of ['NHD', 'HND'] as const) {
+        for (const [lHeads, rHeads] of [[4, 4], [4, 2], [2, 4], [8, 1], [1, 1]]) {
+          const l = KvLayout.from({ numLayers: 1, numBlocks: 2, blockSize: 3, headBytes: 4, numHeads: lHeads, headLayout: ll });
+          const r = KvLayout.from({ numLayers: 1, numBlocks: 2, blockSize: 3, headBytes: 4, numHeads: rHeads, headLayout: rl });
+          for (let count = 1; count <= Math.min(lHeads, rHeads); count++) {
+            for (let lh = 0; lh + count <= lHeads; lh++) {
+              for (let rh = 0; rh + count <= rHeads; rh++) {
+                expect(blockPieces(l, lh, r, rh, count), `${ll}${lHeads}[${lh}] <- ${rl}${rHeads}[${rh}] x${count}`).toEqual(reference(l, lh, r, rh, count));
+                checked++;
+              }
+            }
+          }
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(100);
+  });
 });

@@ -98,6 +98,34 @@ describe('KvRegistry', () => {
     await reader.close();
   });
 
+  it('re-reads an entry in the background past half its cache life: lookups do not wait for the store', async () => {
+    let now = 1_000_000;
+    const pub = new KvRegistry(createMetadataStore(url), { heartbeatMs: 60_000, staleAfterMs: 600_000, clusterId: '', now: () => now });
+    await pub.publish(entry({ engine_id: 'bg', instance: 'first' }));
+    const store = createMetadataStore(url);
+    let gets = 0;
+    const counting = new Proxy(store, {
+      get: (t, k) => (k === 'get' ? (...a: Parameters<typeof store.get>) => (gets++, t.get(...a)) : Reflect.get(t, k)),
+    });
+    const reader = new KvRegistry(counting, { heartbeatMs: 1000, staleAfterMs: 600_000, clusterId: '', now: () => now });
+    expect((await reader.lookup('bg', 0, 0)).entry.instance).toBe('first');
+    expect(gets).toBe(1);
+    now += 400; // young: served from the cache, nothing fetched
+    await reader.lookup('bg', 0, 0);
+    expect(gets).toBe(1);
+    await store.set(kvRankKey('bg', 0, 0), JSON.stringify({ ...entry({ engine_id: 'bg', instance: 'second' }), heartbeat: now }));
+    now += 200; // past half: the cached entry now, a fresh one fetched behind it
+    expect((await reader.lookup('bg', 0, 0)).entry.instance).toBe('first');
+    expect(gets).toBe(2);
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await reader.lookup('bg', 0, 0)).entry.instance).toBe('second');
+    now += 2000; // past its whole life (no lookup refreshed it): the lookup waits for the store, as before
+    await reader.lookup('bg', 0, 0);
+    expect(gets).toBe(3);
+    await reader.close();
+    await pub.close();
+  });
+
   it('declares a rank with a stale heartbeat dead when its handshake port does not answer', async () => {
     const store = createMetadataStore(url);
     const port = await closedPort();

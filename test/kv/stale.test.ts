@@ -39,17 +39,24 @@ describe('stale KV (a pull racing a force-free)', () => {
    * fence before, 2: the data, 3: the fence after) is issued.
    */
   async function interposed<T>(onRead: (n: number) => Promise<void> | void, body: () => Promise<T>): Promise<T> {
-    const engine = consumer.engine as TransferEngine & { read: TransferEngine['read'] };
-    const original = engine.read;
+    // Fence reads go through engine.read, the data read through engine.transferRanges (the plan's arrays).
+    const engine = consumer.engine as TransferEngine & { read: TransferEngine['read']; transferRanges: TransferEngine['transferRanges'] };
+    const read = engine.read;
+    const ranges = engine.transferRanges;
     let n = 0;
     engine.read = async (...args) => {
       await onRead(++n);
-      return original.apply(engine, args);
+      return read.apply(engine, args);
+    };
+    engine.transferRanges = async (...args) => {
+      await onRead(++n);
+      return ranges.apply(engine, args);
     };
     try {
       return await body();
     } finally {
-      engine.read = original;
+      engine.read = read;
+      engine.transferRanges = ranges;
     }
   }
 
@@ -151,15 +158,21 @@ describe('stale KV (a pull racing a force-free)', () => {
     try {
       const h = producer.hold('unchecked', [16], { abortTimeoutMs: 10 });
       await h.released;
-      const engine = unchecked.engine as TransferEngine & { read: TransferEngine['read'] };
-      const original = engine.read;
+      const engine = unchecked.engine as TransferEngine & { read: TransferEngine['read']; transferRanges: TransferEngine['transferRanges'] };
+      const read = engine.read;
+      const ranges = engine.transferRanges;
       let reads = 0;
       engine.read = (...args) => {
         reads++;
-        return original.apply(engine, args);
+        return read.apply(engine, args);
+      };
+      engine.transferRanges = (...args) => {
+        reads++;
+        return ranges.apply(engine, args);
       };
       const o = await unchecked.pull(h.params, [33]);
-      engine.read = original;
+      engine.read = read;
+      engine.transferRanges = ranges;
       expect(reads).toBe(1);
       expect(o.ok).toBe(true); // read after the force-free, and not told
     } finally {

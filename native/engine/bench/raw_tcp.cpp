@@ -15,11 +15,11 @@
 
 namespace mc::bench {
 
-Status runRawTcp(unsigned streams, uint64_t blockSize, uint64_t bufferSize, double seconds, RawTcpResult* out) {
+Status runRawTcp(unsigned streams, uint64_t blockSize, uint64_t bufferSize, double seconds, uint64_t ioSize, RawTcpResult* out) {
   if (streams == 0 || blockSize == 0 || seconds <= 0) return Status(Code::INVALID_ARGUMENT, "bad raw tcp bench parameters");
-  // The ceiling: bulk I/O (at least 8 MiB per send/recv, what the engine's writev batches reach) over
+  // Bulk I/O by default (at least 8 MiB per send/recv, what the engine's writev batches reach), over
   // the same working set as the engine bench, each stream walking its own stripe of the buffers.
-  const uint64_t io = std::max<uint64_t>(blockSize, 8ull << 20);
+  const uint64_t io = ioSize != 0 ? ioSize : std::max<uint64_t>(blockSize, 8ull << 20);
   const uint64_t blocks = std::max<uint64_t>(1, bufferSize / io / streams);
   blockSize = io;
   std::vector<uint8_t> sendBuf(blocks * blockSize * streams, 0x5A), recvBuf(blocks * blockSize * streams, 0);

@@ -13,11 +13,12 @@ struct RawTcpResult {
   double seconds = 0;
 };
 
-// Runs `streams` sender/receiver thread pairs over 127.0.0.1 for `seconds`, as a ceiling: bulk
-// send()/recv() calls of max(blockSize, 8 MiB) bytes. Like the engine bench, the bytes come from and
-// land in `bufferSize`-byte buffers walked in order (the same working set, not one cache-hot block).
-// Blocking (call it off the JS thread).
-Status runRawTcp(unsigned streams, uint64_t blockSize, uint64_t bufferSize, double seconds, RawTcpResult* out);
+// Runs `streams` sender/receiver thread pairs over 127.0.0.1 for `seconds`, as a ceiling: send()/recv()
+// calls of `ioSize` bytes (0: bulk, max(blockSize, 8 MiB)). Like the engine bench, the bytes come from
+// and land in `bufferSize`-byte buffers walked in order (the same working set, not one cache-hot block).
+// Smaller calls can be faster than bulk ones: what the sender copies into the kernel is still in the
+// cache when the receiver copies it out. Blocking (call it off the JS thread).
+Status runRawTcp(unsigned streams, uint64_t blockSize, uint64_t bufferSize, double seconds, uint64_t ioSize, RawTcpResult* out);
 
 // Single-threaded memcpy bandwidth over `bufferSize`-byte buffers in `blockSize` pieces (the ceiling of
 // the same-host fast path).
