@@ -9,8 +9,8 @@
  *   te.getRpcPort();
  */
 import { MooncakeError, type ErrorCode } from './errors';
-import { SUBMIT_PACKED, formatHost, type TransferEngine } from './engine';
-import { packRequests, type BatchRequest, type TransferRequest } from './transfer-batch';
+import { SUBMIT_PACKED, formatHost, type TransferEngine } from './engine/engine';
+import { packRequests, type BatchRequest, type TransferRequest } from './engine/transfer-batch';
 
 /** Upstream's per-task states (TransferStatusEnum). */
 export type TaskStatus = 'WAITING' | 'PENDING' | 'INVALID' | 'CANCELED' | 'COMPLETED' | 'TIMEOUT' | 'FAILED';

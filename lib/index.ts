@@ -19,13 +19,13 @@ export type {
 } from './engine';
 /** @deprecated Upstream's polled batch states: import them from 'mooncake-node/compat'. */
 export type { TaskStatus, TaskStatusInfo } from './compat';
-export type { UpstreamBackendInfo } from './upstream-backend';
-export { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './upstream-wheel';
-export type { MooncakeWheel } from './upstream-wheel';
-export { MemoryRegion } from './memory';
-export type { RegisterOptions, MemoryLocation } from './memory';
-export { Segment } from './segment';
-export type { SegmentBuffer } from './segment';
+export type { UpstreamBackendInfo } from './engine/upstream-backend';
+export { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './engine/upstream-wheel';
+export type { MooncakeWheel } from './engine/upstream-wheel';
+export { MemoryRegion } from './engine/memory';
+export type { RegisterOptions, MemoryLocation } from './engine/memory';
+export { Segment } from './engine/segment';
+export type { SegmentBuffer } from './engine/segment';
 export { MooncakeError, StatusCodes, codeForStatus, isMooncakeError } from './errors';
 export type { ErrorCode, EngineCode, MooncakeErrorOptions } from './errors';
 export {

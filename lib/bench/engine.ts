@@ -1,6 +1,6 @@
 import type { TransferEngine } from '../engine';
-import type { MemoryRegion } from '../memory';
-import type { TransferEngineOptions } from '../options';
+import type { MemoryRegion } from '../engine/memory';
+import type { TransferEngineOptions } from '../engine/options';
 import type { BenchOptions } from './options';
 
 /** The engine knobs every bench side (initiator, target, loopback) takes from the command line. */

@@ -1,7 +1,7 @@
 import { performance } from 'node:perf_hooks';
 import type { TransferEngine } from '../engine';
-import type { MemoryRegion } from '../memory';
-import type { Segment } from '../segment';
+import type { MemoryRegion } from '../engine/memory';
+import type { Segment } from '../engine/segment';
 import type { BenchOptions } from './options';
 import { CpuMeter, HealthMeter, Samples } from './stats';
 

@@ -9,7 +9,7 @@
  * counts (1, 2 and 4), since smaller calls often beat bulk ones (the bytes the sender copied are still in the cache
  * when the receiver copies them out), which is what a pipelining engine exploits too.
  */
-import { loadNative } from '../native';
+import { loadNative } from '../engine/native';
 import type { RunResult } from './initiator';
 import type { BenchOptions } from './options';
 import { formatBytes } from './report';

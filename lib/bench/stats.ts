@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks';
-import { summarizeSorted } from '../latency';
+import { summarizeSorted } from '../util/stats';
 
 /** Latency samples (ms) with percentiles. */
 export class Samples {

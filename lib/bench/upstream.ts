@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { MooncakeError } from '../errors';
 import { createMetadataStore } from '../metadata/store';
 import { segmentKey } from '../metadata/keys';
-import { findUpstream, upstreamEnv } from '../upstream-peer';
+import { findUpstream, upstreamEnv } from '../tools/upstream-peer';
 import type { RunResult } from './initiator';
 import type { BenchOptions } from './options';
 

@@ -12,6 +12,6 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: 'metadata-server', summary: 'upstream-compatible HTTP metadata server', load: async () => (await import('../metadata/command')).metadataServerCommand },
   { name: 'proxy', summary: 'OpenAI-compatible PD proxy (prefill, then decode)', load: async () => (await import('../proxy/cli')).proxyCommand },
   { name: 'proxy-bench', summary: 'latency the proxy adds, on loopback', load: async () => (await import('../proxy/bench-command')).proxyBenchCommand },
-  { name: 'doctor', summary: 'checks the mooncake backend on an Ascend host (wheel, CANN, NPUs, ascend loopback)', load: async () => (await import('../doctor')).doctorCommand },
-  { name: 'setup-upstream', summary: "install upstream Mooncake's pinned wheel for bench --compare and the interop tests", load: async () => (await import('../setup-upstream')).setupUpstreamCommand },
+  { name: 'doctor', summary: 'checks the mooncake backend on an Ascend host (wheel, CANN, NPUs, ascend loopback)', load: async () => (await import('../tools/doctor')).doctorCommand },
+  { name: 'setup-upstream', summary: "install upstream Mooncake's pinned wheel for bench --compare and the interop tests", load: async () => (await import('../tools/setup-upstream')).setupUpstreamCommand },
 ];

@@ -22,7 +22,7 @@
 
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import { allowList } from '../allow-list';
+import { allowList } from '../util/allow-list';
 import { MooncakeError, isMooncakeError } from '../errors';
 import {
   FrameDecoder,

@@ -4,7 +4,7 @@
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine } from '../engine';
-import { MemoryRegion } from '../memory';
+import { MemoryRegion } from '../engine/memory';
 import type { KvLayout, KvTensorKind } from './layout';
 
 /**

@@ -12,7 +12,7 @@
  */
 import * as fs from 'node:fs';
 import { MooncakeError, describeValue } from '../errors';
-import { MemoryRegion } from '../memory';
+import { MemoryRegion } from '../engine/memory';
 import { parseMetadataConnectionString, P2P_HANDSHAKE } from '../metadata/store';
 import type { KvLayout, KvLayoutSpec } from './layout';
 import { checkEngineId, VLLM_ASCEND_PROFILES, type KvParallelSize, type KvRankOptions, type KvRole, type VllmAscendProfile } from './options';

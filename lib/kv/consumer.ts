@@ -28,7 +28,7 @@ import { alignBlocks, type KvTransferParams, type KvTransferParamsWire } from '.
 import type { KvParamsExtra } from './side-channel';
 import type { KvFailureRecord, KvFailureStage } from './ledger';
 import { planTransfer, type TransferPlan } from './plan';
-import type { Segment } from '../segment';
+import type { Segment } from '../engine/segment';
 import { prefillRanksOf, slicesByRank, sourcesForDecodeRank, type HeadSlice } from './rank-map';
 import type { KvPeer } from './registry';
 

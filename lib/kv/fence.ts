@@ -18,8 +18,8 @@
  */
 import { MooncakeError } from '../errors';
 import type { TransferEngine } from '../engine';
-import type { MemoryRegion } from '../memory';
-import type { Segment } from '../segment';
+import type { MemoryRegion } from '../engine/memory';
+import type { Segment } from '../engine/segment';
 
 /** Bytes per block in a fence. */
 export const FENCE_BYTES = 4;

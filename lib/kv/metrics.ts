@@ -1,7 +1,7 @@
 /**
  * Per-request transfer outcomes and the counters behind `metrics()`.
  */
-import { summarizeSorted } from '../latency';
+import { summarizeSorted } from '../util/stats';
 import { Histogram } from '../metrics/histogram';
 import { counter, gauge, histogram, type Labels, type MetricFamily } from '../metrics/types';
 import type { ErrorCode, MooncakeError } from '../errors';

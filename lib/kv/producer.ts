@@ -25,7 +25,7 @@ import { checkDistinct, type KvTransferParams, type KvTransferParamsWire } from 
 import { PushRun, pushPlan, type PushContext } from './push';
 import { slicesByRank, targetsForPrefillRank } from './rank-map';
 import type { TransferPlan } from './plan';
-import type { Segment } from '../segment';
+import type { Segment } from '../engine/segment';
 import type { KvRankEntry } from './registry';
 import type { KvParamsExtra } from './side-channel';
 import { ANY_RANK } from './messages';

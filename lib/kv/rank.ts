@@ -4,8 +4,8 @@
  */
 import { MooncakeError, isMooncakeError } from '../errors';
 import { TransferEngine, type TransferEngineOptions } from '../engine';
-import type { Segment } from '../segment';
-import type { MemoryRegion } from '../memory';
+import type { Segment } from '../engine/segment';
+import type { MemoryRegion } from '../engine/memory';
 import { KvCaches, type KvCachesInput } from './caches';
 import type { KvMessage } from './messages';
 import { KvMetrics, type KvRefusal, type KvTransferPeer } from './metrics';

@@ -4,7 +4,7 @@
  */
 import { commandHelp, defineCommand } from '../cli/command';
 import { parseFlags, type FlagValues } from '../cli/flags';
-import { DEFAULT_BIND_HOST, DEFAULT_METADATA_SERVER_PORT } from '../defaults';
+import { DEFAULT_BIND_HOST, DEFAULT_METADATA_SERVER_PORT } from '../util/defaults';
 import { MetadataServer, type ListenInfo } from './server';
 
 const FLAGS = {

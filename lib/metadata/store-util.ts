@@ -1,6 +1,6 @@
 /** Small pieces every metadata backend shares. */
 import { MooncakeError } from '../errors';
-import { requireOptional } from '../optional';
+import { requireOptional } from '../util/optional';
 
 /** A positive number option, or the default when unset; INVALID_CONFIG otherwise. */
 export function positiveOption(value: number | undefined, fallback: number, name: string): number {

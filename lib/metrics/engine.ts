@@ -4,7 +4,7 @@
  * handshake). Built once per scrape.
  */
 import type { HandshakeServerStats } from '../handshake/server';
-import type { NativeMetrics, NativePeerRow } from '../native';
+import type { NativeMetrics, NativePeerRow } from '../engine/native';
 import { counter, gauge, histogram, type Labels, type MetricFamily } from './types';
 
 export interface EngineMetricsInput {

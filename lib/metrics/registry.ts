@@ -4,7 +4,7 @@
  * an optional peer dependency: only `registerWith()` without an argument loads it).
  */
 import { MooncakeError } from '../errors';
-import { requireOptional } from '../optional';
+import { requireOptional } from '../util/optional';
 import { formatValue, mergeFamilies, PROMETHEUS_CONTENT_TYPE, renderText } from './text';
 import { withLabels, type Labels, type MetricFamily, type MetricsSource, type MetricType } from './types';
 

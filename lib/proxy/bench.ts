@@ -10,7 +10,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MooncakeError } from '../errors';
-import { requireOptional } from '../optional';
+import { requireOptional } from '../util/optional';
 import { startBenchWorker, type BenchWorkerConfig, type BenchWorkerReady } from './bench-worker';
 
 export interface ProxyBenchOptions {

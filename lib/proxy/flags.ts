@@ -4,7 +4,7 @@
  * `--log-level`) plus mooncake-node's own, mapped onto ProxyOptions.
  */
 import { parseFlags, type FlagValues } from '../cli/flags';
-import { DEFAULT_BIND_HOST, DEFAULT_PROXY_PORT } from '../defaults';
+import { DEFAULT_BIND_HOST, DEFAULT_PROXY_PORT } from '../util/defaults';
 import { MooncakeError, describeValue } from '../errors';
 import {
   DEFAULT_DECODER_PORT,

@@ -2,7 +2,7 @@
  * Proxy options: the programmatic shape, its defaults and validation. The command-line flags that map onto
  * them are in ./flags.ts.
  */
-import { DEFAULT_BIND_HOST } from '../defaults';
+import { DEFAULT_BIND_HOST } from '../util/defaults';
 import { MooncakeError, describeValue } from '../errors';
 import { DEFAULT_BOOTSTRAP_PORT } from '../kv/vllm/bootstrap';
 
@@ -188,7 +188,7 @@ export interface ResolvedProxyOptions {
   log: ProxyLogger;
 }
 
-export { DEFAULT_PROXY_PORT } from '../defaults';
+export { DEFAULT_PROXY_PORT } from '../util/defaults';
 export const DEFAULT_PREFILLER_PORT = 8100;
 export const DEFAULT_DECODER_PORT = 8200;
 

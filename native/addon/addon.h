@@ -11,7 +11,7 @@ class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports);
 
-  Napi::FunctionReference errorFactory;  // (status, message, index) => MooncakeError, set by lib/native.ts
+  Napi::FunctionReference errorFactory;  // (status, message, index) => MooncakeError, set by lib/engine/native.ts
   napi_type_tag engineTag;               // random per load: two copies of the addon never mix objects
 
  private:

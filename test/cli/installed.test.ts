@@ -6,11 +6,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { DEFAULT_BIND_HOST, DEFAULT_METADATA_SERVER_PORT, DEFAULT_PROXY_PORT } from '../../lib/defaults';
+import { DEFAULT_BIND_HOST, DEFAULT_METADATA_SERVER_PORT, DEFAULT_PROXY_PORT } from '../../lib/util/defaults';
 import { MetadataServer } from '../../lib/metadata';
 import { runMetadataServerCommand } from '../../lib/metadata/command';
 import { createProxy, parseProxyArgs, resolveProxyOptions, runProxyCommand } from '../../lib/proxy';
-import { defaultUpstreamVenv } from '../../lib/upstream-peer';
+import { defaultUpstreamVenv } from '../../lib/tools/upstream-peer';
 import { runCli } from '../helpers/cli';
 import { repoRoot } from '../helpers/upstream';
 

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, MooncakeError, StatusCodes, TransferEngine, type MemoryRegion, type Segment } from '../../lib';
 import { UpstreamCompat } from '../../lib/compat';
-import { loadNative } from '../../lib/native';
+import { loadNative } from '../../lib/engine/native';
 import { Peer } from '../helpers/peer';
 import { startPeerPair, type PeerPair } from '../helpers/peer-pair';
 

@@ -3,7 +3,7 @@
 import { execFile } from 'node:child_process';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { runDoctor } from '../../lib/doctor';
+import { runDoctor } from '../../lib/tools/doctor';
 import { cannStandinDir } from '../helpers/ascend-standin';
 import { repoRoot, upstreamNpu } from '../helpers/upstream';
 

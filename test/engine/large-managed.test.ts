@@ -38,7 +38,7 @@ describe.skipIf(!enough)('managed buffers above 4 GiB', () => {
 
   it('the raw binding registers 5 GiB without aborting (in a child process, so an abort is a failure here)', () => {
     const script = `
-      const { loadNative } = require(${JSON.stringify(path.resolve(__dirname, '../../dist/native.js'))});
+      const { loadNative } = require(${JSON.stringify(path.resolve(__dirname, '../../dist/engine/native.js'))});
       const b = loadNative();
       const e = new b.Engine({ localServerName: '127.0.0.1:1' }, () => {});
       (async () => {

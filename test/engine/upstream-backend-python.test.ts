@@ -6,8 +6,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, TransferEngine } from '../../lib';
-import type { MemoryRegion } from '../../lib/memory';
-import type { Segment } from '../../lib/segment';
+import type { MemoryRegion } from '../../lib/engine/memory';
+import type { Segment } from '../../lib/engine/segment';
 import { TePeer, stopAllTePeers } from '../interop/peers/te-peer';
 import { upstreamNpu, upstreamPeer } from '../helpers/upstream';
 

@@ -7,8 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MetadataServer, MooncakeError, TransferEngine } from '../../lib';
-import type { MemoryRegion } from '../../lib/memory';
-import type { Segment } from '../../lib/segment';
+import type { MemoryRegion } from '../../lib/engine/memory';
+import type { Segment } from '../../lib/engine/segment';
 import { upstreamNpu } from '../helpers/upstream';
 
 const MiB = 1 << 20;

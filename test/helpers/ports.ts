@@ -1,2 +1,2 @@
 /** Port helpers for suites that need several consecutive ports (kv_port + rank addressing). */
-export { freePortRange } from '../../lib/ports';
+export { freePortRange } from '../../lib/util/ports';

@@ -13,7 +13,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
-import { findUpstream, upstreamEnv, UPSTREAM_PINNED_VERSION, type UpstreamInstall } from '../../lib/upstream-peer';
+import { findUpstream, upstreamEnv, UPSTREAM_PINNED_VERSION, type UpstreamInstall } from '../../lib/tools/upstream-peer';
 import { freePort, OutputTail, retryPortRace, stopProcess, track, waitServing } from './server-process';
 
 export const SETUP_COMMAND = 'scripts/setup-upstream-peer.sh';

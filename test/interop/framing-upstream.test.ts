@@ -14,7 +14,7 @@
 import { createHash, randomFillSync } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TransferEngine } from '../../lib/engine';
-import type { MemoryRegion } from '../../lib/memory';
+import type { MemoryRegion } from '../../lib/engine/memory';
 import { HttpMetadataStore, MetadataServer, rpcMetaKey, segmentKey } from '../../lib/metadata';
 import { SETUP_COMMAND, UPSTREAM_VERSION, upstreamPeer } from '../helpers/upstream';
 import { TePeer, stopAllTePeers } from './peers/te-peer';

@@ -18,9 +18,9 @@ import { once } from 'node:events';
 import { createHash, randomFillSync } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TransferEngine } from '../../lib/engine';
-import type { MemoryRegion } from '../../lib/memory';
+import type { MemoryRegion } from '../../lib/engine/memory';
 import { HttpMetadataStore, MetadataServer, rpcMetaKey, segmentKey } from '../../lib/metadata';
-import type { Segment } from '../../lib/segment';
+import type { Segment } from '../../lib/engine/segment';
 import { SETUP_COMMAND, UPSTREAM_VERSION, spawnUpstreamMetadataServer, upstreamPeer, type UpstreamMetadataServer } from '../helpers/upstream';
 import { TePeer, stopAllTePeers } from './peers/te-peer';
 

@@ -2,7 +2,7 @@
 import { afterEach, describe, expect, test } from 'vitest';
 import { TransferEngine } from '../../lib';
 import { MooncakeError } from '../../lib/errors';
-import { MetadataPublisher } from '../../lib/metadata-publisher';
+import { MetadataPublisher } from '../../lib/metadata/publisher';
 import type { MetadataRenewal, MetadataStore, SetOptions } from '../../lib/metadata/store';
 
 class MemoryStore implements MetadataStore {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MooncakeError } from '../../lib/errors';
-import { requireOptional } from '../../lib/optional';
+import { requireOptional } from '../../lib/util/optional';
 
 describe('requireOptional', () => {
   it('loads an installed package', () => {

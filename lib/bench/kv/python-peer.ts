@@ -6,7 +6,7 @@
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import * as path from 'node:path';
 import { MooncakeError } from '../../errors';
-import { upstreamEnv } from '../../upstream-peer';
+import { upstreamEnv } from '../../tools/upstream-peer';
 
 export type PeerAnswer = { ok: boolean; error?: string } & Record<string, unknown>;
 

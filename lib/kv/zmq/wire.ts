@@ -9,7 +9,7 @@
  * Only the few socket calls used here are typed, so the package's declarations never name `zeromq`.
  */
 import { MooncakeError } from '../../errors';
-import { requireOptional } from '../../optional';
+import { requireOptional } from '../../util/optional';
 
 const FEATURE = 'a vLLM-compatible KV side channel';
 

@@ -1,6 +1,6 @@
 /** Port helpers for what addresses ranks at consecutive ports (kv_port + rank, vllm-ascend's rule). */
 import * as net from 'node:net';
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 
 /** A base port with `n` consecutive free ports after it on 127.0.0.1 (probed, then released). */
 export async function freePortRange(n: number): Promise<number> {

@@ -9,7 +9,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { packageRoot } from './native';
+import { packageRoot } from '../engine/native';
 
 export const UPSTREAM_SETUP_COMMAND = 'npx mooncake-node setup-upstream';
 

@@ -1,10 +1,10 @@
 /**
  * The raw binding (thin layer): its shape, and a loader that explains what went wrong.
- * Everything here is internal; the public API is TransferEngine (lib/engine.ts).
+ * Everything here is internal; the public API is TransferEngine (engine.ts).
  */
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 
 /**
  * The engine's settings, under the names `TransferEngineOptions` uses (options.ts), plus what the
@@ -148,8 +148,8 @@ export interface NativeBinding {
 
 let cached: NativeBinding | undefined;
 
-/** The package root (where binding.gyp, build/ and prebuilds/ live), from lib/ or dist/. */
-export const packageRoot = path.join(__dirname, '..');
+/** The package root (where binding.gyp, build/ and prebuilds/ live), from lib/engine/ or dist/engine/. */
+export const packageRoot = path.join(__dirname, '..', '..');
 
 /** Loads the addon once per environment (worker_threads each get their own). */
 export function loadNative(): NativeBinding {

@@ -4,7 +4,7 @@
  * mooncake-node never pulls them in. A missing one is a MISSING_DEPENDENCY error that names the package
  * to install and the feature that needs it.
  */
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 
 /** Loads `pkg` for `feature`, or throws MISSING_DEPENDENCY saying what to install. */
 export function requireOptional<T>(pkg: string, feature: string): T {

@@ -10,9 +10,9 @@
  * lease is replaced quickly; other stores (redis `SET … PX`, an HTTP server with a TTL) get both entries
  * written again every `ttlMs / 3`.
  */
-import { MooncakeError, isMooncakeError } from './errors';
-import type { MetadataStore } from './metadata/store';
-import { rpcMetaKey, segmentKey } from './metadata/keys';
+import { MooncakeError, isMooncakeError } from '../errors';
+import type { MetadataStore } from './store';
+import { rpcMetaKey, segmentKey } from './keys';
 
 export interface PublisherOptions {
   store: MetadataStore;

@@ -1,7 +1,7 @@
 import * as os from 'node:os';
-import { allowList } from './allow-list';
-import { MooncakeError } from './errors';
-import type { NotificationQueueOptions } from './handshake/notifications';
+import { allowList } from '../util/allow-list';
+import { MooncakeError } from '../errors';
+import type { NotificationQueueOptions } from '../handshake/notifications';
 
 /** Options of `TransferEngine.create`. Every field has an upstream-compatible default. */
 export interface TransferEngineOptions {

@@ -6,15 +6,15 @@ import { constants as bufferConstants } from 'node:buffer';
 import { EventEmitter, addAbortListener } from 'node:events';
 import * as dns from 'node:dns';
 import * as net from 'node:net';
-import { MooncakeError, codeForStatus, isMooncakeError } from './errors';
+import { MooncakeError, codeForStatus, isMooncakeError } from '../errors';
 import { MemoryRegion, type RegisterOptions } from './memory';
-import { MetadataPublisher } from './metadata-publisher';
-import { createMetadataStore, isP2PHandshake, type MetadataStore } from './metadata/store';
-import { rpcMetaKey, segmentKey } from './metadata/keys';
-import { decodeRpcMeta, encodeRpcMeta } from './metadata/rpc-meta';
+import { MetadataPublisher } from '../metadata/publisher';
+import { createMetadataStore, isP2PHandshake, type MetadataStore } from '../metadata/store';
+import { rpcMetaKey, segmentKey } from '../metadata/keys';
+import { decodeRpcMeta, encodeRpcMeta } from '../metadata/rpc-meta';
 import { loadNative, type NativeBinding, type NativeEngine } from './native';
-import { engineFamilies } from './metrics/engine';
-import type { MetricFamily } from './metrics/types';
+import { engineFamilies } from '../metrics/engine';
+import type { MetricFamily } from '../metrics/types';
 import { createUpstreamNative, pollUpstreamNotifies, type UpstreamBackendInfo } from './upstream-backend';
 import {
   defaultAdvertiseAddress,
@@ -26,11 +26,11 @@ import {
 } from './options';
 import { Segment } from './segment';
 import { packRequests, type BatchRequest, type Opcode, type PackedRequests, type TransferRequest } from './transfer-batch';
-import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, notifyBytes, probe, sendNotify, type Notify, type NotifyRejectReason } from './handshake';
+import { HandshakeServer, HandshakeType, NotificationQueue, RawJson, exchange, notifyBytes, probe, sendNotify, type Notify, type NotifyRejectReason } from '../handshake';
 
 export type { TransferEngineOptions } from './options';
 export type { TransferRequest, BatchRequest, Opcode } from './transfer-batch';
-export type { Notify } from './handshake';
+export type { Notify } from '../handshake';
 
 export interface TransferOptions {
   /** Cancels the transfer. The Promise settles once the engine no longer touches the memory. */

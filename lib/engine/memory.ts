@@ -1,4 +1,4 @@
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 
 /** Where memory lives: `cpu:<numa>`, `npu:<device>`, `cuda:<device>` or `*` (upstream's location strings). */
 export type MemoryLocation = string;

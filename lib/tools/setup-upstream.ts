@@ -6,9 +6,9 @@
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { defineCommand } from './cli/command';
-import { MooncakeError } from './errors';
-import { packageRoot } from './native';
+import { defineCommand } from '../cli/command';
+import { MooncakeError } from '../errors';
+import { packageRoot } from '../engine/native';
 import { defaultUpstreamVenv } from './upstream-peer';
 
 export const setupUpstreamCommand = defineCommand({

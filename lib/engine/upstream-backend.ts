@@ -4,8 +4,8 @@
  * installed mooncake-transfer-engine wheel), create the native engine, learn its endpoint and what it
  * loaded, and bring upstream's notify list into the engine's notification queue.
  */
-import { MooncakeError } from './errors';
-import type { NotificationQueue } from './handshake';
+import { MooncakeError } from '../errors';
+import type { NotificationQueue } from '../handshake';
 import type { CompletionCallback, NativeBinding, NativeEngine } from './native';
 import type { TransferEngineOptions } from './options';
 import { findMooncakeWheel, TESTED_WHEEL_VERSIONS, wheelOfLibrary } from './upstream-wheel';

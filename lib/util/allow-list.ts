@@ -1,5 +1,5 @@
 import * as net from 'node:net';
-import { MooncakeError, type ErrorCode } from './errors';
+import { MooncakeError, type ErrorCode } from '../errors';
 
 /**
  * An allow-list of numeric IP addresses, compared as addresses: any spelling of an IPv6 address

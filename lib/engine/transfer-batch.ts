@@ -1,4 +1,4 @@
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 import { MemoryRegion } from './memory';
 import { Segment } from './segment';
 

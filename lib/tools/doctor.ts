@@ -6,12 +6,12 @@
  * checked). Exit code 1 when a check fails.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { TransferEngine } from './engine';
-import { defineCommand } from './cli/command';
-import { MooncakeError, StatusCodes, type ErrorCode } from './errors';
-import { MetadataServer } from './metadata';
-import { defaultAdvertiseAddress } from './options';
-import { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from './upstream-wheel';
+import { TransferEngine } from '../engine';
+import { defineCommand } from '../cli/command';
+import { MooncakeError, StatusCodes, type ErrorCode } from '../errors';
+import { MetadataServer } from '../metadata';
+import { defaultAdvertiseAddress } from '../engine/options';
+import { findMooncakeWheel, TESTED_WHEEL_VERSIONS } from '../engine/upstream-wheel';
 
 export interface DoctorCheck {
   name: string;

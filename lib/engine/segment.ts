@@ -1,4 +1,4 @@
-import { MooncakeError } from './errors';
+import { MooncakeError } from '../errors';
 
 export interface SegmentBuffer {
   readonly name: string;
