@@ -9,7 +9,8 @@
  *   te.getRpcPort();
  */
 import { MooncakeError, type ErrorCode } from './errors';
-import { SUBMIT_PACKED, formatHost, type TransferEngine } from './engine/engine';
+import { SUBMIT_PACKED, type TransferEngine } from './engine/engine';
+import { formatHost } from './engine/resolve';
 import { packRequests, type BatchRequest, type TransferRequest } from './engine/transfer-batch';
 
 /** Upstream's per-task states (TransferStatusEnum). */

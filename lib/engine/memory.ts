@@ -3,6 +3,9 @@ import { MooncakeError } from '../errors';
 /** Where memory lives: `cpu:<numa>`, `npu:<device>`, `cuda:<device>` or `*` (upstream's location strings). */
 export type MemoryLocation = string;
 
+/** Memory to register: JS memory (kept referenced while registered), or a range the caller owns. */
+export type MemoryInput = ArrayBuffer | ArrayBufferView | { address: bigint; length: number };
+
 export interface RegisterOptions {
   /** Upstream location string; it does not change the TCP wire. Default `cpu:0`. */
   location?: MemoryLocation;
@@ -83,4 +86,38 @@ export class MemoryRegion {
   markReleased(): void {
     this.released = true;
   }
+}
+
+const DEVICE_ALIGNMENT = 2n * 1024n * 1024n;
+
+/** A registration request, checked: JS memory or an owned address range, with its location. */
+export type Registration = { location: MemoryLocation; remote: boolean } & (
+  | { view: ArrayBuffer | ArrayBufferView }
+  | { address: bigint; length: number }
+);
+
+/** Checks what `registerMemory` was handed (INVALID_ARGUMENT naming what is wrong). */
+export function checkRegistration(memory: MemoryInput, options: RegisterOptions): Registration {
+  const location = options.location ?? 'cpu:0';
+  const remote = options.remoteAccessible ?? true;
+  if (typeof location !== 'string' || location === '') throw new MooncakeError('INVALID_ARGUMENT', 'location must be a non-empty string');
+  const address = memory !== null && typeof memory === 'object' && 'address' in memory ? (memory as { address: unknown }).address : undefined;
+  if (/^npu:/.test(location)) {
+    // Ascend transports need 2 MiB-aligned device regions (allocateDeviceMemory guarantees it).
+    if (typeof address !== 'bigint') throw new MooncakeError('INVALID_ARGUMENT', 'npu memory is registered as { address, length } (or allocated with allocateDeviceMemory)');
+    if (address % DEVICE_ALIGNMENT !== 0n) throw new MooncakeError('INVALID_ARGUMENT', `npu memory must start on a 2 MiB boundary (0x${address.toString(16)} does not)`);
+  }
+  if (memory instanceof ArrayBuffer || ArrayBuffer.isView(memory)) return { location, remote, view: memory };
+  if (typeof address === 'bigint') {
+    const { length } = memory as { length: unknown };
+    if (!Number.isSafeInteger(length) || (length as number) <= 0) throw new MooncakeError('INVALID_ARGUMENT', 'length must be a positive safe integer');
+    return { location, remote, address, length: length as number };
+  }
+  throw new MooncakeError('INVALID_ARGUMENT', 'memory must be a Buffer, TypedArray, ArrayBuffer, DataView or { address: bigint, length }');
+}
+
+/** A size to allocate: a positive safe integer (INVALID_ARGUMENT otherwise). */
+export function checkSize(size: number): number {
+  if (!Number.isSafeInteger(size) || size <= 0) throw new MooncakeError('INVALID_ARGUMENT', `size must be a positive safe integer, got ${String(size)}`);
+  return size;
 }

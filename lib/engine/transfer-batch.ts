@@ -86,3 +86,26 @@ export function packRequests(owner: object, reqs: readonly (TransferRequest & { 
   }
   return p;
 }
+
+/** Absolute address ranges already in typed arrays (the KV layer's plans). */
+export interface Ranges {
+  locals: BigUint64Array;
+  remotes: BigUint64Array;
+  lengths: Float64Array;
+  bytes: number;
+}
+
+/**
+ * Packs ranges for one segment and direction without per-range JavaScript checks: the native engine
+ * checks every range against the registered memory and the segment's buffers, and names the index.
+ */
+export function packRanges(segment: Segment, opcode: Opcode, ranges: Ranges): PackedRequests {
+  const n = ranges.lengths.length;
+  if (n === 0) throw new MooncakeError('INVALID_ARGUMENT', 'requests is empty');
+  if (ranges.locals.length !== n || ranges.remotes.length !== n) throw new MooncakeError('INVALID_ARGUMENT', 'locals, remotes and lengths differ in length');
+  if (segment.closed) throw new MooncakeError('SEGMENT_NOT_FOUND', `segment ${segment.name} was closed`);
+  const opcodes = new Uint8Array(n);
+  if (opcode === 'write') opcodes.fill(1);
+  else if (opcode !== 'read') throw new MooncakeError('INVALID_ARGUMENT', "opcode must be 'read' or 'write'");
+  return { opcodes, segments: new Int32Array(n).fill(segment.handle), locals: ranges.locals, remotes: ranges.remotes, lengths: ranges.lengths, bytes: ranges.bytes };
+}

@@ -5,9 +5,12 @@
  * loaded, and bring upstream's notify list into the engine's notification queue.
  */
 import { MooncakeError } from '../errors';
-import type { NotificationQueue } from '../handshake';
-import type { CompletionCallback, NativeBinding, NativeEngine } from './native';
+import type { Notify, NotificationQueue } from '../handshake';
+import type { Backend, BackendContext } from './backend';
+import type { NativeEngine } from './native';
 import type { TransferEngineOptions } from './options';
+import { resolveSegment, type ResolvedSegment } from './resolve';
+import type { Segment } from './segment';
 import { findMooncakeWheel, TESTED_WHEEL_VERSIONS, wheelOfLibrary } from './upstream-wheel';
 
 /** What the `mooncake` backend loaded: `TransferEngine#upstream`, and what `mooncake-node doctor` prints. */
@@ -28,13 +31,6 @@ export interface UpstreamBackendInfo {
   cann: { name: string; path?: string; standin?: string }[];
 }
 
-export interface UpstreamNative {
-  native: NativeEngine;
-  name: string;
-  rpcPort: number;
-  info: UpstreamBackendInfo;
-}
-
 interface Resolved {
   library: string | undefined;
   source: UpstreamBackendInfo['source'];
@@ -51,13 +47,14 @@ async function resolveLibrary(o: TransferEngineOptions): Promise<Resolved> {
   return { library: undefined, source: 'loader-path', wheelProblem: wheel.reason };
 }
 
-export async function createUpstreamNative(binding: NativeBinding, o: TransferEngineOptions, advertise: string, onCompletions: CompletionCallback): Promise<UpstreamNative> {
-  const p2p = o.metadataServer === 'P2PHANDSHAKE';
+export async function createUpstreamBackend(ctx: BackendContext): Promise<Backend> {
+  const { options: o, advertise } = ctx;
+  const p2p = ctx.store === undefined;
   // Upstream's default mode uses the name verbatim (any string without '/'); the port in it is only
   // part of the name. P2P mode rewrites it to ip:rpc_port, which we read back below.
   const requested = o.localServerName ?? `${advertise}:${process.pid}`;
   const resolved = await resolveLibrary(o);
-  const native = new binding.Engine(
+  const native = new ctx.binding.Engine(
     {
       backend: 'mooncake',
       library: resolved.library,
@@ -70,7 +67,7 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
       ascendRuntimeLibrary: o.ascendRuntimeLibrary,
       metricsMaxPeers: o.metricsMaxPeers,
     },
-    onCompletions,
+    ctx.onCompletions,
   );
   try {
     await native.start(); // off the event loop: upstream publishes to its metadata store inside
@@ -92,7 +89,56 @@ export async function createUpstreamNative(binding: NativeBinding, o: TransferEn
     await native.close();
     throw new MooncakeError('NOT_IMPLEMENTED', 'this Mooncake build cannot report its P2P endpoint (getLocalIpAndPort)');
   }
-  return { native, name: p2p ? endpoint : requested, rpcPort, info: backendInfo(native, resolved.source) };
+  return new UpstreamBackend(native, ctx, p2p ? endpoint : requested, o.protocol ?? 'tcp', rpcPort, backendInfo(native, resolved.source));
+}
+
+class UpstreamBackend implements Backend {
+  readonly kind = 'mooncake';
+  private readonly notifyTimer: NodeJS.Timeout;
+
+  constructor(
+    readonly native: NativeEngine,
+    private readonly ctx: BackendContext,
+    readonly name: string,
+    readonly protocol: string,
+    readonly rpcPort: number,
+    readonly upstream: UpstreamBackendInfo,
+  ) {
+    this.notifyTimer = pollUpstreamNotifies(native, ctx.notifications);
+  }
+
+  /** Upstream opens segments itself; the descriptor is still read (best effort) to know the buffers. */
+  locate(name: string): Promise<ResolvedSegment> {
+    return resolveSegment(name, this.ctx.store, () => '').catch(() => ({ descriptor: '', ip: '', rpcPort: 0 }));
+  }
+
+  async publish(): Promise<void> {
+    // upstream publishes its own descriptor
+  }
+
+  sendNotify(segment: Segment, notify: Notify): Promise<void> {
+    return this.native.sendNotify(segment.handle, notify.name, notify.msg);
+  }
+
+  counters(): Record<string, number> {
+    return { metadataRepublished: 0 };
+  }
+
+  handshakeStats(): undefined {
+    return undefined;
+  }
+
+  ref(): void {}
+
+  unref(): void {}
+
+  /** Upstream's shutdown talks to its metadata store: the binding runs it on a pool thread. */
+  stop(): Promise<void> {
+    clearInterval(this.notifyTimer);
+    return this.native.close();
+  }
+
+  async close(): Promise<void> {}
 }
 
 function backendInfo(native: NativeEngine, source: UpstreamBackendInfo['source']): UpstreamBackendInfo {
@@ -102,7 +148,7 @@ function backendInfo(native: NativeEngine, source: UpstreamBackendInfo['source']
 }
 
 /** Moves upstream's received notifies into the queue every `intervalMs` (an unref'd timer). */
-export function pollUpstreamNotifies(native: NativeEngine, queue: NotificationQueue, intervalMs = 20): NodeJS.Timeout {
+function pollUpstreamNotifies(native: NativeEngine, queue: NotificationQueue, intervalMs = 20): NodeJS.Timeout {
   const timer = setInterval(() => {
     try {
       for (const [name, msg] of native.takeNotifies()) queue.push({ name, msg });

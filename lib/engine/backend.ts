@@ -1,0 +1,58 @@
+/**
+ * What the facade needs from a backend, so it never asks which one it has. The built-in backend runs
+ * mooncake-node's own engine with its handshake daemon and metadata publisher (builtin-backend.ts);
+ * the `mooncake` backend loads upstream's libtransfer_engine.so, which publishes and shakes hands itself
+ * (upstream-backend.ts).
+ */
+import type { MooncakeError } from '../errors';
+import type { Notify, NotificationQueue } from '../handshake';
+import type { HandshakeServerStats } from '../handshake/server';
+import type { MetadataStore } from '../metadata/store';
+import type { CompletionCallback, NativeBinding, NativeEngine } from './native';
+import type { TransferEngineOptions } from './options';
+import type { ResolvedSegment } from './resolve';
+import type { Segment } from './segment';
+import type { UpstreamBackendInfo } from './upstream-backend';
+
+/** What a backend is made with. */
+export interface BackendContext {
+  /** The caller's options over the environment's defaults. */
+  options: TransferEngineOptions;
+  binding: NativeBinding;
+  /** undefined in P2P mode. The facade owns (and closes) it. */
+  store: MetadataStore | undefined;
+  /** The address published for peers. */
+  advertise: string;
+  /** Received notifies go here. */
+  notifications: NotificationQueue;
+  onCompletions: CompletionCallback;
+  /** A background metadata operation failed. */
+  onMetadataError: (err: MooncakeError) => void;
+}
+
+export interface Backend {
+  readonly kind: 'builtin' | 'mooncake';
+  readonly native: NativeEngine;
+  /** This engine's segment name. */
+  readonly name: string;
+  readonly protocol: string;
+  /** The handshake port; 0 when unknown. */
+  readonly rpcPort: number;
+  /** backend 'mooncake': what it loaded. */
+  readonly upstream?: UpstreamBackendInfo;
+  /** Where peer `name` is, for the native engine's openSegment. */
+  locate(name: string): Promise<ResolvedSegment>;
+  /** Republishes this engine's descriptor after its memory changed (no-op when the backend publishes its own). */
+  publish(): Promise<void>;
+  sendNotify(segment: Segment, notify: Notify): Promise<void>;
+  /** The control plane's counters, for stats(). */
+  counters(): Record<string, number>;
+  /** The handshake daemon's, for the metrics; undefined when the backend runs none of its own. */
+  handshakeStats(): HandshakeServerStats | undefined;
+  ref(): void;
+  unref(): void;
+  /** Stops the native engine: pending transfers complete with CLOSED. */
+  stop(): Promise<void>;
+  /** Then closes what the backend runs beside it (handshake daemon, publisher). */
+  close(): Promise<void>;
+}
