@@ -46,7 +46,7 @@ const expected = {
 
 describe('the npm package', () => {
   it('ships the built code, its sources and license, the native sources that build it, and prebuilds', () => {
-    for (const f of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'dist/cli.js', 'binding.gyp', 'CMakeLists.txt', 'LICENSE', 'README.md', 'scripts/build-sources.js', 'native/engine/engine.h', 'native/addon/engine_wrap.cpp', 'native/addon/exports.map', `prebuilds/${hostTarget}/${PREBUILD_FILE}`]) {
+    for (const f of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'dist/compat.js', 'dist/compat.mjs', 'dist/compat.d.ts', 'dist/compat.d.mts', 'dist/cli.js', 'binding.gyp', 'CMakeLists.txt', 'LICENSE', 'README.md', 'scripts/build-sources.js', 'native/engine/engine.h', 'native/addon/engine_wrap.cpp', 'native/addon/exports.map', `prebuilds/${hostTarget}/${PREBUILD_FILE}`]) {
       expect(files).toContain(f);
     }
     expect(files.filter((f) => f.startsWith('test/') || f.startsWith('build/'))).toEqual([]);
@@ -63,7 +63,7 @@ describe('the npm package', () => {
       for (const s of map.sources) expect(files, `${m} -> ${s}`).toContain(path.posix.normalize(path.posix.join(path.posix.dirname(m), s)));
     }
     // @internal members stay out of the declarations.
-    expect(fs.readFileSync(path.join(pkg, 'dist/segment.d.ts'), 'utf8')).not.toMatch(/get handle\(|refresh\(|readonly owner/);
+    expect(fs.readFileSync(path.join(pkg, 'dist/engine/segment.d.ts'), 'utf8')).not.toMatch(/get handle\(|refresh\(|readonly owner/);
     expect(fs.readFileSync(path.join(pkg, 'LICENSE'), 'utf8')).toContain('Apache License');
 
     const manifest = JSON.parse(fs.readFileSync(path.join(pkg, 'package.json'), 'utf8')) as Record<string, unknown>;
@@ -113,6 +113,9 @@ describe('the npm package', () => {
     // ESM and CommonJS see the same classes (no dual-package hazard).
     const same = run(process.execPath, ['--input-type=module', '-e', "import { MooncakeError } from 'mooncake-node'; import { createRequire } from 'node:module'; const r = createRequire(import.meta.url)('mooncake-node'); console.log(r.MooncakeError === MooncakeError);"], app, env);
     expect(same.trim()).toBe('true');
+    // The opt-in compat module: the same class from ESM and CommonJS, over the package's engine.
+    const compat = run(process.execPath, ['--input-type=module', '-e', "import { UpstreamCompat } from 'mooncake-node/compat'; import { createRequire } from 'node:module'; const r = createRequire(import.meta.url)('mooncake-node/compat'); console.log(typeof UpstreamCompat, r.UpstreamCompat === UpstreamCompat);"], app, env);
+    expect(compat.trim()).toBe('function true');
     // Where no prebuild matches (LIBC=musl makes node-gyp-build look for a musl binary, as on Alpine):
     // NATIVE_LOAD_FAILED, saying what the compile fallback needs.
     const noMatch = JSON.parse(
@@ -129,6 +132,8 @@ describe('the npm package', () => {
       path.join(app, 'types.mts'),
       [
         "import { TransferEngine, type TransferRequest, type ErrorCode, type Segment } from 'mooncake-node';",
+        "import { UpstreamCompat, type TaskStatusInfo } from 'mooncake-node/compat';",
+        "export function h(e: TransferEngine): TaskStatusInfo['status'] { return new UpstreamCompat(e).getBatchTransferStatus(new UpstreamCompat(e).allocateBatch(1)).status; }",
         "const c: ErrorCode = 'TIMEOUT';",
         "export async function f(): Promise<bigint> { const e = await TransferEngine.create({ metadataServer: 'P2PHANDSHAKE' }); const r: TransferRequest = { local: 1n, remote: 2n, length: 3 }; void r; void c; return (await e.allocateManagedBuffer(8)).address; }",
         'export function g(s: Segment): number {',
@@ -141,7 +146,7 @@ describe('the npm package', () => {
         '',
       ].join('\n'),
     );
-    fs.writeFileSync(path.join(app, 'types.cts'), "import { MooncakeError, StatusCodes } from 'mooncake-node';\nexport const n: number = StatusCodes.TIMEOUT + new MooncakeError('CLOSED', 'x').status;\n");
+    fs.writeFileSync(path.join(app, 'types.cts'), "import { MooncakeError, StatusCodes } from 'mooncake-node';\nimport { UpstreamCompat } from 'mooncake-node/compat';\nexport const n: number = StatusCodes.TIMEOUT + new MooncakeError('CLOSED', 'x').status;\nexport type C = UpstreamCompat;\n");
     run(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', '--lib', 'es2022,esnext.disposable', '--types', 'node', '--typeRoots', path.join(root, 'node_modules/@types'), 'types.mts', 'types.cts'], app);
   }, 600_000);
 });
