@@ -13,6 +13,7 @@ import type { BenchOptions } from './options';
 import { formatBytes, table } from './report';
 import { sweepChart } from './chart';
 import { runUpstreamBench } from './upstream';
+import { median } from '../util/stats';
 
 /** One run of every implementation at one block size. */
 export interface CompareRun {
@@ -80,11 +81,6 @@ export async function compareOnce(o: BenchOptions, metadataUrl: string, io: Benc
       vsMemcpy: node.bandwidth / memcpy.bandwidth,
     },
   };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 /** The median run's figures, each ratio the median over runs (see CompareResult). */

@@ -11,6 +11,7 @@
  *   MooncakeError('INVALID_CONFIG') whose message starts with the flag, e.g. `--port="abc": expected an integer`.
  */
 import { MooncakeError, describeValue } from '../errors';
+import { integerRange } from '../util/options';
 
 export type FlagType = 'string' | 'int' | 'number' | 'size' | 'boolean' | 'list';
 
@@ -97,8 +98,7 @@ function convert(name: string, spec: FlagSpec, text: string): string | number {
       const min = spec.min ?? Number.MIN_SAFE_INTEGER;
       const max = spec.max ?? Number.MAX_SAFE_INTEGER;
       if (!Number.isSafeInteger(n) || n < min || n > max) {
-        const range = spec.max === undefined ? (spec.min === undefined ? 'a safe integer' : `an integer of at least ${min}`) : `an integer from ${min} to ${max}`;
-        throw flagError(flag, n, `expected ${range}`);
+        throw flagError(flag, n, `expected ${integerRange(min, max)}`);
       }
       return n;
     }

@@ -3,18 +3,18 @@
  * the rpc port and the publisher that keeps its metadata entries as upstream peers expect them.
  */
 import { MooncakeError } from '../errors';
-import { HandshakeServer, RawJson, sendNotify, type HandshakeServerStats, type Notify } from '../handshake';
+import { HandshakeServer, RawJson, rpcPortRangeFromEnv, sendNotify, type HandshakeServerStats, type Notify } from '../handshake';
 import { MetadataPublisher } from '../metadata/publisher';
 import { encodeRpcMeta } from '../metadata/rpc-meta';
 import type { Backend, BackendContext } from './backend';
 import type { NativeEngine } from './native';
-import { defaultIoThreads, portRange } from './options';
+import { defaultIoThreads } from './options';
 import { formatHost, resolveSegment, staleRpcMeta, type ResolvedSegment } from './resolve';
 import type { Segment } from './segment';
 
 export async function createBuiltinBackend(ctx: BackendContext): Promise<Backend> {
   const { options: o, store, advertise, notifications } = ctx;
-  const range = portRange();
+  const range = rpcPortRangeFromEnv();
   let started: NativeEngine | undefined;
   const handshake = new HandshakeServer({
     onMetadata: () => (started ? new RawJson(started.localDescriptor()) : null),

@@ -1,5 +1,6 @@
 import * as os from 'node:os';
 import { allowList } from '../util/allow-list';
+import { envInt, intOption } from '../util/options';
 import { MooncakeError } from '../errors';
 import type { NotificationQueueOptions } from '../handshake/notifications';
 
@@ -45,7 +46,7 @@ export interface TransferEngineOptions {
    * when specific, else the first non-internal IPv4 address, else 127.0.0.1.
    */
   advertiseAddress?: string;
-  /** Data port; default a free port in [`MC_MIN_RPC_PORT`, `MC_MAX_RPC_PORT`] (15000–17000) as upstream. */
+  /** Data port; default a free port in [`MC_MIN_RPC_PORT`, `MC_MAX_RPC_PORT`] (15000–17000) as upstream (see rpcPortRangeFromEnv). */
   dataPort?: number;
   /** Handshake (RPC) port; default like dataPort. */
   rpcPort?: number;
@@ -131,22 +132,6 @@ export interface TransferEngineOptions {
   ascendRuntimeLibrary?: string;
 }
 
-function envInt(name: string): number | undefined {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  return Number.isSafeInteger(n) ? n : undefined;
-}
-
-/** Upstream's port range rule: 1024–65535 excluding 32768–60999, else 15000–17000. */
-export function portRange(): { min: number; max: number } {
-  const min = envInt('MC_MIN_RPC_PORT') ?? envInt('MC_MIN_PRC_PORT') ?? 15000;
-  const max = envInt('MC_MAX_RPC_PORT') ?? envInt('MC_MAX_PRC_PORT') ?? 17000;
-  const ok = (p: number) => p >= 1024 && p <= 65535 && !(p >= 32768 && p <= 60999);
-  if (!ok(min) || !ok(max) || min > max) return { min: 15000, max: 17000 };
-  return { min, max };
-}
-
 export function defaultAdvertiseAddress(bindAddress?: string): string {
   const env = process.env.MC_TCP_BIND_ADDRESS;
   if (env) return env;
@@ -159,13 +144,6 @@ export function defaultAdvertiseAddress(bindAddress?: string): string {
 
 export function defaultIoThreads(): number {
   return os.availableParallelism() <= 4 ? 1 : 2;
-}
-
-export function checkPositiveInt(name: string, v: unknown, { min = 1, max = Number.MAX_SAFE_INTEGER } = {}): void {
-  if (v === undefined) return;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) {
-    throw new MooncakeError('INVALID_CONFIG', `${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
-  }
 }
 
 export function validateOptions(o: TransferEngineOptions): void {
@@ -194,30 +172,30 @@ export function validateOptions(o: TransferEngineOptions): void {
   if (o.localServerName !== undefined && (typeof o.localServerName !== 'string' || o.localServerName === '' || o.localServerName.includes('/'))) {
     throw new MooncakeError('INVALID_CONFIG', 'localServerName must be a non-empty string without "/"');
   }
-  checkPositiveInt('dataPort', o.dataPort, { min: 0, max: 65535 });
-  checkPositiveInt('rpcPort', o.rpcPort, { min: 0, max: 65535 });
-  checkPositiveInt('ioThreads', o.ioThreads, { max: 64 });
-  checkPositiveInt('connectionsPerPeer', o.connectionsPerPeer, { max: 64 });
-  checkPositiveInt('sliceSize', o.sliceSize, { min: 4096 });
-  checkPositiveInt('maxInflightPerConnection', o.maxInflightPerConnection, { max: 65536 });
-  checkPositiveInt('idleTimeoutMs', o.idleTimeoutMs, { max: 2 ** 31 - 1 });
-  checkPositiveInt('connectTimeoutMs', o.connectTimeoutMs, { max: 2 ** 31 - 1 });
-  checkPositiveInt('maxServerConnections', o.maxServerConnections, { max: 1 << 20 });
-  checkPositiveInt('maxServerConnectionsPerPeer', o.maxServerConnectionsPerPeer, { max: 1 << 20 });
-  checkPositiveInt('firstByteTimeoutMs', o.firstByteTimeoutMs, { max: 2 ** 31 - 1 });
-  checkPositiveInt('metricsMaxPeers', o.metricsMaxPeers, { min: 0, max: 1 << 16 });
+  intOption('dataPort', o.dataPort, 0, 65535);
+  intOption('rpcPort', o.rpcPort, 0, 65535);
+  intOption('ioThreads', o.ioThreads, 1, 64);
+  intOption('connectionsPerPeer', o.connectionsPerPeer, 1, 64);
+  intOption('sliceSize', o.sliceSize, 4096);
+  intOption('maxInflightPerConnection', o.maxInflightPerConnection, 1, 65536);
+  intOption('idleTimeoutMs', o.idleTimeoutMs, 1, 2 ** 31 - 1);
+  intOption('connectTimeoutMs', o.connectTimeoutMs, 1, 2 ** 31 - 1);
+  intOption('maxServerConnections', o.maxServerConnections, 1, 1 << 20);
+  intOption('maxServerConnectionsPerPeer', o.maxServerConnectionsPerPeer, 1, 1 << 20);
+  intOption('firstByteTimeoutMs', o.firstByteTimeoutMs, 1, 2 ** 31 - 1);
+  intOption('metricsMaxPeers', o.metricsMaxPeers, 0, 1 << 16);
   if (o.notifies !== undefined) {
     if (o.notifies === null || typeof o.notifies !== 'object') throw new MooncakeError('INVALID_CONFIG', 'notifies must be an object');
-    checkPositiveInt('notifies.capacity', o.notifies.capacity, { min: 0 });
-    checkPositiveInt('notifies.maxBytes', o.notifies.maxBytes, { min: 0 });
-    checkPositiveInt('notifies.maxMessageBytes', o.notifies.maxMessageBytes, { min: 0 });
+    intOption('notifies.capacity', o.notifies.capacity, 0);
+    intOption('notifies.maxBytes', o.notifies.maxBytes, 0);
+    intOption('notifies.maxMessageBytes', o.notifies.maxMessageBytes, 0);
     if (o.notifies.whenFull !== undefined && o.notifies.whenFull !== 'drop-oldest' && o.notifies.whenFull !== 'reject') {
       throw new MooncakeError('INVALID_CONFIG', `notifies.whenFull must be 'drop-oldest' or 'reject', got ${JSON.stringify(o.notifies.whenFull)}`);
     }
   }
-  checkPositiveInt('metadataRefreshMs', o.metadataRefreshMs, { min: 0 });
-  checkPositiveInt('metadataTimeoutMs', o.metadataTimeoutMs);
-  checkPositiveInt('metadataTtlMs', o.metadataTtlMs, { min: 100, max: 2 ** 31 - 1 });
+  intOption('metadataRefreshMs', o.metadataRefreshMs, 0);
+  intOption('metadataTimeoutMs', o.metadataTimeoutMs);
+  intOption('metadataTtlMs', o.metadataTtlMs, 100, 2 ** 31 - 1);
   if (o.tcpProtoVersion !== undefined && o.tcpProtoVersion !== 1 && o.tcpProtoVersion !== 2) {
     throw new MooncakeError('INVALID_CONFIG', 'tcpProtoVersion must be 1 or 2');
   }

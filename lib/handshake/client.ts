@@ -32,6 +32,7 @@ import {
 } from './framing';
 import { RawJson, isJsonObject, messageText, parseJson, stringifyFast, type JsonObject, type JsonValue } from './json';
 import type { Notify } from './notifications';
+import { envInt } from '../util/options';
 
 export interface HandshakeRequestOptions {
   /** Connect deadline per address, ms (default: MC_HANDSHAKE_CONNECT_TIMEOUT seconds, else 5000). */
@@ -60,10 +61,7 @@ export interface HandshakeResponse {
 
 /** MC_HANDSHAKE_CONNECT_TIMEOUT (whole seconds, 1..3599) in ms; 5000 otherwise. */
 export function handshakeConnectTimeoutFromEnv(env: NodeJS.ProcessEnv = process.env): number {
-  const raw = env.MC_HANDSHAKE_CONNECT_TIMEOUT;
-  if (raw === undefined) return 5000;
-  const m = /^\s*([+-]?\d+)/.exec(raw);
-  const n = m ? Number(m[1]) : 0;
+  const n = envInt('MC_HANDSHAKE_CONNECT_TIMEOUT', env) ?? 0;
   return n > 0 && n < 3600 ? n * 1000 : 5000;
 }
 

@@ -23,6 +23,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { allowList } from '../util/allow-list';
+import { envInt } from '../util/options';
 import { MooncakeError, isMooncakeError } from '../errors';
 import {
   FrameDecoder,
@@ -168,12 +169,15 @@ export interface HandshakeServerEvents {
   drop: [DropInfo];
 }
 
-/** The RPC port range upstream derives from MC_MIN_RPC_PORT / MC_MAX_RPC_PORT (`ValidatePortRange`). */
+/**
+ * The RPC port range upstream derives from MC_MIN_RPC_PORT / MC_MAX_RPC_PORT (each falling back to the
+ * misspelt MC_MIN_PRC_PORT / MC_MAX_PRC_PORT, then 15000 / 17000), checked as its `ValidatePortRange`
+ * does: both in 1024..65535 outside 32768..60999 and min <= max, else 15000..17000. The one owner of
+ * this rule: the engine's data port and its handshake port both take their range from here.
+ */
 export function rpcPortRangeFromEnv(env: NodeJS.ProcessEnv = process.env): PortRange {
-  const minRaw = env.MC_MIN_RPC_PORT ?? env.MC_MIN_PRC_PORT;
-  const maxRaw = env.MC_MAX_RPC_PORT ?? env.MC_MAX_PRC_PORT;
-  const min = minRaw === undefined ? 15000 : atoi(minRaw);
-  const max = maxRaw === undefined ? 17000 : atoi(maxRaw);
+  const min = envInt('MC_MIN_RPC_PORT', env) ?? envInt('MC_MIN_PRC_PORT', env) ?? 15000;
+  const max = envInt('MC_MAX_RPC_PORT', env) ?? envInt('MC_MAX_PRC_PORT', env) ?? 17000;
   const ok = (p: number): boolean => p >= 1024 && p <= 65535 && !(p >= 32768 && p <= 60999);
   if (!ok(min) || !ok(max) || min > max) return { min: 15000, max: 17000 };
   return { min, max };
@@ -190,17 +194,6 @@ export function defaultPerPeer(maxConnections: number): number {
   return Math.min(maxConnections, Math.max(64, Math.floor(maxConnections / 4)));
 }
 
-function atoi(s: string): number {
-  const m = /^\s*([+-]?\d+)/.exec(s);
-  return m ? Number(m[1]) : 0;
-}
-
-function envInt(name: string, fallback: number, env: NodeJS.ProcessEnv = process.env): number {
-  const v = env[name];
-  if (v === undefined) return fallback;
-  const n = atoi(v);
-  return n > 0 ? n : fallback;
-}
 
 /** jsoncpp `asString()` of a scalar; undefined for arrays/objects (which upstream cannot convert). */
 function jsonAsString(v: JsonValue | undefined): string | undefined {
@@ -282,7 +275,7 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       maxConnections: rest.maxConnections ?? 1024,
       maxConnectionsPerPeer: 0,
       firstByteTimeoutMs: 0,
-      backlog: rest.backlog ?? envInt('MC_HANDSHAKE_LISTEN_BACKLOG', 128),
+      backlog: rest.backlog ?? positive(envInt('MC_HANDSHAKE_LISTEN_BACKLOG')) ?? 128,
       maxBufferedBytes: 0,
     };
     this.opts.maxBufferedBytes = Math.max(rest.maxBufferedBytes ?? 64 * (1 << 20), this.opts.maxLength + 9);
@@ -755,4 +748,8 @@ export class HandshakeServer extends EventEmitter<HandshakeServerEvents> {
       );
     });
   }
+}
+
+function positive(n: number | undefined): number | undefined {
+  return n !== undefined && n > 0 ? n : undefined;
 }

@@ -28,6 +28,7 @@ import * as http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import * as path from 'node:path';
 import { allowList } from '../util/allow-list';
+import { intOption } from '../util/options';
 import { DEFAULT_BIND_HOST } from '../util/defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
@@ -447,9 +448,7 @@ function decodePath(p: string): string {
 }
 
 function positiveInt(value: number | undefined, fallback: number, name: string): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value <= 0) throw new MooncakeError('INVALID_CONFIG', `${name} must be a positive integer, got ${String(value)}`);
-  return value;
+  return intOption(name, value) ?? fallback;
 }
 
 function nonNegative(value: number | undefined, fallback: number, name: string): number {

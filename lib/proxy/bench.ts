@@ -11,6 +11,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { MooncakeError } from '../errors';
 import { requireOptional } from '../util/optional';
+import { intOption } from '../util/options';
+import { quantile } from '../util/stats';
 import { startBenchWorker, type BenchWorkerConfig, type BenchWorkerReady } from './bench-worker';
 
 export interface ProxyBenchOptions {
@@ -117,12 +119,6 @@ function load(url: string, body: string, connections: number, durationSec: numbe
   });
 }
 
-function percentile(sorted: readonly number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  const k = Math.min(sorted.length - 1, Math.max(0, Math.ceil((q / 100) * sorted.length) - 1));
-  return sorted[k];
-}
-
 const r3 = (n: number): number => Math.round(n * 1000) / 1000;
 const r2 = (n: number): number => Math.round(n * 100) / 100;
 
@@ -137,9 +133,9 @@ function summarize(runs: readonly Run[]): LatencySummary {
     non2xx: runs.reduce((s, r) => s + r.non2xx, 0),
     rps: seconds > 0 ? Math.round(completed / seconds) : 0,
     mean: r3(mean),
-    p50: r3(percentile(all, 50)),
-    p90: r3(percentile(all, 90)),
-    p99: r3(percentile(all, 99)),
+    p50: r3(quantile(all, 0.5)),
+    p90: r3(quantile(all, 0.9)),
+    p99: r3(quantile(all, 0.99)),
     max: r3(all.length === 0 ? NaN : all[all.length - 1]),
   };
 }
@@ -177,9 +173,7 @@ async function startTarget(cfg: BenchWorkerConfig, isolate: boolean): Promise<Ta
 }
 
 function positiveInt(name: string, v: number | undefined, fallback: number): number {
-  if (v === undefined) return fallback;
-  if (!Number.isInteger(v) || v < 1) throw new MooncakeError('INVALID_CONFIG', `${name}=${String(v)}: expected a positive integer`, { details: { option: name, value: v } });
-  return v;
+  return intOption(name, v) ?? fallback;
 }
 
 /** Runs the benchmark once and returns the numbers. */

@@ -3,7 +3,8 @@
  * them are in ./flags.ts.
  */
 import { DEFAULT_BIND_HOST } from '../util/defaults';
-import { MooncakeError, describeValue } from '../errors';
+import { MooncakeError } from '../errors';
+import { intOption, optionError } from '../util/options';
 import { DEFAULT_BOOTSTRAP_PORT } from '../kv/vllm/bootstrap';
 
 export type Role = 'prefill' | 'decode';
@@ -194,36 +195,27 @@ export const DEFAULT_DECODER_PORT = 8200;
 
 const noLog: ProxyLogger = () => {};
 
-function invalid(name: string, value: unknown, why: string): MooncakeError {
-  return new MooncakeError('INVALID_CONFIG', `${name}=${describeValue(value)}: ${why}`, {
-    details: { option: name, value },
-  });
-}
 
 function int(name: string, value: unknown, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw invalid(name, value, `expected an integer from ${min} to ${max}`);
-  }
-  return value;
+  return intOption(name, value, min, max) ?? fallback;
 }
 
 function bool(name: string, value: unknown, fallback: boolean): boolean {
   if (value === undefined) return fallback;
-  if (typeof value !== 'boolean') throw invalid(name, value, 'expected a boolean');
+  if (typeof value !== 'boolean') throw optionError(name, value, 'expected a boolean');
   return value;
 }
 
 function oneOf<T extends string>(name: string, value: unknown, choices: readonly T[], fallback: T): T {
   if (value === undefined) return fallback;
-  if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) throw invalid(name, value, `expected one of ${choices.join(', ')}`);
+  if (typeof value !== 'string' || !(choices as readonly string[]).includes(value)) throw optionError(name, value, `expected one of ${choices.join(', ')}`);
   return value as T;
 }
 
 function policy(name: string, value: unknown, fallback: PolicyName): PolicyName {
   if (value === undefined) return fallback;
   if (typeof value !== 'string' || !(POLICY_NAMES as readonly string[]).includes(value)) {
-    throw invalid(name, value, `expected one of ${POLICY_NAMES.join(', ')}`);
+    throw optionError(name, value, `expected one of ${POLICY_NAMES.join(', ')}`);
   }
   return value as PolicyName;
 }
@@ -233,21 +225,21 @@ function policy(name: string, value: unknown, fallback: PolicyName): PolicyName 
  * 'http://host:port' (a trailing '/' is dropped; paths, queries and https are refused).
  */
 export function normalizeInstanceUrl(value: unknown, name = 'instance'): string {
-  if (typeof value !== 'string' || value.trim() === '') throw invalid(name, value, 'expected "host:port" or "http://host:port"');
+  if (typeof value !== 'string' || value.trim() === '') throw optionError(name, value, 'expected "host:port" or "http://host:port"');
   const text = value.trim();
   const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(text) ? text : `http://${text}`;
   let url: URL;
   try {
     url = new URL(withScheme);
   } catch (cause) {
-    throw new MooncakeError('INVALID_CONFIG', `${name}=${describeValue(value)}: not a valid address`, { cause, details: { option: name, value } });
+    throw new MooncakeError('INVALID_CONFIG', optionError(name, value, 'not a valid address').message, { cause, details: { option: name, value } });
   }
-  if (url.protocol !== 'http:') throw invalid(name, value, 'only http:// upstreams are supported');
-  if (url.username !== '' || url.password !== '') throw invalid(name, value, 'credentials in the address are not supported');
+  if (url.protocol !== 'http:') throw optionError(name, value, 'only http:// upstreams are supported');
+  if (url.username !== '' || url.password !== '') throw optionError(name, value, 'credentials in the address are not supported');
   if ((url.pathname !== '/' && url.pathname !== '') || url.search !== '' || url.hash !== '') {
-    throw invalid(name, value, 'expected an origin without a path or query');
+    throw optionError(name, value, 'expected an origin without a path or query');
   }
-  if (url.port === '' && !/:80\/?$/.test(text)) throw invalid(name, value, 'a port is required');
+  if (url.port === '' && !/:80\/?$/.test(text)) throw optionError(name, value, 'a port is required');
   return url.origin;
 }
 
@@ -259,11 +251,11 @@ export function hostPortToUrl(host: string, port: number): string {
 
 function instanceList(name: string, value: unknown): string[] {
   if (value === undefined) return [];
-  if (!Array.isArray(value)) throw invalid(name, value, 'expected an array of addresses');
+  if (!Array.isArray(value)) throw optionError(name, value, 'expected an array of addresses');
   const out: string[] = [];
   for (let i = 0; i < value.length; i++) {
     const url = normalizeInstanceUrl(value[i], `${name}[${i}]`);
-    if (out.includes(url)) throw invalid(`${name}[${i}]`, value[i], 'listed twice');
+    if (out.includes(url)) throw optionError(`${name}[${i}]`, value[i], 'listed twice');
     out.push(url);
   }
   return out;
@@ -273,7 +265,7 @@ function instanceList(name: string, value: unknown): string[] {
 function bootstrapAddresses(value: unknown): Map<string, string> {
   const out = new Map<string, string>();
   if (value === undefined) return out;
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw invalid('bootstrapPorts', value, 'expected an object { "host:port": port }');
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw optionError('bootstrapPorts', value, 'expected an object { "host:port": port }');
   for (const [k, v] of Object.entries(value as Record<string, unknown>)) {
     const origin = normalizeInstanceUrl(k, `bootstrapPorts key ${k}`);
     if (typeof v === 'number') {
@@ -294,32 +286,32 @@ export function bootstrapOf(o: Pick<ResolvedProxyOptions, 'bootstrapPort' | 'boo
 
 /** Applies defaults and validates; throws MooncakeError('INVALID_CONFIG') naming the option and value. */
 export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions {
-  if (options === null || typeof options !== 'object') throw invalid('options', options, 'expected an object');
+  if (options === null || typeof options !== 'object') throw optionError('options', options, 'expected an object');
   const host = options.host ?? DEFAULT_BIND_HOST;
-  if (typeof host !== 'string' || host === '') throw invalid('host', host, 'expected a host name or address');
+  if (typeof host !== 'string' || host === '') throw optionError('host', host, 'expected a host name or address');
   const base = policy('policy', options.policy, 'round-robin');
   const hc = options.healthCheck ?? {};
   const path = hc.path ?? '/health';
-  if (typeof path !== 'string' || !path.startsWith('/')) throw invalid('healthCheck.path', path, 'expected a path starting with "/"');
+  if (typeof path !== 'string' || !path.startsWith('/')) throw optionError('healthCheck.path', path, 'expected a path starting with "/"');
   const r = options.retries ?? {};
   const t = options.timeouts ?? {};
   for (const key of ['apiKey', 'adminToken'] as const) {
     const v = options[key];
-    if (v !== undefined && (typeof v !== 'string' || v === '' || /[\r\n]/.test(v))) throw invalid(key, '<redacted>', 'expected a non-empty single-line string');
+    if (v !== undefined && (typeof v !== 'string' || v === '' || /[\r\n]/.test(v))) throw optionError(key, '<redacted>', 'expected a non-empty single-line string');
   }
   if (options.estimateTokens !== undefined && typeof options.estimateTokens !== 'function') {
-    throw invalid('estimateTokens', typeof options.estimateTokens, 'expected a function');
+    throw optionError('estimateTokens', typeof options.estimateTokens, 'expected a function');
   }
-  if (options.log !== undefined && typeof options.log !== 'function') throw invalid('log', typeof options.log, 'expected a function');
+  if (options.log !== undefined && typeof options.log !== 'function') throw optionError('log', typeof options.log, 'expected a function');
   const rc = options.recompute ?? {};
   const mode = oneOf('mode', options.mode, PROXY_MODES, 'pull');
   let metaserverUrl: string | undefined;
   if (options.metaserverUrl !== undefined) {
     const u = typeof options.metaserverUrl === 'string' && /^https?:\/\/[^/]+\/\S*$/.test(options.metaserverUrl) ? options.metaserverUrl : undefined;
-    if (u === undefined) throw invalid('metaserverUrl', options.metaserverUrl, 'expected a URL like http://10.0.0.1:8000/v1/metaserver');
+    if (u === undefined) throw optionError('metaserverUrl', options.metaserverUrl, 'expected a URL like http://10.0.0.1:8000/v1/metaserver');
     metaserverUrl = u;
   } else if (mode === 'layerwise' && ['0.0.0.0', '::', '0:0:0:0:0:0:0:0'].includes(host)) {
-    throw invalid('host', host, 'layerwise decode instances must reach this proxy: listen on an address they can reach, or give metaserverUrl');
+    throw optionError('host', host, 'layerwise decode instances must reach this proxy: listen on an address they can reach, or give metaserverUrl');
   }
   const resolved: ResolvedProxyOptions = {
     host,
@@ -369,7 +361,7 @@ export function resolveProxyOptions(options: ProxyOptions): ResolvedProxyOptions
     estimateTokens: options.estimateTokens,
     log: options.log ?? noLog,
   };
-  if (typeof resolved.healthCheck.enabled !== 'boolean') throw invalid('healthCheck.enabled', hc.enabled, 'expected a boolean');
-  if (typeof resolved.admin !== 'boolean') throw invalid('admin', options.admin, 'expected a boolean');
+  if (typeof resolved.healthCheck.enabled !== 'boolean') throw optionError('healthCheck.enabled', hc.enabled, 'expected a boolean');
+  if (typeof resolved.admin !== 'boolean') throw optionError('admin', options.admin, 'expected a boolean');
   return resolved;
 }

@@ -15,6 +15,7 @@ import { RankGroup } from './ranks';
 import { summarizePhase, type KvCaseResult, type KvBenchResult, type KvPhaseStats } from './result';
 import { realConnectorAnchors, realConnectorSetup } from './vllm-ascend';
 import type { KvModel } from './models';
+import { median } from '../../util/stats';
 
 export interface KvBenchHooks {
   signal?: AbortSignal;
@@ -22,12 +23,6 @@ export interface KvBenchHooks {
   log?: (line: string) => void;
   /** Live progress (one line, overwritten). */
   progress?: (text: string) => void;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  if (s.length === 0) return NaN;
-  return s.length % 2 === 1 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function merge(phases: PhaseSamples[]): PhaseSamples {

@@ -26,6 +26,7 @@ import { summarizePhase, type KvCaseResult, type KvRealConnectorResult } from '.
 import type { KvBenchHooks } from './run';
 import type { ControlClient } from './control';
 import type { TargetPhaseStats } from './target';
+import { median } from '../../util/stats';
 
 export interface RealConnectorSetup {
   python: string;
@@ -61,11 +62,6 @@ function unsupported(spec: KvCaseSpec, o: KvBenchOptions): string | undefined {
     return "the driver runs vllm-ascend's layerwise prefill for MHA/GQA at equal TP";
   }
   return undefined;
-}
-
-function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 /** Real peers, one per rank of the initiator's side, with caches of the case's layout. */
