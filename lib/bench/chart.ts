@@ -1,4 +1,4 @@
-import type { CompareResult } from './compare';
+import type { CompareResult } from './report';
 import type { BenchOptions } from './options';
 import { formatBytes, rateIn } from './report';
 

@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs';
 import { MetadataServer } from '../metadata/server';
-import type { RunResult } from './initiator';
+import type { CompareResult, CompareRun, RunResult } from './report';
 import { rawReference, rawReferences } from './raw';
 import { runLoopback } from './loopback';
 import type { BenchIO } from './io';
@@ -15,26 +15,7 @@ import { sweepChart } from './chart';
 import { runUpstreamBench } from './upstream';
 import { median } from '../util/stats';
 
-/** One run of every implementation at one block size. */
-export interface CompareRun {
-  node: RunResult;
-  upstream: RunResult[];
-  /** Raw TCP references (see raw.ts); the ceiling is the best of them. */
-  raw: RunResult[];
-  upstreamError?: string;
-  /** One core's memcpy over the same buffers: the physical limit of loopback (see raw.ts). */
-  memcpy?: RunResult;
-  ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number; vsMemcpy?: number };
-}
-
-/**
- * A block size compared `--repeat` times: every run, and the median run's figures (the run whose
- * mooncake-node bandwidth is the median) with each ratio the median of the runs' ratios.
- */
-export interface CompareResult extends CompareRun {
-  blockSize: number;
-  runs: CompareRun[];
-}
+export type { CompareResult, CompareRun } from './report';
 
 export async function compareOnce(o: BenchOptions, metadataUrl: string, io: BenchIO): Promise<CompareRun> {
   const log = io.log;

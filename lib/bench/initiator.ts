@@ -3,32 +3,10 @@ import type { TransferEngine } from '../engine';
 import type { MemoryRegion } from '../engine/memory';
 import type { Segment } from '../engine/segment';
 import type { BenchOptions } from './options';
+import type { RunResult } from './report';
 import { CpuMeter, HealthMeter, Samples } from './stats';
 
-export interface RunResult {
-  impl: string;
-  operation: 'read' | 'write';
-  blockSize: number;
-  batchSize: number;
-  concurrency: number;
-  seconds: number;
-  bytes: number;
-  batches: number;
-  /** Bytes per second. */
-  bandwidth: number;
-  /** Requests (blocks) per second. */
-  opsPerSec: number;
-  latencyMs: { avg: number; p50: number; p99: number; max: number };
-  cpuPercent: number;
-  targetCpuPercent?: number;
-  /** Payload plus headers the target counted on its sockets (loopback mode). */
-  targetBytes?: number;
-  /** Bytes this engine copied through same-host mappings instead of TCP. */
-  sameHostBytes?: number;
-  loopDelayP99Ms?: number;
-  rss?: { startMiB: number; endMiB: number; maxMiB: number; samples: number[] };
-  errors: number;
-}
+export type { RunResult } from './report';
 
 /**
  * Keeps `concurrency` batches in flight for `durationSec`. Batch slot t, request i uses offset

@@ -1,4 +1,51 @@
-import type { RunResult } from './initiator';
+/** What a bench run reports, and how it is printed. */
+
+export interface RunResult {
+  impl: string;
+  operation: 'read' | 'write';
+  blockSize: number;
+  batchSize: number;
+  concurrency: number;
+  seconds: number;
+  bytes: number;
+  batches: number;
+  /** Bytes per second. */
+  bandwidth: number;
+  /** Requests (blocks) per second. */
+  opsPerSec: number;
+  latencyMs: { avg: number; p50: number; p99: number; max: number };
+  cpuPercent: number;
+  targetCpuPercent?: number;
+  /** Payload plus headers the target counted on its sockets (loopback mode). */
+  targetBytes?: number;
+  /** Bytes this engine copied through same-host mappings instead of TCP. */
+  sameHostBytes?: number;
+  loopDelayP99Ms?: number;
+  rss?: { startMiB: number; endMiB: number; maxMiB: number; samples: number[] };
+  errors: number;
+}
+
+/** One run of every implementation at one block size. */
+export interface CompareRun {
+  node: RunResult;
+  upstream: RunResult[];
+  /** Raw TCP references (see raw.ts); the ceiling is the best of them. */
+  raw: RunResult[];
+  upstreamError?: string;
+  /** One core's memcpy over the same buffers: the physical limit of loopback (see raw.ts). */
+  memcpy?: RunResult;
+  ratios: { vsUpstreamBest?: number; vsUpstreamBestOps?: number; vsRawBest: number; vsMemcpy?: number };
+}
+
+/**
+ * A block size compared `--repeat` times: every run, and the median run's figures (the run whose
+ * mooncake-node bandwidth is the median) with each ratio the median of the runs' ratios.
+ */
+export interface CompareResult extends CompareRun {
+  blockSize: number;
+  runs: CompareRun[];
+}
+
 
 export function formatBytes(n: number): string {
   if (n >= 1 << 30 && n % (1 << 30) === 0) return `${n / (1 << 30)}G`;

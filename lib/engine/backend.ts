@@ -12,7 +12,24 @@ import type { CompletionCallback, NativeBinding, NativeEngine } from './native';
 import type { TransferEngineOptions } from './options';
 import type { ResolvedSegment } from './resolve';
 import type { Segment } from './segment';
-import type { UpstreamBackendInfo } from './upstream-backend';
+
+/** What the `mooncake` backend loaded: `TransferEngine#upstream`, and what `mooncake-node doctor` prints. */
+export interface UpstreamBackendInfo {
+  /** The libtransfer_engine.so in use. */
+  library: string;
+  /** How it was found: the `library` option, MOONCAKE_TE_LIBRARY, an installed wheel, or the loader path. */
+  source: 'option' | 'env' | 'wheel' | 'loader-path';
+  /** The wheel it belongs to, when it came from one. */
+  wheel?: { package: string; version: string; tested: boolean };
+  /** Bound lazily: an Ascend build whose transport cannot run here, used for TCP (MC_FORCE_TCP). */
+  lazyBinding: boolean;
+  forceTcp: boolean;
+  /** The build's Ascend transport: not in this build, ready to run, or unusable (see ascendProblem). */
+  ascendTransport: 'absent' | 'ready' | 'unusable';
+  ascendProblem?: string;
+  /** The CANN libraries loaded for it (`standin` names a mooncake-node test stand-in, never CANN). */
+  cann: { name: string; path?: string; standin?: string }[];
+}
 
 /** What a backend is made with. */
 export interface BackendContext {

@@ -6,30 +6,14 @@
  */
 import { MooncakeError } from '../errors';
 import type { Notify, NotificationQueue } from '../handshake';
-import type { Backend, BackendContext } from './backend';
+import type { Backend, BackendContext, UpstreamBackendInfo } from './backend';
 import type { NativeEngine } from './native';
 import type { TransferEngineOptions } from './options';
 import { resolveSegment, type ResolvedSegment } from './resolve';
 import type { Segment } from './segment';
 import { findMooncakeWheel, TESTED_WHEEL_VERSIONS, wheelOfLibrary } from './upstream-wheel';
 
-/** What the `mooncake` backend loaded: `TransferEngine#upstream`, and what `mooncake-node doctor` prints. */
-export interface UpstreamBackendInfo {
-  /** The libtransfer_engine.so in use. */
-  library: string;
-  /** How it was found: the `library` option, MOONCAKE_TE_LIBRARY, an installed wheel, or the loader path. */
-  source: 'option' | 'env' | 'wheel' | 'loader-path';
-  /** The wheel it belongs to, when it came from one. */
-  wheel?: { package: string; version: string; tested: boolean };
-  /** Bound lazily: an Ascend build whose transport cannot run here, used for TCP (MC_FORCE_TCP). */
-  lazyBinding: boolean;
-  forceTcp: boolean;
-  /** The build's Ascend transport: not in this build, ready to run, or unusable (see ascendProblem). */
-  ascendTransport: 'absent' | 'ready' | 'unusable';
-  ascendProblem?: string;
-  /** The CANN libraries loaded for it (`standin` names a mooncake-node test stand-in, never CANN). */
-  cann: { name: string; path?: string; standin?: string }[];
-}
+export type { UpstreamBackendInfo } from './backend';
 
 interface Resolved {
   library: string | undefined;

@@ -14,9 +14,8 @@
  * newline to the JSON it stores, this store writes the value it is given, byte for byte.
  */
 import type { Etcd3, Lease } from 'etcd3';
-import { loadBackendModule, metadataAbortError, positiveOption } from './store-util';
+import { loadBackendModule, metadataAbortError, positiveOption, type MetadataStore, type SetOptions } from './store-util';
 import { MooncakeError } from '../errors';
-import type { MetadataStore, SetOptions } from './store';
 
 export interface EtcdMetadataStoreOptions {
   /** Deadline of each operation (all retries included) in ms. Default 5000, as upstream. */

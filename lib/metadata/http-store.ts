@@ -11,10 +11,9 @@
  */
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { metadataAbortError, positiveOption } from './store-util';
+import { metadataAbortError, positiveOption, type MetadataStore, type SetOptions } from './store-util';
 import { MooncakeError } from '../errors';
 import { escapeKeyForUrl } from './keys';
-import type { MetadataStore, SetOptions } from './store';
 
 export interface HttpMetadataStoreOptions {
   /** Whole-request deadline in ms (connect, send, wait, read). Default 3000, as upstream's libcurl. */

@@ -3,7 +3,22 @@
  */
 import { Histogram } from '../metrics/histogram';
 import { counter, gauge, histogram, type Labels, type MetricFamily } from '../metrics/types';
-import type { MetadataServerStats } from './server';
+
+/** The metadata server's gauges (MetadataServer#stats). */
+export interface MetadataServerStats {
+  /** Live entries. */
+  entries: number;
+  /** Bytes of their keys and values (bounded by maxStoreBytes). */
+  storeBytes: number;
+  /** Bytes of the persistence log on disk (0 without dataDir). */
+  logBytes: number;
+  /** Times the log was compacted (rewritten from the live entries). */
+  logCompactions: number;
+  /** Connections closed because their address is not in allowedPeers. */
+  refusedConnections: number;
+  /** Bytes of request bodies being received right now (bounded by maxBufferedBytes). */
+  bufferedBytes: number;
+}
 
 const METHODS = new Set(['GET', 'PUT', 'DELETE', 'POST', 'HEAD']);
 

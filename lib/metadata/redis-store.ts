@@ -16,9 +16,8 @@
  * it is given, byte for byte.
  */
 import type { RedisClientType } from 'redis';
-import { loadBackendModule, metadataAbortError, positiveOption } from './store-util';
+import { loadBackendModule, metadataAbortError, positiveOption, type MetadataStore, type SetOptions } from './store-util';
 import { MooncakeError } from '../errors';
-import type { MetadataStore, SetOptions } from './store';
 
 export const REDIS_USERNAME_ENV = 'MC_REDIS_USERNAME';
 export const REDIS_PASSWORD_ENV = 'MC_REDIS_PASSWORD';

@@ -32,7 +32,7 @@ import { intOption } from '../util/options';
 import { DEFAULT_BIND_HOST } from '../util/defaults';
 import { MooncakeError } from '../errors';
 import { EntryStore } from './entries';
-import { MetadataServerMetrics } from './metrics';
+import { MetadataServerMetrics, type MetadataServerStats } from './metrics';
 import { PROMETHEUS_CONTENT_TYPE, renderText } from '../metrics/text';
 import type { MetricFamily } from '../metrics/types';
 import { ClientGone, readBody } from './request-body';
@@ -105,20 +105,7 @@ export interface ListenInfo {
   url: string;
 }
 
-export interface MetadataServerStats {
-  /** Live entries. */
-  entries: number;
-  /** Bytes of their keys and values (bounded by maxStoreBytes). */
-  storeBytes: number;
-  /** Bytes of the persistence log on disk (0 without dataDir). */
-  logBytes: number;
-  /** Times the log was compacted (rewritten from the live entries). */
-  logCompactions: number;
-  /** Connections closed because their address is not in allowedPeers. */
-  refusedConnections: number;
-  /** Bytes of request bodies being received right now (bounded by maxBufferedBytes). */
-  bufferedBytes: number;
-}
+export type { MetadataServerStats } from './metrics';
 
 const JSON_TEXT = 'application/json; charset=utf-8';
 const PLAIN_TEXT = 'text/plain; charset=utf-8';

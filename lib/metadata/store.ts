@@ -17,38 +17,9 @@ import { MooncakeError } from '../errors';
 import { EtcdMetadataStore, type EtcdMetadataStoreOptions } from './etcd-store';
 import { HttpMetadataStore, type HttpMetadataStoreOptions } from './http-store';
 import { RedisMetadataStore, type RedisMetadataStoreOptions } from './redis-store';
+import type { MetadataStore } from './store-util';
 
-export interface SetOptions {
-  signal?: AbortSignal;
-  /**
-   * Liveness (opt-in): the entry disappears about `ttlMs` after its writer stops keeping it alive.
-   * etcd attaches it to a lease of this store that the client keeps alive (whole seconds, rounded up);
-   * redis writes `SET … PX ttlMs`; the HTTP client ignores it (the server's `--ttl-ms` decides).
-   * Without it the entry is a plain, upstream-compatible key that never expires.
-   */
-  ttlMs?: number;
-}
-
-/**
- * How entries written with `ttlMs` stay alive:
- * - `'client'`: the store renews them itself while it is open (etcd leases); if the lease is lost the
- *   entries vanish and must be written again (a later `set` with `ttlMs` uses a new lease);
- * - `'rewrite'`: the writer must `set` them again well within `ttlMs` (redis expiry, HTTP server TTL).
- */
-export type MetadataRenewal = 'client' | 'rewrite';
-
-export interface MetadataStore {
-  /** The connection string this store talks to. */
-  readonly url: string;
-  /** How entries written with `ttlMs` are kept alive; absent means `'rewrite'`. */
-  readonly renewal?: MetadataRenewal;
-  /** The stored value, or undefined when the key is missing (HTTP 404, etcd/redis: no such key). */
-  get(key: string, options?: { signal?: AbortSignal }): Promise<string | undefined>;
-  set(key: string, value: string, options?: SetOptions): Promise<void>;
-  /** false when the key was missing. */
-  remove(key: string): Promise<boolean>;
-  close(): Promise<void>;
-}
+export type { MetadataRenewal, MetadataStore, SetOptions } from './store-util';
 
 /** The literal connection string that selects upstream's P2P handshake mode. */
 export const P2P_HANDSHAKE = 'P2PHANDSHAKE';

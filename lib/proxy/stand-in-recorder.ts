@@ -1,8 +1,34 @@
 /** The stand-ins' record of each response: byte count, the bytes themselves while small, and their SHA-256. */
 import { createHash, type Hash } from 'node:crypto';
-import type { StandInRequest } from './stand-ins';
+import type * as http from 'node:http';
+import type { JsonObject } from './rewrite';
 
 const KEEP_LIMIT = 1024 * 1024;
+
+/** One completion request a stand-in received, and what it answered. */
+export interface StandInRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly headers: http.IncomingHttpHeaders;
+  /** The exact request body bytes. */
+  readonly raw: Buffer;
+  /** The parsed body (undefined if it was not a JSON object). */
+  readonly body: JsonObject | undefined;
+  readonly requestId: string | undefined;
+  status: number | undefined;
+  /** Response body bytes written so far. */
+  bytesSent: number;
+  /** The response body bytes, kept while they fit in 1 MiB (see sha256 for bigger ones). */
+  sent: Buffer | undefined;
+  /** SHA-256 (hex) of the whole response body, set when the response finished. */
+  sha256: string | undefined;
+  /** True once the whole response was written. */
+  finished: boolean;
+  /** True when the connection closed before the response was complete (the proxy aborted it). */
+  clientClosed: boolean;
+  /** True while the stand-in waits for the socket to drain (the reader applies backpressure). */
+  blockedOnDrain: boolean;
+}
 
 export class Recorder {
   private readonly hash: Hash | undefined;

@@ -10,32 +10,10 @@
 import * as http from 'node:http';
 import type { Role } from './options';
 import { isJsonObject, type JsonObject } from './rewrite';
-import { Recorder, sleep } from './stand-in-recorder';
+import { Recorder, sleep, type StandInRequest } from './stand-in-recorder';
 
-/** One completion request a stand-in received, and what it answered. */
-export interface StandInRequest {
-  readonly method: string;
-  readonly path: string;
-  readonly headers: http.IncomingHttpHeaders;
-  /** The exact request body bytes. */
-  readonly raw: Buffer;
-  /** The parsed body (undefined if it was not a JSON object). */
-  readonly body: JsonObject | undefined;
-  readonly requestId: string | undefined;
-  status: number | undefined;
-  /** Response body bytes written so far. */
-  bytesSent: number;
-  /** The response body bytes, kept while they fit in 1 MiB (see sha256 for bigger ones). */
-  sent: Buffer | undefined;
-  /** SHA-256 (hex) of the whole response body, set when the response finished. */
-  sha256: string | undefined;
-  /** True once the whole response was written. */
-  finished: boolean;
-  /** True when the connection closed before the response was complete (the proxy aborted it). */
-  clientClosed: boolean;
-  /** True while the stand-in waits for the socket to drain (the reader applies backpressure). */
-  blockedOnDrain: boolean;
-}
+export type { StandInRequest } from './stand-in-recorder';
+
 
 export type StandInBehavior =
   /** Answer normally. */
