@@ -16,10 +16,7 @@
       "cflags!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++1y"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-      "libraries": ["-ldl", "-lpthread"],
-      "conditions": [
-        ["OS!='linux'", { "sources!": [] }]
-      ]
+      "libraries": ["-ldl", "-lpthread"]
     }
   ]
 }

@@ -3,8 +3,8 @@
 
 tcp_server seeds name the fixed region addresses of fuzz/tcp_server_fuzz.cpp. Byte 0 of each is the
 harness's control byte (bits 0-2 chunk size, bit 3 device copies fail). Text seeds are real values:
-the descriptor and rpc_meta upstream wrote in ../shared/reference/upstream-live-capture.md, what
-mooncake-node publishes, the handshake frames of mooncake-protocol.md §3.5 and the seed's configs.
+the descriptor and rpc_meta upstream 0.3.13.post1 wrote, what mooncake-node publishes, the handshake
+frames (lib/handshake/framing.ts) and the Ascend PD guide's configs.
 """
 import json
 import os

@@ -15,8 +15,8 @@
 //          from a backing store inside the arena, so any direct host access to it crashes.
 // Everything else in the arena (guard bands between the regions) must never change.
 //
-// Oracle: a reference model of the wire protocol (mooncake-protocol.md §4: sequential requests, v2
-// status frames, validation per §4.5) run on the same input predicts the exact response bytes and the
+// Oracle: a reference model of the wire protocol (native/engine/tcp/wire.h: sequential requests, v2
+// status frames, each request checked against the registered regions) run on the same input predicts the exact response bytes and the
 // exact final memory image. Any difference aborts, as do ASan/UBSan reports. One latitude: the server
 // pipelines, and sends a host READ's bytes from live memory when the socket takes them, so a WRITE
 // queued behind that READ on the same connection may already show in its data (both are in flight at
@@ -183,7 +183,7 @@ struct Trace {
   std::vector<ReadRec> reads;    // host READs
 };
 
-// The reference model: upstream's sequential server (§4.4, §4.5). Fills `out` with the exact bytes the
+// The reference model: upstream's sequential server (native/engine/tcp/wire.h). Fills `out` with the exact bytes the
 // client must receive and applies WRITEs to `mem`, recording what it touched in `tr`. Returns false when
 // the stream ends inside a request (part of a header or of a WRITE body).
 HARNESS bool model(const uint8_t* s, size_t n, std::vector<uint8_t>& mem, std::string* out, Trace* tr) {
@@ -300,7 +300,6 @@ extern "C" HARNESS int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) 
     tcp::LoopCtx ctx;
     ctx.loop = std::make_unique<EventLoop>("fuzz");  // never started
     ctx.scratch.swap(e->scratch);
-    e->transport->serverConns.fetch_add(1);
     auto conn = std::make_unique<tcp::ServerConn>(*e->transport, ctx, sv[0]);
     size_t sent = 0;
     bool halfClosed = false;

@@ -6,6 +6,7 @@
 #include "bench/raw_tcp.h"
 #include "engine_wrap.h"
 #include "host_memory.h"
+#include "promise_worker.h"
 
 namespace mcaddon {
 
@@ -41,35 +42,32 @@ Napi::Value Addon::HostId(const Napi::CallbackInfo& info) { return Napi::String:
 
 namespace {
 
-// A bounded blocking call (the run lasts `seconds`), so an AsyncWorker on the libuv pool is right.
-class RawTcpWorker : public Napi::AsyncWorker {
+// A bounded blocking call (the run lasts `seconds`), so a worker on the libuv pool is right.
+class RawTcpWorker final : public PromiseWorker {
  public:
   // streams == 0: the single-threaded memcpy reference instead of TCP.
   RawTcpWorker(Napi::Env env, unsigned streams, uint64_t block, uint64_t buffer, double seconds, uint64_t io)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), streams_(streams), block_(block), buffer_(buffer), seconds_(seconds), io_(io) {}
-  Napi::Promise promise() { return deferred_.Promise(); }
-  void Execute() override {
-    status_ = streams_ == 0 ? mc::bench::runMemcpy(block_, buffer_, seconds_, &result_)
-                            : mc::bench::runRawTcp(streams_, block_, buffer_, seconds_, io_, &result_);
-    if (!status_.ok()) SetError(status_.message);
+      : PromiseWorker(env, "mooncake-node:raw-tcp-bench"), streams_(streams), block_(block), buffer_(buffer), seconds_(seconds), io_(io) {}
+
+ protected:
+  mc::Status Run() override {
+    return streams_ == 0 ? mc::bench::runMemcpy(block_, buffer_, seconds_, &result_)
+                         : mc::bench::runRawTcp(streams_, block_, buffer_, seconds_, io_, &result_);
   }
-  void OnOK() override {
-    Napi::Object o = Napi::Object::New(Env());
-    o.Set("bytes", Napi::Number::New(Env(), static_cast<double>(result_.bytes)));
-    o.Set("seconds", Napi::Number::New(Env(), result_.seconds));
-    deferred_.Resolve(o);
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(result_.bytes)));
+    o.Set("seconds", Napi::Number::New(env, result_.seconds));
+    return o;
   }
-  void OnError(const Napi::Error&) override { deferred_.Reject(makeError(Env(), status_).Value()); }
 
  private:
-  Napi::Promise::Deferred deferred_;
   unsigned streams_;
   uint64_t block_;
   uint64_t buffer_;
   double seconds_;
   uint64_t io_;
   mc::bench::RawTcpResult result_;
-  mc::Status status_;
 };
 
 }  // namespace
@@ -83,10 +81,7 @@ Napi::Value Addon::RawTcpBench(const Napi::CallbackInfo& info) {
   uint64_t buffer = toLength(env, info[2], "bufferSize");
   double seconds = info[3].IsNumber() ? info[3].As<Napi::Number>().DoubleValue() : 1;
   uint64_t io = info[4].IsUndefined() ? 0 : toLength(env, info[4], "ioSize");
-  auto* w = new RawTcpWorker(env, streams, block, buffer, seconds, io);
-  Napi::Promise p = w->promise();
-  w->Queue();
-  return p;
+  return (new RawTcpWorker(env, streams, block, buffer, seconds, io))->start();
 }
 
 Napi::Error makeError(Napi::Env env, const mc::Status& st, int64_t index) {

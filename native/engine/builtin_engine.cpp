@@ -314,7 +314,7 @@ class BuiltinEngine final : public Engine, public CompletionSink {
         batch->sliceDone(c.task, c.length, Code::OK);
       }
     };
-    if (!tcp_.loopFor(tcp_.nextLoopIndex()).loop->post(std::move(run))) {
+    if (!tcp_.post(std::move(run))) {
       for (uint32_t t : tasks) batch->sliceDone(t, 0, Code::CLOSED);  // stopped: nothing may touch the memory now
     }
   }

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -120,12 +121,21 @@ class TcpTransport {
   void recycleOps(std::vector<Op*>* ops);  // ops must be reset; the vector is emptied
   // Wakes every loop to look for cancelled or expired batches now rather than at the next tick.
   void kick();
+  // Runs `task` on one of the loops (round robin); false once the transport stopped (it will not run).
+  bool post(std::function<void()> task) { return loopFor(nextLoopIndex()).loop->post(std::move(task)); }
 
   Stats stats() const;
   EngineMetrics& metrics() { return metrics_; }
   MemoryRegistry& registry() { return registry_; }
 
-  // Internal, used by the connection classes.
+ private:
+  // The connection classes run on the transport's loops and keep its counters and per-source slots.
+  friend class ClientConn;
+  friend class Peer;
+  friend class ServerConn;
+  friend class ServerReaper;
+  friend class Listener;
+
   LoopCtx& loopFor(size_t i) { return *loops_[i % loops_.size()]; }
   size_t nextLoopIndex() { return rr_.fetch_add(1) % loops_.size(); }
   // Takes a connection out of the listener (after its first bytes arrived): a ServerConn on some loop.
@@ -142,7 +152,6 @@ class TcpTransport {
   std::atomic<uint64_t> serverConnsEvicted{0}, serverConnsSilent{0};
   std::atomic<uint64_t> clientConns{0}, clientConnects{0}, retriesDone{0};
 
- private:
   MemoryRegistry& registry_;
   Options opts_;
   EngineMetrics metrics_;

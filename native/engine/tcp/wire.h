@@ -1,4 +1,4 @@
-// Upstream Mooncake's classic TCP data protocol (mooncake-protocol.md §4): a 24-byte request header
+// Upstream Mooncake's classic TCP data protocol (its transport/tcp_transport): a 24-byte request header
 // {u64 size, u64 addr, u8 opcode, 7 bytes padding}, little-endian, and in v2 an 8-byte status frame
 // whose high 32 bits are the magic "MCTV".
 #pragma once
