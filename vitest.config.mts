@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    // Native addons are only safe in forked workers (see docs/house-style in DEVELOPERS.md).
+    // Native addons are only safe in forked workers (vitest's threads pool may crash on them).
     pool: 'forks',
     testTimeout: 60_000,
     hookTimeout: 60_000,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak (issue 8): 4 engine processes move mixed, verified traffic among themselves (reads and writes
+# Soak: 4 engine processes move mixed, verified traffic among themselves (reads and writes
 # of 1 B to 1 MiB, batches, notifies, segments closed and reopened, regions registered and
 # unregistered) while RSS, descriptors and threads of every process are sampled; prints start, end,
 # max and slope per process and exits non-zero on any failed or mismatched transfer, descriptor or

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// One-machine prefill/decode disaggregation with mooncake-node, set up like the seed's guide:
+// One-machine prefill/decode disaggregation with mooncake-node, set up like the Ascend PD guide:
 //   1. an embedded HTTP metadata server and a mooncake.json pointing at it (MOONCAKE_CONFIG_PATH);
-//   2. a prefill instance and a decode instance (worker.mjs), each dp 2 × tp 2, started with the seed's
+//   2. a prefill instance and a decode instance (worker.mjs), each dp 2 × tp 2, started with the guide's
 //      --kv-transfer-config (kv_producer engine "0", kv_consumer engine "1");
 //   3. the PD proxy (lib/proxy) in front of them; OpenAI requests go through it (pull mode);
 //      with --mode push the client talks to the decode instance, which asks the prefill to push;
@@ -40,7 +40,7 @@ const maxTokens = Number(opt['max-tokens']);
 const MiB = 1024 * 1024;
 const fmt = (b) => (b >= 1024 * MiB ? `${(b / 1024 / MiB).toFixed(2)} GiB` : `${(b / MiB).toFixed(1)} MiB`);
 
-// The seed's --kv-transfer-config, minus kv_port (both instances share this host: free ports instead).
+// The guide's --kv-transfer-config, minus kv_port (both instances share this host: free ports instead).
 function kvTransferConfig(role, engineId) {
   return JSON.stringify({
     kv_connector: mode === 'push' ? 'MooncakeLayerwiseConnector' : 'MooncakeConnectorV1',

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // A simulated vLLM instance (prefill or decode) with an OpenAI-style HTTP API whose KV cache moves with
-// mooncake-node. It is configured exactly like the seed's workers: `--kv-transfer-config '<json>'` and
+// mooncake-node. It is configured exactly like the Ascend PD guide's workers: `--kv-transfer-config '<json>'` and
 // MOONCAKE_CONFIG_PATH=mooncake.json. It hosts every dp × tp rank of the instance in this process (one
 // KvProducer or KvConsumer per rank, each with its own engine).
 //

@@ -5,43 +5,21 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { MooncakeError } from '../errors';
+import type { TransferEngineOptions } from './options';
 
-/**
- * The engine's settings, under the names `TransferEngineOptions` uses (options.ts), plus what the
- * facade works out: the port range, the upstream backend's library.
- */
-export interface NativeEngineConfig {
+/** The engine options the native engine reads, under the names `TransferEngineOptions` gives them. */
+type NativeOptionNames =
+  | 'backend' | 'library' | 'metadataServer' | 'protocol' | 'rpcPort' | 'device' | 'ascendRuntimeLibrary'
+  | 'ioThreads' | 'connectionsPerPeer' | 'sliceSize' | 'maxInflightPerConnection' | 'idleTimeoutMs' | 'connectTimeoutMs'
+  | 'bindAddress' | 'advertiseAddress' | 'dataPort' | 'maxServerConnections' | 'maxServerConnectionsPerPeer'
+  | 'firstByteTimeoutMs' | 'tcpProtoVersion' | 'allowedPeers' | 'sameHostFastPath' | 'metricsMaxPeers';
+
+/** The engine's settings: those options, plus what the facade works out. */
+export interface NativeEngineConfig extends Partial<Pick<TransferEngineOptions, NativeOptionNames>> {
   localServerName: string;
-  /** 'builtin' (default) or 'mooncake' (upstream libtransfer_engine.so). */
-  backend?: 'builtin' | 'mooncake';
-  /** mooncake backend: library path, upstream metadata connection string, protocol, rpc port. */
-  library?: string;
-  metadataServer?: string;
-  protocol?: string;
-  rpcPort?: number;
-  /** mooncake backend: 'npu:N' made current on every thread that calls into upstream. */
-  device?: string;
-  ascendRuntimeLibrary?: string;
-  ioThreads?: number;
-  connectionsPerPeer?: number;
-  sliceSize?: number;
-  maxInflightPerConnection?: number;
-  idleTimeoutMs?: number;
-  connectTimeoutMs?: number;
-  bindAddress?: string;
-  advertiseAddress?: string;
-  dataPort?: number;
   /** Where a free data port is looked for when `dataPort` is 0 (upstream's RPC port range rule). */
   minPort?: number;
   maxPort?: number;
-  maxServerConnections?: number;
-  maxServerConnectionsPerPeer?: number;
-  firstByteTimeoutMs?: number;
-  tcpProtoVersion?: number;
-  allowedPeers?: string[];
-  sameHostFastPath?: boolean;
-  /** Peers with their own metrics counters (the rest count as 'other'); 0 turns per-peer metrics off. */
-  metricsMaxPeers?: number;
 }
 
 export interface NativeSegmentInfo {

@@ -1,5 +1,5 @@
 /**
- * The seed's configuration files, parsed with a clear INVALID_CONFIG error for every invalid value:
+ * The Ascend PD guide's configuration files, parsed with a clear INVALID_CONFIG error for every invalid value:
  *
  * - vLLM's `--kv-transfer-config` JSON (`kv_connector`, `kv_role`, `kv_port`, `engine_id`, `kv_rank`,
  *   `kv_parallel_size`, `kv_buffer_device`, `kv_connector_extra_config.prefill/.decode` with `dp_size`

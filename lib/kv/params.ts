@@ -1,6 +1,6 @@
 /**
  * `kv_transfer_params`: the per-request object vLLM's connectors return from the prefill and the proxy
- * passes to the decode (reference B.4). In pull mode the producer builds it (it names the producer); in
+ * passes to the decode. In pull mode the producer builds it (it names the producer); in
  * push mode the consumer builds it (it names the consumer) and the producer receives it.
  *
  * Fields follow vllm-ascend's MooncakeConnector; `remote_dp_rank`, `remote_tp_size` and

@@ -1,5 +1,5 @@
 /**
- * Issue 3 item 6: upstream's own `transfer_engine_bench` (the native binary from the wheel
+ * Upstream's own `transfer_engine_bench` (the native binary from the wheel
  * mooncake-transfer-engine-non-cuda 0.3.13.post1) against our engine, TCP over 127.0.0.1, HTTP metadata:
  *
  * - upstream initiator → Node target (our MetadataServer): `--operation=write` for 30 s, then `read`

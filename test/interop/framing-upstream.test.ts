@@ -1,5 +1,5 @@
 /**
- * Both TCP framings against the real upstream engine (0.3.13.post1), issue 3 item 5, and what our
+ * Both TCP framings against the real upstream engine (0.3.13.post1), and what our
  * target does with upstream requests outside its registered memory.
  *
  * Which framing an initiator really used is read off the wire: a WireTap (test/interop/peers/wire-tap.ts)

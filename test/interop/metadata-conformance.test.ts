@@ -64,7 +64,7 @@ const json = { 'Content-Type': 'application/json' };
 const ODD_KEYS = ['a/b:c d', 'ключ/✓ 😀', '100%', '%41', 'a+b', 'x&y=z', '?#', "!'()*", 'semi;colon', 'in\tner'];
 
 const SEQUENCE: Step[] = [
-  // The engine's own life cycle (upstream-live-capture.md): GET own segment (404), PUT rpc_meta, PUT ram, ...
+  // The engine's own life cycle (as upstream 0.3.13.post1 runs it): GET own segment (404), PUT rpc_meta, PUT ram, ...
   { name: 'GET missing segment', method: 'GET', target: k(RAM) },
   { name: 'PUT rpc_meta', method: 'PUT', target: k(RPC), body: RPC_V, headers: json },
   { name: 'PUT ram (empty buffers)', method: 'PUT', target: k(RAM), body: DESC.replace(/"buffers":\[.*?\]/, '"buffers":[]'), headers: json },

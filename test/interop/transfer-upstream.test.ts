@@ -1,7 +1,7 @@
 /**
  * Data-plane interop with the real upstream engine (PyPI mooncake-transfer-engine-non-cuda
  * 0.3.13.post1, `mooncake.engine.TransferEngine`, driven through test/interop/peers/te_peer.py).
- * Issue 3, items 1–4 and 7, each in three worlds:
+ * Writes, reads, batches, notifies and segment refreshes (docs/interop.md, checks 1–4 and 7), each in three worlds:
  *
  * - both engines on **our** MetadataServer;
  * - both engines on **upstream's** `mooncake_http_metadata_server`;

@@ -1,4 +1,4 @@
-// The seed's --kv-transfer-config and mooncake.json: accepted as written, every invalid value rejected
+// The Ascend PD guide's --kv-transfer-config and mooncake.json: accepted as written, every invalid value rejected
 // with INVALID_CONFIG naming the field; and the options they turn into.
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -17,7 +17,7 @@ import {
   type KvRankOptions,
 } from '../../lib/kv';
 
-// Verbatim from the seed's run_prefill.sh / run_decode.sh.
+// Verbatim from the Ascend PD guide's run_prefill.sh / run_decode.sh.
 const SEED_PREFILL = `{"kv_connector": "MooncakeConnectorV1",
   "kv_buffer_device": "npu",
   "kv_role": "kv_producer",
@@ -57,7 +57,7 @@ function err(fn: () => unknown): MooncakeError {
 const seedObject = () => JSON.parse(SEED_PREFILL) as Record<string, unknown>;
 
 describe('--kv-transfer-config', () => {
-  it("parses the seed's prefill and decode configs", () => {
+  it("parses the guide's prefill and decode configs", () => {
     const p = parseKvTransferConfig(SEED_PREFILL);
     expect(p).toMatchObject({
       connector: 'MooncakeConnectorV1',
@@ -171,7 +171,7 @@ describe('mooncake.json', () => {
     dir = undefined;
   });
 
-  it("parses the seed's file (tab and all)", () => {
+  it("parses the guide's file (tab and all)", () => {
     const c = parseMooncakeConfig(SEED_MOONCAKE);
     expect(c).toMatchObject({
       prefillUrl: { host: 'localhost', port: 15272 },
@@ -245,7 +245,7 @@ describe('options from the configs', () => {
     expect(d).toMatchObject({ engineId: '1', role: 'kv_consumer', host: '127.0.0.2', kvPort: 20002 });
   });
 
-  it("refuses the seed's ascend protocol unless tcp is forced, and ranks outside the sizes", () => {
+  it("refuses the guide's ascend protocol unless tcp is forced, and ranks outside the sizes", () => {
     const seed = parseMooncakeConfig({ ...(JSON.parse(SEED_MOONCAKE) as object), metadata_server: 'http://127.0.0.1:8080/metadata' });
     const t = parseKvTransferConfig(SEED_PREFILL);
     const e = err(() => kvOptionsFromConfig(t, seed, { dpRank: 0, tpRank: 0, layout, forceTcp: false }));

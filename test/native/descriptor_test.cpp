@@ -3,7 +3,7 @@
 #include "descriptor.h"
 
 TEST(Descriptor, ParsesTheLiveUpstreamCapture) {
-  // Exactly what upstream's transfer_engine_bench published (upstream-live-capture.md).
+  // Exactly what upstream's transfer_engine_bench (0.3.13.post1) published.
   const char* live =
       R"({"buffers":[{"addr":140362473537536,"length":100663296,"name":"127.0.0.1:17011"}],"name":"127.0.0.1:17011","protocol":"tcp","tcp_data_port":16173,"tcp_proto_version":2,"timestamp":"2026-11-25 08:25:57.730727"})";
   mc::SegmentDesc d;

@@ -25,7 +25,7 @@ describe('runProxyCommand', () => {
     await expect(runProxyCommand(['--decoder-ports', '8200', '8201'])).rejects.toMatchObject({ code: 'INVALID_CONFIG', message: expect.stringMatching(/--decoder-hosts has 1 value/) });
   });
 
-  it('serves with the seed flags until stopped, then closes cleanly', async () => {
+  it("serves with the guide's flags until stopped, then closes cleanly", async () => {
     const prefill = await h.standIn({ role: 'prefill' });
     const decode = await h.standIn({ role: 'decode' });
     const out = sink();

@@ -14,7 +14,7 @@ function configError(fn: () => unknown): MooncakeError {
 }
 
 describe('parseProxyArgs', () => {
-  it("reads the seed's run_proxy.sh flags with the same meaning", () => {
+  it("reads the guide's run_proxy.sh flags with the same meaning", () => {
     const argv = '--host localhost --prefiller-hosts localhost host1 --prefiller-ports 8100 8101 --decoder-hosts localhost host2 --decoder-ports 8200 8201'.split(' ');
     const { options, help } = parseProxyArgs(argv);
     expect(help).toBe(false);

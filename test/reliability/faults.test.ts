@@ -1,4 +1,4 @@
-// Faults (issue 8): a peer killed at random points (in the header, mid-payload, before the ack), real
+// Faults: a peer killed at random points (in the header, mid-payload, before the ack), real
 // peer processes SIGKILLed mid-burst (either side), peers that accept and never answer or answer
 // nonsense, and the metadata server killed and restarted. Every pending operation settles with a code
 // within its timeout; no descriptor, thread or memory leak (counted from /proc before and after the

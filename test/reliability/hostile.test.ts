@@ -1,4 +1,4 @@
-// Hostile input (issue 8): raw-socket clients on the data port (boundary, wrapping and huge addresses
+// Hostile input: raw-socket clients on the data port (boundary, wrapping and huge addresses
 // and sizes, v1 and v2, READ and WRITE, truncated headers and bodies, garbage, stalls, 10 000
 // connections, a process out of descriptors), the allow-list, the handshake daemon and the metadata
 // server. Remote access must stay strictly inside registered regions: the target's registered parts

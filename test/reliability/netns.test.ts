@@ -1,4 +1,4 @@
-// Network faults on a real link (issue 8): two network namespaces joined by a veth pair made by this
+// Network faults on a real link: two network namespaces joined by a veth pair made by this
 // test, one engine per namespace. The link is slowed (tc: netem delay + rate where the kernel has
 // sch_netem, else a tbf rate limit), cut (link down) and silently blackholed (netem loss 100%, else
 // the far address removed) during transfers. Every pending operation settles with a code within its timeout; the far side does

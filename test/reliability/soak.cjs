@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Soak driver (issue 8): 4 engine processes (test/reliability/fixtures/node.cjs) move mixed traffic
+// Soak driver: 4 engine processes (test/reliability/fixtures/node.cjs) move mixed traffic
 // among themselves for --duration seconds -- every process runs one lane per peer: WRITE then READ
 // back and compare, sizes from 1 byte to --max-size (skewed small), single requests and 8-request
 // batches, a notify every 53 rounds, the segment closed and reopened every 97, a fresh region
