@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import { MooncakeError, isMooncakeError } from '../errors';
 import { NotificationQueue, notifyBytes, type Notify, type NotifyRejectReason } from '../handshake';
 import { createMetadataStore, isP2PHandshake, type MetadataStore } from '../metadata/store';
-import { engineFamilies } from '../metrics/engine';
+import { engineFamilies } from './metrics';
 import type { MetricFamily } from '../metrics/types';
 import type { Backend, BackendContext } from './backend';
 import { createBuiltinBackend } from './builtin-backend';

@@ -4,8 +4,8 @@
  * handshake). Built once per scrape.
  */
 import type { HandshakeServerStats } from '../handshake/server';
-import type { NativeMetrics, NativePeerRow } from '../engine/native';
-import { counter, gauge, histogram, type Labels, type MetricFamily } from './types';
+import type { NativeMetrics, NativePeerRow } from './native';
+import { counter, gauge, histogram, type Labels, type MetricFamily } from '../metrics/types';
 
 export interface EngineMetricsInput {
   /** The engine's localServerName: the `engine` label. */
