@@ -5,6 +5,8 @@
  *   import { TransferEngine } from 'mooncake-node';
  */
 export { TransferEngine } from './engine';
+// Deprecated upstream names on TransferEngine itself (see compat-aliases.ts).
+import './compat-aliases';
 export type {
   TransferEngineOptions,
   TransferOptions,
