@@ -5,7 +5,7 @@ import { renderText } from '../../lib/metrics/text';
 describe('KvMetrics families', () => {
   it('exports the failure ledger as mooncake_kv_failures_total by stage', () => {
     const m = new KvMetrics();
-    const record = { requestId: 'r', code: 'TIMEOUT', detail: 'x', advice: 'recompute', side: 'prefill', sideChannel: 'mooncake-node', blockIds: [1], at: 0 } as const;
+    const record = { requestId: 'r', code: 'TIMEOUT', detail: 'x', advice: 'recompute', side: 'prefill', sideChannel: 'mooncake-node', blockIds: [1] as number[], at: 0 } as const;
     m.ledger.add({ ...record, stage: 'TIMEOUT' });
     m.ledger.add({ ...record, stage: 'TIMEOUT' });
     m.ledger.add({ ...record, stage: 'NOTIFY', code: 'CONNECT_FAILED' });
