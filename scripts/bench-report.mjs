@@ -75,7 +75,18 @@ async function measure(a, previous) {
     if (!a.only.includes(name)) return;
     const before = load();
     const t0 = Date.now();
-    r[name] = { loadBefore: before, runs: await f(), loadAfter: load(), minutes: Number(((Date.now() - t0) / 60000).toFixed(1)), at: new Date().toISOString(), quick: q };
+    // The 1-minute load average every 15 s while the part runs: the tables quote its range.
+    const samples = [before[0]];
+    const sampler = setInterval(() => samples.push(load()[0]), 15_000);
+    let runs;
+    try {
+      runs = await f();
+    } finally {
+      clearInterval(sampler);
+    }
+    const after = load();
+    samples.push(after[0]);
+    r[name] = { loadBefore: before, runs, loadAfter: after, loadMax: Math.max(...samples), loadMin: Math.min(...samples), minutes: Number(((Date.now() - t0) / 60000).toFixed(1)), at: new Date().toISOString(), quick: q };
   };
   await part('kv', async () => ({
     pull: await run(['bench', 'kv', '--model', 'deepseek-v2-lite', 'llama3-8b', 'qwen2.5-7b', '--prompt-tokens', ...(q ? ['64', '256'] : ['512', '2k', '8k', '32k']),
@@ -103,8 +114,9 @@ const ok = (met) => (met === undefined ? '' : met ? ' ✓' : ' ✗');
 
 function caption(part) {
   if (!part) return '';
-  const loaded = part.loadBefore[0] > 1.5 || part.loadAfter[0] > 1.5;
-  return `Measured ${part.at.slice(0, 10)} by \`node scripts/bench-report.mjs\`, load average ${part.loadBefore[0]} before and ${part.loadAfter[0]} after` +
+  const loaded = part.loadBefore[0] > 1.5 || part.loadAfter[0] > 1.5 || part.loadMax > 1.5;
+  const during = part.loadMax !== undefined ? ` (${part.loadMin}–${part.loadMax} during the run)` : '';
+  return `Measured ${part.at.slice(0, 10)} by \`node scripts/bench-report.mjs\`, load average ${part.loadBefore[0]} before and ${part.loadAfter[0]} after${during}` +
     (loaded ? ' (**a loaded machine**: other work shared the 2 cores; rerun on a quiet one for final figures)' : '') + (part.quick ? ' (**--quick**: not meaningful figures)' : '') + '.';
 }
 
