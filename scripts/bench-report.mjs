@@ -141,7 +141,7 @@ function kvReadme(kv) {
     '|---|---|---|---|---|---|---|---|',
     ...rows,
     '',
-    ...lw.map((c) => `- Layerwise push, ${c.case.model} ${tokens(c.case.promptTokens)}: layers computed ${f(c.layerwise.computeMs, 1)} ms each; the KV is complete ${f(c.layerwise.tailP50Ms, 2)} ms (p50) after the last layer, against ${f(c.layerwise.oneLayerEngineP50Ms, 2)} ms for one layer through the bare engine (${f(c.layerwise.tailRatio)}×, target ≤ 1×${ok(c.layerwise.met)}) and ${f(c.layerwise.oneLayerNotifyP50Ms, 2)} ms for one layer and one completion message (the floor of any tail); pushing after the prefill would add ${f(c.engine?.p50Ms, 1)} ms.`),
+    ...lw.map((c) => `- Layerwise push, ${c.case.model} ${tokens(c.case.promptTokens)}: layers computed ${f(c.layerwise.computeMs, 1)} ms each; the KV is complete ${f(c.layerwise.tailP50Ms, 2)} ms (p50) after the last layer, against ${f(c.layerwise.oneLayerEngineP50Ms, 2)} ms for one layer through the bare engine (${f(c.layerwise.tailRatio)}×, target ≤ 1×${ok(c.layerwise.met)}) and ${f(c.layerwise.oneLayerNotifyP50Ms, 2)} ms for one layer followed by one completion message through the bare engine; pushing after the prefill would add ${f(c.engine?.p50Ms, 1)} ms.`),
     `- Event-loop delay p99 while requests are in flight, both processes: at most ${f(loop.kv)} ms over the KV layer's phases, median ${f(loop.kvMedian)} ms over the cases (target < 10 ms${ok(loop.kv < 10)}); the bare engine's phases of the same cases: at most ${f(loop.engine)} ms, median ${f(loop.engineMedian)} ms.`,
   ].join('\n');
 }

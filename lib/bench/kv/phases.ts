@@ -145,7 +145,7 @@ export class CasePhases {
   }
 
   /**
-   * Layerwise: the floor of the tail through the bare engine. Per request, after `gapMs` of idle (the
+   * Layerwise: what the tail cannot avoid, through the bare engine. Per request, after `gapMs` of idle (the
    * compute before the last layer, untimed): one layer's batches, then one notify to each decode rank over
    * a kept-alive handshake connection, the way a push's completion message travels. No KV layer at all.
    */

@@ -83,7 +83,7 @@ export interface KvCaseResult {
     oneLayerEngineP50Ms?: number;
     /**
      * One layer through the bare engine, then one notify to each decode rank over a kept-alive handshake
-     * connection (as push_done travels), after the same idle as the compute: the tail's floor.
+     * connection (as push_done travels), after the same idle as the compute: what a tail cannot avoid.
      */
     oneLayerNotifyP50Ms?: number;
     /** From the last layer computed to the KV complete (push_done acknowledged). */

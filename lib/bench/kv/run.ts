@@ -174,7 +174,7 @@ async function runCase(spec: KvCaseSpec, o: KvBenchOptions, s: Session, hooks: K
       computeMs ??= Math.max(1, Math.ceil(1.5 * median(oneLayer.durations) * 10) / 10);
     }
     computeMs ??= 1;
-    // The tail's floor: one layer and a completion message through the bare engine, after the same idle.
+    // What a tail cannot avoid: one layer and a completion message through the bare engine, after the same idle.
     const floor = oneLayer ? await phases.layerFloorPhase(n, computeMs) : undefined;
     const kv: PhaseSamples[] = [];
     const engine: PhaseSamples[] = [];
