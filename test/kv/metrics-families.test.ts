@@ -1,11 +1,12 @@
 import { describe, expect, it } from 'vitest';
+import type { KvFailureRecord } from '../../lib/kv/ledger';
 import { KvMetrics } from '../../lib/kv/metrics';
 import { renderText } from '../../lib/metrics/text';
 
 describe('KvMetrics families', () => {
   it('exports the failure ledger as mooncake_kv_failures_total by stage', () => {
     const m = new KvMetrics();
-    const record = { requestId: 'r', code: 'TIMEOUT', detail: 'x', advice: 'recompute', side: 'prefill', sideChannel: 'mooncake-node', blockIds: [1] as number[], at: 0 } as const;
+    const record: KvFailureRecord = { requestId: 'r', stage: 'TIMEOUT', code: 'TIMEOUT', detail: 'x', advice: 'recompute', side: 'prefill', sideChannel: 'mooncake-node', blockIds: [1], at: 0 };
     m.ledger.add({ ...record, stage: 'TIMEOUT' });
     m.ledger.add({ ...record, stage: 'TIMEOUT' });
     m.ledger.add({ ...record, stage: 'NOTIFY', code: 'CONNECT_FAILED' });
