@@ -25,6 +25,9 @@ describe.skipIf(!setup)('bench kv: the real connector in the same run', () => {
       expect(v.node!.requests).toBe(3);
       expect(v.real!.p50Ms).toBeGreaterThan(0);
       expect(v.speedup).toBeGreaterThan(0);
+      // The bare engine ran the same ranges in the same rounds: the ceiling of the speedup.
+      expect(v.engine!.requests).toBe(3);
+      expect(v.engineSpeedup).toBeGreaterThan(0);
     }
     // MLA layerwise: the driver runs vllm-ascend's layerwise prefill for MHA/GQA only, and says so.
     expect(by('deepseek-v2-lite', 'layerwise').realConnector!.skipReason).toMatch(/MHA\/GQA/);

@@ -10,6 +10,7 @@
 import { performance } from 'node:perf_hooks';
 import { MooncakeError } from '../../errors';
 import type { PreparedBatch, TransferEngine } from '../../engine';
+import { NotifySession } from '../../handshake';
 import type { KvConsumer } from '../../kv/consumer';
 import type { KvTransferOutcome } from '../../kv/metrics';
 import type { KvTransferParamsWire } from '../../kv/params';
@@ -141,6 +142,40 @@ export class CasePhases {
     const bad = outcomes.find((o) => !o.ok);
     if (bad) throw new MooncakeError(bad.error?.code ?? 'PROTOCOL_ERROR', `${this.spec.transfer} of ${r.requestId} failed: ${bad.error?.message ?? 'blocks missing'}`);
     return { ms, tail, outcomes };
+  }
+
+  /**
+   * Layerwise: what the tail cannot avoid, through the bare engine. Per request, after `gapMs` of idle (the
+   * compute before the last layer, untimed): one layer's batches, then one notify to each decode rank over
+   * a kept-alive handshake connection, the way a push's completion message travels. No KV layer at all.
+   */
+  async layerFloorPhase(n: number, gapMs: number): Promise<PhaseSamples> {
+    const notifier = new NotifySession();
+    const notify = { name: 'mooncake-node/bench-kv', msg: '' };
+    const limits = { connectTimeoutMs: 5000, timeoutMs: 5000 };
+    try {
+      const reqs = this.requests('floor', n);
+      let bytes = 0;
+      let ranges = 0;
+      const t = await this.timed(reqs, 1, async (r) => {
+        const batches = this.layerAnchors.get(`${r.dp}/${r.slot}`);
+        if (!batches) throw new MooncakeError('INTERNAL', `no engine batches for dp ${r.dp} slot ${r.slot}`);
+        await sleepUntil(performance.now() + gapMs);
+        const t0 = performance.now();
+        await Promise.all(batches.map((b) => b.engine.submitPrepared(b.batch)));
+        const peers = new Map(batches.map((b) => [`${b.batch.segment.ip}:${b.batch.segment.rpcPort}`, b.batch.segment]));
+        await Promise.all([...peers.values()].map((seg) => notifier.send(seg.ip, seg.rpcPort, notify, limits)));
+        const ms = performance.now() - t0;
+        for (const b of batches) {
+          bytes += b.batch.bytes;
+          ranges += b.batch.requests;
+        }
+        return ms;
+      });
+      return { ...t, bytes, ranges };
+    } finally {
+      notifier.close();
+    }
   }
 
   /** Runs `reqs` with `concurrency` in flight, timing each with `one`. */

@@ -37,8 +37,12 @@ export interface KvRealConnectorResult {
   /** mooncake-node on the same side channel, layout and peer. */
   node?: KvPhaseStats;
   real?: KvPhaseStats;
+  /** The same ranges through the bare engine, in the same rounds (mooncake-node's ceiling). */
+  engine?: KvPhaseStats;
   /** Real time / mooncake-node time (medians per round, then the median). */
   speedup?: number;
+  /** Real time / bare-engine time, likewise: the largest speedup any KV layer on this engine could show. */
+  engineSpeedup?: number;
   targetMin?: number;
   met?: boolean;
   note?: string;
@@ -77,6 +81,11 @@ export interface KvCaseResult {
     computeMs: number;
     computeTotalMs: number;
     oneLayerEngineP50Ms?: number;
+    /**
+     * One layer through the bare engine, then one notify to each decode rank over a kept-alive handshake
+     * connection (as push_done travels), after the same idle as the compute: what a tail cannot avoid.
+     */
+    oneLayerNotifyP50Ms?: number;
     /** From the last layer computed to the KV complete (push_done acknowledged). */
     tailP50Ms: number;
     tailP99Ms: number;

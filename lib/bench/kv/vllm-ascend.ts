@@ -164,15 +164,20 @@ export async function realConnectorAnchors(
     if (side === 'prefill') group.fill([0]);
     peers = await startPeers(setup, spec, realPorts);
     const phases = new CasePhases(spec, group, s.control);
-    await phases.warmUpAndVerify(false);
+    await phases.warmUpAndVerify(o.engineAnchor);
     await realPhase(spec, s.control, peers, 'warm', 1, realPorts);
     const n = Math.max(3, Math.min(main.kv.requests, Math.ceil((o.phaseSeconds * 1000) / Math.max(1, main.kv.p50Ms * 3))));
     const node: PhaseSamples[] = [];
     const real: PhaseSamples[] = [];
+    const engine: PhaseSamples[] = [];
     for (let r = 0; r < o.rounds; r++) {
       const runNode = async () => node.push(await phases.kvPhase(`v${r}`, n, { concurrency: 1, layerComputeMs: 0 }));
       const runReal = async () => real.push(await realPhase(spec, s.control, peers, `${r}`, n, realPorts));
-      await alternate(r, runNode, runReal);
+      // The same ranges through the bare engine: what no KV layer on this engine and link can beat.
+      const runEngine = async () => {
+        if (phases.hasAnchors) engine.push(await phases.enginePhase(n, { concurrency: 1 }));
+      };
+      await alternate(r, runNode, async () => alternate(r >> 1, runReal, runEngine));
       hooks.progress?.(`${base.model.name} ${base.promptTokens} tokens: real connector round ${r + 1}/${o.rounds}`);
     }
     const bytes = phases.requestBytes;
@@ -184,6 +189,7 @@ export async function realConnectorAnchors(
       profile: '0.23',
       node: summarizePhase(flat(node), bytes),
       real: summarizePhase(flat(real), bytes),
+      ...(engine.length > 0 ? { engine: summarizePhase(flat(engine), bytes), engineSpeedup: median(real.map((rp, i) => median(rp.durations) / median(engine[i].durations))) } : {}),
       speedup,
       targetMin: base.transfer === 'pull' ? 2 : undefined,
       met: base.transfer === 'pull' ? speedup >= 2 : undefined,
