@@ -117,7 +117,7 @@ function caption(part) {
   const loaded = part.loadBefore[0] > 1.5 || part.loadAfter[0] > 1.5 || part.loadMax > 1.5;
   const during = part.loadMax !== undefined ? ` (${part.loadMin}–${part.loadMax} during the run)` : '';
   return `Measured ${part.at.slice(0, 10)} by \`node scripts/bench-report.mjs\`, load average ${part.loadBefore[0]} before and ${part.loadAfter[0]} after${during}` +
-    (loaded ? ' (**a loaded machine**: other work shared the 2 cores; rerun on a quiet one for final figures)' : '') + (part.quick ? ' (**--quick**: not meaningful figures)' : '') + '.';
+    (loaded ? ' (**load above 1.5**: a benchmark\'s own initiator and target bring a 2-core machine near 2; more than ~3 means other work shared the cores, and its figures are worth a rerun)' : '') + (part.quick ? ' (**--quick**: not meaningful figures)' : '') + '.';
 }
 
 function kvCases(kv) {
